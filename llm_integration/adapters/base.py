@@ -1,0 +1,330 @@
+"""The adapter interface every provider implements, and the types it speaks.
+
+An adapter turns one chat request into one upstream call. It never touches the ORM,
+never retries (the service layer does, with tenacity) and raises only the errors of
+``llm_integration.exceptions``. ``complete`` returns a ``Completion``;
+``complete_stream`` yields ``StreamChunk``s whose last one carries ``usage`` and
+``finish_reason``.
+
+    adapter = OpenAIAdapter(model="gpt-4o-mini", api_key=..., base_url=...)
+    answer = await adapter.complete("Hi")
+    async for chunk in adapter.complete_stream([{"role": "user", "content": "Hi"}]):
+        print(chunk.text, end="")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from .. import exceptions as exc
+from ..services.tokens import count_message_tokens, count_text_tokens
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What to send upstream. ``messages`` may include a leading system message."""
+
+    messages: tuple[Message, ...]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def system_prompt(self) -> str | None:
+        parts = [m.content for m in self.messages if m.role == "system"]
+        return "\n\n".join(parts) if parts else None
+
+    @property
+    def conversation(self) -> list[Message]:
+        return [m for m in self.messages if m.role != "system"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    usage: Usage
+    finish_reason: str = "stop"
+    model: str = ""
+    id: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """A piece of a streamed answer; the last chunk has ``usage`` and ``finish_reason``."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Prompt = str | ChatRequest | Sequence[Message | Mapping[str, Any]]
+
+
+def build_request(
+    prompt: Prompt,
+    *,
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    stop: Iterable[str] = (),
+) -> ChatRequest:
+    """Normalise a string, a list of messages or a ChatRequest into a ChatRequest."""
+    if isinstance(prompt, ChatRequest):
+        return prompt
+    if isinstance(prompt, str):
+        messages = [Message("user", prompt)]
+    else:
+        messages = []
+        for m in prompt:
+            if isinstance(m, Message):
+                messages.append(m)
+            else:
+                role, content = m.get("role"), m.get("content")
+                if role not in ROLES or not isinstance(content, str):
+                    raise exc.InvalidRequest(
+                        "Each message needs a role (system, user or assistant) and text content."
+                    )
+                messages.append(Message(role, content))
+    if system_prompt:
+        messages.insert(0, Message("system", system_prompt))
+    if not any(m.role != "system" for m in messages):
+        raise exc.InvalidRequest("Send at least one user message.")
+    return ChatRequest(
+        messages=tuple(messages), temperature=temperature, max_tokens=max_tokens, stop=tuple(stop)
+    )
+
+
+class BaseLLMAdapter(ABC):
+    """One upstream model behind one provider protocol."""
+
+    #: The provider kind(s) this adapter serves (``Provider.kind``).
+    kinds: ClassVar[tuple[str, ...]] = ()
+    #: The public endpoint used when the provider row leaves base_url empty.
+    default_base_url: ClassVar[str] = ""
+    #: Whether the adapter needs an API key to talk to its upstream.
+    requires_api_key: ClassVar[bool] = True
+    #: Names of ``Provider.options`` keys passed to the constructor.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str = "",
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+        provider_name: str = "",
+        default_max_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self._api_key = api_key
+        self.headers = dict(headers or {})
+        self.timeout = timeout
+        self.provider_name = provider_name or (self.kinds[0] if self.kinds else "upstream")
+        self.default_max_tokens = default_max_tokens
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"<{type(self).__name__} {self.provider_name}:{self.model} {self.base_url}>"
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    # -- public API -------------------------------------------------------------------
+    async def complete(self, prompt: Prompt, **options: Any) -> Completion:
+        return await self._complete(build_request(prompt, **options))
+
+    async def complete_stream(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamChunk]:
+        request = build_request(prompt, **options)
+        async for chunk in self._stream(request):
+            yield chunk
+
+    def count_tokens(self, prompt: str | Prompt) -> int:
+        """Tokens of a text or of a chat prompt, as this model would count them."""
+        if isinstance(prompt, str):
+            return count_text_tokens(prompt, model=self.model)
+        return count_message_tokens(build_request(prompt).messages, model=self.model)
+
+    async def aclose(self) -> None:
+        for client in list(self._clients.values()):
+            await client.aclose()
+        self._clients.clear()
+
+    # -- for subclasses ---------------------------------------------------------------
+    @abstractmethod
+    async def _complete(self, request: ChatRequest) -> Completion: ...
+
+    @abstractmethod
+    def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]: ...
+
+    def _client_for_loop(self, factory) -> Any:
+        """One HTTP client per event loop: httpx pools cannot cross loops."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = factory()
+        return client
+
+    def _estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
+        return Usage(
+            prompt_tokens=count_message_tokens(request.messages, model=self.model),
+            completion_tokens=count_text_tokens(completion_text, model=self.model),
+            estimated=True,
+        )
+
+    def _redact(self, text: str) -> str:
+        """Remove the key from any text that may leave the adapter."""
+        if self._api_key and self._api_key in text:
+            text = text.replace(self._api_key, "[redacted]")
+        return text
+
+
+# -- shared HTTP error mapping ---------------------------------------------------------
+
+
+def parse_retry_after(headers: httpx.Headers | Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms``."""
+    from email.utils import parsedate_to_datetime
+
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import datetime as dt
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+CONTEXT_MARKERS = (
+    "context length",
+    "context_length",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",
+    "context window",
+)
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    provider: str,
+    retry_after: float | None = None,
+) -> exc.UpstreamError:
+    """The taxonomy's error for an upstream HTTP status and its (redacted) message."""
+    kw = {"provider": provider, "status": status}
+    if status in (401, 403):
+        # Upstream auth messages may quote part of the key: never pass them on.
+        return exc.UpstreamAuthenticationError(
+            f"{provider} rejected the gateway's credentials (HTTP {status}).", **kw
+        )
+    if status == 429:
+        return exc.UpstreamRateLimited(
+            f"{provider} is rate limiting requests: {message}", retry_after=retry_after, **kw
+        )
+    if status == 408:
+        return exc.UpstreamTimeout(f"{provider} timed out (HTTP 408).", **kw)
+    if status >= 500:
+        return exc.UpstreamServerError(
+            f"{provider} failed (HTTP {status}): {message}", retry_after=retry_after, **kw
+        )
+    if any(marker in message.lower() for marker in CONTEXT_MARKERS):
+        return exc.ContextTooLong(f"{provider}: {message}", **kw)
+    return exc.UpstreamBadRequest(
+        f"{provider} refused the request (HTTP {status}): {message}", **kw
+    )
+
+
+def error_from_http_response(
+    response: httpx.Response, body: bytes, *, provider: str, redact
+) -> exc.UpstreamError:
+    """Map an upstream error response (OpenAI, Anthropic or Ollama JSON) to the taxonomy."""
+    import json
+
+    message = ""
+    try:
+        data = json.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or err.get("type") or "")
+        elif isinstance(err, str):
+            message = err
+    except ValueError:
+        message = body[:200].decode("utf-8", "replace")
+    message = redact(message.strip())[:500] or response.reason_phrase
+    return error_for_status(
+        response.status_code,
+        message,
+        provider=provider,
+        retry_after=parse_retry_after(response.headers),
+    )
+
+
+def error_from_transport(
+    error: Exception, *, provider: str, streaming_started: bool = False
+) -> exc.UpstreamError:
+    """Map an httpx transport exception to the taxonomy (its text may hold URLs: not used)."""
+    name = type(error).__name__
+    if isinstance(error, httpx.TimeoutException):
+        return exc.UpstreamTimeout(
+            f"{provider} did not answer in time ({name}).", provider=provider
+        )
+    if streaming_started:
+        return exc.StreamInterrupted(
+            f"The connection to {provider} was lost mid-stream ({name}).", provider=provider
+        )
+    return exc.UpstreamConnectionError(f"Could not reach {provider} ({name}).", provider=provider)

@@ -1,0 +1,173 @@
+"""Ollama's native chat API over httpx: newline-delimited JSON streaming.
+
+The last line (``done: true``) carries ``prompt_eval_count`` and ``eval_count``; Ollama
+leaves ``prompt_eval_count`` out when the whole prompt came from its cache, and then the
+prompt side is estimated and flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from .. import exceptions as exc
+from ..services.tokens import count_message_tokens, count_text_tokens
+from .base import (
+    BaseLLMAdapter,
+    ChatRequest,
+    Completion,
+    StreamChunk,
+    Usage,
+    error_from_http_response,
+    error_from_transport,
+)
+
+
+class OllamaAdapter(BaseLLMAdapter):
+    kinds = ("ollama",)
+    default_base_url = "http://127.0.0.1:11434"
+    requires_api_key = False
+    options = ("keep_alive",)
+
+    def __init__(self, *, keep_alive: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keep_alive = keep_alive
+
+    def _http(self) -> httpx.AsyncClient:
+        headers = dict(self.headers)
+        if self._api_key:  # Ollama behind an authenticating proxy
+            headers.setdefault("Authorization", f"Bearer {self._api_key}")
+        return self._client_for_loop(
+            lambda: httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            )
+        )
+
+    def _payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        max_tokens = request.max_tokens or self.default_max_tokens
+        if max_tokens:
+            options["num_predict"] = max_tokens
+        if request.stop:
+            options["stop"] = list(request.stop)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.as_dict() for m in request.messages],
+            "stream": stream,
+        }
+        if options:
+            body["options"] = options
+        if self.keep_alive:
+            body["keep_alive"] = self.keep_alive
+        return body
+
+    def _bad(self, what: str) -> exc.BadUpstreamResponse:
+        return exc.BadUpstreamResponse(
+            f"{self.provider_name} sent {what}.", provider=self.provider_name
+        )
+
+    def _usage(self, final: dict[str, Any], request: ChatRequest, text: str) -> Usage:
+        prompt = final.get("prompt_eval_count")
+        completion = final.get("eval_count")
+        estimated = False
+        if not isinstance(prompt, int):
+            prompt, estimated = count_message_tokens(request.messages, model=self.model), True
+        if not isinstance(completion, int):
+            completion, estimated = count_text_tokens(text, model=self.model), True
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
+
+    async def _complete(self, request: ChatRequest) -> Completion:
+        try:
+            response = await self._http().post(
+                "/api/chat", json=self._payload(request, stream=False)
+            )
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, provider=self.provider_name) from None
+        if response.status_code >= 400:
+            raise error_from_http_response(
+                response, response.content, provider=self.provider_name, redact=self._redact
+            )
+        try:
+            data = response.json()
+            text = data["message"]["content"] or ""
+        except (ValueError, KeyError, TypeError):
+            raise self._bad("a malformed chat answer") from None
+        return Completion(
+            text=text,
+            usage=self._usage(data, request, text),
+            finish_reason=data.get("done_reason") or "stop",
+            model=str(data.get("model") or self.model),
+        )
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        parts: list[str] = []
+        final: dict[str, Any] | None = None
+        started = False
+        try:
+            async with self._http().stream(
+                "POST", "/api/chat", json=self._payload(request, stream=True)
+            ) as response:
+                if response.status_code >= 400:
+                    raise error_from_http_response(
+                        response,
+                        await response.aread(),
+                        provider=self.provider_name,
+                        redact=self._redact,
+                    )
+                started = True
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        data = json.loads(line)
+                        if not isinstance(data, dict):
+                            raise ValueError
+                    except ValueError:
+                        raise self._bad("a malformed stream line") from None
+                    if data.get("error"):
+                        raise exc.UpstreamServerError(
+                            f"{self.provider_name} failed mid-stream: "
+                            f"{self._redact(str(data['error']))[:300]}",
+                            provider=self.provider_name,
+                        )
+                    text = (data.get("message") or {}).get("content") or ""
+                    if text:
+                        parts.append(text)
+                        yield StreamChunk(text=text)
+                    if data.get("done"):
+                        final = data
+                        break
+        except httpx.HTTPError as e:
+            error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
+            raise self._partial(error, request, parts) from None
+        except exc.UpstreamError as error:
+            raise self._partial(error, request, parts) from None
+        if final is None:
+            raise self._partial(
+                exc.StreamInterrupted(
+                    f"{self.provider_name} ended the stream early.", provider=self.provider_name
+                ),
+                request,
+                parts,
+            )
+        text = "".join(parts)
+        yield StreamChunk(
+            finish_reason=final.get("done_reason") or "stop",
+            usage=self._usage(final, request, text),
+        )
+
+    def _partial(
+        self, error: exc.UpstreamError, request: ChatRequest, parts: list[str]
+    ) -> exc.UpstreamError:
+        if parts:
+            error.partial_text = "".join(parts)
+            error.partial_usage = self._estimate_usage(request, error.partial_text)
+        return error

@@ -1,0 +1,187 @@
+"""OpenAI chat completions over httpx: OpenAI itself and every compatible server
+(vLLM, LiteLLM proxy, Gemini's OpenAI endpoint, llama.cpp, LocalAI…).
+
+Streaming is SSE (``data: {chunk}`` … ``data: [DONE]``) with
+``stream_options.include_usage`` so the provider reports the stream's tokens; servers
+that ignore that option get their usage estimated and flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from .. import exceptions as exc
+from .base import (
+    BaseLLMAdapter,
+    ChatRequest,
+    Completion,
+    StreamChunk,
+    Usage,
+    error_from_http_response,
+    error_from_transport,
+)
+from .sse import iter_sse
+
+
+class OpenAIAdapter(BaseLLMAdapter):
+    kinds = ("openai",)
+    default_base_url = "https://api.openai.com/v1"
+    requires_api_key = True
+    #: OpenAI itself wants max_completion_tokens (o-series refuse max_tokens).
+    max_tokens_field = "max_completion_tokens"
+
+    def _http(self) -> httpx.AsyncClient:
+        return self._client_for_loop(
+            lambda: httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=self._request_headers(),
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            )
+        )
+
+    def _request_headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        headers.update(self.headers)
+        return headers
+
+    def _payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.as_dict() for m in request.messages],
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        max_tokens = request.max_tokens or self.default_max_tokens
+        if max_tokens:
+            body[self.max_tokens_field] = max_tokens
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _error(self, response: httpx.Response, body: bytes) -> exc.UpstreamError:
+        return error_from_http_response(
+            response, body, provider=self.provider_name, redact=self._redact
+        )
+
+    def _bad(self, what: str) -> exc.BadUpstreamResponse:
+        return exc.BadUpstreamResponse(
+            f"{self.provider_name} sent {what}.", provider=self.provider_name
+        )
+
+    async def _complete(self, request: ChatRequest) -> Completion:
+        try:
+            response = await self._http().post(
+                "/chat/completions", json=self._payload(request, stream=False)
+            )
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, provider=self.provider_name) from None
+        if response.status_code >= 400:
+            raise self._error(response, response.content)
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason") or "stop"
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise self._bad("a malformed chat completion") from None
+        usage = _usage(data.get("usage")) or self._estimate_usage(request, text)
+        return Completion(
+            text=text,
+            usage=usage,
+            finish_reason=finish,
+            model=str(data.get("model") or self.model),
+            id=str(data.get("id") or ""),
+        )
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish: str | None = None
+        done = started = False
+        try:
+            async with self._http().stream(
+                "POST", "/chat/completions", json=self._payload(request, stream=True)
+            ) as response:
+                if response.status_code >= 400:
+                    raise self._error(response, await response.aread())
+                started = True
+                async for event in iter_sse(response.aiter_lines()):
+                    if event.data.strip() == "[DONE]":
+                        done = True
+                        break
+                    chunk = self._parse_chunk(event.data)
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        if text:
+                            parts.append(text)
+                            yield StreamChunk(text=text)
+        except httpx.HTTPError as e:
+            error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
+            raise (self._with_partial(error, request, parts) if started else error) from None
+        if not done and finish is None:
+            error = exc.StreamInterrupted(
+                f"{self.provider_name} ended the stream early.", provider=self.provider_name
+            )
+            raise self._with_partial(error, request, parts)
+        yield StreamChunk(
+            finish_reason=finish or "stop",
+            usage=usage or self._estimate_usage(request, "".join(parts)),
+        )
+
+    def _parse_chunk(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise self._bad("a malformed stream chunk") from None
+        if not isinstance(chunk, dict):
+            raise self._bad("a malformed stream chunk")
+        if chunk.get("error"):
+            err = chunk["error"]
+            message = err.get("message", "") if isinstance(err, dict) else str(err)
+            raise exc.UpstreamServerError(
+                f"{self.provider_name} failed mid-stream: {self._redact(str(message))[:300]}",
+                provider=self.provider_name,
+            )
+        return chunk
+
+    def _with_partial(
+        self, error: exc.UpstreamError, request: ChatRequest, parts: list[str]
+    ) -> exc.UpstreamError:
+        error.partial_text = "".join(parts)
+        error.partial_usage = self._estimate_usage(request, error.partial_text)
+        return error
+
+
+class OpenAICompatibleAdapter(OpenAIAdapter):
+    """vLLM, LiteLLM proxy, Gemini's OpenAI endpoint…: key optional, classic max_tokens."""
+
+    kinds = ("openai_compatible",)
+    default_base_url = ""
+    requires_api_key = False
+    max_tokens_field = "max_tokens"
+
+
+def _usage(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Usage(
+            prompt_tokens=int(data.get("prompt_tokens") or 0),
+            completion_tokens=int(data.get("completion_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,121 @@
+"""The app's settings: one ``LLM_INTEGRATION`` dict in Django settings.
+
+Modelled on DRF's ``api_settings``: every key has a documented default below, values
+that name code are dotted import strings, and the object reloads itself when Django's
+``setting_changed`` signal fires (``override_settings`` in tests). Read settings at call
+time (``llm_settings.CACHE_TTL``), never at import or class-definition time.
+
+    LLM_INTEGRATION = {
+        "DEFAULT_MODEL": "default",
+        "DEFAULT_PLAN": "free",
+    }
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+SETTING_NAME = "LLM_INTEGRATION"
+
+DEFAULTS: dict[str, Any] = {
+    # --- Models and plans -------------------------------------------------------
+    # Alias id used when a request names no model.
+    "DEFAULT_MODEL": "default",
+    # Plan slug of users without an active subscription.
+    "DEFAULT_PLAN": "free",
+    # List aliases outside the caller's plan with "locked": true instead of hiding them.
+    "SHOW_LOCKED_MODELS": False,
+    # --- Request limits ---------------------------------------------------------
+    # Largest prompt (all messages, estimated tokens) accepted; larger gets 413.
+    "MAX_PROMPT_TOKENS": 100_000,
+    # Most messages one request may carry.
+    "MAX_MESSAGES": 500,
+    # --- Upstream calls ---------------------------------------------------------
+    # Used when a provider row leaves them empty.
+    "DEFAULT_TIMEOUT": 60.0,
+    "DEFAULT_MAX_RETRIES": 2,
+    # Exponential backoff between retries (seconds): base * 2**n, capped, with jitter.
+    "RETRY_BACKOFF_BASE": 0.5,
+    "RETRY_BACKOFF_MAX": 20.0,
+    # Overall deadline of one request across retries and fallbacks (seconds).
+    "REQUEST_DEADLINE": 120.0,
+    # Circuit breaker: open after this many consecutive failures, probe after cooldown.
+    "CIRCUIT_BREAKER_THRESHOLD": 5,
+    "CIRCUIT_BREAKER_COOLDOWN": 30.0,
+    # --- Rate limits, caching ---------------------------------------------------
+    # Requests per minute per user when no row sets one (None: no limit).
+    "RATE_LIMIT_RPM": None,
+    # Django cache alias used for rate limits, circuit breakers and the response cache.
+    "CACHE_BACKEND": "default",
+    # Response cache: on for every alias (otherwise opt-in per alias or temperature 0).
+    "CACHE_ENABLED": False,
+    "CACHE_TTL": 3600,
+    "CACHE_MAX_ENTRIES": 1000,
+    # --- Budgets ----------------------------------------------------------------
+    # Percentages at which a budget alert fires (once per threshold and period).
+    "BUDGET_ALERT_THRESHOLDS": [75, 90, 100],
+    # --- Secrets and adapters ---------------------------------------------------
+    # Callable(name) -> key value or None. Provider rows hold the *name* only.
+    "SECRET_RESOLVER": "llm_integration.secrets.environ_secret",
+    # Extra or replacement adapter classes: {"kind": "dotted.path.Adapter"}.
+    "ADAPTERS": {},
+    # --- Observability ----------------------------------------------------------
+    # Put prompt text in log lines (off: only sizes and ids are logged).
+    "LOG_PROMPTS": False,
+    # Who may read /metrics: "staff", "token" (METRICS_TOKEN) or "ip" (METRICS_ALLOWED_IPS).
+    "METRICS_ACCESS": "staff",
+    "METRICS_TOKEN": None,
+    "METRICS_ALLOWED_IPS": ["127.0.0.1", "::1"],
+}
+
+IMPORT_STRINGS = {"SECRET_RESOLVER"}
+
+
+class LLMSettings:
+    """Attribute access to ``LLM_INTEGRATION`` with defaults, cached until reload()."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if not hasattr(self, "_user_settings"):
+            self._user_settings = getattr(settings, SETTING_NAME, {}) or {}
+        return self._user_settings
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr not in self.defaults:
+            raise AttributeError(f"Invalid {SETTING_NAME} setting: {attr!r}")
+        value = self.user_settings.get(attr, self.defaults[attr])
+        if attr in IMPORT_STRINGS and isinstance(value, str):
+            value = import_string(value)
+        self._cached.add(attr)
+        setattr(self, attr, value)
+        return value
+
+    def unknown_keys(self) -> list[str]:
+        """Keys of ``LLM_INTEGRATION`` that are not settings (typos)."""
+        return sorted(set(self.user_settings) - set(self.defaults))
+
+    def reload(self) -> None:
+        for attr in self._cached:
+            delattr(self, attr)
+        self._cached.clear()
+        if hasattr(self, "_user_settings"):
+            delattr(self, "_user_settings")
+
+
+llm_settings = LLMSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        llm_settings.reload()
+
+
+setting_changed.connect(_reload)

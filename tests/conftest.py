@@ -1,0 +1,47 @@
+"""Fixtures: fake upstream servers on 127.0.0.1 and rows pointing at them."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_integration.services.providers import clear_adapter_cache
+from tests.fakes.anthropic import AnthropicFake
+from tests.fakes.ollama import OllamaFake
+from tests.fakes.openai import OpenAIFake
+
+TEST_KEY = "sk-test-key-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_adapters():
+    clear_adapter_cache()
+    yield
+    clear_adapter_cache()
+
+
+@pytest.fixture
+def openai_fake():
+    fake = OpenAIFake().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def anthropic_fake():
+    fake = AnthropicFake().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def ollama_fake():
+    fake = OllamaFake().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def api_key_env(monkeypatch):
+    """An environment variable holding a test key; yields its name."""
+    monkeypatch.setenv("LLM_TEST_API_KEY", TEST_KEY)
+    return "LLM_TEST_API_KEY"

@@ -1,0 +1,210 @@
+"""A real HTTP/1.1 server on 127.0.0.1, in a thread, for fake upstream providers.
+
+Protocol fakes (OpenAI, Anthropic, Ollama) subclass ``FakeUpstream`` and implement
+``handle``; tests queue how the next requests go wrong with ``push(...)``:
+
+    fake.push(mode="error", status=429, retry_after="3")
+    fake.push(mode="cut", cut_after=2)       # stream cut after two chunks
+    fake.push(mode="slow", delay=5)          # headers only after 5 s (or stop())
+    fake.push(mode="malformed")              # a body that is not the protocol's JSON
+
+Responses are written byte for byte: Content-Length bodies, chunked streams, and an
+abrupt close for cuts, so the client library sees what it would see in production.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Behaviour:
+    mode: str = "ok"  # ok | error | slow | cut | malformed | no_usage | error_event
+    text: str = "Hello from the fake upstream!"
+    status: int = 500
+    retry_after: str | None = None
+    error_type: str = ""
+    message: str = "Something went wrong upstream."
+    delay: float = 0.0
+    cut_after: int = 2
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+    finish_reason: str = "stop"
+
+    def words(self) -> list[str]:
+        words = self.text.split(" ")
+        return [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any = None
+
+
+class Exchange:
+    """The request being answered, with writers that speak raw HTTP/1.1."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        self.handler = handler
+        self.request = request
+        self.stream_open = False
+
+    def send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        h = self.handler
+        h.send_response(status)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(body)
+        h.wfile.flush()
+
+    def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        self.send(status, json.dumps(data).encode(), headers=headers)
+
+    def start_stream(self, content_type: str, headers: dict[str, str] | None = None) -> None:
+        h = self.handler
+        h.send_response(200)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Cache-Control", "no-cache")
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
+        h.end_headers()
+        self.stream_open = True
+
+    def write(self, data: bytes) -> None:
+        self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.handler.wfile.flush()
+
+    def end_stream(self) -> None:
+        self.handler.wfile.write(b"0\r\n\r\n")
+        self.handler.wfile.flush()
+
+    def cut(self, partial: bytes = b"") -> None:
+        """Close the connection abruptly (no terminating chunk, no full body)."""
+        h = self.handler
+        if partial:
+            h.wfile.write(partial)
+        h.wfile.flush()
+        h.close_connection = True
+        try:
+            h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        request = Recorded(
+            method=self.command,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+        )
+        fake = self.server.fake
+        fake.requests.append(request)
+        behaviour = fake.next_behaviour() if fake.scripted(request) else Behaviour()
+        exchange = Exchange(self, request)
+        if behaviour.mode == "slow" and fake.stopping.wait(behaviour.delay):
+            exchange.cut()
+            return
+        try:
+            fake.handle(exchange, behaviour)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_POST = _dispatch
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    fake: FakeUpstream
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that hung up (timeouts, cancelled streams): expected here
+        super().handle_error(request, client_address)
+
+
+@dataclass
+class FakeUpstream(ABC):
+    """Base of the protocol fakes: start(), push(), requests, stop()."""
+
+    requests: list[Recorded] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._script: deque[Behaviour] = deque()
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> FakeUpstream:
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        threading.Thread(
+            target=self._server.serve_forever, daemon=True, kwargs={"poll_interval": 0.05}
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def origin(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- scripting ----------------------------------------------------------------
+    def push(self, **behaviour: Any) -> None:
+        with self._lock:
+            self._script.append(Behaviour(**behaviour))
+
+    def next_behaviour(self) -> Behaviour:
+        with self._lock:
+            return self._script.popleft() if self._script else Behaviour()
+
+    def scripted(self, request: Recorded) -> bool:
+        """Whether ``request`` consumes a pushed behaviour (model calls do)."""
+        return True
+
+    @abstractmethod
+    def handle(self, exchange: Exchange, behaviour: Behaviour) -> None:
+        """Answer one request as the provider would, misbehaving as ``behaviour`` says."""

@@ -1,0 +1,169 @@
+"""The OpenAI-compatible adapter against a fake OpenAI server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_integration import exceptions as exc
+from llm_integration.adapters.openai import OpenAIAdapter, OpenAICompatibleAdapter
+from tests.conftest import TEST_KEY
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+
+
+def make(fake, cls=OpenAIAdapter, **kw):
+    kw.setdefault("api_key", TEST_KEY)
+    return cls(
+        model="gpt-4o-mini", base_url=fake.base_url, provider_name="openai-test", timeout=5.0, **kw
+    )
+
+
+async def collect(stream):
+    return [chunk async for chunk in stream]
+
+
+async def test_complete_returns_text_usage_and_sends_the_protocol(openai_fake):
+    openai_fake.push(text="Hello world", prompt_tokens=12, completion_tokens=3)
+    adapter = make(openai_fake, headers={"X-Team": "blue"})
+    answer = await adapter.complete(MESSAGES, temperature=0.2, max_tokens=50)
+    assert (answer.text, answer.finish_reason) == ("Hello world", "stop")
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (12, 3)
+    assert answer.usage.estimated is False
+    sent = openai_fake.requests[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {TEST_KEY}"
+    assert sent.headers["x-team"] == "blue"
+    assert sent.body == {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "temperature": 0.2,
+        "max_completion_tokens": 50,
+    }
+
+
+async def test_compatible_servers_get_max_tokens_and_no_key(openai_fake):
+    adapter = make(openai_fake, cls=OpenAICompatibleAdapter, api_key=None)
+    await adapter.complete("Hi", max_tokens=20)
+    sent = openai_fake.requests[-1]
+    assert "authorization" not in sent.headers
+    assert sent.body["max_tokens"] == 20 and "max_completion_tokens" not in sent.body
+
+
+async def test_stream_yields_each_chunk_then_provider_usage(openai_fake):
+    openai_fake.push(text="one two three", prompt_tokens=9, completion_tokens=4)
+    chunks = await collect(make(openai_fake).complete_stream(MESSAGES))
+    assert [c.text for c in chunks[:-1]] == ["one", " two", " three"]
+    final = chunks[-1]
+    assert (final.finish_reason, final.usage.prompt_tokens, final.usage.completion_tokens) == (
+        "stop",
+        9,
+        4,
+    )
+    assert final.usage.estimated is False
+    body = openai_fake.requests[-1].body
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_without_usage_chunk_is_estimated_and_flagged(openai_fake):
+    openai_fake.push(mode="no_usage", text="alpha beta gamma", finish_reason="length")
+    chunks = await collect(make(openai_fake).complete_stream(MESSAGES))
+    final = chunks[-1]
+    assert final.usage.estimated is True
+    assert final.usage.completion_tokens == 3  # "alpha beta gamma" in o200k_base
+    assert final.usage.prompt_tokens > 0
+    assert final.finish_reason == "length"
+
+
+async def test_401_maps_to_auth_error_without_leaking_the_key(openai_fake):
+    openai_fake.push(mode="error", status=401, message=f"Incorrect API key provided: {TEST_KEY}")
+    with pytest.raises(exc.UpstreamAuthenticationError) as info:
+        await make(openai_fake).complete("Hi")
+    assert TEST_KEY not in str(info.value)
+    assert info.value.status == 401 and not info.value.retryable
+
+
+async def test_429_carries_retry_after(openai_fake):
+    openai_fake.push(mode="error", status=429, retry_after="3", message="Slow down")
+    with pytest.raises(exc.UpstreamRateLimited) as info:
+        await make(openai_fake).complete("Hi")
+    assert info.value.retry_after == 3.0 and info.value.retryable
+    assert "Slow down" in info.value.message
+
+
+async def test_429_on_a_stream_is_raised_before_any_chunk(openai_fake):
+    openai_fake.push(mode="error", status=429, retry_after="7")
+    stream = make(openai_fake).complete_stream("Hi")
+    with pytest.raises(exc.UpstreamRateLimited) as info:
+        await anext(stream)
+    assert info.value.retry_after == 7.0
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_server_errors_are_retryable(openai_fake, status):
+    openai_fake.push(mode="error", status=status)
+    with pytest.raises(exc.UpstreamServerError) as info:
+        await make(openai_fake).complete("Hi")
+    assert info.value.retryable and info.value.status == status
+
+
+async def test_context_length_errors_are_recognised(openai_fake):
+    openai_fake.push(
+        mode="error",
+        status=400,
+        message="This model's maximum context length is "
+        "8192 tokens. However, your messages resulted in 9000 tokens.",
+    )
+    with pytest.raises(exc.ContextTooLong):
+        await make(openai_fake).complete("Hi")
+
+
+async def test_slow_upstream_times_out(openai_fake):
+    openai_fake.push(mode="slow", delay=30)
+    adapter = OpenAIAdapter(model="m", base_url=openai_fake.base_url, api_key=TEST_KEY, timeout=0.3)
+    with pytest.raises(exc.UpstreamTimeout):
+        await adapter.complete("Hi")
+
+
+async def test_unreachable_upstream_is_a_connection_error(openai_fake):
+    url = openai_fake.base_url
+    openai_fake.stop()
+    adapter = OpenAIAdapter(model="m", base_url=url, api_key=TEST_KEY, timeout=2)
+    with pytest.raises(exc.UpstreamConnectionError):
+        await adapter.complete("Hi")
+
+
+async def test_stream_cut_midway_raises_with_partial_usage(openai_fake):
+    openai_fake.push(mode="cut", text="one two three four", cut_after=2)
+    received = []
+    with pytest.raises(exc.StreamInterrupted) as info:
+        async for chunk in make(openai_fake).complete_stream("Hi"):
+            received.append(chunk.text)
+    assert received == ["one", " two"]
+    assert info.value.partial_text == "one two"
+    assert info.value.partial_usage.completion_tokens == 2
+    assert info.value.partial_usage.estimated
+
+
+async def test_body_cut_midway_is_a_transport_error(openai_fake):
+    openai_fake.push(mode="cut")
+    with pytest.raises(exc.UpstreamConnectionError):
+        await make(openai_fake).complete("Hi")
+
+
+async def test_malformed_body_is_a_bad_response(openai_fake):
+    openai_fake.push(mode="malformed")
+    with pytest.raises(exc.BadUpstreamResponse):
+        await make(openai_fake).complete("Hi")
+
+
+async def test_malformed_stream_chunk_is_a_bad_response(openai_fake):
+    openai_fake.push(mode="malformed", text="a b c")
+    with pytest.raises(exc.BadUpstreamResponse):
+        await collect(make(openai_fake).complete_stream("Hi"))
+
+
+def test_count_tokens_is_exact_for_openai_models(openai_fake):
+    adapter = make(openai_fake)
+    assert adapter.count_tokens("hello world") == 2
+    assert adapter.model_name == "gpt-4o-mini"
+    assert TEST_KEY not in repr(adapter)
