@@ -7,6 +7,7 @@ read-only. Keys never appear: a provider shows only whether its variable is set.
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import models
 from django.db.models import Count, Sum
 from django.utils.html import format_html
 
@@ -50,6 +51,7 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ("kind", "enabled")
     search_fields = ("name", "base_url")
     readonly_fields = ("created_at", "updated_at")
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled", "base_url")}),
         ("Credentials", {"fields": ("api_key_env", "extra_headers")}),

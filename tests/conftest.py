@@ -13,6 +13,11 @@ TEST_KEY = "sk-test-key-0123456789"
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _fresh_adapters():
     clear_adapter_cache()
     yield

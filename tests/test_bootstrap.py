@@ -1,0 +1,283 @@
+"""llm_bootstrap: the seed's environment variables and LiteLLM config.yaml import."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import CommandError, call_command
+
+from llm_integration import get_llm_adapter
+from llm_integration.models import AliasFallback, Budget, ModelAlias, Provider
+
+SEED_VARS = [
+    "LLM_BACKEND",
+    "OPENAI_API_KEY",
+    "OPENAI_MODEL",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_MODEL",
+    "ANTHROPIC_BASE_URL",
+    "OLLAMA_URL",
+    "OLLAMA_MODEL",
+    "CUSTOM_LLM_URL",
+    "CUSTOM_LLM_API_KEY",
+    "CUSTOM_LLM_MODEL",
+    "CUSTOM_LLM_HEADERS",
+    "CUSTOM_LLM_TIMEOUT",
+    "LLM_MAX_RETRIES",
+    "LLM_RATE_LIMIT_RPM",
+    "LLM_ENABLE_CACHING",
+    "BUDGET_LIMIT",
+]
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for name in SEED_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+    def set_env(**values):
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env
+
+
+def bootstrap(*args) -> str:
+    out = StringIO()
+    call_command("llm_bootstrap", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_custom_backend_rows_and_idempotence(env):
+    env(
+        LLM_BACKEND="custom",
+        CUSTOM_LLM_URL="http://127.0.0.1:8001/v1",
+        CUSTOM_LLM_MODEL="qwen",
+        CUSTOM_LLM_API_KEY="secret-value",
+        CUSTOM_LLM_HEADERS='{"X-Org": "acme"}',
+        CUSTOM_LLM_TIMEOUT="12.5",
+        LLM_MAX_RETRIES="4",
+        LLM_RATE_LIMIT_RPM="60",
+        LLM_ENABLE_CACHING="true",
+        BUDGET_LIMIT="25.50",
+    )
+    out = bootstrap()
+    assert "created provider custom" in out and "created alias default" in out
+    assert "created budget global-monthly" in out
+    provider = Provider.objects.get(name="custom")
+    assert (provider.kind, provider.base_url, provider.api_key_env) == (
+        "openai_compatible",
+        "http://127.0.0.1:8001/v1",
+        "CUSTOM_LLM_API_KEY",
+    )
+    assert provider.extra_headers == {"X-Org": "acme"}
+    assert (provider.timeout_seconds, provider.max_retries, provider.rpm_limit) == (12.5, 4, 60)
+    alias = ModelAlias.objects.get(slug="default")
+    assert (alias.provider, alias.upstream_model, alias.cache_responses) == (provider, "qwen", True)
+    budget = Budget.objects.get(name="global-monthly")
+    assert (budget.scope, budget.period, budget.limit_usd, budget.hard) == (
+        "global",
+        "month",
+        Decimal("25.50"),
+        True,
+    )
+    assert "secret-value" not in json.dumps(list(Provider.objects.values()), default=str)
+
+    again = bootstrap()
+    assert "unchanged provider custom" in again and "unchanged alias default" in again
+    assert Provider.objects.count() == 1 and ModelAlias.objects.count() == 1
+
+    env(CUSTOM_LLM_MODEL="qwen-2")
+    assert "updated alias default (upstream_model)" in bootstrap()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"LLM_BACKEND": "nope"}, "LLM_BACKEND='nope'"),
+        ({"LLM_BACKEND": "custom"}, "CUSTOM_LLM_URL"),
+        (
+            {
+                "LLM_BACKEND": "custom",
+                "CUSTOM_LLM_URL": "http://x",
+                "CUSTOM_LLM_MODEL": "m",
+                "CUSTOM_LLM_HEADERS": "[1]",
+            },
+            "CUSTOM_LLM_HEADERS",
+        ),
+        ({"LLM_BACKEND": "dummy", "BUDGET_LIMIT": "lots"}, "BUDGET_LIMIT"),
+        ({"LLM_BACKEND": "dummy", "LLM_MAX_RETRIES": "many"}, "LLM_MAX_RETRIES"),
+    ],
+)
+def test_bad_environment_is_a_command_error(env, values, message):
+    env(**values)
+    with pytest.raises(CommandError, match=message):
+        bootstrap()
+    assert not Provider.objects.exists()  # nothing half-written
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("backend", ["custom", "openai", "anthropic", "ollama"])
+async def test_bootstrapped_backend_answers_through_get_llm_adapter(
+    env, backend, openai_fake, anthropic_fake, ollama_fake
+):
+    if backend == "custom":
+        env(
+            LLM_BACKEND="custom", CUSTOM_LLM_URL=openai_fake.base_url, CUSTOM_LLM_MODEL="fake-model"
+        )
+        fake = openai_fake
+    elif backend == "openai":
+        env(
+            LLM_BACKEND="openai",
+            OPENAI_BASE_URL=openai_fake.base_url,
+            OPENAI_API_KEY="sk-1",
+            OPENAI_MODEL="gpt-4o-mini",
+        )
+        fake = openai_fake
+    elif backend == "anthropic":
+        env(
+            LLM_BACKEND="anthropic",
+            ANTHROPIC_BASE_URL=anthropic_fake.base_url,
+            ANTHROPIC_API_KEY="sk-ant-1",
+            ANTHROPIC_MODEL="claude-fake",
+        )
+        fake = anthropic_fake
+    else:
+        env(LLM_BACKEND="ollama", OLLAMA_URL=ollama_fake.base_url, OLLAMA_MODEL="llama3.2")
+        fake = ollama_fake
+    await sync_to_async(bootstrap)()
+
+    fake.push(text=f"Hello from {backend}", prompt_tokens=13, completion_tokens=4)
+    answer = await get_llm_adapter().complete("Hi")
+    assert answer.text == f"Hello from {backend}"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (13, 4)
+
+    fake.push(text="streamed words here", prompt_tokens=15, completion_tokens=3)
+    chunks = [c async for c in get_llm_adapter().complete_stream("Hi")]
+    assert "".join(c.text for c in chunks) == "streamed words here"
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (15, 3)
+
+
+LITELLM_CONFIG = """
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/OPENAI_API_KEY
+      rpm: 500
+      tpm: 100000
+      input_cost_per_token: 0.0000025
+      output_cost_per_token: 0.00001
+  - model_name: local-qwen
+    litellm_params:
+      model: hosted_vllm/Qwen/Qwen2.5-7B-Instruct
+      api_base: http://127.0.0.1:8001/v1
+      api_key: os.environ/VLLM_KEY
+      timeout: 30
+    model_info:
+      max_input_tokens: 32768
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_key: os.environ/ANTHROPIC_API_KEY
+      input_cost_per_token: 0.000003
+      output_cost_per_token: 0.000015
+  - model_name: llama
+    litellm_params:
+      model: ollama_chat/llama3.2
+      api_base: http://127.0.0.1:11434
+  - model_name: proxy
+    litellm_params:
+      model: openai/fake
+      api_base: http://127.0.0.1:4000
+      api_key: sk-inline-should-not-be-stored
+router_settings:
+  fallbacks: [{"gpt-4o": ["claude", "local-qwen"]}]
+"""
+
+
+@pytest.mark.django_db
+def test_litellm_config_import(env, tmp_path):
+    env(BUDGET_LIMIT="100")
+    path = tmp_path / "config.yaml"
+    path.write_text(LITELLM_CONFIG)
+    err = StringIO()
+    call_command("llm_bootstrap", "--config", str(path), stdout=StringIO(), stderr=err)
+    assert "inline api_key was ignored" in err.getvalue()
+
+    gpt = ModelAlias.objects.select_related("provider").get(slug="gpt-4o")
+    assert (gpt.provider.kind, gpt.provider.api_key_env, gpt.upstream_model) == (
+        "openai",
+        "OPENAI_API_KEY",
+        "gpt-4o",
+    )
+    assert (gpt.input_price_per_mtok, gpt.output_price_per_mtok) == (Decimal("2.5"), Decimal("10"))
+    assert (gpt.rpm_limit, gpt.tpm_limit) == (500, 100000)
+
+    qwen = ModelAlias.objects.select_related("provider").get(slug="local-qwen")
+    assert (qwen.provider.kind, qwen.provider.base_url, qwen.provider.api_key_env) == (
+        "openai_compatible",
+        "http://127.0.0.1:8001/v1",
+        "VLLM_KEY",
+    )
+    assert (qwen.upstream_model, qwen.context_window, qwen.provider.timeout_seconds) == (
+        "Qwen/Qwen2.5-7B-Instruct",
+        32768,
+        30.0,
+    )
+
+    assert ModelAlias.objects.get(slug="claude").provider.kind == "anthropic"
+    assert ModelAlias.objects.get(slug="llama").provider.kind == "ollama"
+    proxy = ModelAlias.objects.get(slug="proxy").provider
+    assert proxy.kind == "openai_compatible" and proxy.api_key_env == ""
+    assert "sk-inline" not in json.dumps(list(Provider.objects.values()), default=str)
+
+    fallbacks = list(
+        AliasFallback.objects.filter(alias=gpt).values_list("fallback__slug", flat=True)
+    )
+    assert fallbacks == ["claude", "local-qwen"]
+    assert Budget.objects.get(name="global-monthly").limit_usd == Decimal("100")
+
+    before = (Provider.objects.count(), ModelAlias.objects.count(), AliasFallback.objects.count())
+    out = StringIO()
+    call_command("llm_bootstrap", "--config", str(path), stdout=out, stderr=StringIO())
+    assert "created" not in out.getvalue() and "updated" not in out.getvalue()
+    assert before == (
+        Provider.objects.count(),
+        ModelAlias.objects.count(),
+        AliasFallback.objects.count(),
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model_list: 3", "no model_list"),
+        ("model_list:\n  - model_name: x\n    litellm_params: {model: azure/gpt}", "'azure'"),
+        (
+            "model_list:\n  - model_name: x\n    litellm_params: {model: openai/x}\n"
+            "router_settings:\n  fallbacks: [{x: [nope]}]",
+            "unknown model 'nope'",
+        ),
+        ("model_list: [", "not valid YAML"),
+    ],
+)
+def test_bad_config_is_a_command_error(env, tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(CommandError, match=message):
+        bootstrap("--config", str(path))
+    assert not ModelAlias.objects.exists()
+
+
+def test_missing_config_file_is_a_command_error(tmp_path):
+    with pytest.raises(CommandError, match="Cannot read"):
+        bootstrap("--config", str(tmp_path / "missing.yaml"))

@@ -1,0 +1,119 @@
+"""System checks: exact check objects for each problem."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.checks import Error, Warning
+
+from llm_integration import checks
+from llm_integration.models import AliasFallback
+from tests.factories import ModelAliasFactory, ProviderFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def run_row_checks():
+    return checks.check_rows(databases=["default"])
+
+
+def test_clean_rows_have_no_findings(api_key_env):
+    ModelAliasFactory(provider=ProviderFactory(kind="openai", api_key_env=api_key_env))
+    ModelAliasFactory(
+        provider=ProviderFactory(kind="dummy"), input_price_per_mtok=0, output_price_per_mtok=0
+    )
+    assert run_row_checks() == []
+
+
+def test_unknown_kind():
+    provider = ProviderFactory(name="weird", kind="mystery")
+    kinds = "anthropic, dummy, ollama, openai, openai_compatible"
+    assert run_row_checks() == [
+        Error(
+            "Provider 'weird' has unknown adapter kind 'mystery'.",
+            hint=f"Use one of: {kinds}; or add the kind to LLM_INTEGRATION['ADAPTERS'].",
+            obj=provider,
+            id="llm_integration.E001",
+        )
+    ]
+
+
+def test_key_variable_not_set(monkeypatch):
+    monkeypatch.delenv("MISSING_KEY", raising=False)
+    provider = ProviderFactory(name="oa", kind="openai", api_key_env="MISSING_KEY")
+    assert run_row_checks() == [
+        Warning(
+            "Provider 'oa' reads its API key from MISSING_KEY, which is not set.",
+            hint="Set the environment variable MISSING_KEY in the environment of every process.",
+            obj=provider,
+            id="llm_integration.W002",
+        )
+    ]
+
+
+def test_key_variable_not_named():
+    provider = ProviderFactory(name="oa", kind="anthropic", api_key_env="")
+    assert run_row_checks() == [
+        Warning(
+            "Provider 'oa' needs an API key but names no environment variable.",
+            hint="Fill in 'API key environment variable' with the variable's name, "
+            "e.g. OPENAI_API_KEY.",
+            obj=provider,
+            id="llm_integration.W007",
+        )
+    ]
+
+
+def test_alias_on_disabled_provider_and_missing_price():
+    provider = ProviderFactory(name="off", kind="ollama", enabled=False)
+    alias = ModelAliasFactory(
+        slug="a", provider=provider, input_price_per_mtok=0, output_price_per_mtok=0
+    )
+    assert run_row_checks() == [
+        Error(
+            "Model alias 'a' points at disabled provider 'off'.",
+            hint="Enable the provider, point the alias at another one, or disable the alias.",
+            obj=alias,
+            id="llm_integration.E003",
+        ),
+        Warning(
+            "Model alias 'a' of paid provider 'off' has no price.",
+            hint="Set its input and output prices (USD per million tokens) so costs and "
+            "budgets count.",
+            obj=alias,
+            id="llm_integration.W004",
+        ),
+    ]
+
+
+def test_fallback_cycle():
+    a, b, c = (ModelAliasFactory(slug=s) for s in "abc")
+    AliasFallback.objects.create(alias=a, fallback=b)
+    AliasFallback.objects.create(alias=b, fallback=c)
+    AliasFallback.objects.create(alias=c, fallback=a)
+    assert run_row_checks() == [
+        Error(
+            "Model alias fallbacks form a cycle: a → b → c → a.",
+            hint="Remove one of the fallbacks in the cycle.",
+            id="llm_integration.E005",
+        )
+    ]
+
+
+def test_settings_typo(settings):
+    settings.LLM_INTEGRATION = {"DEFAULT_MODLE": "x"}
+    assert checks.check_settings() == [
+        Error(
+            "Unknown LLM_INTEGRATION setting 'DEFAULT_MODLE'.",
+            hint="Known settings: see llm_integration/conf.py (DEFAULTS).",
+            id="llm_integration.E006",
+        )
+    ]
+
+
+def test_row_checks_skip_while_tables_are_missing():
+    from django.db import connection
+
+    ProviderFactory(kind="mystery")  # would be E001 if the checks could read the rows
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE llm_integration_aliasfallback")
+    assert run_row_checks() == []

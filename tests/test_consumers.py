@@ -1,0 +1,125 @@
+"""The WebSocket chat consumer over the project's ASGI application."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from rest_framework.authtoken.models import Token
+
+from llm_integration.models import UsageRecord
+from project.asgi import application
+from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://testserver")
+
+
+@pytest.fixture
+def dummy_alias(db):
+    return ModelAliasFactory(slug="default", provider=ProviderFactory(kind="dummy"))
+
+
+def communicator(headers=()):
+    return WebsocketCommunicator(application, "/ws/llm/chat/", headers=[ORIGIN, *headers])
+
+
+async def token_for(user) -> str:
+    return (await Token.objects.aget_or_create(user=user))[0].key
+
+
+async def test_unauthenticated_socket_is_closed_with_4401(dummy_alias):
+    ws = communicator()
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "hi"}]})
+    assert await ws.receive_output() == {"type": "websocket.close", "code": 4401}
+
+
+async def test_bad_token_is_closed_with_4401(dummy_alias):
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": "not-a-token"})
+    assert await ws.receive_output() == {"type": "websocket.close", "code": 4401}
+
+
+async def test_token_auth_then_streamed_chat_with_usage(dummy_alias):
+    user = await sync_to_async(UserFactory)()
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    await ws.send_json_to(
+        {"type": "chat", "model": "default", "messages": [{"role": "user", "content": "ping"}]}
+    )
+    start = await ws.receive_json_from()
+    assert start["type"] == "start" and start["request_id"].startswith("req_")
+    tokens = []
+    while (frame := await ws.receive_json_from())["type"] == "token":
+        tokens.append(frame["content"])
+    assert "".join(tokens) == "This is the dummy model (echo). You said: ping"
+    assert len(tokens) == 9
+    assert frame["type"] == "done" and frame["finish_reason"] == "stop"
+    assert frame["request_id"] == start["request_id"]
+    record = await UsageRecord.objects.aget(request_id=start["request_id"])
+    assert (record.status, record.streamed, record.user_id) == ("ok", True, user.pk)
+    assert frame["usage"]["completion_tokens"] == record.completion_tokens > 0
+    await ws.disconnect()
+
+
+async def test_session_cookie_auth(dummy_alias, client):
+    user = await sync_to_async(UserFactory)()
+    await sync_to_async(client.force_login)(user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    ws = communicator([(b"cookie", cookie.encode())])
+    await ws.connect()
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "hey"}]})
+    assert (await ws.receive_json_from())["type"] == "start"
+    await ws.disconnect()
+
+
+async def test_malformed_frames_get_errors_and_the_socket_stays_usable(dummy_alias):
+    user = await sync_to_async(UserFactory)()
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    await ws.send_to(text_data="{not json")
+    assert (await ws.receive_json_from())["code"] == "invalid_request"
+    await ws.send_json_to({"type": "dance"})
+    assert (await ws.receive_json_from())["code"] == "invalid_request"
+    await ws.send_json_to({"type": "chat", "messages": "nope"})
+    assert (await ws.receive_json_from())["code"] == "invalid_request"
+    await ws.send_json_to(
+        {"type": "chat", "model": "missing", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert (await ws.receive_json_from())["type"] == "start"
+    error = await ws.receive_json_from()
+    assert error["type"] == "error" and error["code"] == "model_not_found"
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "ok"}]})
+    assert (await ws.receive_json_from())["type"] == "start"
+    await ws.disconnect()
+
+
+@pytest.fixture
+def slow_dummy_alias(db):
+    provider = ProviderFactory(kind="dummy", options={"delay": 0.2})
+    return ModelAliasFactory(slug="default", provider=provider)
+
+
+async def test_cancel_stops_the_stream_and_records_usage(slow_dummy_alias):
+    user = await sync_to_async(UserFactory)()
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "long"}]})
+    start = await ws.receive_json_from()
+    first = await ws.receive_json_from(timeout=5)
+    assert first["type"] == "token"
+    await ws.send_json_to({"type": "cancel"})
+    while (frame := await ws.receive_json_from(timeout=5))["type"] == "token":
+        pass
+    assert frame["type"] == "done" and frame["finish_reason"] == "cancelled"
+    record = await UsageRecord.objects.aget(request_id=start["request_id"])
+    assert record.status == "cancelled" and record.completion_tokens >= 1
+    assert record.prompt_tokens > 0 and record.tokens_estimated
+    await ws.disconnect()

@@ -1,0 +1,45 @@
+"""Offline token counting from the packaged encodings."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_integration.services import tokens
+
+
+def test_exact_counts_match_tiktoken_reference_values():
+    # Reference values from OpenAI's cookbook / tiktoken's own tests.
+    assert tokens.count_text_tokens("hello world", model="gpt-4") == 2
+    assert tokens.get_encoding("cl100k_base").encode("tiktoken is great!") == [
+        83,
+        1609,
+        5963,
+        374,
+        2294,
+        0,
+    ]
+    assert tokens.get_encoding("o200k_base").encode("hello world") == [24912, 2375]
+
+
+def test_model_families():
+    assert tokens.encoding_name_for("gpt-4o-mini") == "o200k_base"
+    assert tokens.encoding_name_for("openai/gpt-3.5-turbo") == "cl100k_base"
+    assert tokens.encoding_name_for("claude-sonnet-4-5") is None
+    assert not tokens.is_exact("llama3.2") and tokens.is_exact("gpt-4")
+
+
+def test_message_framing_follows_openai_chat_format():
+    messages = [{"role": "user", "content": "hello world"}]
+    # 3 per message + role ("user" = 1) + content (2) + 3 for the reply
+    assert tokens.count_message_tokens(messages, model="gpt-4") == 9
+
+
+def test_special_token_text_is_counted_as_text():
+    assert tokens.count_text_tokens("<|endoftext|>", model="gpt-4") > 1
+
+
+def test_a_tampered_encoding_file_is_refused():
+    with pytest.raises(tokens.EncodingUnavailable, match="does not match"):
+        tokens._load_packaged_ranks("https://x/cl100k_base.tiktoken", expected_hash="0" * 64)
+    with pytest.raises(tokens.EncodingUnavailable):
+        tokens.get_encoding("p50k_base")
