@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from llm_integration.services.providers import clear_adapter_cache
 from tests.fakes.anthropic import AnthropicFake
@@ -22,6 +24,14 @@ def _fresh_adapters():
     clear_adapter_cache()
     yield
     clear_adapter_cache()
+
+
+@pytest.fixture(autouse=True)
+async def _close_async_orm_connections():
+    """The async ORM runs queries in asgiref's sync thread; close its connection after
+    each test so the test database can be dropped (PostgreSQL refuses while in use)."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

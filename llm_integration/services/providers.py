@@ -13,6 +13,8 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from django.db import connections
+
 from ..adapters import BaseLLMAdapter, Completion, StreamChunk, adapter_class
 from ..adapters.base import Prompt
 from ..conf import llm_settings
@@ -132,9 +134,16 @@ class AliasAdapter:
             asyncio.get_running_loop()
         except RuntimeError:
             return adapter_for(get_alias(self.alias))
-        # Inside an event loop the ORM refuses sync queries: do the lookup in a thread.
+        # Inside an event loop the ORM refuses sync queries: do the lookup in a thread,
+        # which closes its own database connection before it ends.
+        def lookup() -> BaseLLMAdapter:
+            try:
+                return adapter_for(get_alias(self.alias))
+            finally:
+                connections.close_all()
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(lambda: adapter_for(get_alias(self.alias))).result()
+            return pool.submit(lookup).result()
 
     @property
     def model_name(self) -> str:
