@@ -200,7 +200,7 @@ class BudgetPeriodInline(admin.TabularInline):
     extra = 0
     max_num = 0
     can_delete = False
-    readonly_fields = ("period_start", "spent_usd", "reserved_usd", "updated_at")
+    fields = readonly_fields = ("period_start", "spent_usd", "reserved_usd", "updated_at")
 
 
 class BudgetAlertInline(admin.TabularInline):

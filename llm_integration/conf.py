@@ -43,6 +43,10 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF_MAX": 20.0,
     # Overall deadline of one request across retries and fallbacks (seconds).
     "REQUEST_DEADLINE": 120.0,
+    # A Retry-After longer than this is not waited for: the next fallback is tried.
+    "RETRY_AFTER_MAX": 10.0,
+    # Worst-case prompt tokens for models counted by estimate: estimate * factor + 16.
+    "ESTIMATE_SAFETY_FACTOR": 1.5,
     # Circuit breaker: open after this many consecutive failures, probe after cooldown.
     "CIRCUIT_BREAKER_THRESHOLD": 5,
     "CIRCUIT_BREAKER_COOLDOWN": 30.0,
@@ -54,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     # Response cache: on for every alias (otherwise opt-in per alias or temperature 0).
     "CACHE_ENABLED": False,
     "CACHE_TTL": 3600,
+    # Cached answers are kept this much longer, served only when every upstream is down.
+    "CACHE_STALE_TTL": 86400,
     "CACHE_MAX_ENTRIES": 1000,
     # --- Budgets ----------------------------------------------------------------
     # Percentages at which a budget alert fires (once per threshold and period).

@@ -21,6 +21,20 @@ PRICE = {"max_digits": 14, "decimal_places": 6}
 ZERO = Decimal("0")
 
 
+MONEY_UNIT = Decimal("0.00000001")
+
+
+def usd_to_units(amount: Decimal) -> int:
+    """Whole 1e-8 USD units, rounded up (a reservation never falls short)."""
+    from decimal import ROUND_CEILING
+
+    return int((amount / MONEY_UNIT).to_integral_value(rounding=ROUND_CEILING))
+
+
+def units_to_usd(units: int) -> Decimal:
+    return (Decimal(units) * MONEY_UNIT).quantize(MONEY_UNIT)
+
+
 def default_thresholds() -> list[int]:
     return [75, 90, 100]
 
@@ -345,12 +359,18 @@ class Budget(models.Model):
 
 
 class BudgetPeriod(models.Model):
-    """The counters of one budget in one period; a new period starts a new row."""
+    """The counters of one budget in one period; a new period starts a new row.
+
+    Counters are whole units of 1e-8 USD (``MONEY_UNIT``) so that the conditional
+    UPDATE that reserves money compares integers exactly on every database.
+    """
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="periods")
     period_start = models.DateTimeField()
-    spent_usd = models.DecimalField(default=ZERO, **MONEY)
-    reserved_usd = models.DecimalField(default=ZERO, **MONEY)
+    spent_units = models.BigIntegerField(default=0)
+    reserved_units = models.BigIntegerField(default=0)
+    #: Highest alert threshold already fired in this period (percent).
+    alerted_threshold = models.PositiveSmallIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -360,12 +380,20 @@ class BudgetPeriod(models.Model):
                 fields=["budget", "period_start"], name="llm_budget_period_unique"
             ),
             models.CheckConstraint(
-                condition=Q(reserved_usd__gte=0), name="llm_budget_reserved_gte_0"
+                condition=Q(reserved_units__gte=0), name="llm_budget_reserved_gte_0"
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.budget} from {self.period_start:%Y-%m-%d}"
+
+    @property
+    def spent_usd(self) -> Decimal:
+        return units_to_usd(self.spent_units)
+
+    @property
+    def reserved_usd(self) -> Decimal:
+        return units_to_usd(self.reserved_units)
 
 
 class BudgetAlert(models.Model):

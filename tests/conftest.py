@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.cache import caches
 from django.db import connections
 
+from llm_integration.services.chat import Gateway
+from llm_integration.services.clock import FakeClock
 from llm_integration.services.providers import clear_adapter_cache
 from tests.fakes.anthropic import AnthropicFake
 from tests.fakes.ollama import OllamaFake
@@ -17,6 +20,24 @@ TEST_KEY = "sk-test-key-0123456789"
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Rate-limit windows, circuits and cached answers must not leak between tests."""
+    caches["default"].clear()
+    yield
+    caches["default"].clear()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def gateway(clock):
+    return Gateway(clock=clock)
 
 
 @pytest.fixture(autouse=True)

@@ -43,7 +43,7 @@ def rows(api_key_env):
     SubscriptionFactory(plan=entitlement.plan)
     budget = BudgetFactory()
     models.BudgetPeriod.objects.create(
-        budget=budget, period_start="2026-11-01T00:00Z", spent_usd="2.5"
+        budget=budget, period_start="2026-11-01T00:00Z", spent_units=250_000_000
     )
     models.BudgetAlert.objects.create(
         budget=budget,

@@ -1,35 +1,77 @@
-"""The one path every chat request takes (the seam the gateway service grows on).
+"""The one path every chat request takes (DESIGN.md), for every surface.
 
-Today: validate, resolve the alias, call its adapter, and write exactly one usage
-record whatever happens (ok, error, cancelled). Entitlements, rate limits, budgets,
-caching, retries and fallbacks slot in between resolve and call (see DESIGN.md).
+    1. validate input                              -> 400 / 413
+    2. resolve the alias, check the caller's plan  -> 404 / 403
+    3. fit the conversation into the context window; rate limits -> 413 / 429
+    4. response cache (non-streaming, opted in)    -> answer, no upstream cost
+    5. route: the alias, then its fallbacks, skipping open circuits; per candidate,
+       its own rate limits and a reservation of the worst-case cost on every budget
+       that applies (429 budget_exceeded), then the call with retries (tenacity)
+    6. settle: exactly one usage record, the reservation released and the real cost
+       added, alerts, metrics, the circuit breaker, a structured log line
 
-    result = await achat(user=request.user, model="chat-default", messages=[...])
-    async for event in astream_chat(user=..., model=..., messages=[...]):
-        if isinstance(event, Delta): ...
-        else: event.usage, event.cost_usd   # Done, always last
+    result = await achat(user=user, model="chat-default", messages=[...])
+    async for event in astream_chat(user=user, model=..., messages=[...]):
+        ...   # Delta(text) ..., then one Done(usage, cost_usd, ...)
+
+``Gateway(clock=FakeClock())`` gives tests deterministic time, waits and windows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from asgiref.sync import async_to_sync, sync_to_async
+
 from .. import exceptions as exc
-from ..adapters import Usage
-from ..adapters.base import build_request
-from ..models import ModelAlias, UsageRecord
-from .providers import adapter_for, aget_alias
-from .tokens import count_message_tokens, count_text_tokens
-from .usage import arecord, cost_of
+from .. import metrics
+from ..adapters import ChatRequest, Completion, StreamChunk, Usage
+from ..conf import llm_settings
+from ..models import ModelAlias, Plan, PlanEntitlement, UsageRecord
+from . import budgets, caching
+from .circuit import CircuitBreaker
+from .clock import SYSTEM_CLOCK, Clock
+from .context import fit_to_window
+from .entitlements import entitlement_for, plan_for
+from .providers import adapter_for, resolve_alias
+from .ratelimit import Limit, RateLimiter, limits_for
+from .retries import call_with_retries
+from .tokens import count_message_tokens, count_text_tokens, is_exact
+from .usage import cost_of, format_money
+from .validation import check_prompt_size, validate
 
 logger = logging.getLogger("llm_integration.services.chat")
+
+REFUSALS = (exc.RateLimited, exc.BudgetExceeded, exc.ModelNotAllowed)
+# Failures after which the next candidate is tried (the request itself is fine).
+FALL_THROUGH = (
+    exc.UpstreamAuthenticationError,
+    exc.UpstreamRateLimited,
+    exc.UpstreamServerError,
+    exc.UpstreamConnectionError,
+    exc.UpstreamTimeout,
+    exc.StreamInterrupted,
+    exc.BadUpstreamResponse,
+    exc.ConfigurationError,
+    exc.BudgetExceeded,
+    exc.RateLimited,
+)
+# Upstream failures that count against a provider's circuit.
+CIRCUIT_FAILURES = (
+    exc.UpstreamAuthenticationError,
+    exc.UpstreamServerError,
+    exc.UpstreamConnectionError,
+    exc.UpstreamTimeout,
+    exc.StreamInterrupted,
+    exc.BadUpstreamResponse,
+)
 
 
 def new_request_id() -> str:
@@ -45,6 +87,7 @@ class ChatResult:
     cost_usd: Decimal
     finish_reason: str = "stop"
     cached: bool = False
+    degraded: bool = False
 
 
 @dataclass(slots=True)
@@ -63,35 +106,95 @@ class Done:
 
 
 @dataclass(slots=True)
-class _Call:
-    """What one request accumulates on its way through, for its usage record."""
+class Admission:
+    """What the database says about a request: alias, plan, entitlement, candidates."""
 
+    alias: ModelAlias
+    plan: Plan | None
+    entitlement: PlanEntitlement | None
+    candidates: list[ModelAlias]
+
+
+def admit(user: Any, model: str | None) -> Admission:
+    alias = resolve_alias(model)
+    plan = plan_for(user)
+    entitlement = entitlement_for(alias, plan)
+    candidates = [alias, *(f for f in alias.fallback_aliases() if f.enabled)]
+    candidates = [c for c in candidates if c.provider.enabled]
+    if not candidates:
+        raise exc.NoUpstreamAvailable(f"No enabled provider serves model {alias.slug!r}.")
+    return Admission(alias, plan, entitlement, candidates)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request made ready for one candidate alias."""
+
+    alias: ModelAlias
+    request: ChatRequest
+    prompt_tokens: int
+    worst_cost: Decimal
+
+    @property
+    def worst_tokens(self) -> int:
+        return self.prompt_tokens + (self.request.max_tokens or 0)
+
+
+def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:
+    model = alias.upstream_model
+    max_tokens = request.max_tokens or alias.default_max_tokens
+    prompt = check_prompt_size(request, model=model)
+    messages, prompt = fit_to_window(
+        request.messages,
+        model=model,
+        context_window=alias.context_window,
+        max_tokens=max_tokens,
+        prompt_tokens=prompt,
+    )
+    upper = prompt if is_exact(model) else int(prompt * llm_settings.ESTIMATE_SAFETY_FACTOR) + 16
+    worst = cost_of(alias, Usage(prompt_tokens=upper, completion_tokens=max_tokens))
+    request = dataclasses.replace(request, messages=messages, max_tokens=max_tokens)
+    return Prepared(alias, request, prompt, worst)
+
+
+@dataclass
+class Call:
+    """One request on its way through; writes its usage record exactly once."""
+
+    gateway: Gateway
     request_id: str
     user: Any
-    alias: ModelAlias | None = None
-    started: float = field(default_factory=time.monotonic)
     streamed: bool = False
+    admission: Admission | None = None
+    serving: Prepared | None = None
+    reservation: budgets.Reservation = field(default_factory=budgets.Reservation)
+    #: Rate-limit counts taken (caller's and serving candidate's), with the tokens counted.
+    limits_taken: list[tuple[list[tuple[str, int]], int]] = field(default_factory=list)
+    started: float = 0.0
     recorded: bool = False
 
-    async def record(
+    @property
+    def alias(self) -> ModelAlias | None:
+        if self.serving is not None:
+            return self.serving.alias
+        return self.admission.alias if self.admission else None
+
+    def _record(
         self,
-        *,
         status: str,
-        usage: Usage | None = None,
-        error: Exception | None = None,
-        finish_reason: str = "",
+        usage: Usage,
+        error: BaseException | None,
+        finish_reason: str,
+        cached: bool,
     ) -> Decimal:
-        """Write this request's one usage record (later calls are no-ops)."""
         alias = self.alias
-        usage = usage or Usage()
-        if self.recorded:
-            return Decimal(0)
-        self.recorded = True
-        cost = cost_of(alias, usage) if alias is not None else Decimal(0)
+        cost = cost_of(alias, usage) if alias is not None and not cached else Decimal(0)
         user = self.user if getattr(self.user, "is_authenticated", False) else None
-        await arecord(
+        plan = self.admission.plan if self.admission else None
+        UsageRecord.objects.create(
             request_id=self.request_id,
             user=user,
+            plan=plan.slug if plan else "",
             alias=alias.slug if alias else "",
             provider=alias.provider.name if alias else "",
             upstream_model=alias.upstream_model if alias else "",
@@ -99,127 +202,412 @@ class _Call:
             completion_tokens=usage.completion_tokens,
             tokens_estimated=usage.estimated,
             cost_usd=cost,
-            latency_ms=int((time.monotonic() - self.started) * 1000),
+            latency_ms=int(max(0.0, self.gateway.clock.monotonic() - self.started) * 1000),
             status=status,
-            error_type=getattr(error, "code", type(error).__name__) if error else "",
+            error_type=error_type(error),
             finish_reason=finish_reason,
+            cached=cached,
             streamed=self.streamed,
+        )
+        budgets.settle(self.reservation, cost, now=self.gateway.clock.now())
+        return cost
+
+    async def finish(
+        self,
+        status: str,
+        *,
+        usage: Usage | None = None,
+        error: BaseException | None = None,
+        finish_reason: str = "",
+        cached: bool = False,
+    ) -> Decimal:
+        """Write the usage record, settle budgets, update metrics and log (once)."""
+        if self.recorded:
+            return Decimal(0)
+        self.recorded = True
+        usage = usage or Usage()
+        cost = await sync_to_async(self._record)(status, usage, error, finish_reason, cached)
+        total = usage.prompt_tokens + usage.completion_tokens
+        for taken, counted in self.limits_taken:
+            self.gateway.limiter.adjust_tokens(taken, actual=total, estimated=counted)
+        alias = self.alias
+        labels = (alias.slug if alias else "", alias.provider.name if alias else "")
+        seconds = max(0.0, self.gateway.clock.monotonic() - self.started)
+        metrics.observe(
+            alias=labels[0],
+            provider=labels[1],
+            status=status,
+            seconds=seconds,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost=float(cost),
+            error_type=error_type(error),
+            cached=cached,
         )
         logger.info(
             "llm.request",
             extra={
                 "request_id": self.request_id,
-                "alias": alias.slug if alias else "",
-                "provider": alias.provider.name if alias else "",
+                "alias": labels[0],
+                "provider": labels[1],
                 "status": status,
+                "latency_ms": int(seconds * 1000),
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
-                "cost_usd": str(cost),
-                "error_type": getattr(error, "code", "") if error else "",
+                "cost_usd": format_money(cost),
+                "cached": cached,
+                "streamed": self.streamed,
+                "error_type": error_type(error),
             },
         )
         return cost
 
-
-async def achat(
-    *,
-    user: Any = None,
-    model: str | None = None,
-    messages: Sequence[Any] | str,
-    system_prompt: str | None = None,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    request_id: str | None = None,
-) -> ChatResult:
-    call = _Call(request_id=request_id or new_request_id(), user=user)
-    try:
-        request = build_request(
-            messages, system_prompt=system_prompt, temperature=temperature, max_tokens=max_tokens
+    def consumed(self, text: str) -> Usage | None:
+        """An estimate of what a cut-short request consumed (its prompt and ``text``)."""
+        if self.serving is None:
+            return None
+        model = self.serving.alias.upstream_model
+        return Usage(
+            prompt_tokens=count_message_tokens(self.serving.request.messages, model=model),
+            completion_tokens=count_text_tokens(text, model=model),
+            estimated=True,
         )
-        call.alias = await aget_alias(model)
-        completion = await adapter_for(call.alias).complete(request)
-    except asyncio.CancelledError:
-        await call.record(status=UsageRecord.Status.CANCELLED, finish_reason="cancelled")
-        raise
-    except Exception as error:
-        await call.record(status=UsageRecord.Status.ERROR, error=error)
-        raise
-    cost = await call.record(
-        status=UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
-    )
-    return ChatResult(
-        answer=completion.text,
-        model=call.alias.slug,
-        request_id=call.request_id,
-        usage=completion.usage,
-        cost_usd=cost,
-        finish_reason=completion.finish_reason,
-    )
 
 
-async def astream_chat(
-    *,
-    user: Any = None,
-    model: str | None = None,
-    messages: Sequence[Any] | str,
-    system_prompt: str | None = None,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    request_id: str | None = None,
-) -> AsyncIterator[Delta | Done]:
-    """Deltas, then one Done. Closing the iterator early records a cancelled request."""
-    call = _Call(request_id=request_id or new_request_id(), user=user, streamed=True)
-    parts: list[str] = []
-    request = None
-    try:
-        request = build_request(
-            messages, system_prompt=system_prompt, temperature=temperature, max_tokens=max_tokens
+def error_type(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    return getattr(error, "code", "") or type(error).__name__
+
+
+def status_for(error: BaseException) -> str:
+    return UsageRecord.Status.REFUSED if isinstance(error, REFUSALS) else UsageRecord.Status.ERROR
+
+
+def final_error(error: BaseException | None, alias: ModelAlias) -> BaseException:
+    """What the client gets when no candidate could answer."""
+    if error is None:
+        return exc.NoUpstreamAvailable(
+            f"Every provider of model {alias.slug!r} is unavailable (circuit open)."
         )
-        call.alias = await aget_alias(model)
-        adapter = adapter_for(call.alias)
-        async for chunk in adapter.complete_stream(request):
-            if chunk.text:
-                parts.append(chunk.text)
-                yield Delta(chunk.text)
-            if chunk.usage is not None:
-                cost = await call.record(
-                    status=UsageRecord.Status.OK,
-                    usage=chunk.usage,
-                    finish_reason=chunk.finish_reason or "stop",
+    if isinstance(
+        error, exc.UpstreamServerError | exc.UpstreamConnectionError | exc.StreamInterrupted
+    ):
+        return exc.NoUpstreamAvailable(
+            f"No upstream could answer for model {alias.slug!r}: {error.message}"
+        )
+    return error
+
+
+class Gateway:
+    """The chat service. ``clock`` drives time, waits, windows and budget periods."""
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self.limiter = RateLimiter(clock=clock)
+
+    # -- shared steps ------------------------------------------------------------------
+    async def _admit(self, call: Call, *, model: str | None, request: ChatRequest) -> Prepared:
+        call.admission = adm = await sync_to_async(admit)(call.user, model)
+        first = prepare(adm.alias, request)
+        call.serving = None
+        caller = limits_for(
+            user=call.user,
+            plan=adm.plan,
+            alias=adm.alias,
+            provider=adm.alias.provider,
+            entitlement=adm.entitlement,
+        )
+        caller = [limit for limit in caller if limit.key.split(":")[0] not in ("provider", "alias")]
+        taken = self.limiter.acquire(caller, tokens=first.worst_tokens)
+        call.limits_taken.append((taken, first.worst_tokens))
+        return first
+
+    def _candidate_limits(self, prepared: Prepared) -> list[Limit]:
+        alias = prepared.alias
+        return [
+            limit
+            for limit in limits_for(
+                user=None, plan=None, alias=alias, provider=alias.provider, entitlement=None
+            )
+            if limit.key.split(":")[0] in ("provider", "alias")
+        ]
+
+    async def _route(self, call: Call, request: ChatRequest, first: Prepared, opener):
+        """Try the candidates in order; ``opener(adapter, prepared)`` makes the call.
+
+        Returns (prepared, opener's result). Raises the most relevant failure.
+        """
+        adm = call.admission
+        assert adm is not None
+        deadline = self.clock.monotonic() + float(llm_settings.REQUEST_DEADLINE)
+        last: BaseException | None = None
+        for alias in adm.candidates:
+            breaker = CircuitBreaker(alias.provider.name, clock=self.clock)
+            if not breaker.allow():
+                continue
+            try:
+                prepared = first if alias.pk == first.alias.pk else prepare(alias, request)
+                adapter = adapter_for(alias)
+                taken = self.limiter.acquire(
+                    self._candidate_limits(prepared), tokens=prepared.worst_tokens
                 )
-                yield Done(
-                    model=call.alias.slug,
-                    request_id=call.request_id,
-                    usage=chunk.usage,
-                    cost_usd=cost,
-                    finish_reason=chunk.finish_reason or "stop",
+            except (
+                exc.ConfigurationError,
+                exc.RateLimited,
+                exc.InvalidRequest,
+                exc.ContextTooLong,
+            ) as error:
+                if alias.pk == first.alias.pk and not isinstance(error, FALL_THROUGH):
+                    raise
+                last = error
+                continue
+            try:
+                call.reservation = await sync_to_async(self._reserve)(call, prepared)
+            except exc.BudgetExceeded as error:
+                self.limiter.release(taken)
+                last = error
+                continue
+            call.serving = prepared
+            call.limits_taken.append((taken, prepared.worst_tokens))
+            try:
+                result = await call_with_retries(
+                    lambda a=adapter, p=prepared: opener(a, p),
+                    max_retries=alias.provider.max_retries,
+                    deadline=deadline,
+                    clock=self.clock,
+                    provider=alias.provider.name,
                 )
-                return
-    except exc.UpstreamError as error:
-        await call.record(status=UsageRecord.Status.ERROR, usage=error.partial_usage, error=error)
-        raise
-    except exc.LLMError as error:
-        await call.record(status=UsageRecord.Status.ERROR, error=error)
-        raise
-    except (GeneratorExit, asyncio.CancelledError):
-        # The client went away or cancelled: record what was consumed so far.
-        await call.record(
-            status=UsageRecord.Status.CANCELLED,
-            usage=_consumed(call, request, parts),
-            finish_reason="cancelled",
+            except exc.LLMError as error:
+                if isinstance(error, CIRCUIT_FAILURES):
+                    breaker.record_failure()
+                if not isinstance(error, FALL_THROUGH):
+                    raise
+                await sync_to_async(budgets.release)(call.reservation)
+                call.reservation = budgets.Reservation()
+                call.serving = None
+                call.limits_taken.pop()
+                last = error
+                logger.warning(
+                    "llm.fallback",
+                    extra={
+                        "request_id": call.request_id,
+                        "alias": alias.slug,
+                        "provider": alias.provider.name,
+                        "error_type": error_type(error),
+                    },
+                )
+                continue
+            breaker.record_success()
+            return prepared, result
+        raise final_error(last, adm.alias)
+
+    def _reserve(self, call: Call, prepared: Prepared) -> budgets.Reservation:
+        alias = prepared.alias
+        adm = call.admission
+        applicable = budgets.applicable_budgets(
+            user=call.user, plan=adm.plan if adm else None, alias=alias, provider=alias.provider
         )
-        raise
-    except Exception as error:
-        await call.record(status=UsageRecord.Status.ERROR, error=error)
-        raise
+        return budgets.reserve(applicable, prepared.worst_cost, now=self.clock.now())
+
+    # -- non-streaming -----------------------------------------------------------------
+    async def chat(
+        self,
+        *,
+        user: Any = None,
+        model: str | None = None,
+        messages: Sequence[Any] | str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stop: Any = None,
+        request_id: str | None = None,
+    ) -> ChatResult:
+        call = Call(self, request_id or new_request_id(), user, started=self.clock.monotonic())
+        key = None
+        try:
+            request = validate(
+                messages,
+                system_prompt=system_prompt,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stop=stop,
+            )
+            first = await self._admit(call, model=model, request=request)
+            if caching.cacheable(first.alias, first.request):
+                key = caching.cache_key(first.alias, first.request)
+                hit = caching.lookup(key, now=self.clock.time())
+                if hit is not None:
+                    call.serving = first
+                    await call.finish(
+                        UsageRecord.Status.OK,
+                        usage=hit.usage,
+                        finish_reason=hit.finish_reason,
+                        cached=True,
+                    )
+                    return ChatResult(
+                        hit.text,
+                        first.alias.slug,
+                        call.request_id,
+                        hit.usage,
+                        Decimal(0),
+                        hit.finish_reason,
+                        cached=True,
+                    )
+
+            async def complete(adapter, prepared: Prepared) -> Completion:
+                return await adapter.complete(prepared.request)
+
+            try:
+                prepared, completion = await self._route(call, request, first, complete)
+            except exc.LLMError as error:
+                stale = caching.lookup(key, now=self.clock.time(), stale=True) if key else None
+                if stale is None:
+                    raise
+                call.serving = first
+                await call.finish(
+                    UsageRecord.Status.OK,
+                    usage=stale.usage,
+                    cached=True,
+                    finish_reason=stale.finish_reason,
+                )
+                logger.warning(
+                    "llm.degraded",
+                    extra={"request_id": call.request_id, "error_type": error_type(error)},
+                )
+                return ChatResult(
+                    stale.text,
+                    first.alias.slug,
+                    call.request_id,
+                    stale.usage,
+                    Decimal(0),
+                    stale.finish_reason,
+                    cached=True,
+                    degraded=True,
+                )
+        except asyncio.CancelledError:
+            await call.finish(
+                UsageRecord.Status.CANCELLED, usage=call.consumed(""), finish_reason="cancelled"
+            )
+            raise
+        except Exception as error:
+            await call.finish(status_for(error), error=error)
+            raise
+        cost = await call.finish(
+            UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
+        )
+        if key is not None and prepared.alias.pk == first.alias.pk:
+            caching.store(
+                key,
+                text=completion.text,
+                finish_reason=completion.finish_reason,
+                usage=completion.usage,
+                now=self.clock.time(),
+            )
+        return ChatResult(
+            completion.text,
+            prepared.alias.slug,
+            call.request_id,
+            completion.usage,
+            cost,
+            completion.finish_reason,
+        )
+
+    # -- streaming ---------------------------------------------------------------------
+    async def stream(
+        self,
+        *,
+        user: Any = None,
+        model: str | None = None,
+        messages: Sequence[Any] | str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stop: Any = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Delta | Done]:
+        """Deltas, then one Done. Closing the iterator early records ``cancelled``.
+
+        Retries and fallbacks happen only until the first chunk has arrived: after a
+        token has gone to the client, a failure ends the stream with that error.
+        """
+        call = Call(
+            self,
+            request_id or new_request_id(),
+            user,
+            streamed=True,
+            started=self.clock.monotonic(),
+        )
+        parts: list[str] = []
+        chunks = None
+        try:
+            request = validate(
+                messages,
+                system_prompt=system_prompt,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stop=stop,
+            )
+            first = await self._admit(call, model=model, request=request)
+
+            async def open_stream(adapter, prepared: Prepared):
+                iterator = adapter.complete_stream(prepared.request)
+                try:
+                    head = await anext(iterator)
+                except BaseException:
+                    await iterator.aclose()
+                    raise
+                return iterator, head
+
+            prepared, (chunks, head) = await self._route(call, request, first, open_stream)
+            chunk: StreamChunk | None = head
+            while chunk is not None:
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield Delta(chunk.text)
+                if chunk.usage is not None:
+                    finish = chunk.finish_reason or "stop"
+                    cost = await call.finish(
+                        UsageRecord.Status.OK, usage=chunk.usage, finish_reason=finish
+                    )
+                    yield Done(prepared.alias.slug, call.request_id, chunk.usage, cost, finish)
+                    return
+                chunk = await anext(chunks, None)
+            raise exc.StreamInterrupted(
+                "The upstream stream ended without usage.", provider=prepared.alias.provider.name
+            )
+        except (GeneratorExit, asyncio.CancelledError):
+            await call.finish(
+                UsageRecord.Status.CANCELLED,
+                usage=call.consumed("".join(parts)),
+                finish_reason="cancelled",
+            )
+            raise
+        except exc.UpstreamError as error:
+            usage = error.partial_usage or call.consumed("".join(parts))
+            await call.finish(UsageRecord.Status.ERROR, usage=usage, error=error)
+            raise
+        except Exception as error:
+            await call.finish(status_for(error), error=error)
+            raise
+        finally:
+            if chunks is not None:
+                await chunks.aclose()
 
 
-def _consumed(call: _Call, request: Any, parts: list[str]) -> Usage | None:
-    if request is None or call.alias is None:
-        return None
-    model_name = call.alias.upstream_model
-    return Usage(
-        prompt_tokens=count_message_tokens(request.messages, model=model_name),
-        completion_tokens=count_text_tokens("".join(parts), model=model_name),
-        estimated=True,
-    )
+default_gateway = Gateway()
+
+
+async def achat(**kwargs: Any) -> ChatResult:
+    """The chat path, async face (see ``Gateway.chat`` for the arguments)."""
+    return await default_gateway.chat(**kwargs)
+
+
+def astream_chat(**kwargs: Any) -> AsyncIterator[Delta | Done]:
+    """The streaming chat path (see ``Gateway.stream``)."""
+    return default_gateway.stream(**kwargs)
+
+
+def chat(**kwargs: Any) -> ChatResult:
+    """The chat path, sync face, for views, commands and scripts without an event loop."""
+    return async_to_sync(default_gateway.chat)(**kwargs)

@@ -93,8 +93,8 @@ def _checked(alias: ModelAlias) -> ModelAlias:
     return alias
 
 
-def get_alias(slug: str | None = None) -> ModelAlias:
-    """The enabled alias ``slug``; with no slug, ``DEFAULT_MODEL`` or else the first alias."""
+def resolve_alias(slug: str | None = None) -> ModelAlias:
+    """The enabled alias ``slug`` (or the default), whether or not its provider is up."""
     qs = _alias_queryset().filter(enabled=True)
     if slug:
         alias = qs.filter(slug=slug).first()
@@ -102,7 +102,12 @@ def get_alias(slug: str | None = None) -> ModelAlias:
         alias = qs.filter(slug=llm_settings.DEFAULT_MODEL).first() or qs.first()
     if alias is None:
         raise ModelNotFound(f"Unknown model {slug or llm_settings.DEFAULT_MODEL!r}.")
-    return _checked(alias)
+    return alias
+
+
+def get_alias(slug: str | None = None) -> ModelAlias:
+    """The enabled alias ``slug``; with no slug, ``DEFAULT_MODEL`` or else the first alias."""
+    return _checked(resolve_alias(slug))
 
 
 async def aget_alias(slug: str | None = None) -> ModelAlias:
@@ -134,6 +139,7 @@ class AliasAdapter:
             asyncio.get_running_loop()
         except RuntimeError:
             return adapter_for(get_alias(self.alias))
+
         # Inside an event loop the ORM refuses sync queries: do the lookup in a thread,
         # which closes its own database connection before it ends.
         def lookup() -> BaseLLMAdapter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..adapters import Usage
-from ..models import ModelAlias, UsageRecord
+from ..models import ModelAlias
 
 MILLION = Decimal(1_000_000)
 QUANTUM = Decimal("0.00000001")
@@ -23,7 +23,3 @@ def cost_of(alias: ModelAlias, usage: Usage) -> Decimal:
 def format_money(value: Decimal) -> str:
     """A decimal string without exponent, as the API renders money."""
     return format(value.quantize(QUANTUM).normalize(), "f") if value else "0"
-
-
-async def arecord(**fields) -> UsageRecord:
-    return await UsageRecord.objects.acreate(**fields)

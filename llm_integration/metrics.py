@@ -1,0 +1,51 @@
+"""Prometheus collectors of the gateway (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "llm_requests_total", "Requests through the gateway.", ["alias", "provider", "status"]
+)
+DURATION = Histogram(
+    "llm_request_duration_seconds",
+    "Time from admission to the last byte.",
+    ["alias", "provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+TOKENS = Counter("llm_tokens_used_total", "Tokens used.", ["alias", "provider", "type"])
+CACHE_HITS = Counter("llm_cache_hits_total", "Answers served from the response cache.", ["alias"])
+ERRORS = Counter(
+    "llm_errors_total", "Failed requests by error code.", ["alias", "provider", "error_type"]
+)
+COST = Counter("llm_cost_usd_total", "Cost in USD.", ["alias", "provider"])
+BUDGET_SPENT = Gauge("llm_budget_spent_usd", "Spent in the current period.", ["budget"])
+BUDGET_LIMIT = Gauge("llm_budget_limit_usd", "Limit of the budget.", ["budget"])
+BUDGET_REMAINING = Gauge("llm_budget_remaining_usd", "Left in the current period.", ["budget"])
+CIRCUIT_OPEN = Gauge("llm_circuit_open", "1 while a provider's circuit is open.", ["provider"])
+
+
+def observe(
+    *,
+    alias: str,
+    provider: str,
+    status: str,
+    seconds: float,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: float,
+    error_type: str = "",
+    cached: bool = False,
+) -> None:
+    REQUESTS.labels(alias, provider, status).inc()
+    DURATION.labels(alias, provider).observe(seconds)
+    if prompt_tokens:
+        TOKENS.labels(alias, provider, "prompt").inc(prompt_tokens)
+    if completion_tokens:
+        TOKENS.labels(alias, provider, "completion").inc(completion_tokens)
+    if cost:
+        COST.labels(alias, provider).inc(cost)
+    if cached:
+        CACHE_HITS.labels(alias).inc()
+    if error_type:
+        ERRORS.labels(alias, provider, error_type).inc()

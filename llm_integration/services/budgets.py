@@ -1,0 +1,215 @@
+"""Step 4 and 7: hard budgets that hold under concurrency, and their alerts.
+
+Before the upstream call the request's worst-case cost is *reserved* on every budget
+that applies, in one transaction, with a conditional UPDATE per budget:
+
+    UPDATE budgetperiod SET reserved = reserved + :cost
+     WHERE id = :id AND spent + reserved + :cost <= :limit
+
+A row lock (PostgreSQL) or the database write lock (SQLite) makes the check and the
+increment one step, so concurrent requests in any number of processes cannot overshoot;
+if any budget refuses, the transaction rolls back and the request gets 429
+``budget_exceeded``. After the call, ``settle`` moves the real cost from reserved to
+spent. Periods roll over by themselves: each (budget, period start) has its own row,
+created on first use. Alerts fire once per threshold and period: a conditional UPDATE of
+``alerted_threshold`` elects exactly one process to send the signal, log and mail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.core.mail import mail_admins
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from ..exceptions import BudgetExceeded
+from ..models import Budget, BudgetAlert, BudgetPeriod, units_to_usd, usd_to_units
+
+logger = logging.getLogger("llm_integration.budgets")
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def period_start(period: str, now: dt.datetime) -> dt.datetime:
+    """Start of the period containing ``now``, in the project's time zone."""
+    if period == Budget.Period.TOTAL:
+        return EPOCH
+    local = timezone.localtime(now)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == Budget.Period.DAY:
+        return midnight
+    if period == Budget.Period.WEEK:
+        return midnight - dt.timedelta(days=midnight.weekday())
+    return midnight.replace(day=1)
+
+
+def applicable_budgets(*, user, plan, alias, provider) -> list[Budget]:
+    """Enabled budgets on this request's scopes (one query)."""
+    scope = Q(scope=Budget.Scope.GLOBAL) | Q(scope=Budget.Scope.PROVIDER, provider=provider)
+    scope |= Q(scope=Budget.Scope.ALIAS, alias=alias)
+    if plan is not None:
+        scope |= Q(scope=Budget.Scope.PLAN, plan=plan)
+    if getattr(user, "pk", None):
+        scope |= Q(scope=Budget.Scope.USER, user_id=user.pk)
+    return list(Budget.objects.filter(scope, enabled=True))
+
+
+@dataclass
+class Reservation:
+    """What one request holds on its budgets until it settles."""
+
+    holds: list[tuple[Budget, int, int]] = field(default_factory=list)  # budget, period id, units
+
+    @property
+    def units(self) -> int:
+        return self.holds[0][2] if self.holds else 0
+
+
+def _period_id(budget: Budget, start: dt.datetime) -> int:
+    pid = (
+        BudgetPeriod.objects.filter(budget=budget, period_start=start)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if pid is not None:
+        return pid
+    try:
+        with transaction.atomic():
+            return BudgetPeriod.objects.create(budget=budget, period_start=start).pk
+    except IntegrityError:  # created by a concurrent request
+        return BudgetPeriod.objects.get(budget=budget, period_start=start).pk
+
+
+def reserve(budgets: list[Budget], cost: Decimal, *, now: dt.datetime) -> Reservation:
+    """Reserve ``cost`` on every budget, all or nothing; BudgetExceeded if one is full."""
+    units = usd_to_units(cost)
+    reservation = Reservation()
+    if not budgets:
+        return reservation
+    with transaction.atomic():
+        for budget in budgets:
+            pid = _period_id(budget, period_start(budget.period, now))
+            rows = BudgetPeriod.objects.filter(pk=pid)
+            if budget.hard:
+                limit = usd_to_units(budget.limit_usd)
+                rows = rows.filter(
+                    spent_units__lte=limit - units - F("reserved_units"),
+                )
+            if not rows.update(reserved_units=F("reserved_units") + units):
+                raise BudgetExceeded(
+                    f"The {budget.period} budget {budget.name!r} "
+                    f"({budget.scope} {budget.target_name}) is exhausted."
+                )
+            reservation.holds.append((budget, pid, units))
+    return reservation
+
+
+def settle(reservation: Reservation, cost: Decimal, *, now: dt.datetime) -> list[BudgetAlert]:
+    """Release the reservation and add the real ``cost``; fire alerts newly crossed."""
+    if not reservation.holds:
+        return []
+    units = usd_to_units(cost)
+    alerts = []
+    with transaction.atomic():
+        for _budget, pid, held in reservation.holds:
+            BudgetPeriod.objects.filter(pk=pid).update(
+                reserved_units=F("reserved_units") - held, spent_units=F("spent_units") + units
+            )
+    if units:
+        for budget, pid, _held in reservation.holds:
+            alerts.extend(_fire_alerts(budget, pid, now=now))
+    return alerts
+
+
+def release(reservation: Reservation) -> None:
+    """Give a reservation back untouched (the request never reached an upstream)."""
+    settle(reservation, Decimal(0), now=timezone.now())
+
+
+def _fire_alerts(budget: Budget, pid: int, *, now: dt.datetime) -> list[BudgetAlert]:
+    from ..signals import budget_threshold_reached
+
+    limit = usd_to_units(budget.limit_usd)
+    if limit <= 0:
+        return []
+    period = (
+        BudgetPeriod.objects.filter(pk=pid)
+        .values("spent_units", "alerted_threshold", "period_start")
+        .first()
+    )
+    if period is None:
+        return []
+    percent = period["spent_units"] * 100 / limit
+    crossed = sorted(
+        t
+        for t in (budget.alert_thresholds or [])
+        if isinstance(t, int | float) and period["alerted_threshold"] < t <= percent
+    )
+    if not crossed:
+        return []
+    top = int(crossed[-1])
+    # Elect one process: only the UPDATE that raises the mark fires these thresholds.
+    won = BudgetPeriod.objects.filter(pk=pid, alerted_threshold__lt=top).update(
+        alerted_threshold=top
+    )
+    if not won:
+        return []
+    fired = []
+    spent = units_to_usd(period["spent_units"])
+    for threshold in crossed:
+        try:
+            with transaction.atomic():
+                alert = BudgetAlert.objects.create(
+                    budget=budget,
+                    period_start=period["period_start"],
+                    threshold=int(threshold),
+                    spent_usd=spent,
+                    limit_usd=budget.limit_usd,
+                    created_at=now,
+                )
+        except IntegrityError:
+            continue
+        fired.append(alert)
+        logger.warning(
+            "llm.budget_alert",
+            extra={
+                "budget": budget.name,
+                "threshold": int(threshold),
+                "spent_usd": str(spent),
+                "limit_usd": str(budget.limit_usd),
+            },
+        )
+        budget_threshold_reached.send(
+            sender=Budget,
+            budget=budget,
+            threshold=int(threshold),
+            spent_usd=spent,
+            limit_usd=budget.limit_usd,
+        )
+        mail_admins(
+            f"LLM budget {budget.name!r} reached {int(threshold)}%",
+            f"The {budget.period} budget {budget.name!r} ({budget.scope} "
+            f"{budget.target_name}) has spent ${spent} of ${budget.limit_usd} "
+            f"({int(threshold)}% threshold) in the period starting "
+            f"{period['period_start']:%Y-%m-%d}.",
+            fail_silently=True,
+        )
+    return fired
+
+
+def budget_status(budget: Budget, *, now: dt.datetime) -> dict[str, Decimal]:
+    """Spent, reserved and remaining of the budget's current period (for the API)."""
+    start = period_start(budget.period, now)
+    row = BudgetPeriod.objects.filter(budget=budget, period_start=start).values(
+        "spent_units", "reserved_units"
+    ).first() or {"spent_units": 0, "reserved_units": 0}
+    spent, reserved = units_to_usd(row["spent_units"]), units_to_usd(row["reserved_units"])
+    return {
+        "spent": spent,
+        "reserved": reserved,
+        "remaining": max(Decimal(0), budget.limit_usd - spent - reserved),
+    }

@@ -1,0 +1,83 @@
+"""Step 5: the response cache, in Django's cache (Redis: shared by every process).
+
+Identical non-streaming requests to an alias that opted in (``cache_responses``), or
+any temperature-0 request while ``CACHE_ENABLED`` is on, are answered from the cache
+for ``CACHE_TTL`` seconds. Entries live on for ``CACHE_STALE_TTL`` more seconds as a
+last resort: when every upstream is down, a stale answer is served, flagged degraded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from django.core.cache import caches
+
+from ..adapters.base import ChatRequest, Usage
+from ..conf import llm_settings
+from ..models import ModelAlias
+
+
+@dataclass(slots=True)
+class CachedAnswer:
+    text: str
+    finish_reason: str
+    usage: Usage
+    stored_at: float
+
+
+def cacheable(alias: ModelAlias, request: ChatRequest) -> bool:
+    if alias.cache_responses:
+        return True
+    return bool(llm_settings.CACHE_ENABLED) and request.temperature == 0
+
+
+def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
+    payload = json.dumps(
+        [
+            alias.slug,
+            alias.provider_id,
+            alias.upstream_model,
+            [[m.role, m.content] for m in request.messages],
+            request.temperature,
+            request.max_tokens or alias.default_max_tokens,
+            list(request.stop),
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return "llm:cache:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _cache():
+    return caches[llm_settings.CACHE_BACKEND]
+
+
+def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:
+    data = _cache().get(key)
+    if not data:
+        return None
+    answer = CachedAnswer(
+        text=data["text"],
+        finish_reason=data["finish_reason"],
+        usage=Usage(data["prompt_tokens"], data["completion_tokens"]),
+        stored_at=data["at"],
+    )
+    if not stale and now - answer.stored_at > llm_settings.CACHE_TTL:
+        return None
+    return answer
+
+
+def store(key: str, *, text: str, finish_reason: str, usage: Usage, now: float) -> None:
+    _cache().set(
+        key,
+        {
+            "text": text,
+            "finish_reason": finish_reason,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "at": now,
+        },
+        timeout=int(llm_settings.CACHE_TTL) + int(llm_settings.CACHE_STALE_TTL),
+    )

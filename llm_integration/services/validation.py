@@ -1,0 +1,100 @@
+"""Step 1 of the path: turn what a client sent into a ChatRequest, or a clear 400/413."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..adapters.base import ROLES, ChatRequest, Message
+from ..conf import llm_settings
+from ..exceptions import InvalidRequest, PromptTooLarge
+from .tokens import count_message_tokens
+
+
+def _content(value: Any, index: int) -> str:
+    if isinstance(value, str):
+        return value
+    # OpenAI's content parts: [{"type": "text", "text": "..."}]
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in value
+    ):
+        return "".join(p["text"] for p in value)
+    raise InvalidRequest(f"messages[{index}].content must be text.")
+
+
+def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message, ...]:
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, Sequence) or isinstance(messages, bytes) or not messages:
+        raise InvalidRequest("Send a message, or a non-empty list of messages.")
+    if len(messages) > llm_settings.MAX_MESSAGES:
+        raise InvalidRequest(f"At most {llm_settings.MAX_MESSAGES} messages per request.")
+    parsed: list[Message] = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Message):
+            parsed.append(m)
+            continue
+        if not isinstance(m, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object with role and content.")
+        role = m.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(f"messages[{i}].role must be one of: {', '.join(ROLES)}.")
+        parsed.append(Message(role, _content(m.get("content"), i)))
+    if system_prompt is not None:
+        if not isinstance(system_prompt, str):
+            raise InvalidRequest("system_prompt must be text.")
+        if system_prompt.strip():
+            parsed.insert(0, Message("system", system_prompt))
+    if not any(m.role == "user" and m.content.strip() for m in parsed):
+        raise InvalidRequest("Send at least one non-empty user message.")
+    return tuple(parsed)
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{name} must be a number.")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}.")
+    return float(value)
+
+
+def validate(
+    messages: Any,
+    *,
+    system_prompt: Any = None,
+    temperature: Any = None,
+    max_tokens: Any = None,
+    stop: Any = None,
+) -> ChatRequest:
+    """A ChatRequest from client input; max_tokens is checked against the alias later."""
+    parsed = parse_messages(messages, system_prompt=system_prompt)
+    temperature = _number(temperature, "temperature", 0, 2)
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise InvalidRequest("max_tokens must be a whole number of at least 1.")
+    if stop is None:
+        stops: tuple[str, ...] = ()
+    elif isinstance(stop, str):
+        stops = (stop,)
+    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop):
+        stops = tuple(stop)
+    else:
+        raise InvalidRequest("stop must be a string or a list of at most 4 strings.")
+    return ChatRequest(messages=parsed, temperature=temperature, max_tokens=max_tokens, stop=stops)
+
+
+def check_prompt_size(request: ChatRequest, *, model: str) -> int:
+    """Prompt tokens (the model's tokenizer or an estimate); over the limit is a 413."""
+    limit = llm_settings.MAX_PROMPT_TOKENS
+    # A cheap bound first: no tokenizer yields fewer tokens than characters / 16.
+    chars = sum(len(m.content) for m in request.messages)
+    if limit and chars > limit * 16:
+        raise PromptTooLarge(f"The prompt is larger than the limit of {limit} tokens.")
+    tokens = count_message_tokens(request.messages, model=model)
+    if limit and tokens > limit:
+        raise PromptTooLarge(f"The prompt has about {tokens} tokens; the limit is {limit}.")
+    return tokens
