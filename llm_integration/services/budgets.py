@@ -108,26 +108,29 @@ def reserve(budgets: list[Budget], cost: Decimal, *, now: dt.datetime) -> Reserv
     return reservation
 
 
-def settle(reservation: Reservation, cost: Decimal, *, now: dt.datetime) -> list[BudgetAlert]:
-    """Release the reservation and add the real ``cost``; fire alerts newly crossed."""
+def settle(reservation: Reservation, cost: Decimal) -> None:
+    """Release the reservation and add the real ``cost`` (call ``fire_alerts`` after)."""
     if not reservation.holds:
-        return []
+        return
     units = usd_to_units(cost)
-    alerts = []
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         for _budget, pid, held in reservation.holds:
             BudgetPeriod.objects.filter(pk=pid).update(
                 reserved_units=F("reserved_units") - held, spent_units=F("spent_units") + units
             )
-    if units:
-        for budget, pid, _held in reservation.holds:
-            alerts.extend(_fire_alerts(budget, pid, now=now))
-    return alerts
 
 
 def release(reservation: Reservation) -> None:
     """Give a reservation back untouched (the request never reached an upstream)."""
-    settle(reservation, Decimal(0), now=timezone.now())
+    settle(reservation, Decimal(0))
+
+
+def fire_alerts(reservation: Reservation, *, now: dt.datetime) -> list[BudgetAlert]:
+    """Alerts for thresholds that this reservation's budgets have newly crossed."""
+    alerts: list[BudgetAlert] = []
+    for budget, pid, _held in reservation.holds:
+        alerts.extend(_fire_alerts(budget, pid, now=now))
+    return alerts
 
 
 def _fire_alerts(budget: Budget, pid: int, *, now: dt.datetime) -> list[BudgetAlert]:

@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.db import transaction
 
 from .. import exceptions as exc
 from .. import metrics
@@ -191,6 +192,13 @@ class Call:
         cost = cost_of(alias, usage) if alias is not None and not cached else Decimal(0)
         user = self.user if getattr(self.user, "is_authenticated", False) else None
         plan = self.admission.plan if self.admission else None
+        with transaction.atomic():
+            self._write(status, usage, error, finish_reason, cached, alias, cost, user, plan)
+        if cost:
+            budgets.fire_alerts(self.reservation, now=self.gateway.clock.now())
+        return cost
+
+    def _write(self, status, usage, error, finish_reason, cached, alias, cost, user, plan) -> None:
         UsageRecord.objects.create(
             request_id=self.request_id,
             user=user,
@@ -209,8 +217,7 @@ class Call:
             cached=cached,
             streamed=self.streamed,
         )
-        budgets.settle(self.reservation, cost, now=self.gateway.clock.now())
-        return cost
+        budgets.settle(self.reservation, cost)
 
     async def finish(
         self,

@@ -18,6 +18,7 @@ import base64
 import functools
 import gzip
 import hashlib
+import threading
 import types
 from collections.abc import Iterable
 from importlib import resources
@@ -54,9 +55,22 @@ def _load_packaged_ranks(blobpath: str, expected_hash: str | None = None) -> dic
     }
 
 
-@functools.cache
+_encodings: dict[str, tiktoken.Encoding] = {}
+_build_lock = threading.Lock()
+
+
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """tiktoken's encoding ``name``, built from the packaged file (no download)."""
+    """tiktoken's encoding ``name``, built once per process from the packaged file."""
+    encoding = _encodings.get(name)
+    if encoding is None:
+        with _build_lock:  # concurrent first requests build it once, not once each
+            encoding = _encodings.get(name)
+            if encoding is None:
+                encoding = _encodings[name] = _build_encoding(name)
+    return encoding
+
+
+def _build_encoding(name: str) -> tiktoken.Encoding:
     if name not in PACKAGED:
         raise EncodingUnavailable(f"Encoding {name} is not available offline.")
     constructor = getattr(openai_public, name)

@@ -150,6 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024  # listen backlog: concurrent tests connect all at once
     allow_reuse_address = True
     fake: FakeUpstream
 
