@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     # --- Rate limits, caching ---------------------------------------------------
     # Requests per minute per user when no row sets one (None: no limit).
     "RATE_LIMIT_RPM": None,
+    # Seconds between checks whether another process changed the configuration rows.
+    "CONFIG_CHECK_INTERVAL": 1.0,
     # Django cache alias used for rate limits, circuit breakers and the response cache.
     "CACHE_BACKEND": "default",
     # Response cache: on for every alias (otherwise opt-in per alias or temperature 0).

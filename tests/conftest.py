@@ -9,6 +9,7 @@ from django.db import connections
 
 from llm_integration.services.chat import Gateway
 from llm_integration.services.clock import FakeClock
+from llm_integration.services.config import invalidate
 from llm_integration.services.providers import clear_adapter_cache
 from tests.fakes.anthropic import AnthropicFake
 from tests.fakes.ollama import OllamaFake
@@ -26,8 +27,10 @@ def _fast_password_hashing(settings):
 def _clear_cache():
     """Rate-limit windows, circuits and cached answers must not leak between tests."""
     caches["default"].clear()
+    invalidate()
     yield
     caches["default"].clear()
+    invalidate()
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.core.mail import mail_admins
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ..exceptions import BudgetExceeded
@@ -63,43 +63,63 @@ class Reservation:
     """What one request holds on its budgets until it settles."""
 
     holds: list[tuple[Budget, int, int]] = field(default_factory=list)  # budget, period id, units
-
-    @property
-    def units(self) -> int:
-        return self.holds[0][2] if self.holds else 0
+    #: After settling: (budget, period id, spent units, alerted threshold) per budget.
+    settled: list[tuple[Budget, int, int, int]] = field(default_factory=list)
 
 
-def _period_id(budget: Budget, start: dt.datetime) -> int:
+def _period_id(budget: Budget, start: dt.datetime, cache: dict | None) -> int:
+    key = (budget.pk, start)
+    if cache is not None and key in cache:
+        return cache[key]
     pid = (
         BudgetPeriod.objects.filter(budget=budget, period_start=start)
         .values_list("pk", flat=True)
         .first()
     )
-    if pid is not None:
-        return pid
-    try:
-        with transaction.atomic():
-            return BudgetPeriod.objects.create(budget=budget, period_start=start).pk
-    except IntegrityError:  # created by a concurrent request
-        return BudgetPeriod.objects.get(budget=budget, period_start=start).pk
+    if pid is None:
+        try:
+            with transaction.atomic():
+                pid = BudgetPeriod.objects.create(budget=budget, period_start=start).pk
+        except IntegrityError:  # created by a concurrent request
+            pid = BudgetPeriod.objects.get(budget=budget, period_start=start).pk
+    if cache is not None:
+        cache[key] = pid
+    return pid
 
 
-def reserve(budgets: list[Budget], cost: Decimal, *, now: dt.datetime) -> Reservation:
-    """Reserve ``cost`` on every budget, all or nothing; BudgetExceeded if one is full."""
+def _table() -> str:
+    return connection.ops.quote_name(BudgetPeriod._meta.db_table)
+
+
+def reserve(
+    budgets: list[Budget], cost: Decimal, *, now: dt.datetime, period_ids: dict | None = None
+) -> Reservation:
+    """Reserve ``cost`` on every budget, all or nothing; BudgetExceeded if one is full.
+
+    ``period_ids`` caches (budget, period start) -> row id between requests.
+    """
     units = usd_to_units(cost)
     reservation = Reservation()
     if not budgets:
         return reservation
-    with transaction.atomic():
+    table = _table()
+    with transaction.atomic(), connection.cursor() as cursor:
         for budget in budgets:
-            pid = _period_id(budget, period_start(budget.period, now))
-            rows = BudgetPeriod.objects.filter(pk=pid)
+            pid = _period_id(budget, period_start(budget.period, now), period_ids)
             if budget.hard:
-                limit = usd_to_units(budget.limit_usd)
-                rows = rows.filter(
-                    spent_units__lte=limit - units - F("reserved_units"),
+                cursor.execute(
+                    f"UPDATE {table} SET reserved_units = reserved_units + %s "
+                    f"WHERE id = %s AND spent_units + reserved_units + %s <= %s",
+                    [units, pid, units, usd_to_units(budget.limit_usd)],
                 )
-            if not rows.update(reserved_units=F("reserved_units") + units):
+            else:
+                cursor.execute(
+                    f"UPDATE {table} SET reserved_units = reserved_units + %s WHERE id = %s",
+                    [units, pid],
+                )
+            if cursor.rowcount != 1:
+                if period_ids is not None and not BudgetPeriod.objects.filter(pk=pid).exists():
+                    period_ids.pop((budget.pk, period_start(budget.period, now)), None)
                 raise BudgetExceeded(
                     f"The {budget.period} budget {budget.name!r} "
                     f"({budget.scope} {budget.target_name}) is exhausted."
@@ -113,11 +133,29 @@ def settle(reservation: Reservation, cost: Decimal) -> None:
     if not reservation.holds:
         return
     units = usd_to_units(cost)
-    with transaction.atomic(savepoint=False):
-        for _budget, pid, held in reservation.holds:
-            BudgetPeriod.objects.filter(pk=pid).update(
-                reserved_units=F("reserved_units") - held, spent_units=F("spent_units") + units
+    table = _table()
+    returning = connection.features.can_return_columns_from_insert  # RETURNING support
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        for budget, pid, held in reservation.holds:
+            sql = (
+                f"UPDATE {table} SET reserved_units = reserved_units - %s, "
+                f"spent_units = spent_units + %s WHERE id = %s"
             )
+            if returning:
+                cursor.execute(
+                    sql + " RETURNING spent_units, alerted_threshold", [held, units, pid]
+                )
+                row = cursor.fetchone()
+            else:
+                cursor.execute(sql, [held, units, pid])
+                row = (
+                    BudgetPeriod.objects.filter(pk=pid)
+                    .values_list("spent_units", "alerted_threshold")
+                    .first()
+                )
+            if row is not None:
+                reservation.settled.append((budget, pid, int(row[0]), int(row[1])))
+    reservation.holds = []
 
 
 def release(reservation: Reservation) -> None:
@@ -126,31 +164,26 @@ def release(reservation: Reservation) -> None:
 
 
 def fire_alerts(reservation: Reservation, *, now: dt.datetime) -> list[BudgetAlert]:
-    """Alerts for thresholds that this reservation's budgets have newly crossed."""
+    """Alerts for thresholds that the settled budgets have newly crossed."""
     alerts: list[BudgetAlert] = []
-    for budget, pid, _held in reservation.holds:
-        alerts.extend(_fire_alerts(budget, pid, now=now))
+    for budget, pid, spent, alerted in reservation.settled:
+        alerts.extend(_fire_alerts(budget, pid, spent, alerted, now=now))
     return alerts
 
 
-def _fire_alerts(budget: Budget, pid: int, *, now: dt.datetime) -> list[BudgetAlert]:
+def _fire_alerts(
+    budget: Budget, pid: int, spent_units: int, alerted: int, *, now: dt.datetime
+) -> list[BudgetAlert]:
     from ..signals import budget_threshold_reached
 
     limit = usd_to_units(budget.limit_usd)
     if limit <= 0:
         return []
-    period = (
-        BudgetPeriod.objects.filter(pk=pid)
-        .values("spent_units", "alerted_threshold", "period_start")
-        .first()
-    )
-    if period is None:
-        return []
-    percent = period["spent_units"] * 100 / limit
+    percent = spent_units * 100 / limit
     crossed = sorted(
         t
         for t in (budget.alert_thresholds or [])
-        if isinstance(t, int | float) and period["alerted_threshold"] < t <= percent
+        if isinstance(t, int | float) and alerted < t <= percent
     )
     if not crossed:
         return []
@@ -161,14 +194,15 @@ def _fire_alerts(budget: Budget, pid: int, *, now: dt.datetime) -> list[BudgetAl
     )
     if not won:
         return []
+    period_start_ = BudgetPeriod.objects.values_list("period_start", flat=True).get(pk=pid)
     fired = []
-    spent = units_to_usd(period["spent_units"])
+    spent = units_to_usd(spent_units)
     for threshold in crossed:
         try:
             with transaction.atomic():
                 alert = BudgetAlert.objects.create(
                     budget=budget,
-                    period_start=period["period_start"],
+                    period_start=period_start_,
                     threshold=int(threshold),
                     spent_usd=spent,
                     limit_usd=budget.limit_usd,
@@ -197,8 +231,7 @@ def _fire_alerts(budget: Budget, pid: int, *, now: dt.datetime) -> list[BudgetAl
             f"LLM budget {budget.name!r} reached {int(threshold)}%",
             f"The {budget.period} budget {budget.name!r} ({budget.scope} "
             f"{budget.target_name}) has spent ${spent} of ${budget.limit_usd} "
-            f"({int(threshold)}% threshold) in the period starting "
-            f"{period['period_start']:%Y-%m-%d}.",
+            f"({int(threshold)}% threshold) in the period starting {period_start_:%Y-%m-%d}.",
             fail_silently=True,
         )
     return fired

@@ -39,9 +39,10 @@ from ..models import ModelAlias, Plan, PlanEntitlement, UsageRecord
 from . import budgets, caching
 from .circuit import CircuitBreaker
 from .clock import SYSTEM_CLOCK, Clock
+from .config import config
 from .context import fit_to_window
-from .entitlements import entitlement_for, plan_for
-from .providers import adapter_for, resolve_alias
+from .entitlements import entitlement_for
+from .providers import adapter_for
 from .ratelimit import Limit, RateLimiter, limits_for
 from .retries import call_with_retries
 from .tokens import count_message_tokens, count_text_tokens, is_exact
@@ -117,10 +118,13 @@ class Admission:
 
 
 def admit(user: Any, model: str | None) -> Admission:
-    alias = resolve_alias(model)
-    plan = plan_for(user)
-    entitlement = entitlement_for(alias, plan)
-    candidates = [alias, *(f for f in alias.fallback_aliases() if f.enabled)]
+    snapshot = config.current()
+    alias = snapshot.alias(model)
+    if alias is None:
+        raise exc.ModelNotFound(f"Unknown model {model or llm_settings.DEFAULT_MODEL!r}.")
+    plan = config.plan_for(snapshot, user)
+    entitlement = entitlement_for(alias, plan, snapshot)
+    candidates = [alias, *snapshot.fallbacks.get(alias.pk, ())]
     candidates = [c for c in candidates if c.provider.enabled]
     if not candidates:
         raise exc.NoUpstreamAvailable(f"No enabled provider serves model {alias.slug!r}.")
@@ -194,8 +198,7 @@ class Call:
         plan = self.admission.plan if self.admission else None
         with transaction.atomic():
             self._write(status, usage, error, finish_reason, cached, alias, cost, user, plan)
-        if cost:
-            budgets.fire_alerts(self.reservation, now=self.gateway.clock.now())
+        budgets.fire_alerts(self.reservation, now=self.gateway.clock.now())
         return cost
 
     def _write(self, status, usage, error, finish_reason, cached, alias, cost, user, plan) -> None:
@@ -412,10 +415,17 @@ class Gateway:
     def _reserve(self, call: Call, prepared: Prepared) -> budgets.Reservation:
         alias = prepared.alias
         adm = call.admission
-        applicable = budgets.applicable_budgets(
-            user=call.user, plan=adm.plan if adm else None, alias=alias, provider=alias.provider
+        plan = adm.plan if adm else None
+        snapshot = config.current()
+        applicable = snapshot.budgets_for(
+            user_id=getattr(call.user, "pk", None),
+            plan_id=plan.pk if plan else None,
+            alias_id=alias.pk,
+            provider_id=alias.provider_id,
         )
-        return budgets.reserve(applicable, prepared.worst_cost, now=self.clock.now())
+        return budgets.reserve(
+            applicable, prepared.worst_cost, now=self.clock.now(), period_ids=snapshot.period_ids
+        )
 
     # -- non-streaming -----------------------------------------------------------------
     async def chat(

@@ -114,6 +114,7 @@ class Exchange:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # small writes go out at once, as real servers do
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
