@@ -49,3 +49,14 @@ def observe(
         CACHE_HITS.labels(alias).inc()
     if error_type:
         ERRORS.labels(alias, provider, error_type).inc()
+
+
+def observe_budgets(settled) -> None:
+    """Budget gauges from settled reservations: (budget, period id, spent units, alerted)."""
+    from .models import units_to_usd
+
+    for budget, _pid, spent_units, _alerted in settled:
+        spent = units_to_usd(spent_units)
+        BUDGET_SPENT.labels(budget.name).set(float(spent))
+        BUDGET_LIMIT.labels(budget.name).set(float(budget.limit_usd))
+        BUDGET_REMAINING.labels(budget.name).set(float(max(budget.limit_usd - spent, 0)))

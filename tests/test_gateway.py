@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from llm_integration import exceptions as exc
 from llm_integration.models import AliasFallback, UsageRecord
 from llm_integration.services.chat import Delta, Done
+from tests.conftest import TEST_KEY
 from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
 from tests.fakes.openai import OpenAIFake
 
@@ -328,3 +329,89 @@ async def test_stale_cache_serves_degraded_when_upstreams_are_down(
     result = await gateway.chat(model="chat", messages="Q")
     assert result.degraded and result.cached and result.answer
     assert len(openai_fake.requests) == 2
+
+
+async def test_connection_reset_is_retried(gateway, openai_fake, api_key_env):
+    await sync_to_async(openai_alias)(openai_fake, api_key_env, retries=1)
+    openai_fake.push(mode="reset")
+    openai_fake.push(text="after the reset")
+    assert (await gateway.chat(model="chat", messages="Hi")).answer == "after the reset"
+    assert len(openai_fake.requests) == 2
+
+
+FAULTS = [
+    {"mode": "error", "status": 429, "retry_after": "1"},
+    {"mode": "error", "status": 500},
+    {"mode": "error", "status": 503},
+    {"mode": "slow", "delay": 5},
+    {"mode": "reset"},
+    {"mode": "malformed"},
+    {"mode": "cut"},
+    {"mode": "error", "status": 401},
+    {"mode": "ok"},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_one_usage_record_per_request_whatever_fails(
+    gateway, openai_fake, api_key_env, stream, settings
+):
+    settings.LLM_INTEGRATION = {"CIRCUIT_BREAKER_THRESHOLD": 100}  # keep calling upstream
+    await sync_to_async(openai_alias)(openai_fake, api_key_env, timeout=0.3)
+    outcomes = []
+    for i, fault in enumerate(FAULTS):
+        openai_fake.push(**fault)
+        try:
+            if stream:
+                await drain(gateway.stream(model="chat", messages="Hi", request_id=f"r{i}"))
+            else:
+                await gateway.chat(model="chat", messages="Hi", request_id=f"r{i}")
+            outcomes.append("ok")
+        except exc.LLMError as error:
+            outcomes.append(error.code)
+    rows = await records()
+    assert [r.request_id for r in rows] == [f"r{i}" for i in range(len(FAULTS))]
+    assert [r.status for r in rows] == ["ok" if o == "ok" else "error" for o in outcomes]
+    assert outcomes[-1] == "ok" and outcomes.count("ok") == 1
+
+
+async def test_metrics_and_structured_log(gateway, chat_alias, openai_fake, caplog, settings):
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0
+
+    before = sample("llm_requests_total", alias="chat", provider="p-chat", status="ok")
+    tokens = sample("llm_tokens_used_total", alias="chat", provider="p-chat", type="completion")
+    openai_fake.push(prompt_tokens=10, completion_tokens=7)
+    with caplog.at_level("INFO", logger="llm_integration"):
+        result = await gateway.chat(model="chat", messages="secret prompt text")
+    assert sample("llm_requests_total", alias="chat", provider="p-chat", status="ok") == before + 1
+    assert (
+        sample("llm_tokens_used_total", alias="chat", provider="p-chat", type="completion")
+        == tokens + 7
+    )
+    [line] = [r for r in caplog.records if r.getMessage() == "llm.request"]
+    assert (line.request_id, line.alias, line.status, line.completion_tokens) == (
+        result.request_id,
+        "chat",
+        "ok",
+        7,
+    )
+    logged = " ".join(str(vars(r)) for r in caplog.records)
+    assert "secret prompt text" not in logged and TEST_KEY not in logged
+    assert TEST_KEY not in caplog.text
+    settings.LLM_INTEGRATION = {"LOG_PROMPTS": True}
+    caplog.clear()
+    with caplog.at_level("INFO", logger="llm_integration"):
+        await gateway.chat(model="chat", messages="secret prompt text")
+    assert "secret prompt text" in " ".join(str(vars(r)) for r in caplog.records)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sync_face_for_code_without_an_event_loop(chat_alias, openai_fake):
+    from llm_integration.services.chat import chat
+
+    openai_fake.push(text="sync answer")
+    assert chat(model="chat", messages="Hi").answer == "sync answer"
+    assert UsageRecord.objects.count() == 1

@@ -254,22 +254,23 @@ class Call:
             error_type=error_type(error),
             cached=cached,
         )
-        logger.info(
-            "llm.request",
-            extra={
-                "request_id": self.request_id,
-                "alias": labels[0],
-                "provider": labels[1],
-                "status": status,
-                "latency_ms": int(seconds * 1000),
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "cost_usd": format_money(cost),
-                "cached": cached,
-                "streamed": self.streamed,
-                "error_type": error_type(error),
-            },
-        )
+        metrics.observe_budgets(self.reservation.settled)
+        fields = {
+            "request_id": self.request_id,
+            "alias": labels[0],
+            "provider": labels[1],
+            "status": status,
+            "latency_ms": int(seconds * 1000),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": format_money(cost),
+            "cached": cached,
+            "streamed": self.streamed,
+            "error_type": error_type(error),
+        }
+        if llm_settings.LOG_PROMPTS and self.serving is not None:
+            fields["prompt"] = self.serving.request.messages[-1].content
+        logger.info("llm.request", extra=fields)
         return cost
 
     def consumed(self, text: str) -> Usage | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.core.cache import caches
 
 from ..conf import llm_settings
+from ..metrics import CIRCUIT_OPEN
 from .clock import SYSTEM_CLOCK, Clock
 
 
@@ -46,6 +47,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         if self.cache.get(self._failures) or self.cache.get(self._open_until) is not None:
             self.cache.delete_many([self._failures, self._open_until, self._probe])
+            CIRCUIT_OPEN.labels(self.provider).set(0)
 
     def record_failure(self) -> None:
         cache = self.cache
@@ -55,6 +57,8 @@ class CircuitBreaker:
         if failures >= int(llm_settings.CIRCUIT_BREAKER_THRESHOLD) or self.state == "half_open":
             cache.set(self._open_until, self.clock.time() + cooldown, timeout=None)
             cache.delete(self._probe)
+            CIRCUIT_OPEN.labels(self.provider).set(1)
 
     def reset(self) -> None:
         self.cache.delete_many([self._failures, self._open_until, self._probe])
+        CIRCUIT_OPEN.labels(self.provider).set(0)

@@ -7,6 +7,7 @@ Protocol fakes (OpenAI, Anthropic, Ollama) subclass ``FakeUpstream`` and impleme
     fake.push(mode="cut", cut_after=2)       # stream cut after two chunks
     fake.push(mode="slow", delay=5)          # headers only after 5 s (or stop())
     fake.push(mode="malformed")              # a body that is not the protocol's JSON
+    fake.push(mode="reset")                  # connection reset, no answer at all
 
 Responses are written byte for byte: Content-Length bodies, chunked streams, and an
 abrupt close for cuts, so the client library sees what it would see in production.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import sys
 import threading
 from abc import ABC, abstractmethod
@@ -27,7 +29,7 @@ from typing import Any
 
 @dataclass
 class Behaviour:
-    mode: str = "ok"  # ok | error | slow | cut | malformed | no_usage | error_event
+    mode: str = "ok"  # ok | error | slow | reset | cut | malformed | no_usage | error_event
     text: str = "Hello from the fake upstream!"
     status: int = 500
     retry_after: str | None = None
@@ -139,6 +141,10 @@ class _Handler(BaseHTTPRequestHandler):
         exchange = Exchange(self, request)
         if behaviour.mode == "slow" and fake.stopping.wait(behaviour.delay):
             exchange.cut()
+            return
+        if behaviour.mode == "reset":  # TCP reset before any byte of the answer
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
             return
         try:
             fake.handle(exchange, behaviour)
