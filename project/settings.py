@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "adrf",
+    "drf_spectacular",
     "channels",
     "llm_integration",
 ]
@@ -144,6 +146,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # ?format= is ours (CSV usage export), not DRF's renderer override.
+    "URL_FORMAT_OVERRIDE": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM gateway API",
+    "DESCRIPTION": "Chat, models and usage (llm_integration), plus an OpenAI-compatible /v1.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
 }
 
 ADMINS = [("Admin", a) for a in env.list("ADMIN_EMAILS", default=[])]

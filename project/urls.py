@@ -1,5 +1,8 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from llm_integration.api.metrics import metrics_view
 
 from . import views
 
@@ -9,4 +12,8 @@ admin.site.site_title = "LLM gateway"
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("llm_integration.api.urls")),
+    path("v1/", include("llm_integration.api.openai_urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("metrics", metrics_view, name="metrics"),
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.cache import caches
@@ -56,6 +58,33 @@ async def _close_async_orm_connections():
     each test so the test database can be dropped (PostgreSQL refuses while in use)."""
     yield
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+def live_server_url(transactional_db):
+    """The project's ASGI application (HTTP, SSE and WebSockets) served by uvicorn on
+    127.0.0.1 in a thread, on the test database."""
+    import uvicorn
+
+    from project.asgi import application
+
+    db = connections.settings["default"]
+    saved_max_age = db.get("CONN_MAX_AGE", 0)
+    db["CONN_MAX_AGE"] = 0  # each request closes its connection (test DB can be dropped)
+    server = uvicorn.Server(
+        uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        thread.join(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    db["CONN_MAX_AGE"] = saved_max_age
 
 
 @pytest.fixture

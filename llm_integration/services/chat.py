@@ -108,6 +108,42 @@ class Done:
 
 
 @dataclass(slots=True)
+class Outcome:
+    """How a request ended, as recorded: for surfaces that must report a cancel's usage."""
+
+    status: str
+    usage: Usage
+    cost_usd: Decimal
+    finish_reason: str
+
+
+class ChatStream:
+    """The events of a streamed chat (Delta..., Done) with its request id; once it has
+    ended, however it ended, ``outcome`` holds what was recorded."""
+
+    def __init__(self, events: AsyncIterator[Delta | Done], call: Call) -> None:
+        self._events = events
+        self.call = call
+
+    @property
+    def request_id(self) -> str:
+        return self.call.request_id
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self.call.outcome
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> Delta | Done:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
+@dataclass(slots=True)
 class Admission:
     """What the database says about a request: alias, plan, entitlement, candidates."""
 
@@ -177,6 +213,7 @@ class Call:
     limits_taken: list[tuple[list[tuple[str, int]], int]] = field(default_factory=list)
     started: float = 0.0
     recorded: bool = False
+    outcome: Outcome | None = None
 
     @property
     def alias(self) -> ModelAlias | None:
@@ -237,6 +274,7 @@ class Call:
         self.recorded = True
         usage = usage or Usage()
         cost = await sync_to_async(self._record)(status, usage, error, finish_reason, cached)
+        self.outcome = Outcome(status, usage, cost, finish_reason)
         total = usage.prompt_tokens + usage.completion_tokens
         for taken, counted in self.limits_taken:
             self.gateway.limiter.adjust_tokens(taken, actual=total, estimated=counted)
@@ -532,7 +570,7 @@ class Gateway:
         )
 
     # -- streaming ---------------------------------------------------------------------
-    async def stream(
+    def stream(
         self,
         *,
         user: Any = None,
@@ -543,7 +581,7 @@ class Gateway:
         max_tokens: int | None = None,
         stop: Any = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[Delta | Done]:
+    ) -> ChatStream:
         """Deltas, then one Done. Closing the iterator early records ``cancelled``.
 
         Retries and fallbacks happen only until the first chunk has arrived: after a
@@ -556,6 +594,12 @@ class Gateway:
             streamed=True,
             started=self.clock.monotonic(),
         )
+        events = self._stream(call, model, messages, system_prompt, temperature, max_tokens, stop)
+        return ChatStream(events, call)
+
+    async def _stream(
+        self, call: Call, model, messages, system_prompt, temperature, max_tokens, stop
+    ) -> AsyncIterator[Delta | Done]:
         parts: list[str] = []
         chunks = None
         try:
@@ -621,7 +665,7 @@ async def achat(**kwargs: Any) -> ChatResult:
     return await default_gateway.chat(**kwargs)
 
 
-def astream_chat(**kwargs: Any) -> AsyncIterator[Delta | Done]:
+def astream_chat(**kwargs: Any) -> ChatStream:
     """The streaming chat path (see ``Gateway.stream``)."""
     return default_gateway.stream(**kwargs)
 

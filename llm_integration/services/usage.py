@@ -23,3 +23,69 @@ def cost_of(alias: ModelAlias, usage: Usage) -> Decimal:
 def format_money(value: Decimal) -> str:
     """A decimal string without exponent, as the API renders money."""
     return format(value.quantize(QUANTUM).normalize(), "f") if value else "0"
+
+
+def period_usage(user_id: int, since) -> dict:
+    """What a user used since ``since``: totals, by status and by model (CONTRACT §4)."""
+    from django.db.models import Count, Sum
+
+    from ..models import UsageRecord
+
+    rows = UsageRecord.objects.filter(user_id=user_id, created_at__gte=since)
+    totals = rows.aggregate(
+        requests=Count("id"),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost_usd"),
+    )
+    by_status = {s: n for s, n in rows.values_list("status").annotate(n=Count("id")).order_by()}
+    by_model = {
+        alias or "(none)": {"requests": n, "cost_usd": format_money(cost or Decimal(0))}
+        for alias, n, cost in rows.values_list("alias")
+        .annotate(n=Count("id"), cost=Sum("cost_usd"))
+        .order_by()
+    }
+    return {
+        "requests": totals["requests"] or 0,
+        "prompt_tokens": totals["prompt"] or 0,
+        "completion_tokens": totals["completion"] or 0,
+        "cost_usd": format_money(totals["cost"] or Decimal(0)),
+        "by_status": by_status,
+        "by_model": by_model,
+    }
+
+
+def usage_report(user, *, now) -> dict:
+    """The caller's usage today and this month, and the budgets that apply to them."""
+    from ..models import Budget
+    from .budgets import budget_status, period_start
+    from .config import config
+
+    snapshot = config.current()
+    plan = config.plan_for(snapshot, user)
+    budgets = [
+        b
+        for b in snapshot.budgets
+        if b.scope in (Budget.Scope.GLOBAL, Budget.Scope.PROVIDER, Budget.Scope.ALIAS)
+        or (b.scope == Budget.Scope.PLAN and plan is not None and b.plan_id == plan.pk)
+        or (b.scope == Budget.Scope.USER and b.user_id == user.pk)
+    ]
+    statuses = []
+    for budget in budgets:
+        status = budget_status(budget, now=now)
+        statuses.append(
+            {
+                "scope": budget.scope,
+                "name": budget.name,
+                "period": budget.period,
+                "limit_usd": format_money(budget.limit_usd),
+                "spent_usd": format_money(status["spent"]),
+                "reserved_usd": format_money(status["reserved"]),
+                "remaining_usd": format_money(status["remaining"]),
+            }
+        )
+    return {
+        "day": period_usage(user.pk, period_start("day", now)),
+        "month": period_usage(user.pk, period_start("month", now)),
+        "budgets": statuses,
+    }

@@ -1,0 +1,105 @@
+"""The one error envelope of CONTRACT §4, for DRF views, the /v1 views and the consumer.
+
+    {"error": {"type": "...", "code": "...", "message": "...", "request_id": "..."}}
+
+``LLMError`` subclasses carry their status and code; DRF's own exceptions (parse
+errors, authentication, permissions, 404, 405, throttling) map to the same shape.
+Anything else becomes a generic 500 whose message reveals nothing internal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+from .. import exceptions as exc
+
+logger = logging.getLogger("llm_integration.api")
+
+DRF_CODES: list[tuple[type[Exception], int, str, str]] = [
+    (drf.NotAuthenticated, 401, "not_authenticated", "authentication_error"),
+    (drf.AuthenticationFailed, 401, "authentication_failed", "authentication_error"),
+    (drf.PermissionDenied, 403, "permission_denied", "permission_error"),
+    (drf.NotFound, 404, "not_found", "invalid_request_error"),
+    (drf.MethodNotAllowed, 405, "method_not_allowed", "invalid_request_error"),
+    (drf.NotAcceptable, 406, "not_acceptable", "invalid_request_error"),
+    (drf.UnsupportedMediaType, 415, "unsupported_media_type", "invalid_request_error"),
+    (drf.Throttled, 429, "rate_limited", "rate_limit_error"),
+    (drf.ParseError, 400, "invalid_request", "invalid_request_error"),
+    (drf.ValidationError, 400, "invalid_request", "invalid_request_error"),
+]
+
+
+def flatten_detail(detail: Any, prefix: str = "") -> str:
+    """DRF validation details as one readable sentence: 'messages.0.role: ...'."""
+    if isinstance(detail, dict):
+        parts = [
+            flatten_detail(v, f"{prefix}{k}." if k != "non_field_errors" else prefix)
+            for k, v in detail.items()
+        ]
+        return "; ".join(p for p in parts if p)
+    if isinstance(detail, list):
+        if all(not isinstance(d, dict | list) for d in detail):
+            text = " ".join(str(d) for d in detail)
+            return f"{prefix.rstrip('.')}: {text}" if prefix else text
+        return "; ".join(flatten_detail(d, f"{prefix}{i}.") for i, d in enumerate(detail))
+    return f"{prefix.rstrip('.')}: {detail}" if prefix else str(detail)
+
+
+def describe(error: BaseException) -> tuple[int, str, str, str, float | None]:
+    """(HTTP status, code, type, message, retry_after) for any exception."""
+    if isinstance(error, exc.LLMError):
+        return error.status_code, error.code, error.type, error.message, error.retry_after
+    if isinstance(error, Http404):
+        error = drf.NotFound()
+    for cls, status, code, kind in DRF_CODES:
+        if isinstance(error, cls):
+            message = flatten_detail(error.detail) if isinstance(error, drf.APIException) else ""
+            wait = getattr(error, "wait", None)
+            return status, code, kind, message or code.replace("_", " "), wait
+    if isinstance(error, drf.APIException):
+        return (
+            error.status_code,
+            str(error.default_code),
+            "invalid_request_error",
+            str(error.detail),
+            None,
+        )
+    return 500, "internal_error", "server_error", "The gateway failed unexpectedly.", None
+
+
+def envelope(
+    error: BaseException, *, request_id: str, openai: bool = False
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """(body, status, headers) of the error response."""
+    status, code, kind, message, retry_after = describe(error)
+    if status >= 500 and not isinstance(error, exc.LLMError):
+        logger.error("llm.internal_error", exc_info=error, extra={"request_id": request_id})
+    body: dict[str, Any] = {
+        "type": kind,
+        "code": code,
+        "message": message,
+        "request_id": request_id,
+    }
+    if openai:
+        body["param"] = None
+    headers = {"X-Request-ID": request_id}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return {"error": body}, status, headers
+
+
+def error_response(error: BaseException, *, request_id: str, openai: bool = False) -> Response:
+    body, status, headers = envelope(error, request_id=request_id, openai=openai)
+    return Response(body, status=status, headers=headers)
+
+
+def error_json(error: BaseException, *, request_id: str, openai: bool = False) -> JsonResponse:
+    """The envelope as a plain Django response (outside DRF's rendering)."""
+    body, status, headers = envelope(error, request_id=request_id, openai=openai)
+    return JsonResponse(body, status=status, headers=headers)

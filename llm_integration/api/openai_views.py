@@ -1,0 +1,255 @@
+"""An OpenAI-compatible surface (``/v1``) over the same service path.
+
+Any OpenAI SDK works with ``base_url=<host>/v1`` and a DRF token as ``api_key``:
+``GET /v1/models`` and ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with
+``data: [DONE]``; ``stream_options.include_usage`` adds the usage chunk). ``model`` is an
+alias id. Errors are OpenAI-shaped (``error.message/type/param/code``) and carry the
+request id too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from ..services.chat import Delta, achat, astream_chat
+from ..services.entitlements import visible_aliases
+from .errors import envelope
+from .views import ERRORS, GatewayAPIView
+
+CREATED = 1_700_000_000  # aliases have no creation date upstream; a fixed, honest epoch
+
+
+class OpenAIMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=("system", "developer", "user", "assistant"))
+    content = serializers.JSONField()
+    name = serializers.CharField(required=False)
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = serializers.BooleanField(required=False, default=False)
+
+
+class ChatCompletionRequestSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=100)
+    messages = OpenAIMessageSerializer(many=True, allow_empty=False)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    stream = serializers.BooleanField(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    stop = serializers.JSONField(required=False, allow_null=True)
+    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    user = serializers.CharField(required=False, allow_blank=True)
+
+    def conversation(self) -> list[dict[str, Any]]:
+        return [
+            {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+            for m in self.validated_data["messages"]
+        ]
+
+
+def chunk(
+    request_id: str,
+    model: str,
+    created: int,
+    choices: list,
+    usage: Any = None,
+    *,
+    include_usage: bool,
+) -> bytes:
+    body: dict[str, Any] = {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if include_usage:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def openai_usage(usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+class OpenAIModelsView(GatewayAPIView):
+    openai_errors = True
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "OpenAIModelList",
+                {
+                    "object": serializers.CharField(),
+                    "data": serializers.ListField(child=serializers.DictField()),
+                },
+            )
+        },
+        summary="OpenAI-compatible model list",
+    )
+    async def get(self, request):
+        rows = await sync_to_async(visible_aliases)(request.user)
+        return Response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": alias.slug,
+                        "object": "model",
+                        "created": CREATED,
+                        "owned_by": alias.provider.name,
+                    }
+                    for alias, locked in rows
+                    if not locked
+                ],
+            }
+        )
+
+
+class ChatCompletionsView(GatewayAPIView):
+    openai_errors = True
+
+    @extend_schema(
+        request=ChatCompletionRequestSerializer,
+        responses={
+            200: inline_serializer(
+                "ChatCompletion",
+                {
+                    "id": serializers.CharField(),
+                    "object": serializers.CharField(),
+                    "choices": serializers.ListField(child=serializers.DictField()),
+                    "usage": serializers.DictField(),
+                },
+            ),
+            **ERRORS,
+        },
+        summary="OpenAI-compatible chat completions",
+    )
+    async def post(self, request):
+        serializer = ChatCompletionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        kwargs = {
+            "user": request.user,
+            "model": data["model"],
+            "messages": serializer.conversation(),
+            "temperature": data.get("temperature"),
+            "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
+            "stop": data.get("stop"),
+            "request_id": self.request_id,
+        }
+        if data.get("stream"):
+            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+            return await self.stream(kwargs, include_usage=include_usage)
+        result = await achat(**kwargs)
+        return Response(
+            {
+                "id": f"chatcmpl-{result.request_id}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": result.model,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": result.answer, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": result.finish_reason,
+                    }
+                ],
+                "usage": openai_usage(result.usage),
+            }
+        )
+
+    async def stream(self, kwargs: dict, *, include_usage: bool) -> StreamingHttpResponse:
+        request_id = self.request_id
+        created = int(time.time())
+        stream = astream_chat(**kwargs)
+        first = await anext(stream)  # failures before the first token get their status
+        model = kwargs["model"]
+
+        async def events() -> AsyncIterator[bytes]:
+            event = first
+            yield chunk(
+                request_id,
+                model,
+                created,
+                [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+                include_usage=include_usage,
+            )
+            try:
+                while True:
+                    if isinstance(event, Delta):
+                        yield chunk(
+                            request_id,
+                            model,
+                            created,
+                            [
+                                {
+                                    "index": 0,
+                                    "delta": {"content": event.text},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                            include_usage=include_usage,
+                        )
+                    else:
+                        yield chunk(
+                            request_id,
+                            event.model,
+                            created,
+                            [
+                                {
+                                    "index": 0,
+                                    "delta": {},
+                                    "logprobs": None,
+                                    "finish_reason": event.finish_reason,
+                                }
+                            ],
+                            include_usage=include_usage,
+                        )
+                        if include_usage:
+                            yield chunk(
+                                request_id,
+                                event.model,
+                                created,
+                                [],
+                                openai_usage(event.usage),
+                                include_usage=True,
+                            )
+                        break
+                    event = await anext(stream)
+            except Exception as error:
+                body, _status, _headers = envelope(error, request_id=request_id, openai=True)
+                yield b"data: " + json.dumps(body).encode() + b"\n\n"
+            finally:
+                await stream.aclose()
+            yield b"data: [DONE]\n\n"
+
+        response = StreamingHttpResponse(events(), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response

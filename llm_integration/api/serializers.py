@@ -1,0 +1,108 @@
+"""Request and response shapes of the REST API (validation and the OpenAPI schema).
+
+The service validates meaning (roles, sizes, context window); these check types so a
+client gets a field-by-field 400, and document the API in ``/api/schema/``.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+ROLES = ("system", "user", "assistant")
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=ROLES)
+    content = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+
+class ChatRequestSerializer(serializers.Serializer):
+    message = serializers.CharField(
+        required=False,
+        trim_whitespace=False,
+        help_text="A single user message (or send `messages`).",
+    )
+    messages = MessageSerializer(many=True, required=False, allow_empty=False)
+    model = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=100,
+        help_text="Alias id; the default alias when omitted.",
+    )
+    system_prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    stream = serializers.BooleanField(required=False, default=False)
+
+    def validate(self, attrs):
+        has_message, has_messages = "message" in attrs, "messages" in attrs
+        if has_message == has_messages:
+            raise serializers.ValidationError("Send either `message` or `messages`.")
+        return attrs
+
+    def conversation(self) -> list[dict[str, str]]:
+        data = self.validated_data
+        if "message" in data:
+            return [{"role": "user", "content": data["message"]}]
+        return [dict(m) for m in data["messages"]]
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.CharField(help_text="USD as a decimal string.")
+
+
+class ChatResponseSerializer(serializers.Serializer):
+    answer = serializers.CharField()
+    model = serializers.CharField()
+    request_id = serializers.CharField()
+    cached = serializers.BooleanField()
+    degraded = serializers.BooleanField(required=False)
+    finish_reason = serializers.CharField()
+    usage = UsageSerializer()
+
+
+class ModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    label = serializers.CharField()
+    provider = serializers.CharField(help_text="The provider's kind (a badge for UIs).")
+    context_window = serializers.IntegerField()
+    locked = serializers.BooleanField()
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    type = serializers.CharField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+    request_id = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorBodySerializer()
+
+
+class PeriodUsageSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cost_usd = serializers.CharField()
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_model = serializers.DictField(child=serializers.DictField())
+
+
+class BudgetStatusSerializer(serializers.Serializer):
+    scope = serializers.CharField()
+    name = serializers.CharField()
+    period = serializers.CharField()
+    limit_usd = serializers.CharField()
+    spent_usd = serializers.CharField()
+    reserved_usd = serializers.CharField()
+    remaining_usd = serializers.CharField()
+
+
+class UsageReportSerializer(serializers.Serializer):
+    day = PeriodUsageSerializer()
+    month = PeriodUsageSerializer()
+    budgets = BudgetStatusSerializer(many=True)

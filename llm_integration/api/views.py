@@ -1,0 +1,202 @@
+"""The REST API (CONTRACT §4): models, chat (JSON and SSE) and usage.
+
+Views are asynchronous end to end (adrf's APIView): a slow upstream holds no thread,
+so other requests never queue behind it. Every response carries ``X-Request-ID``;
+every error is the one envelope of ``api.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from adrf.views import APIView
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.http import StreamingHttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions as drf
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+
+from ..conf import llm_settings
+from ..services.chat import ChatResult, Delta, achat, astream_chat, new_request_id
+from ..services.entitlements import visible_aliases
+from ..services.usage import format_money, usage_report
+from . import serializers as s
+from .authentication import BearerOrTokenAuthentication
+from .errors import envelope, error_response
+
+ERRORS = {
+    code: OpenApiResponse(s.ErrorSerializer)
+    for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)
+}
+
+
+def usage_payload(usage, cost) -> dict:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cost_usd": format_money(cost),
+    }
+
+
+class GatewayAPIView(APIView):
+    """Base of the API views: auth, request id, error envelope."""
+
+    permission_classes = [IsAuthenticated]
+    openai_errors = False
+
+    def get_authenticators(self):
+        from rest_framework.authentication import SessionAuthentication
+
+        return [BearerOrTokenAuthentication(), SessionAuthentication()]
+
+    def initialize_request(self, request, *args, **kwargs):
+        request.llm_request_id = new_request_id()
+        return super().initialize_request(request, *args, **kwargs)
+
+    @property
+    def request_id(self) -> str:
+        return self.request._request.llm_request_id
+
+    def handle_exception(self, exc):
+        if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
+            # DRF would answer 403 without a WWW-Authenticate header: it is a 401.
+            response = error_response(exc, request_id=self.request_id, openai=self.openai_errors)
+            response["WWW-Authenticate"] = 'Bearer realm="api"'
+            response.exception = True
+            return response
+        response = error_response(exc, request_id=self.request_id, openai=self.openai_errors)
+        response.exception = True
+        return response
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["X-Request-ID"] = self.request_id
+        return response
+
+
+class ModelListView(GatewayAPIView):
+    @extend_schema(
+        responses={200: s.ModelSerializer(many=True), 401: ERRORS[401]},
+        summary="Models (aliases) the caller may use",
+    )
+    async def get(self, request):
+        rows = await sync_to_async(visible_aliases)(request.user)
+        show_locked = llm_settings.SHOW_LOCKED_MODELS
+        return Response(
+            [
+                {
+                    "id": alias.slug,
+                    "label": alias.display_label,
+                    "provider": alias.provider.kind,
+                    "context_window": alias.context_window,
+                    "locked": locked,
+                }
+                for alias, locked in rows
+                if show_locked or not locked
+            ]
+        )
+
+
+def sse(data: dict) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+class ChatView(GatewayAPIView):
+    @extend_schema(
+        request=s.ChatRequestSerializer,
+        responses={200: s.ChatResponseSerializer, **ERRORS},
+        summary="Chat with a model (JSON, or server-sent events with stream: true)",
+    )
+    async def post(self, request):
+        serializer = s.ChatRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        kwargs = {
+            "user": request.user,
+            "model": data.get("model") or None,
+            "messages": serializer.conversation(),
+            "system_prompt": data.get("system_prompt"),
+            "temperature": data.get("temperature"),
+            "max_tokens": data.get("max_tokens"),
+            "request_id": self.request_id,
+        }
+        if data.get("stream"):
+            return await self.stream(kwargs)
+        result: ChatResult = await achat(**kwargs)
+        body = {
+            "answer": result.answer,
+            "model": result.model,
+            "request_id": result.request_id,
+            "cached": result.cached,
+            "finish_reason": result.finish_reason,
+            "usage": usage_payload(result.usage, result.cost_usd),
+        }
+        if result.degraded:
+            body["degraded"] = True
+        return Response(body)
+
+    async def stream(self, kwargs: dict) -> StreamingHttpResponse:
+        request_id = self.request_id
+        stream = astream_chat(**kwargs)
+        # Everything that can fail before the first token (input, plan, limits, budgets,
+        # every upstream down) fails here, with its own HTTP status.
+        first = await anext(stream)
+
+        async def events() -> AsyncIterator[bytes]:
+            event = first
+            try:
+                while True:
+                    if isinstance(event, Delta):
+                        yield sse({"delta": event.text})
+                    else:
+                        yield sse(
+                            {
+                                "done": True,
+                                "usage": usage_payload(event.usage, event.cost_usd),
+                                "model": event.model,
+                                "finish_reason": event.finish_reason,
+                                "request_id": request_id,
+                            }
+                        )
+                        return
+                    event = await anext(stream)
+            except Exception as error:  # after the 200 has gone out: an error event
+                body, _status, _headers = envelope(error, request_id=request_id)
+                yield sse(body)
+            finally:
+                await stream.aclose()  # a client that went away: recorded as cancelled
+
+        response = StreamingHttpResponse(events(), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+
+class UsageView(GatewayAPIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("user", int, description="Staff only: another user's id.")],
+        responses={
+            200: s.UsageReportSerializer,
+            401: ERRORS[401],
+            403: ERRORS[403],
+            404: ERRORS[404],
+        },
+        summary="The caller's usage today and this month, and their budgets",
+    )
+    async def get(self, request):
+        user = request.user
+        other = request.query_params.get("user")
+        if other not in (None, ""):
+            if not user.is_staff:
+                raise drf.PermissionDenied("Only staff may read another user's usage.")
+            if not other.isdigit():
+                raise drf.ValidationError({"user": "Give a user id."})
+            user = await get_user_model().objects.filter(pk=int(other)).afirst()
+            if user is None:
+                raise drf.NotFound("No such user.")
+        return Response(await sync_to_async(usage_report)(user, now=timezone.now()))
