@@ -3,8 +3,14 @@
 Auth is the session cookie, or a DRF token in the first frame
 ``{"type": "auth", "token": "..."}``; otherwise the socket closes with 4401.
 Client frames: ``chat`` and ``cancel``. Server frames: ``start``, ``token`` (one per
-upstream chunk), ``done`` and ``error``. One chat at a time per socket; a malformed
-frame gets an ``error`` frame and the socket stays usable.
+upstream chunk), ``done`` and ``error`` (codes of CONTRACT §4). One chat at a time per
+socket; a malformed frame gets an ``error`` frame and the socket stays usable. A cancel
+(or a disconnect) stops the upstream call; the usage consumed so far is recorded and
+reported in the ``done`` frame.
+
+Each authenticated socket joins the group ``llm_user_<id>``: anything sent there as
+``{"type": "llm.notice", "payload": {...}}`` reaches the browser as a ``notice`` frame
+(through Redis, from any process, when ``REDIS_URL`` is set).
 """
 
 from __future__ import annotations
@@ -17,10 +23,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import exceptions as exc
-from .services.chat import Delta, astream_chat, new_request_id
+from .api.errors import describe
+from .services.chat import ChatStream, Delta, astream_chat, new_request_id
 from .services.usage import format_money
 
 CLOSE_UNAUTHENTICATED = 4401
+
+
+def user_group(user_id: int) -> str:
+    return f"llm_user_{user_id}"
 
 
 @database_sync_to_async
@@ -34,26 +45,35 @@ def user_for_token(key: str):
     return token.user if token.user.is_active else None
 
 
-def usage_payload(done) -> dict[str, Any]:
+def usage_payload(usage, cost) -> dict[str, Any]:
     return {
-        "prompt_tokens": done.usage.prompt_tokens,
-        "completion_tokens": done.usage.completion_tokens,
-        "total_tokens": done.usage.total_tokens,
-        "cost_usd": format_money(done.cost_usd),
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cost_usd": format_money(cost),
     }
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        self.user = user if getattr(user, "is_authenticated", False) else None
+        self.user = None
         self.task: asyncio.Task | None = None
         await self.accept()
+        user = self.scope.get("user")
+        if getattr(user, "is_authenticated", False):
+            await self.authenticated(user)
+
+    async def authenticated(self, user) -> None:
+        self.user = user
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
 
     async def disconnect(self, code: int) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+        if self.user is not None and self.channel_layer is not None:
+            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         try:
@@ -71,19 +91,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: dict[str, Any], **kwargs) -> None:
         kind = content["type"]
         if self.user is None:
+            user = None
             if kind == "auth" and isinstance(content.get("token"), str):
-                self.user = await user_for_token(content["token"])
-            if self.user is None:
+                user = await user_for_token(content["token"])
+            if user is None:
                 await self.close(code=CLOSE_UNAUTHENTICATED)
+                return
+            await self.authenticated(user)
             return
         if kind == "chat":
             await self.start_chat(content)
         elif kind == "cancel":
             if self.task is not None and not self.task.done():
                 self.task.cancel()
-        elif kind == "auth":
-            return  # already authenticated
-        else:
+        elif kind != "auth":  # a second auth frame is harmless
             await self.send_error("invalid_request", f"Unknown frame type {kind!r}.")
 
     async def start_chat(self, frame: dict[str, Any]) -> None:
@@ -96,19 +117,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(messages, list) or not messages:
             await self.send_error("invalid_request", 'Send "messages": a non-empty list.')
             return
-        self.task = asyncio.create_task(self.run_chat(frame, messages))
-
-    async def run_chat(self, frame: dict[str, Any], messages: list[Any]) -> None:
-        request_id = new_request_id()
-        await self.send_json({"type": "start", "request_id": request_id})
+        model = frame.get("model")
+        if model is not None and not isinstance(model, str):
+            await self.send_error("invalid_request", '"model" must be an alias id.')
+            return
         stream = astream_chat(
             user=self.user,
-            model=frame.get("model") or None,
+            model=model or None,
             messages=messages,
             temperature=frame.get("temperature"),
             max_tokens=frame.get("max_tokens"),
-            request_id=request_id,
+            request_id=new_request_id(),
         )
+        self.task = asyncio.create_task(self.run_chat(stream))
+
+    async def run_chat(self, stream: ChatStream) -> None:
+        request_id = stream.request_id
+        await self.send_json({"type": "start", "request_id": request_id})
         try:
             async for event in stream:
                 if isinstance(event, Delta):
@@ -118,22 +143,31 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                         {
                             "type": "done",
                             "request_id": request_id,
-                            "usage": usage_payload(event),
+                            "usage": usage_payload(event.usage, event.cost_usd),
                             "finish_reason": event.finish_reason,
                         }
                     )
         except asyncio.CancelledError:
             await stream.aclose()
+            outcome = stream.outcome
+            usage = usage_payload(outcome.usage, outcome.cost_usd) if outcome else None
             await self.send_json(
                 {
                     "type": "done",
                     "request_id": request_id,
-                    "usage": None,
+                    "usage": usage,
                     "finish_reason": "cancelled",
                 }
             )
         except exc.LLMError as error:
-            await self.send_error(error.code, error.message, request_id=request_id)
+            _status, code, _kind, message, retry_after = describe(error)
+            frame = {"type": "error", "code": code, "message": message, "request_id": request_id}
+            if retry_after is not None:
+                frame["retry_after"] = retry_after
+            await self.send_json(frame)
 
     async def send_error(self, code: str, message: str, **extra: Any) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, **extra})
+
+    async def llm_notice(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "notice", **event.get("payload", {})})

@@ -71,8 +71,16 @@ def live_server_url(transactional_db):
     db = connections.settings["default"]
     saved_max_age = db.get("CONN_MAX_AGE", 0)
     db["CONN_MAX_AGE"] = 0  # each request closes its connection (test DB can be dropped)
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
     server = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            ASGIStaticFilesHandler(application),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -122,4 +122,60 @@ async def test_cancel_stops_the_stream_and_records_usage(slow_dummy_alias):
     record = await UsageRecord.objects.aget(request_id=start["request_id"])
     assert record.status == "cancelled" and record.completion_tokens >= 1
     assert record.prompt_tokens > 0 and record.tokens_estimated
+    assert frame["usage"]["completion_tokens"] == record.completion_tokens
+    assert frame["usage"]["prompt_tokens"] == record.prompt_tokens
+    # The socket stays usable after a cancel.
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "again"}]})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "start"
     await ws.disconnect()
+
+
+async def test_one_chat_at_a_time(slow_dummy_alias):
+    user = await sync_to_async(UserFactory)()
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    chat = {"type": "chat", "messages": [{"role": "user", "content": "one"}]}
+    await ws.send_json_to(chat)
+    assert (await ws.receive_json_from())["type"] == "start"
+    await ws.send_json_to(chat)
+    frame = await ws.receive_json_from(timeout=5)
+    while frame["type"] == "token":
+        frame = await ws.receive_json_from(timeout=5)
+    assert frame == {
+        "type": "error",
+        "code": "invalid_request",
+        "message": "A chat is already running on this socket.",
+    }
+    await ws.disconnect()
+
+
+async def test_group_notices_reach_the_users_sockets(dummy_alias):
+    from channels.layers import get_channel_layer
+
+    from llm_integration.consumers import user_group
+
+    user = await sync_to_async(UserFactory)()
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    await ws.send_json_to({"type": "dance"})  # its error frame proves auth was processed
+    assert (await ws.receive_json_from())["type"] == "error"
+    await get_channel_layer().group_send(
+        user_group(user.pk), {"type": "llm.notice", "payload": {"text": "budget at 90%"}}
+    )
+    assert await ws.receive_json_from(timeout=5) == {"type": "notice", "text": "budget at 90%"}
+    await ws.disconnect()
+
+
+async def test_disconnect_mid_chat_records_cancelled(slow_dummy_alias):
+    user = await sync_to_async(UserFactory)()
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "bye"}]})
+    start = await ws.receive_json_from()
+    await ws.receive_json_from(timeout=5)  # one token
+    await ws.disconnect()
+    record = await UsageRecord.objects.aget(request_id=start["request_id"])
+    assert record.status == "cancelled"

@@ -48,4 +48,4 @@ def test_chat_page_lists_aliases_for_logged_in_users(client, admin_user):
     assert client.get("/").status_code == 302
     client.force_login(admin_user)
     page = client.get("/").content.decode()
-    assert 'value="default"' in page and "/ws/llm/chat/" in page
+    assert "/api/v1/models" in page and "/ws/llm/chat/" in page
