@@ -98,8 +98,11 @@ def test_send_stream_and_stop(page):
 @pytest.mark.django_db(transaction=True)
 def test_errors_are_explained(page):
     # A model removed after the page loaded: the server refuses it with model_not_found.
-    page.evaluate("""() => { const o = document.createElement('option');
-        o.value = 'gone'; o.textContent = 'Gone'; document.querySelector('#model').appendChild(o); }""")
+    page.evaluate("""() => {
+        const o = document.createElement('option');
+        o.value = 'gone'; o.textContent = 'Gone';
+        document.querySelector('#model').appendChild(o);
+    }""")
     page.select_option("#model", "gone")
     page.fill("#prompt", "hello?")
     page.click("#send")
