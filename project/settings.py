@@ -143,7 +143,7 @@ LOGIN_URL = "/admin/login/"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "llm_integration.api.authentication.BearerOrTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "llm_integration.api.authentication.AsyncSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

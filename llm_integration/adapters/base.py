@@ -21,10 +21,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import httpx
-
 from .. import exceptions as exc
 from ..services.tokens import count_message_tokens, count_text_tokens
+from .http import httpx
 
 ROLES = ("system", "user", "assistant")
 
@@ -159,9 +158,10 @@ class BaseLLMAdapter(ABC):
         self.timeout = timeout
         self.provider_name = provider_name or (self.kinds[0] if self.kinds else "upstream")
         self.default_max_tokens = default_max_tokens
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
             weakref.WeakKeyDictionary()
         )
+        self._turn = 0
 
     def __repr__(self) -> str:  # never shows the key
         return f"<{type(self).__name__} {self.provider_name}:{self.model} {self.base_url}>"
@@ -186,8 +186,9 @@ class BaseLLMAdapter(ABC):
         return count_message_tokens(build_request(prompt).messages, model=self.model)
 
     async def aclose(self) -> None:
-        for client in list(self._clients.values()):
-            await client.aclose()
+        for clients in list(self._clients.values()):
+            for client in clients:
+                await client.aclose()
         self._clients.clear()
 
     # -- for subclasses ---------------------------------------------------------------
@@ -197,13 +198,21 @@ class BaseLLMAdapter(ABC):
     @abstractmethod
     def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]: ...
 
-    def _client_for_loop(self, factory) -> Any:
-        """One HTTP client per event loop: httpx pools cannot cross loops."""
+    def _client_for_loop(self, factory, *, shards: int = 1) -> Any:
+        """An HTTP client of this event loop (pools cannot cross loops).
+
+        With ``shards`` > 1, requests take turns over that many clients: a connection
+        pool's bookkeeping costs grow with its size, so several small pools serve many
+        concurrent requests with less CPU than one big one.
+        """
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = factory()
-        return client
+        clients = self._clients.get(loop)
+        if clients is None:
+            clients = self._clients[loop] = [factory() for _ in range(shards)]
+        if len(clients) == 1:
+            return clients[0]
+        self._turn = (self._turn + 1) % len(clients)
+        return clients[self._turn]
 
     def _estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
         return Usage(

@@ -11,8 +11,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from .. import exceptions as exc
 from ..services.tokens import count_message_tokens, count_text_tokens
 from .base import (
@@ -24,6 +22,8 @@ from .base import (
     error_from_http_response,
     error_from_transport,
 )
+from .http import httpx
+from .openai import POOL_CONNECTIONS, POOL_KEEPALIVE, POOL_SHARDS
 
 
 class OllamaAdapter(BaseLLMAdapter):
@@ -45,8 +45,11 @@ class OllamaAdapter(BaseLLMAdapter):
                 base_url=self.base_url,
                 headers=headers,
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            )
+                limits=httpx.Limits(
+                    max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_KEEPALIVE
+                ),
+            ),
+            shards=POOL_SHARDS,
         )
 
     def _payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:

@@ -12,8 +12,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from .. import exceptions as exc
 from .base import (
     BaseLLMAdapter,
@@ -24,7 +22,11 @@ from .base import (
     error_from_http_response,
     error_from_transport,
 )
+from .http import httpx
 from .sse import iter_sse
+
+# 8 pools of up to 32 connections (16 kept alive) each: 256 concurrent upstream calls.
+POOL_SHARDS, POOL_CONNECTIONS, POOL_KEEPALIVE = 8, 32, 16
 
 
 class OpenAIAdapter(BaseLLMAdapter):
@@ -40,8 +42,11 @@ class OpenAIAdapter(BaseLLMAdapter):
                 base_url=self.base_url,
                 headers=self._request_headers(),
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            )
+                limits=httpx.Limits(
+                    max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_KEEPALIVE
+                ),
+            ),
+            shards=POOL_SHARDS,
         )
 
     def _request_headers(self) -> dict[str, str]:

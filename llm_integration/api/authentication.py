@@ -1,28 +1,119 @@
-"""DRF token authentication that accepts both ``Token <key>`` and ``Bearer <key>``.
+"""Authentication for the API, usable without a thread hop on the async hot path.
 
-OpenAI SDKs send ``Authorization: Bearer <api_key>``; give them the user's DRF token.
+- ``BearerOrTokenAuthentication``: DRF tokens as ``Token <key>`` or ``Bearer <key>``
+  (what OpenAI SDKs send). Looked-up tokens are kept in memory for
+  ``TOKEN_CACHE_TTL`` seconds (deleting a token or saving its user forgets them at once
+  in this process; other processes within that TTL).
+- ``AsyncSessionAuthentication``: DRF's session authentication (CSRF enforced) with an
+  async path through ``request.auser()``.
+
+Both have ``aauthenticate`` for ``GatewayAPIView``'s async dispatch and the usual
+``authenticate`` for DRF's sync machinery.
 """
 
 from __future__ import annotations
 
-from rest_framework.authentication import TokenAuthentication, get_authorization_header
+import threading
+import time
+
+from django.contrib.auth import get_user_model
+from django.db.models.signals import post_delete, post_save
+from rest_framework.authentication import (
+    SessionAuthentication,
+    TokenAuthentication,
+    get_authorization_header,
+)
+from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
+
+from ..conf import llm_settings
+from ..services.db import run_db
+
+MAX_TOKENS = 10_000
+
+
+class _TokenCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[object, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str):
+        entry = self._entries.get(key)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key: str, user) -> None:
+        ttl = float(llm_settings.TOKEN_CACHE_TTL)
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= MAX_TOKENS:
+                self._entries.clear()
+            self._entries[key] = (user, time.monotonic() + ttl)
+
+    def clear(self, **kwargs) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+token_cache = _TokenCache()
+post_delete.connect(token_cache.clear, sender=Token, dispatch_uid="llm-token-cache-del")
+post_save.connect(token_cache.clear, sender=Token, dispatch_uid="llm-token-cache-save")
+
+
+def _forget_user(sender, **kwargs) -> None:
+    token_cache.clear()
+
+
+post_save.connect(_forget_user, sender=get_user_model(), dispatch_uid="llm-token-cache-user")
 
 
 class BearerOrTokenAuthentication(TokenAuthentication):
     keywords = ("token", "bearer")
 
-    def authenticate(self, request):
+    def _key(self, request) -> str | None:
         auth = get_authorization_header(request).split()
         if not auth or auth[0].lower().decode(errors="replace") not in self.keywords:
             return None
         if len(auth) != 2:
             raise AuthenticationFailed("Invalid token header: give one token after the scheme.")
         try:
-            token = auth[1].decode()
+            return auth[1].decode()
         except UnicodeError:
             raise AuthenticationFailed("Invalid token header: non-ASCII characters.") from None
-        return self.authenticate_credentials(token)
+
+    def _lookup(self, key: str):
+        user = token_cache.get(key)
+        if user is None:
+            user = self.authenticate_credentials(key)[0]
+            token_cache.put(key, user)
+        return user, key
+
+    def authenticate(self, request):
+        key = self._key(request)
+        return None if key is None else self._lookup(key)
+
+    async def aauthenticate(self, request):
+        key = self._key(request)
+        if key is None:
+            return None
+        user = token_cache.get(key)
+        if user is not None:
+            return user, key
+        return await run_db(self._lookup, key)
 
     def authenticate_header(self, request) -> str:
         return "Bearer"
+
+
+class AsyncSessionAuthentication(SessionAuthentication):
+    async def aauthenticate(self, request):
+        django_request = request._request
+        if not hasattr(django_request, "auser"):  # no AuthenticationMiddleware
+            return await run_db(self.authenticate, request)
+        user = await django_request.auser()
+        if not user or not user.is_active:
+            return None
+        self.enforce_csrf(request)
+        return user, None

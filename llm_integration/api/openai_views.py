@@ -14,13 +14,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from ..services.chat import Delta, achat, astream_chat
+from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from .errors import envelope
 from .views import ERRORS, GatewayAPIView
@@ -103,7 +103,7 @@ class OpenAIModelsView(GatewayAPIView):
         summary="OpenAI-compatible model list",
     )
     async def get(self, request):
-        rows = await sync_to_async(visible_aliases)(request.user)
+        rows = await run_db(visible_aliases, request.user)
         return Response(
             {
                 "object": "list",

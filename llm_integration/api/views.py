@@ -7,11 +7,11 @@ every error is the one envelope of ``api.errors``.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import AsyncIterator
 
 from adrf.views import APIView
-from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -22,10 +22,11 @@ from rest_framework.response import Response
 
 from ..conf import llm_settings
 from ..services.chat import ChatResult, Delta, achat, astream_chat, new_request_id
+from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.usage import format_money, usage_report
 from . import serializers as s
-from .authentication import BearerOrTokenAuthentication
+from .authentication import AsyncSessionAuthentication, BearerOrTokenAuthentication
 from .errors import envelope, error_response
 
 ERRORS = {
@@ -50,13 +51,59 @@ class GatewayAPIView(APIView):
     openai_errors = False
 
     def get_authenticators(self):
-        from rest_framework.authentication import SessionAuthentication
-
-        return [BearerOrTokenAuthentication(), SessionAuthentication()]
+        return [BearerOrTokenAuthentication(), AsyncSessionAuthentication()]
 
     def initialize_request(self, request, *args, **kwargs):
         request.llm_request_id = new_request_id()
         return super().initialize_request(request, *args, **kwargs)
+
+    async def async_dispatch(self, request, *args, **kwargs):
+        """adrf's dispatch, with ``initial`` run in the event loop (``ainitial``) instead
+        of a thread: authentication is async, the rest is pure computation."""
+        self.args, self.kwargs = args, kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            await self.ainitial(request, *args, **kwargs)
+            handler = getattr(self, request.method.lower(), None)
+            if request.method.lower() not in self.http_method_names or handler is None:
+                handler = self.http_method_not_allowed
+            response = handler(request, *args, **kwargs)
+            if inspect.isawaitable(response):
+                response = await response
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+    async def ainitial(self, request, *args, **kwargs) -> None:
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        request.accepted_renderer, request.accepted_media_type = self.perform_content_negotiation(
+            request
+        )
+        request.version, request.versioning_scheme = self.determine_version(
+            request, *args, **kwargs
+        )
+        await self.aperform_authentication(request)
+        self.check_permissions(request)
+        self.check_throttles(request)
+
+    async def aperform_authentication(self, request) -> None:
+        for authenticator in request.authenticators:
+            try:
+                if hasattr(authenticator, "aauthenticate"):
+                    result = await authenticator.aauthenticate(request)
+                else:
+                    result = await run_db(authenticator.authenticate, request)
+            except drf.APIException:
+                request._not_authenticated()
+                raise
+            if result is not None:
+                request._authenticator = authenticator
+                request.user, request.auth = result
+                return
+        request._not_authenticated()
 
     @property
     def request_id(self) -> str:
@@ -85,7 +132,7 @@ class ModelListView(GatewayAPIView):
         summary="Models (aliases) the caller may use",
     )
     async def get(self, request):
-        rows = await sync_to_async(visible_aliases)(request.user)
+        rows = await run_db(visible_aliases, request.user)
         show_locked = llm_settings.SHOW_LOCKED_MODELS
         return Response(
             [
@@ -102,6 +149,45 @@ class ModelListView(GatewayAPIView):
         )
 
 
+def _typed(data: dict, name: str, types: tuple[type, ...], label: str):
+    value = data.get(name)
+    if value is not None and (
+        not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    ):
+        raise drf.ValidationError({name: [f"Must be {label}."]})
+    return value
+
+
+def parse_chat_body(data) -> dict:
+    """Types and shape of a chat request (the service checks ranges, roles and sizes).
+
+    Plain checks rather than a DRF serializer on this hot path: a serializer deep-copies
+    its fields for every request. ``ChatRequestSerializer`` documents the same shape.
+    """
+    if not isinstance(data, dict):
+        raise drf.ValidationError("Send a JSON object.")
+    if ("message" in data) == ("messages" in data):
+        raise drf.ValidationError("Send either `message` or `messages`.")
+    if "message" in data:
+        message = _typed(data, "message", (str,), "text")
+        if message is None:
+            raise drf.ValidationError({"message": ["Must be text."]})
+        messages = [{"role": "user", "content": message}]
+    else:
+        messages = data["messages"]
+    model = _typed(data, "model", (str,), "an alias id")
+    if model is not None and len(model) > 100:
+        raise drf.ValidationError({"model": ["Must be at most 100 characters."]})
+    return {
+        "messages": messages,
+        "model": model,
+        "system_prompt": _typed(data, "system_prompt", (str,), "text"),
+        "temperature": _typed(data, "temperature", (int, float), "a number"),
+        "max_tokens": _typed(data, "max_tokens", (int,), "a whole number"),
+        "stream": bool(_typed(data, "stream", (bool,), "true or false")),
+    }
+
+
 def sse(data: dict) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
@@ -113,13 +199,11 @@ class ChatView(GatewayAPIView):
         summary="Chat with a model (JSON, or server-sent events with stream: true)",
     )
     async def post(self, request):
-        serializer = s.ChatRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = parse_chat_body(request.data)
         kwargs = {
             "user": request.user,
             "model": data.get("model") or None,
-            "messages": serializer.conversation(),
+            "messages": data["messages"],
             "system_prompt": data.get("system_prompt"),
             "temperature": data.get("temperature"),
             "max_tokens": data.get("max_tokens"),
@@ -199,4 +283,4 @@ class UsageView(GatewayAPIView):
             user = await get_user_model().objects.filter(pk=int(other)).afirst()
             if user is None:
                 raise drf.NotFound("No such user.")
-        return Response(await sync_to_async(usage_report)(user, now=timezone.now()))
+        return Response(await run_db(usage_report, user, now=timezone.now()))

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from ..exceptions import BudgetExceeded
 from ..models import Budget, BudgetAlert, BudgetPeriod, units_to_usd, usd_to_units
+from .db import write_lock
 
 logger = logging.getLogger("llm_integration.budgets")
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -103,7 +104,7 @@ def reserve(
     if not budgets:
         return reservation
     table = _table()
-    with transaction.atomic(), connection.cursor() as cursor:
+    with write_lock(), transaction.atomic(), connection.cursor() as cursor:
         for budget in budgets:
             pid = _period_id(budget, period_start(budget.period, now), period_ids)
             if budget.hard:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.db import transaction
 
 from .. import exceptions as exc
@@ -41,6 +41,7 @@ from .circuit import CircuitBreaker
 from .clock import SYSTEM_CLOCK, Clock
 from .config import config
 from .context import fit_to_window
+from .db import run_db, write_lock
 from .entitlements import entitlement_for
 from .providers import adapter_for
 from .ratelimit import Limit, RateLimiter, limits_for
@@ -154,7 +155,18 @@ class Admission:
 
 
 def admit(user: Any, model: str | None) -> Admission:
-    snapshot = config.current()
+    return _admit_with(config.current(), user, model)
+
+
+def admit_cached(user: Any, model: str | None) -> Admission | None:
+    """``admit`` without touching the database, or None if it would have to."""
+    snapshot = config.peek()
+    if snapshot is None or not config.plan_known(snapshot, user):
+        return None
+    return _admit_with(snapshot, user, model)
+
+
+def _admit_with(snapshot, user: Any, model: str | None) -> Admission:
     alias = snapshot.alias(model)
     if alias is None:
         raise exc.ModelNotFound(f"Unknown model {model or llm_settings.DEFAULT_MODEL!r}.")
@@ -233,7 +245,7 @@ class Call:
         cost = cost_of(alias, usage) if alias is not None and not cached else Decimal(0)
         user = self.user if getattr(self.user, "is_authenticated", False) else None
         plan = self.admission.plan if self.admission else None
-        with transaction.atomic():
+        with write_lock(), transaction.atomic():
             self._write(status, usage, error, finish_reason, cached, alias, cost, user, plan)
         budgets.fire_alerts(self.reservation, now=self.gateway.clock.now())
         return cost
@@ -273,7 +285,7 @@ class Call:
             return Decimal(0)
         self.recorded = True
         usage = usage or Usage()
-        cost = await sync_to_async(self._record)(status, usage, error, finish_reason, cached)
+        cost = await run_db(self._record, status, usage, error, finish_reason, cached)
         self.outcome = Outcome(status, usage, cost, finish_reason)
         total = usage.prompt_tokens + usage.completion_tokens
         for taken, counted in self.limits_taken:
@@ -357,7 +369,8 @@ class Gateway:
 
     # -- shared steps ------------------------------------------------------------------
     async def _admit(self, call: Call, *, model: str | None, request: ChatRequest) -> Prepared:
-        call.admission = adm = await sync_to_async(admit)(call.user, model)
+        adm = admit_cached(call.user, model)  # no I/O when the snapshot is warm
+        call.admission = adm = adm or await run_db(admit, call.user, model)
         first = prepare(adm.alias, request)
         call.serving = None
         caller = limits_for(
@@ -412,7 +425,7 @@ class Gateway:
                 last = error
                 continue
             try:
-                call.reservation = await sync_to_async(self._reserve)(call, prepared)
+                call.reservation = await run_db(self._reserve, call, prepared)
             except exc.BudgetExceeded as error:
                 self.limiter.release(taken)
                 last = error
@@ -432,7 +445,7 @@ class Gateway:
                     breaker.record_failure()
                 if not isinstance(error, FALL_THROUGH):
                     raise
-                await sync_to_async(budgets.release)(call.reservation)
+                await run_db(budgets.release, call.reservation)
                 call.reservation = budgets.Reservation()
                 call.serving = None
                 call.limits_taken.pop()

@@ -99,6 +99,24 @@ class ConfigCache:
         self._checked = now
         return snapshot
 
+    def peek(self) -> Snapshot | None:
+        """The snapshot if it is known current without any I/O (within the check
+        interval), else None."""
+        snapshot = self._snapshot
+        if snapshot is not None and time.monotonic() - self._checked < float(
+            llm_settings.CONFIG_CHECK_INTERVAL
+        ):
+            return snapshot
+        return None
+
+    def plan_known(self, snapshot: Snapshot, user) -> bool:
+        """Whether ``plan_for`` can answer from memory."""
+        uid = getattr(user, "pk", None)
+        if uid is None:
+            return True
+        entry = snapshot.user_plans.get(uid)
+        return entry is not None and (entry[1] is None or entry[1] > timezone.now())
+
     def _new_version(self) -> object:
         version = time.time_ns()
         self._cache().add(VERSION_KEY, version, timeout=None)

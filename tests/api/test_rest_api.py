@@ -143,7 +143,7 @@ async def test_validation_messages_name_the_field(rows):
     response = await post_chat(
         client_for(rows["token"]), {"messages": [{"role": "wizard", "content": "y"}]}
     )
-    assert "messages.0.role" in error_of(response)["message"]
+    assert "messages[0].role" in error_of(response)["message"]
 
 
 async def test_prompt_too_large_is_413(rows, settings):

@@ -174,6 +174,9 @@ class FakeUpstream(ABC):
     requests: list[Recorded] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
+    #: What requests get when nothing was pushed (benchmarks set a latency here).
+    default: Behaviour = field(default_factory=Behaviour)
+
     def __post_init__(self) -> None:
         self._script: deque[Behaviour] = deque()
         self._lock = threading.Lock()
@@ -207,7 +210,7 @@ class FakeUpstream(ABC):
 
     def next_behaviour(self) -> Behaviour:
         with self._lock:
-            return self._script.popleft() if self._script else Behaviour()
+            return self._script.popleft() if self._script else self.default
 
     def scripted(self, request: Recorded) -> bool:
         """Whether ``request`` consumes a pushed behaviour (model calls do)."""

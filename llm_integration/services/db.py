@@ -1,0 +1,75 @@
+"""Database access from the async hot path.
+
+Django's ORM is synchronous. Under ASGI, Django runs sync code in a new thread for
+every request (``ThreadSensitiveContext``), and a new thread means a new database
+connection: a connect (and, on PostgreSQL, a login) per request. The gateway instead
+runs its own queries in a small pool of long-lived threads (``DB_THREADS``), each
+keeping its connection (recycled after ``CONN_MAX_AGE`` or an error).
+``DB_THREADS = 0`` uses the caller's thread, as Django itself does.
+
+SQLite allows one writer at a time, and a connection that finds the database locked
+sleeps in growing steps (1, 2, 5 … 100 ms) before it tries again: under many
+concurrent requests those sleeps, not the writes, set the pace. In one process a plain
+lock hands the writer's turn over at once, so write transactions take it on SQLite.
+(Several processes should share PostgreSQL, where row locks make this unnecessary.)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from typing import ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
+
+from ..conf import llm_settings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_sqlite_writer = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def write_lock() -> AbstractContextManager:
+    """Hold around a write transaction: serialises SQLite writers without busy sleeps."""
+    return _sqlite_writer if connection.vendor == "sqlite" else nullcontext()
+
+
+def _executor() -> ThreadPoolExecutor | None:
+    global _pool
+    size = int(llm_settings.DB_THREADS)
+    if size <= 0:
+        return None
+    if _pool is None or _pool._max_workers != size:
+        with _pool_lock:
+            if _pool is None or _pool._max_workers != size:
+                _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="llm-db")
+    return _pool
+
+
+def _fresh(fn: Callable[P, T]) -> Callable[P, T]:
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        # Pool threads keep their connection (whatever CONN_MAX_AGE says: no request
+        # ends in them); one that failed is replaced if it no longer works.
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None and conn.errors_occurred:
+                if conn.is_usable():
+                    conn.errors_occurred = False
+                else:
+                    conn.close()
+        return fn(*args, **kwargs)
+
+    return run
+
+
+def run_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
+    """``await run_db(fn, ...)``: run the sync ``fn`` where the gateway does its queries."""
+    executor = _executor()
+    if executor is None:
+        return sync_to_async(fn)(*args, **kwargs)
+    return sync_to_async(_fresh(fn), thread_sensitive=False, executor=executor)(*args, **kwargs)

@@ -1,0 +1,235 @@
+"""Concurrency benchmark: a slow upstream must not serialize requests.
+
+    python tests/benchmarks/bench_concurrency.py                  # Daphne, 50 clients
+    python tests/benchmarks/bench_concurrency.py --server uvicorn --seconds 20
+
+A fake OpenAI upstream answering after 200 ms (its own process, asyncio), one gateway
+server process (Daphne by default, as `llm_demo` serves), and 50 concurrent clients
+(wrk: `apt-get install wrk`) hitting POST /api/v1/chat, first plain JSON then
+`stream: true` (SSE read to the end). With 200 ms of upstream latency, 50 clients
+can at most make 250 requests/s; the target is 225/s (90 %). Prints requests/s,
+latency percentiles and errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(env: dict[str, str], upstream: str) -> str:
+    """Migrate a fresh database, create the rows, return a DRF token."""
+    script = f"""
+import django; django.setup()
+from decimal import Decimal
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from llm_integration.models import Budget, ModelAlias, Plan, Provider
+p = Provider.objects.create(name="fake", kind="openai_compatible", base_url="{upstream}",
+                            max_retries=0, timeout_seconds=30)
+ModelAlias.objects.create(slug="default", provider=p, upstream_model="gpt-4o-mini",
+                          input_price_per_mtok=Decimal("0.15"),
+                          output_price_per_mtok=Decimal("0.60"))
+Plan.objects.create(slug="free", name="Free")
+Budget.objects.create(name="global", limit_usd=Decimal("1000000"))
+user = get_user_model().objects.create_user("bench", password="x")
+print(Token.objects.create(user=user).key)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start(
+    cmd: list[str], env: dict[str, str], ready: str | None = None, log: Path | None = None
+) -> subprocess.Popen:
+    # Output goes to a file: an unread pipe fills up and blocks the server.
+    out = open(log, "w") if log else subprocess.PIPE
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    if ready:
+        for line in proc.stdout:
+            if line.startswith(ready):
+                proc.ready_line = line.strip()
+                break
+    return proc
+
+
+async def wait_for_port(port: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"message": "Say hello.", "stream": %s}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Token %s"
+"""
+
+
+def load(
+    url: str, token: str, *, clients: int, seconds: float, stream: bool, workdir: Path
+) -> dict:
+    """Drive POST /api/v1/chat with wrk (C, one thread: little CPU taken from the server)."""
+    script = workdir / f"chat-{stream}.lua"
+    script.write_text(WRK_SCRIPT % ("true" if stream else "false", token))
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{int(seconds)}s",
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            f"{url}/api/v1/chat",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict:
+    def ms(value: str) -> float:
+        for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(unit):
+                return float(value[: -len(unit)]) * factor
+        return float(value)
+
+    result = {"errors": 0}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            result["p50"] = ms(parts[1])
+        elif parts[:1] == ["99%"]:
+            result["p99"] = ms(parts[1])
+        elif "requests in" in line:
+            result["n"] = int(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            result["errors"] += int(parts[-1])
+        elif line.strip().startswith("Socket errors"):
+            result["errors"] += sum(int(p.strip(",")) for p in parts[3::2])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--latency", type=float, default=0.2)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp())
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DEBUG": "False",
+        "LLM_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
+    fake = start(
+        [sys.executable, "-m", "tests.fakes.fast_openai", "--delay", str(args.latency)],
+        env,
+        ready="READY",
+    )
+    upstream = fake.ready_line.split()[1]
+    token = prepare(env, upstream)
+    port = free_port()
+    if args.server == "daphne":
+        cmd = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "project.asgi:application",
+        ]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "project.asgi:application",
+        ]
+    server = start(cmd, env, log=workdir / "server.log")
+    try:
+        asyncio.run(wait_for_port(port))
+        url = f"http://127.0.0.1:{port}"
+        load(url, token, clients=args.clients, seconds=2, stream=False, workdir=workdir)  # warm
+        ceiling = args.clients / args.latency
+        print(
+            f"server: {args.server}, one process; clients: {args.clients}; upstream latency "
+            f"{args.latency * 1000:.0f} ms -> ceiling {ceiling:.0f} req/s; "
+            f"{args.seconds:.0f} s per series; database: {env['DATABASE_URL'].split(':')[0]}"
+        )
+        for stream in (False, True):
+            r = load(
+                url,
+                token,
+                clients=args.clients,
+                seconds=args.seconds,
+                stream=stream,
+                workdir=workdir,
+            )
+            kind = "streaming (SSE)" if stream else "non-streaming"
+            print(
+                f"{kind:<16} {r['rps']:7.1f} req/s ({r['rps'] / ceiling:5.1%} of ceiling)  "
+                f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  "
+                f"ok {r['n']}  errors {r['errors']}"
+            )
+    finally:
+        server.terminate()
+        fake.terminate()
+        server.wait(10)
+        fake.wait(10)
+
+
+if __name__ == "__main__":
+    main()
