@@ -208,10 +208,11 @@ class BaseLLMAdapter(ABC):
         loop = asyncio.get_running_loop()
         clients = self._clients.get(loop)
         if clients is None:
-            clients = self._clients[loop] = [factory() for _ in range(shards)]
-        if len(clients) == 1:
-            return clients[0]
-        self._turn = (self._turn + 1) % len(clients)
+            clients = self._clients[loop] = []
+        if len(clients) < shards:  # made on first use: a client costs an SSL context
+            clients.append(factory())
+            return clients[-1]
+        self._turn = (self._turn + 1) % shards
         return clients[self._turn]
 
     def _estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
