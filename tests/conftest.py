@@ -52,6 +52,17 @@ def _fresh_adapters():
     clear_adapter_cache()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_db_threads(django_db_setup, django_db_blocker):
+    """The gateway's DB threads keep their connections; close them before the test
+    database is dropped (PostgreSQL refuses to drop a database in use)."""
+    yield
+    from llm_integration.services.db import close_db_threads
+
+    with django_db_blocker.unblock():
+        close_db_threads()
+
+
 @pytest.fixture(autouse=True)
 async def _close_async_orm_connections():
     """The async ORM runs queries in asgiref's sync thread; close its connection after

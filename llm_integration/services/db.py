@@ -73,3 +73,23 @@ def run_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitabl
     if executor is None:
         return sync_to_async(fn)(*args, **kwargs)
     return sync_to_async(_fresh(fn), thread_sensitive=False, executor=executor)(*args, **kwargs)
+
+
+def close_db_threads() -> None:
+    """Close every pool thread's database connections and stop the pool (for tests and
+    graceful shutdowns; the pool starts again on next use)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is None:
+        return
+    size = pool._max_workers
+    barrier = threading.Barrier(size)
+
+    def close() -> None:
+        connections.close_all()
+        barrier.wait(timeout=10)  # one task per thread: each waits for all the others
+
+    for future in [pool.submit(close) for _ in range(size)]:
+        future.result(timeout=15)
+    pool.shutdown(wait=True)
