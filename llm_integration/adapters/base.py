@@ -185,10 +185,17 @@ class BaseLLMAdapter(ABC):
             return count_text_tokens(prompt, model=self.model)
         return count_message_tokens(build_request(prompt).messages, model=self.model)
 
+    async def probe(self, models: list[str]) -> None:
+        """Check the upstream answers and serves ``models``; raise UpstreamError if not.
+
+        The default sends nothing (adapters without a cheap endpoint)."""
+        return None
+
     async def aclose(self) -> None:
         for clients in list(self._clients.values()):
             for client in clients:
-                await client.aclose()
+                # httpx clients have aclose(); the Anthropic SDK's async client close().
+                await (getattr(client, "aclose", None) or client.close)()
         self._clients.clear()
 
     # -- for subclasses ---------------------------------------------------------------

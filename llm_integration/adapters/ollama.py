@@ -72,6 +72,27 @@ class OllamaAdapter(BaseLLMAdapter):
             body["keep_alive"] = self.keep_alive
         return body
 
+    async def probe(self, models: list[str]) -> None:
+        """``GET /api/tags``, and that the aliased models are pulled."""
+        try:
+            response = await self._http().get("/api/tags")
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, provider=self.provider_name) from None
+        if response.status_code >= 400:
+            raise error_from_http_response(
+                response, response.content, provider=self.provider_name, redact=self._redact
+            )
+        try:
+            pulled = {str(m["name"]) for m in response.json()["models"]}
+        except (ValueError, KeyError, TypeError):
+            raise self._bad("a malformed model list") from None
+        missing = [m for m in models if m not in pulled and f"{m}:latest" not in pulled]
+        if missing:
+            raise exc.UpstreamBadRequest(
+                f"{self.provider_name} has not pulled {', '.join(missing)}.",
+                provider=self.provider_name,
+            )
+
     def _bad(self, what: str) -> exc.BadUpstreamResponse:
         return exc.BadUpstreamResponse(
             f"{self.provider_name} sent {what}.", provider=self.provider_name

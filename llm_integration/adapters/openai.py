@@ -73,6 +73,25 @@ class OpenAIAdapter(BaseLLMAdapter):
             body["stream_options"] = {"include_usage": True}
         return body
 
+    async def probe(self, models: list[str]) -> None:
+        """``GET {base}/models``, and that the aliased models are listed."""
+        try:
+            response = await self._http().get("/models")
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, provider=self.provider_name) from None
+        if response.status_code >= 400:
+            raise self._error(response, response.content)
+        try:
+            served = {str(m["id"]) for m in response.json()["data"]}
+        except (ValueError, KeyError, TypeError):
+            raise self._bad("a malformed model list") from None
+        missing = [m for m in models if m not in served]
+        if missing:
+            raise exc.UpstreamBadRequest(
+                f"{self.provider_name} does not serve {', '.join(missing)}.",
+                provider=self.provider_name,
+            )
+
     def _error(self, response: httpx.Response, body: bytes) -> exc.UpstreamError:
         return error_from_http_response(
             response, body, provider=self.provider_name, redact=self._redact

@@ -7,6 +7,8 @@ every error is the one envelope of ``api.errors``.
 
 from __future__ import annotations
 
+import csv
+import datetime
 import inspect
 import json
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ from adrf.views import APIView
 from django.contrib.auth import get_user_model
 from django.http import StreamingHttpResponse
 from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions as drf
 from rest_framework.permissions import IsAuthenticated
@@ -33,6 +36,57 @@ ERRORS = {
     code: OpenApiResponse(s.ErrorSerializer)
     for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)
 }
+
+
+CSV_FIELDS = [
+    "created_at",
+    "request_id",
+    "user_id",
+    "plan",
+    "alias",
+    "provider",
+    "upstream_model",
+    "status",
+    "error_type",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_estimated",
+    "cost_usd",
+    "latency_ms",
+    "cached",
+    "streamed",
+    "finish_reason",
+]
+
+
+def _date_start(text: str):
+    day = parse_date(text)
+    if day is None:
+        return None
+    return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min))
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+async def csv_rows(filters: dict):
+    """CSV lines of the matching usage records, fetched in chunks (never all in memory)."""
+    from ..models import UsageRecord
+
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_FIELDS)
+    rows = UsageRecord.objects.filter(**filters).order_by("id")
+
+    def page(after: int) -> list[tuple]:
+        return list(rows.filter(id__gt=after).values_list("id", *CSV_FIELDS)[:2000])
+
+    last = 0
+    while chunk := await run_db(page, last):  # keyset pages: flat cost, bounded memory
+        last = chunk[-1][0]
+        for row in chunk:
+            yield writer.writerow(row[1:])
 
 
 def usage_payload(usage, cost) -> dict:
@@ -273,6 +327,8 @@ class UsageView(GatewayAPIView):
         summary="The caller's usage today and this month, and their budgets",
     )
     async def get(self, request):
+        if request.query_params.get("format") == "csv":
+            return await self.csv(request)
         user = request.user
         other = request.query_params.get("user")
         if other not in (None, ""):
@@ -284,3 +340,25 @@ class UsageView(GatewayAPIView):
             if user is None:
                 raise drf.NotFound("No such user.")
         return Response(await run_db(usage_report, user, now=timezone.now()))
+
+    async def csv(self, request) -> StreamingHttpResponse:
+        """Staff only: usage records as CSV, streamed (filters: user, since, until)."""
+        if not request.user.is_staff:
+            raise drf.PermissionDenied("Only staff may export usage.")
+        filters = {}
+        params = request.query_params
+        if params.get("user"):
+            if not params["user"].isdigit():
+                raise drf.ValidationError({"user": "Give a user id."})
+            filters["user_id"] = int(params["user"])
+        for name, lookup in (("since", "created_at__gte"), ("until", "created_at__lt")):
+            if params.get(name):
+                when = parse_datetime(params[name]) or _date_start(params[name])
+                if when is None:
+                    raise drf.ValidationError({name: "Give an ISO date or date-time."})
+                if timezone.is_naive(when):
+                    when = timezone.make_aware(when)
+                filters[lookup] = when
+        response = StreamingHttpResponse(csv_rows(filters), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="llm-usage.csv"'
+        return response

@@ -59,6 +59,14 @@ class CircuitBreaker:
             cache.delete(self._probe)
             CIRCUIT_OPEN.labels(self.provider).set(1)
 
+    def force_open(self) -> None:
+        """Open the circuit now (a failed health check): requests skip this provider
+        until the cool-down's probe."""
+        cooldown = float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
+        self.cache.set(self._open_until, self.clock.time() + cooldown, timeout=None)
+        self.cache.delete(self._probe)
+        CIRCUIT_OPEN.labels(self.provider).set(1)
+
     def reset(self) -> None:
         self.cache.delete_many([self._failures, self._open_until, self._probe])
         CIRCUIT_OPEN.labels(self.provider).set(0)

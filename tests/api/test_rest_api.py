@@ -289,3 +289,26 @@ async def test_metrics_are_restricted(rows, settings):
     assert (await scraper.get("/metrics")).status_code == 200
     settings.LLM_INTEGRATION = {"METRICS_ACCESS": "ip", "METRICS_ALLOWED_IPS": ["127.0.0.1"]}
     assert (await AsyncClient().get("/metrics")).status_code == 200
+
+
+async def test_usage_csv_export_is_staff_only_and_streamed(rows):
+    import csv
+    import io
+
+    client = client_for(rows["token"])
+    await post_chat(client, {"message": "one"})
+    await post_chat(client, {"message": "two"})
+    refused = await client.get("/api/v1/usage?format=csv")
+    assert refused.status_code == 403
+    staff = await sync_to_async(UserFactory)(username="auditor", is_staff=True)
+    staff_client = client_for((await Token.objects.acreate(user=staff)).key)
+    response = await staff_client.get(
+        f"/api/v1/usage?format=csv&user={rows['user'].pk}&since=2000-01-01"
+    )
+    assert response.status_code == 200 and response["Content-Type"] == "text/csv"
+    text = b"".join([part async for part in response.streaming_content]).decode()
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert len(table) == 2 and {r["status"] for r in table} == {"ok"}
+    assert table[0]["alias"] == "default" and table[0]["user_id"] == str(rows["user"].pk)
+    bad = await staff_client.get("/api/v1/usage?format=csv&since=yesterday-ish")
+    assert bad.status_code == 400

@@ -154,8 +154,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--stream-only", dest="only", action="store_const", const=(True,),
-                        help="only the streaming series")
+    parser.add_argument(
+        "--stream-only",
+        dest="only",
+        action="store_const",
+        const=(True,),
+        help="only the streaming series",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp())
@@ -211,7 +216,7 @@ def main() -> None:
             f"{args.latency * 1000:.0f} ms -> ceiling {ceiling:.0f} req/s; "
             f"{args.seconds:.0f} s per series; database: {env['DATABASE_URL'].split(':')[0]}"
         )
-        for stream in (args.only or (False, True)):
+        for stream in args.only or (False, True):
             r = load(
                 url,
                 token,

@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         fake = self.server.fake
         fake.requests.append(request)
-        behaviour = fake.next_behaviour() if fake.scripted(request) else Behaviour()
+        behaviour = fake.next_behaviour() if fake.scripted(request) else fake.default
         exchange = Exchange(self, request)
         if behaviour.mode == "slow" and fake.stopping.wait(behaviour.delay):
             exchange.cut()
