@@ -61,6 +61,14 @@ def _close_db_threads(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         close_db_threads()
+        # Threads of the live servers (browser tests) may still hold a connection.
+        connection = connections["default"]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
 
 
 @pytest.fixture(autouse=True)
