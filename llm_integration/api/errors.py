@@ -13,7 +13,8 @@ import logging
 import math
 from typing import Any
 
-from django.http import Http404, JsonResponse
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -57,6 +58,22 @@ def describe(error: BaseException) -> tuple[int, str, str, str, float | None]:
         return error.status_code, error.code, error.type, error.message, error.retry_after
     if isinstance(error, Http404):
         error = drf.NotFound()
+    if isinstance(error, RequestDataTooBig):
+        return (
+            413,
+            "request_too_large",
+            "invalid_request_error",
+            ("The request body is larger than the server accepts."),
+            None,
+        )
+    if isinstance(error, SuspiciousOperation | UnreadablePostError):
+        return (
+            400,
+            "invalid_request",
+            "invalid_request_error",
+            "The request could not be read.",
+            None,
+        )
     for cls, status, code, kind in DRF_CODES:
         if isinstance(error, cls):
             message = flatten_detail(error.detail) if isinstance(error, drf.APIException) else ""

@@ -312,3 +312,27 @@ async def test_usage_csv_export_is_staff_only_and_streamed(rows):
     assert table[0]["alias"] == "default" and table[0]["user_id"] == str(rows["user"].pk)
     bad = await staff_client.get("/api/v1/usage?format=csv&since=yesterday-ish")
     assert bad.status_code == 400
+
+
+async def test_oversized_body_is_413_not_500(rows, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = await post_chat(client_for(rows["token"]), {"message": "x" * 5000})
+    assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": {"nested": 1}}]},
+        {"messages": [1, 2]},
+        {"message": "x", "temperature": "hot"},
+        {"message": "x", "max_tokens": 10**9},
+        {"message": "x", "model": 42},
+        {"message": None},
+        {"messages": [{"role": "user"}]},
+    ],
+)
+async def test_odd_bodies_are_400s(rows, body):
+    response = await post_chat(client_for(rows["token"]), body)
+    assert response.status_code == 400, response.content
+    assert error_of(response)["code"] == "invalid_request"
