@@ -13,6 +13,7 @@ import logging
 import math
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions as drf
@@ -58,6 +59,8 @@ def describe(error: BaseException) -> tuple[int, str, str, str, float | None]:
         return error.status_code, error.code, error.type, error.message, error.retry_after
     if isinstance(error, Http404):
         error = drf.NotFound()
+    elif isinstance(error, DjangoPermissionDenied):
+        error = drf.PermissionDenied()
     if isinstance(error, RequestDataTooBig):
         return (
             413,
