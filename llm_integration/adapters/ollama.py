@@ -72,16 +72,21 @@ class OllamaAdapter(BaseLLMAdapter):
             body["keep_alive"] = self.keep_alive
         return body
 
-    async def probe(self, models: list[str]) -> None:
-        """``GET /api/tags``, and that the aliased models are pulled."""
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One non-streaming request; transport failures and 4xx/5xx become our errors."""
         try:
-            response = await self._http().get("/api/tags")
+            response = await self._http().request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise error_from_transport(e, provider=self.provider_name) from None
         if response.status_code >= 400:
             raise error_from_http_response(
                 response, response.content, provider=self.provider_name, redact=self._redact
             )
+        return response
+
+    async def probe(self, models: list[str]) -> None:
+        """``GET /api/tags``, and that the aliased models are pulled."""
+        response = await self._call("GET", "/api/tags")
         try:
             pulled = {str(m["name"]) for m in response.json()["models"]}
         except (ValueError, KeyError, TypeError):
@@ -109,16 +114,7 @@ class OllamaAdapter(BaseLLMAdapter):
         return Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
 
     async def _complete(self, request: ChatRequest) -> Completion:
-        try:
-            response = await self._http().post(
-                "/api/chat", json=self._payload(request, stream=False)
-            )
-        except httpx.HTTPError as e:
-            raise error_from_transport(e, provider=self.provider_name) from None
-        if response.status_code >= 400:
-            raise error_from_http_response(
-                response, response.content, provider=self.provider_name, redact=self._redact
-            )
+        response = await self._call("POST", "/api/chat", json=self._payload(request, stream=False))
         try:
             data = response.json()
             text = data["message"]["content"] or ""

@@ -73,14 +73,19 @@ class OpenAIAdapter(BaseLLMAdapter):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def probe(self, models: list[str]) -> None:
-        """``GET {base}/models``, and that the aliased models are listed."""
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One non-streaming request; transport failures and 4xx/5xx become our errors."""
         try:
-            response = await self._http().get("/models")
+            response = await self._http().request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise error_from_transport(e, provider=self.provider_name) from None
         if response.status_code >= 400:
             raise self._error(response, response.content)
+        return response
+
+    async def probe(self, models: list[str]) -> None:
+        """``GET {base}/models``, and that the aliased models are listed."""
+        response = await self._call("GET", "/models")
         try:
             served = {str(m["id"]) for m in response.json()["data"]}
         except (ValueError, KeyError, TypeError):
@@ -103,14 +108,9 @@ class OpenAIAdapter(BaseLLMAdapter):
         )
 
     async def _complete(self, request: ChatRequest) -> Completion:
-        try:
-            response = await self._http().post(
-                "/chat/completions", json=self._payload(request, stream=False)
-            )
-        except httpx.HTTPError as e:
-            raise error_from_transport(e, provider=self.provider_name) from None
-        if response.status_code >= 400:
-            raise self._error(response, response.content)
+        response = await self._call(
+            "POST", "/chat/completions", json=self._payload(request, stream=False)
+        )
         try:
             data = response.json()
             choice = data["choices"][0]
