@@ -6,11 +6,25 @@ read-only. Keys never appear: a provider shows only whether its variable is set.
 
 from __future__ import annotations
 
-from django.contrib import admin
+import csv
+import datetime
+import time
+from decimal import Decimal
+
+from asgiref.sync import async_to_sync
+from django import forms
+from django.contrib import admin, messages
 from django.db import models
 from django.db.models import Count, Sum
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
+from .exceptions import LLMError
 from .models import (
     AliasFallback,
     Budget,
@@ -25,6 +39,20 @@ from .models import (
     UsageRecord,
 )
 from .secrets import resolve_secret
+from .services.budgets import budget_status
+from .services.usage import format_money
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+class AliasTestForm(forms.Form):
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 80}), initial="Say hello in five words."
+    )
+    max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -39,6 +67,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
+    actions = ["check_health", "import_models"]
     list_display = (
         "name",
         "kind",
@@ -67,6 +96,40 @@ class ProviderAdmin(admin.ModelAdmin):
         if not obj.api_key_env:
             return None
         return bool(resolve_secret(obj.api_key_env))
+
+    @admin.action(description="Check health now")
+    def check_health(self, request, queryset):
+        from .services.health import check_providers
+
+        names = list(queryset.values_list("name", flat=True))
+        for result in async_to_sync(check_providers)(names, probe_timeout=5.0):
+            latency = f" in {result.latency_ms} ms" if result.latency_ms is not None else ""
+            text = f"{result.provider.name}: {result.status}{latency}"
+            if result.error:
+                text += f" — {result.error}"
+            level = (
+                messages.ERROR
+                if result.status == "down"
+                else (messages.WARNING if result.status == "slow" else messages.SUCCESS)
+            )
+            self.message_user(request, text, level)
+
+    @admin.action(description="Import models from provider (as disabled aliases)")
+    def import_models(self, request, queryset):
+        from .services.catalog import import_models
+
+        for provider in queryset:
+            try:
+                created = async_to_sync(import_models)(provider)
+            except LLMError as error:
+                self.message_user(request, f"{provider.name}: {error.message}", messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                f"{provider.name}: {len(created)} new disabled aliases"
+                + (f" ({', '.join(a.slug for a in created[:10])}…)" if created else ""),
+                messages.SUCCESS,
+            )
 
     @admin.display(description="health")
     def latest_health(self, obj: Provider) -> str:
@@ -109,7 +172,55 @@ class ModelAliasAdmin(admin.ModelAdmin):
     search_fields = ("slug", "label", "upstream_model")
     list_select_related = ("provider",)
     inlines = [AliasFallbackInline]
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = ("created_at", "updated_at", "test_link")
+
+    @admin.display(description="try it")
+    def test_link(self, obj: ModelAlias):
+        if not obj.pk:
+            return "-"
+        url = reverse("admin:llm_integration_modelalias_test", args=[obj.pk])
+        return format_html('<a href="{}">Send a test prompt through the gateway</a>', url)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/test/",
+                self.admin_site.admin_view(self.test_view),
+                name="llm_integration_modelalias_test",
+            ),
+            *super().get_urls(),
+        ]
+
+    def test_view(self, request, pk: int):
+        from .services.chat import chat
+
+        alias = get_object_or_404(ModelAlias.objects.select_related("provider"), pk=pk)
+        form = AliasTestForm(request.POST or None)
+        context = {
+            **self.admin_site.each_context(request),
+            "alias": alias,
+            "form": form,
+            "title": f"Test {alias.slug}",
+            "opts": self.model._meta,
+        }
+        if request.method == "POST" and form.is_valid():
+            started = time.monotonic()
+            try:
+                result = chat(
+                    user=request.user,
+                    model=alias.slug,
+                    messages=form.cleaned_data["prompt"],
+                    max_tokens=form.cleaned_data["max_tokens"],
+                )
+            except LLMError as error:
+                context["error"] = f"{error.code}: {error.message}"
+            else:
+                context.update(
+                    result=result,
+                    cost=format_money(result.cost_usd),
+                    latency_ms=int((time.monotonic() - started) * 1000),
+                )
+        return TemplateResponse(request, "admin/llm_integration/alias_test.html", context)
 
 
 @admin.register(Plan)
@@ -177,6 +288,73 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("user",)
     show_full_result_count = False
+    actions = ["export_csv"]
+
+    def get_urls(self):
+        return [
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="llm_integration_usage_dashboard",
+            ),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request):
+        from django.core.exceptions import PermissionDenied
+
+        from .services import reports
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+
+        days = 30
+        series = reports.daily(days)
+        since = timezone.now() - datetime.timedelta(days=days)
+        labels = [d["day"].strftime("%m-%d") for d in series]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "days": days,
+            "opts": self.model._meta,
+            "spend_chart": mark_safe(
+                reports.bar_chart(
+                    [float(d["cost"]) for d in series], labels, title="Spend per day", unit="$"
+                )
+            ),
+            "token_chart": mark_safe(
+                reports.bar_chart(
+                    [float(d["tokens"]) for d in series],
+                    labels,
+                    title="Tokens per day",
+                    unit="tokens",
+                )
+            ),
+            "totals": {
+                "requests": sum(d["requests"] for d in series),
+                "tokens": sum(d["tokens"] for d in series),
+                "cost": format_money(sum((d["cost"] for d in series), Decimal(0))),
+            },
+            "top_users": reports.top("user__username", since=since),
+            "top_aliases": reports.top("alias", since=since),
+            "errors": reports.provider_errors(since=since),
+        }
+        return TemplateResponse(request, "admin/llm_integration/dashboard.html", context)
+
+    @admin.action(description="Export selected usage as CSV")
+    def export_csv(self, request, queryset):
+        from .api.views import CSV_FIELDS
+
+        writer = csv.writer(_Echo())
+
+        def rows():
+            yield writer.writerow(CSV_FIELDS)
+            for row in queryset.order_by("id").values_list(*CSV_FIELDS).iterator(2000):
+                yield writer.writerow(row)
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="llm-usage.csv"'
+        return response
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context=extra_context)
@@ -224,13 +402,19 @@ class BudgetAdmin(admin.ModelAdmin):
     def target(self, obj: Budget) -> str:
         return obj.target_name
 
-    @admin.display(description="spent this period")
+    @admin.display(description="this period")
     def progress(self, obj: Budget):
-        period = obj.periods.first()
-        spent = period.spent_usd if period else 0
-        pct = min(100, int(spent * 100 / obj.limit_usd)) if obj.limit_usd else 0
+        status = budget_status(obj, now=timezone.now())
+        used = status["spent"] + status["reserved"]
+        pct = min(100, int(used * 100 / obj.limit_usd)) if obj.limit_usd else 100
         return format_html(
-            '<progress max="100" value="{}" title="{}%"></progress> ${}', pct, pct, spent
+            '<progress max="100" value="{}" title="{}%"></progress> spent ${} · reserved ${} '
+            "· left ${}",
+            pct,
+            pct,
+            format_money(status["spent"]),
+            format_money(status["reserved"]),
+            format_money(status["remaining"]),
         )
 
 

@@ -35,6 +35,17 @@ E006 = "llm_integration.E006"
 E006_MSG = "Unknown LLM_INTEGRATION setting {key!r}."
 E006_HINT = "Known settings: see llm_integration/conf.py (DEFAULTS)."
 
+W008 = "llm_integration.W008"
+W008_MSG = "Hard budget {name!r} has a limit of 0: every request in its scope is refused."
+W008_HINT = "Give it a limit, make it soft (alerts only), or disable it."
+
+W009 = "llm_integration.W009"
+W009_MSG = (
+    "{n} processes are expected (LLM_INTEGRATION['EXPECTED_PROCESSES']) but the cache is "
+    "process-local: rate limits, circuit breakers and the response cache are not shared."
+)
+W009_HINT = "Set REDIS_URL (a Redis cache and channel layer) in every process."
+
 W007 = "llm_integration.W007"
 W007_MSG = "Provider {name!r} needs an API key but names no environment variable."
 W007_HINT = "Fill in 'API key environment variable' with the variable's name, e.g. OPENAI_API_KEY."
@@ -42,16 +53,23 @@ W007_HINT = "Fill in 'API key environment variable' with the variable's name, e.
 
 @register(Tags.compatibility)
 def check_settings(app_configs=None, **kwargs):
-    return [
+    from django.conf import settings
+
+    errors = [
         Error(E006_MSG.format(key=key), hint=E006_HINT, id=E006)
         for key in llm_settings.unknown_keys()
     ]
+    processes = int(llm_settings.EXPECTED_PROCESSES or 1)
+    backend = settings.CACHES.get(llm_settings.CACHE_BACKEND, {}).get("BACKEND", "")
+    if processes > 1 and backend.endswith(("LocMemCache", "DummyCache")):
+        errors.append(Warning(W009_MSG.format(n=processes), hint=W009_HINT, id=W009))
+    return errors
 
 
 @register(Tags.database)
 def check_rows(app_configs=None, databases=None, **kwargs):
     try:
-        return [*_provider_errors(), *_alias_errors(), *_fallback_cycles()]
+        return [*_provider_errors(), *_alias_errors(), *_fallback_cycles(), *_budget_errors()]
     except DatabaseError:  # tables not migrated yet
         return []
 
@@ -99,6 +117,13 @@ def _alias_errors():
             yield Warning(
                 W004_MSG.format(slug=a.slug, name=a.provider.name), hint=W004_HINT, obj=a, id=W004
             )
+
+
+def _budget_errors():
+    from .models import Budget
+
+    for budget in Budget.objects.filter(enabled=True, hard=True, limit_usd__lte=0):
+        yield Warning(W008_MSG.format(name=budget.name), hint=W008_HINT, obj=budget, id=W008)
 
 
 def _fallback_cycles():

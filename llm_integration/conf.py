@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     # --- Rate limits, caching ---------------------------------------------------
     # Requests per minute per user when no row sets one (None: no limit).
     "RATE_LIMIT_RPM": None,
+    # How many server processes share this configuration (a system check warns when
+    # more than one runs without a shared cache).
+    "EXPECTED_PROCESSES": 1,
     # Seconds between checks whether another process changed the configuration rows.
     "CONFIG_CHECK_INTERVAL": 1.0,
     # Django cache alias used for rate limits, circuit breakers and the response cache.

@@ -42,7 +42,7 @@ def page(live_server_url, django_user_model, tmp_path, settings):
         slug="premium", label="Premium", provider__kind="dummy", sort_order=1
     )
     PlanEntitlementFactory(plan=PlanFactory(slug="pro"), alias=locked)
-    django_user_model.objects.create_user("carol", password="pw-for-carol", is_staff=True)
+    django_user_model.objects.create_superuser("carol", "carol@example.com", "pw-for-carol")
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the ORM must not be
@@ -127,3 +127,23 @@ def test_usage_of_stopped_answers_is_recorded(page):
     finally:
         del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
     assert record.status == "cancelled" and record.streamed and record.completion_tokens >= 2
+
+
+@pytest.fixture
+def usage_month(db):
+    from tests.test_admin_ops import month_of_usage
+
+    return month_of_usage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_dashboard_chart(usage_month, page, live_server_url, tmp_path):
+    page.goto(f"{live_server_url}/admin/llm_integration/usagerecord/dashboard/")
+    charts = page.locator("svg.llm-chart")
+    assert charts.count() == 2
+    assert page.locator("svg.llm-chart rect.bar").count() == 60
+    box = charts.first.bounding_box()
+    assert box and box["width"] > 300 and box["height"] > 50  # drawn, not just present
+    assert "Top users" in page.inner_text("#content")
+    folder = os.environ.get("SCREENSHOT_DIR") or str(tmp_path)
+    page.screenshot(path=os.path.join(folder, "dashboard.png"), full_page=True)

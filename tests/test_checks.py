@@ -117,3 +117,39 @@ def test_row_checks_skip_while_tables_are_missing():
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE llm_integration_aliasfallback")
     assert run_row_checks() == []
+
+
+def test_hard_budget_without_limit():
+    from tests.factories import BudgetFactory
+
+    budget = BudgetFactory(name="zero", limit_usd=0)
+    BudgetFactory(name="soft", limit_usd=0, hard=False)
+    assert run_row_checks() == [
+        Warning(
+            "Hard budget 'zero' has a limit of 0: every request in its scope is refused.",
+            hint="Give it a limit, make it soft (alerts only), or disable it.",
+            obj=budget,
+            id="llm_integration.W008",
+        )
+    ]
+
+
+def test_several_processes_without_a_shared_cache(settings):
+    settings.LLM_INTEGRATION = {"EXPECTED_PROCESSES": 4}
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert checks.check_settings() == [
+        Warning(
+            "4 processes are expected (LLM_INTEGRATION['EXPECTED_PROCESSES']) but the cache "
+            "is process-local: rate limits, circuit breakers and the response cache are not "
+            "shared.",
+            hint="Set REDIS_URL (a Redis cache and channel layer) in every process.",
+            id="llm_integration.W009",
+        )
+    ]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:6379/15",
+        }
+    }
+    assert checks.check_settings() == []

@@ -57,7 +57,7 @@ def test_up_slow_and_down_give_three_statuses_rows_and_exit_1(
         ["c-down", "down"],
         ["d-dummy", "connected"],
     ]
-    assert "has not pulled not-pulled" in lines[2]
+    assert "does not serve not-pulled" in lines[2]
     assert all(line[len("d-dummy") + 2 :].startswith(line.split()[1]) for line in lines)
     assert list(
         HealthCheck.objects.order_by("provider__name").values_list("provider__name", "status")

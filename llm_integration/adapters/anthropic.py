@@ -120,19 +120,13 @@ class AnthropicAdapter(BaseLLMAdapter):
             f"{provider} sent a malformed answer ({name}).", provider=provider
         )
 
-    async def probe(self, models: list[str]) -> None:
-        """The Models API (``GET /v1/models``): answers, and lists the aliased models."""
+    async def list_models(self) -> list[str]:
+        """The Models API (``GET /v1/models``)."""
         try:
             page = await self._sdk().models.list(limit=1000)
-            served = {m.id for m in page.data}
+            return [m.id for m in page.data]
         except (anthropic.AnthropicError, *TRANSPORT_ERRORS) as e:
             raise self._map_error(e) from None
-        missing = [m for m in models if m not in served]
-        if missing:
-            raise exc.UpstreamBadRequest(
-                f"{self.provider_name} does not list {', '.join(missing)}.",
-                provider=self.provider_name,
-            )
 
     async def _complete(self, request: ChatRequest) -> Completion:
         try:

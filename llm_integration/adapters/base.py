@@ -185,11 +185,24 @@ class BaseLLMAdapter(ABC):
             return count_text_tokens(prompt, model=self.model)
         return count_message_tokens(build_request(prompt).messages, model=self.model)
 
-    async def probe(self, models: list[str]) -> None:
-        """Check the upstream answers and serves ``models``; raise UpstreamError if not.
-
-        The default sends nothing (adapters without a cheap endpoint)."""
+    async def list_models(self) -> list[str] | None:
+        """The upstream's model ids, or None where there is no such endpoint."""
         return None
+
+    def serves(self, model: str, served: set[str]) -> bool:
+        return model in served
+
+    async def probe(self, models: list[str]) -> None:
+        """Check that the upstream answers and serves ``models``; UpstreamError if not."""
+        served = await self.list_models()
+        if served is None:
+            return
+        missing = [m for m in models if not self.serves(m, set(served))]
+        if missing:
+            raise exc.UpstreamBadRequest(
+                f"{self.provider_name} does not serve {', '.join(missing)}.",
+                provider=self.provider_name,
+            )
 
     async def aclose(self) -> None:
         for clients in list(self._clients.values()):

@@ -84,19 +84,16 @@ class OllamaAdapter(BaseLLMAdapter):
             )
         return response
 
-    async def probe(self, models: list[str]) -> None:
-        """``GET /api/tags``, and that the aliased models are pulled."""
+    async def list_models(self) -> list[str]:
+        """The pulled models (``GET /api/tags``)."""
         response = await self._call("GET", "/api/tags")
         try:
-            pulled = {str(m["name"]) for m in response.json()["models"]}
+            return [str(m["name"]) for m in response.json()["models"]]
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed model list") from None
-        missing = [m for m in models if m not in pulled and f"{m}:latest" not in pulled]
-        if missing:
-            raise exc.UpstreamBadRequest(
-                f"{self.provider_name} has not pulled {', '.join(missing)}.",
-                provider=self.provider_name,
-            )
+
+    def serves(self, model: str, served: set[str]) -> bool:
+        return model in served or f"{model}:latest" in served
 
     def _bad(self, what: str) -> exc.BadUpstreamResponse:
         return exc.BadUpstreamResponse(

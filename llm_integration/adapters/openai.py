@@ -83,19 +83,13 @@ class OpenAIAdapter(BaseLLMAdapter):
             raise self._error(response, response.content)
         return response
 
-    async def probe(self, models: list[str]) -> None:
-        """``GET {base}/models``, and that the aliased models are listed."""
+    async def list_models(self) -> list[str]:
+        """``GET {base}/models``."""
         response = await self._call("GET", "/models")
         try:
-            served = {str(m["id"]) for m in response.json()["data"]}
+            return [str(m["id"]) for m in response.json()["data"]]
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed model list") from None
-        missing = [m for m in models if m not in served]
-        if missing:
-            raise exc.UpstreamBadRequest(
-                f"{self.provider_name} does not serve {', '.join(missing)}.",
-                provider=self.provider_name,
-            )
 
     def _error(self, response: httpx.Response, body: bytes) -> exc.UpstreamError:
         return error_from_http_response(

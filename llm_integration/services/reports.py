@@ -1,0 +1,114 @@
+"""Aggregates for the admin dashboard (read-only; they do scan usage, by date index)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from ..models import UsageRecord
+
+
+def daily(days: int = 30, *, now: dt.datetime | None = None) -> list[dict]:
+    """Requests, tokens and spend per day for the last ``days`` days (empty days too)."""
+    today = timezone.localdate(now or timezone.now())
+    first = today - dt.timedelta(days=days - 1)
+    start = timezone.make_aware(dt.datetime.combine(first, dt.time.min))
+    rows = (
+        UsageRecord.objects.filter(created_at__gte=start)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(
+            requests=Count("id"),
+            cost=Sum("cost_usd"),
+            tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
+        )
+        .order_by("day")
+    )
+    by_day = {r["day"]: r for r in rows}
+    series = []
+    for i in range(days):
+        day = first + dt.timedelta(days=i)
+        row = by_day.get(day, {})
+        series.append(
+            {
+                "day": day,
+                "requests": row.get("requests", 0),
+                "tokens": row.get("tokens") or 0,
+                "cost": row.get("cost") or Decimal(0),
+            }
+        )
+    return series
+
+
+def top(field: str, *, since: dt.datetime, limit: int = 10) -> list[dict]:
+    from .usage import QUANTUM, format_money
+
+    rows = list(
+        UsageRecord.objects.filter(created_at__gte=since)
+        .values(field)
+        .annotate(
+            requests=Count("id"),
+            cost=Sum("cost_usd"),
+            tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
+        )
+        .order_by("-cost", "-requests")[:limit]
+    )
+    for row in rows:  # SQLite sums decimals as floats: round back to money
+        row["cost"] = format_money(Decimal(row["cost"] or 0).quantize(QUANTUM))
+    return rows
+
+
+def provider_errors(*, since: dt.datetime) -> list[dict]:
+    rows = (
+        UsageRecord.objects.filter(created_at__gte=since)
+        .exclude(provider="")
+        .values("provider")
+        .annotate(requests=Count("id"), errors=Count("id", filter=Q(status="error")))
+        .order_by("provider")
+    )
+    return [
+        {**r, "rate": (r["errors"] / r["requests"] * 100) if r["requests"] else 0.0} for r in rows
+    ]
+
+
+def bar_chart(
+    values: list[float],
+    labels: list[str],
+    *,
+    title: str,
+    unit: str,
+    width: int = 720,
+    height: int = 180,
+) -> str:
+    """A bar chart as inline SVG (server-rendered: nothing loads from anywhere)."""
+    from django.utils.html import escape
+
+    top_value = max(values) if values and max(values) > 0 else 1
+    gap, left, bottom = 2, 48, 20
+    bar_w = (width - left) / max(len(values), 1) - gap
+    parts = [
+        f'<svg class="llm-chart" role="img" aria-label="{escape(title)}" '
+        f'viewBox="0 0 {width} {height}" width="100%" xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="0" y="12" font-size="11">{escape(unit)} {top_value:,.4g}</text>',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
+        'stroke="#999"/>',
+    ]
+    for i, (value, label) in enumerate(zip(values, labels, strict=True)):
+        h = (height - bottom - 16) * (value / top_value)
+        x = left + i * (bar_w + gap)
+        parts.append(
+            f'<rect class="bar" x="{x:.1f}" y="{height - bottom - h:.1f}" '
+            f'width="{bar_w:.1f}" height="{h:.1f}" fill="#417690">'
+            f"<title>{escape(label)}: {value:,.6g}</title></rect>"
+        )
+        if i % 5 == 0:
+            parts.append(
+                f'<text x="{x:.1f}" y="{height - 4}" font-size="10">{escape(label)}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
