@@ -124,6 +124,8 @@ class ProviderAdmin(admin.ModelAdmin):
             except LLMError as error:
                 self.message_user(request, f"{provider.name}: {error.message}", messages.ERROR)
                 continue
+            for alias in created:  # in Django's admin log, like any admin change
+                self.log_addition(request, alias, [{"added": {}}])
             self.message_user(
                 request,
                 f"{provider.name}: {len(created)} new disabled aliases"

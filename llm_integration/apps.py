@@ -8,3 +8,4 @@ class LLMIntegrationConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, signals  # noqa: F401  (registers checks and receivers)
+        from .api import schema  # noqa: F401  (OpenAPI extensions)

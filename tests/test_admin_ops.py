@@ -109,6 +109,9 @@ def test_import_models_creates_disabled_aliases_once(admin_client, openai_fake, 
     )
     admin_client.post(url, data, follow=True)
     assert ModelAlias.objects.filter(provider=provider).count() == 2
+    from django.contrib.admin.models import LogEntry
+
+    assert LogEntry.objects.get().object_repr == "oa-fake-model"  # in the admin log
 
 
 @pytest.mark.django_db(transaction=True)

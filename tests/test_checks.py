@@ -153,3 +153,30 @@ def test_several_processes_without_a_shared_cache(settings):
         }
     }
     assert checks.check_settings() == []
+
+
+def test_check_deploy_is_clean_with_the_production_profile(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DEBUG": "False",
+        "SECRET_KEY": "x" * 20 + "-a-long-random-production-secret-" + "y" * 20,
+        "ALLOWED_HOSTS": "gateway.example.com",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
+    }
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "no issues" in run.stdout

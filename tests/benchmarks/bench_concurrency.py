@@ -168,6 +168,7 @@ def main() -> None:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DEBUG": "False",
+        "SECURE_SSL_REDIRECT": "False",  # plain HTTP on loopback
         "LLM_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
     }

@@ -1,0 +1,27 @@
+"""OpenAPI descriptions of the API's authentication (drf-spectacular extensions)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class SessionScheme(OpenApiAuthenticationExtension):
+    target_class = "llm_integration.api.authentication.AsyncSessionAuthentication"
+    name = "cookieAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME}
+
+
+class TokenScheme(OpenApiAuthenticationExtension):
+    target_class = "llm_integration.api.authentication.BearerOrTokenAuthentication"
+    name = "tokenAuth"
+    priority = 1
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A DRF token, as `Authorization: Bearer <key>` or `Token <key>`.",
+        }
