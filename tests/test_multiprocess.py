@@ -1,0 +1,205 @@
+"""Two server processes sharing PostgreSQL and Redis keep every guarantee.
+
+Runs only where the suite itself runs on PostgreSQL with a Redis cache (CI's second
+pass): two uvicorn processes serve the project on the test database; requests are split
+between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+from rest_framework.authtoken.models import Token
+
+from llm_integration.models import BudgetPeriod, UsageRecord
+from tests.factories import (
+    BudgetFactory,
+    ModelAliasFactory,
+    PlanFactory,
+    ProviderFactory,
+    UserFactory,
+)
+
+pytestmark = [
+    pytest.mark.skipif(
+        connection.vendor != "postgresql"
+        or "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
+        reason="needs PostgreSQL and Redis: set DATABASE_URL=postgres://… and REDIS_URL "
+        "(CI's second pass does)",
+    ),
+    pytest.mark.django_db(transaction=True),
+]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def servers(tmp_path, api_key_env):
+    """Two uvicorn processes on the test database and the test Redis (and the test key)."""
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "LLM_LOG_LEVEL": "WARNING",
+    }
+    procs, urls = [], []
+    for i in range(2):
+        port = _port()
+        log = open(tmp_path / f"server{i}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "project.asgi:application",
+                ],
+                cwd=settings.BASE_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        urls.append(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    for u in urls:
+        while True:
+            try:
+                httpx.get(f"{u}/api/v1/models", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError((tmp_path / "server0.log").read_text()) from None
+                time.sleep(0.1)
+    yield urls
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(10)
+
+
+def token_for(user) -> str:
+    return Token.objects.create(user=user).key
+
+
+async def fire(urls: list[str], token: str, bodies: list[dict]) -> list[int]:
+    """Send all requests at once, alternating between the servers; their statuses."""
+    limits = httpx.Limits(max_connections=400)
+    async with httpx.AsyncClient(
+        timeout=60, limits=limits, headers={"Authorization": f"Token {token}"}
+    ) as client:
+
+        async def one(i: int, body: dict) -> int:
+            response = await client.post(f"{urls[i % len(urls)]}/api/v1/chat", json=body)
+            return response.status_code
+
+        return await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+
+
+def test_hard_budget_holds_for_200_requests_across_two_processes(servers, openai_fake, api_key_env):
+    provider = ProviderFactory(
+        kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
+    )
+    ModelAliasFactory(
+        slug="chat",
+        provider=provider,
+        upstream_model="gpt-4o-mini",
+        input_price_per_mtok=Decimal(1),
+        output_price_per_mtok=Decimal(1),
+        default_max_tokens=100,
+    )
+    budget = BudgetFactory(limit_usd=Decimal("0.005"))  # 50 answers of 100 tokens at most
+    for _ in range(200):
+        openai_fake.push(mode="slow", delay=0.05, prompt_tokens=10, completion_tokens=90)
+    token = token_for(UserFactory())
+    statuses = asyncio.run(fire(servers, token, [{"message": "Hi", "model": "chat"}] * 200))
+    ok = statuses.count(200)
+    assert set(statuses) <= {200, 429}
+    period = BudgetPeriod.objects.get(budget=budget)
+    assert period.spent_usd <= budget.limit_usd
+    assert period.spent_usd == Decimal("0.0001") * ok and period.reserved_units == 0
+    assert ok >= 45  # worst case 109 tokens reserved: at least 45 fit at once
+    assert UsageRecord.objects.count() == 200
+    assert UsageRecord.objects.filter(status="refused").count() == 200 - ok
+
+
+def test_per_user_rpm_holds_across_two_processes(servers):
+    PlanFactory(slug="free", rpm_limit=10)
+    ModelAliasFactory(slug="default", provider__kind="dummy")
+    token = token_for(UserFactory())
+    statuses = asyncio.run(fire(servers, token, [{"message": "Hi"}] * 30))
+    assert statuses.count(200) == 10 and statuses.count(429) == 20
+
+
+def test_a_circuit_opened_by_one_process_is_seen_by_the_other(servers, openai_fake, api_key_env):
+    failing = ProviderFactory(
+        name="failing",
+        kind="openai",
+        base_url=openai_fake.base_url,
+        api_key_env=api_key_env,
+        max_retries=0,
+    )
+    ModelAliasFactory(slug="chat", provider=failing)
+    token = token_for(UserFactory())
+    headers = {"Authorization": f"Token {token}"}
+    for _ in range(5):  # CIRCUIT_BREAKER_THRESHOLD
+        openai_fake.push(mode="error", status=500)
+        response = httpx.post(
+            f"{servers[0]}/api/v1/chat", json={"message": "x"}, headers=headers, timeout=30
+        )
+        assert response.status_code == 503
+    calls = len(openai_fake.requests)
+    response = httpx.post(
+        f"{servers[1]}/api/v1/chat", json={"message": "x"}, headers=headers, timeout=30
+    )
+    assert response.status_code == 503 and "circuit open" in response.json()["error"]["message"]
+    assert len(openai_fake.requests) == calls  # the other process did not call upstream
+
+
+def test_a_websocket_on_one_process_gets_a_group_message_from_another(servers):
+    import websockets
+    from channels.layers import get_channel_layer
+
+    from llm_integration.consumers import user_group
+
+    ModelAliasFactory(slug="default", provider__kind="dummy")
+    user = UserFactory()
+    token = token_for(user)
+
+    async def scenario() -> dict:
+        ws_url = servers[1].replace("http://", "ws://") + "/ws/llm/chat/"
+        async with websockets.connect(ws_url, origin="http://127.0.0.1") as ws:
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            await ws.send(json.dumps({"type": "dance"}))  # its error proves auth is done
+            assert json.loads(await ws.recv())["type"] == "error"
+            # This test process (not the one serving the socket) sends through Redis.
+            await get_channel_layer().group_send(
+                user_group(user.pk), {"type": "llm.notice", "payload": {"text": "hello"}}
+            )
+            return json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
+
+    assert asyncio.run(scenario()) == {"type": "notice", "text": "hello"}
