@@ -185,6 +185,24 @@ class BaseLLMAdapter(ABC):
             return count_text_tokens(prompt, model=self.model)
         return count_message_tokens(build_request(prompt).messages, model=self.model)
 
+    def _http(self) -> httpx.AsyncClient:
+        raise exc.ConfigurationError(f"{type(self).__name__} has no HTTP client.")
+
+    def _error(self, response: httpx.Response, body: bytes) -> exc.UpstreamError:
+        return error_from_http_response(
+            response, body, provider=self.provider_name, redact=self._redact
+        )
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One non-streaming HTTP request; transport failures and 4xx/5xx become our errors."""
+        try:
+            response = await self._http().request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, provider=self.provider_name) from None
+        if response.status_code >= 400:
+            raise self._error(response, response.content)
+        return response
+
     async def list_models(self) -> list[str] | None:
         """The upstream's model ids, or None where there is no such endpoint."""
         return None

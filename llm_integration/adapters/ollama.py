@@ -72,18 +72,6 @@ class OllamaAdapter(BaseLLMAdapter):
             body["keep_alive"] = self.keep_alive
         return body
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One non-streaming request; transport failures and 4xx/5xx become our errors."""
-        try:
-            response = await self._http().request(method, path, **kwargs)
-        except httpx.HTTPError as e:
-            raise error_from_transport(e, provider=self.provider_name) from None
-        if response.status_code >= 400:
-            raise error_from_http_response(
-                response, response.content, provider=self.provider_name, redact=self._redact
-            )
-        return response
-
     async def list_models(self) -> list[str]:
         """The pulled models (``GET /api/tags``)."""
         response = await self._call("GET", "/api/tags")

@@ -19,7 +19,6 @@ from .base import (
     Completion,
     StreamChunk,
     Usage,
-    error_from_http_response,
     error_from_transport,
 )
 from .http import httpx
@@ -73,16 +72,6 @@ class OpenAIAdapter(BaseLLMAdapter):
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One non-streaming request; transport failures and 4xx/5xx become our errors."""
-        try:
-            response = await self._http().request(method, path, **kwargs)
-        except httpx.HTTPError as e:
-            raise error_from_transport(e, provider=self.provider_name) from None
-        if response.status_code >= 400:
-            raise self._error(response, response.content)
-        return response
-
     async def list_models(self) -> list[str]:
         """``GET {base}/models``."""
         response = await self._call("GET", "/models")
@@ -90,11 +79,6 @@ class OpenAIAdapter(BaseLLMAdapter):
             return [str(m["id"]) for m in response.json()["data"]]
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed model list") from None
-
-    def _error(self, response: httpx.Response, body: bytes) -> exc.UpstreamError:
-        return error_from_http_response(
-            response, body, provider=self.provider_name, redact=self._redact
-        )
 
     def _bad(self, what: str) -> exc.BadUpstreamResponse:
         return exc.BadUpstreamResponse(

@@ -63,6 +63,34 @@ print(Token.objects.create(user=user).key)
     return out.stdout.strip().splitlines()[-1]
 
 
+def server_command(server: str, port: int) -> list[str]:
+    """One gateway server process on 127.0.0.1:port (Daphne, as llm_demo, or Uvicorn)."""
+    if server == "daphne":
+        return [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "project.asgi:application",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "project.asgi:application",
+    ]
+
+
 def start(
     cmd: list[str], env: dict[str, str], ready: str | None = None, log: Path | None = None
 ) -> subprocess.Popen:
@@ -181,31 +209,7 @@ def main() -> None:
     upstream = fake.ready_line.split()[1]
     token = prepare(env, upstream)
     port = free_port()
-    if args.server == "daphne":
-        cmd = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "project.asgi:application",
-        ]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "project.asgi:application",
-        ]
+    cmd = server_command(args.server, port)
     server = start(cmd, env, log=workdir / "server.log")
     try:
         asyncio.run(wait_for_port(port))

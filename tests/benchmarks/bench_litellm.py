@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_concurrency import ROOT, free_port, parse_wrk, start
+from bench_concurrency import ROOT, free_port, parse_wrk, server_command, start
 
 VENV = Path("/tmp/litellm-venv")
 LITELLM = "litellm[proxy]==1.106.2"
@@ -145,29 +145,7 @@ def main() -> None:
         ).stdout.strip()
 
         gw_port, ll_port = free_port(), free_port()
-        if args.server == "daphne":
-            cmd = [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(gw_port),
-                "project.asgi:application",
-            ]
-        else:
-            cmd = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--port",
-                str(gw_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "project.asgi:application",
-            ]
+        cmd = server_command(args.server, gw_port)
         procs.append(start(cmd, env, log=workdir / "gateway.log"))
         procs.append(
             start(

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_concurrency import ROOT, free_port, start
+from bench_concurrency import ROOT, free_port, server_command, start
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -92,28 +92,7 @@ def main() -> None:
         text=True,
     ).stdout.strip()
     port = free_port()
-    if args.server == "daphne":
-        cmd = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "project.asgi:application",
-        ]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "project.asgi:application",
-        ]
+    cmd = server_command(args.server, port)
     server = start(cmd, env, log=workdir / "server.log")
     try:
         time.sleep(3)
