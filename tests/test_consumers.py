@@ -179,3 +179,29 @@ async def test_disconnect_mid_chat_records_cancelled(slow_dummy_alias):
     await ws.disconnect()
     record = await UsageRecord.objects.aget(request_id=start["request_id"])
     assert record.status == "cancelled"
+
+
+async def test_budget_alert_reaches_the_users_socket(dummy_alias):
+    from decimal import Decimal
+
+    from tests.factories import BudgetFactory
+
+    user = await sync_to_async(UserFactory)()
+    await sync_to_async(BudgetFactory)(
+        scope="user", user=user, name="mine", limit_usd=Decimal("0.0001"), alert_thresholds=[10]
+    )
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    # max_tokens keeps the worst case (reserved first) under the limit; the real cost
+    # then passes 10 % of it.
+    await ws.send_json_to(
+        {"type": "chat", "max_tokens": 20, "messages": [{"role": "user", "content": "spend"}]}
+    )
+    frames = []
+    while not ({"done", "notice"} <= {f["type"] for f in frames}):
+        frames.append(await ws.receive_json_from(timeout=5))
+    notice = next(f for f in frames if f["type"] == "notice")
+    assert (notice["kind"], notice["budget"], notice["threshold"]) == ("budget_alert", "mine", 10)
+    assert "reached 10%" in notice["text"]
+    await ws.disconnect()

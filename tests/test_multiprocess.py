@@ -180,6 +180,35 @@ def test_a_circuit_opened_by_one_process_is_seen_by_the_other(servers, openai_fa
     assert len(openai_fake.requests) == calls  # the other process did not call upstream
 
 
+def test_a_budget_alert_raised_by_one_process_reaches_a_socket_on_the_other(servers):
+    import websockets
+
+    ModelAliasFactory(slug="default", provider__kind="dummy")  # priced by the factory
+    user = UserFactory()
+    token = token_for(user)
+    BudgetFactory(
+        scope="user", user=user, name="mine", limit_usd=Decimal("0.0001"), alert_thresholds=[10]
+    )
+
+    async def scenario() -> dict:
+        ws_url = servers[1].replace("http://", "ws://") + "/ws/llm/chat/"
+        async with websockets.connect(ws_url, origin="http://127.0.0.1") as ws:
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            await ws.send(json.dumps({"type": "dance"}))  # its error proves auth is done
+            assert json.loads(await ws.recv())["type"] == "error"
+            async with httpx.AsyncClient(timeout=30) as client:  # spend on the *other* server
+                response = await client.post(
+                    f"{servers[0]}/api/v1/chat",
+                    json={"message": "spend", "max_tokens": 20},
+                    headers={"Authorization": f"Token {token}"},
+                )
+                assert response.status_code == 200
+            return json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
+
+    notice = asyncio.run(scenario())
+    assert (notice["type"], notice["kind"], notice["threshold"]) == ("notice", "budget_alert", 10)
+
+
 def test_a_websocket_on_one_process_gets_a_group_message_from_another(servers):
     import websockets
     from channels.layers import get_channel_layer

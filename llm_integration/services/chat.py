@@ -226,6 +226,7 @@ class Call:
     started: float = 0.0
     recorded: bool = False
     outcome: Outcome | None = None
+    alerts: list = field(default_factory=list)
 
     @property
     def alias(self) -> ModelAlias | None:
@@ -247,7 +248,7 @@ class Call:
         plan = self.admission.plan if self.admission else None
         with write_lock(), transaction.atomic():
             self._write(status, usage, error, finish_reason, cached, alias, cost, user, plan)
-        budgets.fire_alerts(self.reservation, now=self.gateway.clock.now())
+        self.alerts = budgets.fire_alerts(self.reservation, now=self.gateway.clock.now())
         return cost
 
     def _write(self, status, usage, error, finish_reason, cached, alias, cost, user, plan) -> None:
@@ -305,6 +306,8 @@ class Call:
             cached=cached,
         )
         metrics.observe_budgets(self.reservation.settled)
+        if self.alerts:
+            await notify_alerts(self.user, self.alerts)
         fields = {
             "request_id": self.request_id,
             "alias": labels[0],
@@ -332,6 +335,36 @@ class Call:
             prompt_tokens=count_message_tokens(self.serving.request.messages, model=model),
             completion_tokens=count_text_tokens(text, model=model),
             estimated=True,
+        )
+
+
+async def notify_alerts(user: Any, alerts: list) -> None:
+    """Tell the requesting user's open pages (WebSocket group) that a budget crossed a
+    threshold; through Redis this reaches sockets served by any process."""
+    from channels.layers import get_channel_layer
+
+    from ..consumers import user_group
+
+    layer = get_channel_layer()
+    if layer is None or not getattr(user, "pk", None):
+        return
+    for alert in alerts:
+        budget = alert.budget
+        await layer.group_send(
+            user_group(user.pk),
+            {
+                "type": "llm.notice",
+                "payload": {
+                    "kind": "budget_alert",
+                    "budget": budget.name,
+                    "scope": budget.scope,
+                    "threshold": alert.threshold,
+                    "spent_usd": format_money(alert.spent_usd),
+                    "limit_usd": format_money(alert.limit_usd),
+                    "text": f"Budget {budget.name!r} has reached {alert.threshold}% "
+                    f"(${format_money(alert.spent_usd)} of ${format_money(alert.limit_usd)}).",
+                },
+            },
         )
 
 
