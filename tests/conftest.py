@@ -115,6 +115,16 @@ def live_server_url(transactional_db):
 
 
 @pytest.fixture
+def fresh_minute():
+    """Rate limits count in fixed one-minute windows of the real clock (across server
+    processes there is no fake clock): start well inside a window, not at its edge."""
+    import time
+
+    while time.time() % 60 > 45:
+        time.sleep(0.25)
+
+
+@pytest.fixture
 def openai_fake():
     fake = OpenAIFake().start()
     yield fake

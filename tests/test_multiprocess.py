@@ -147,7 +147,7 @@ def test_hard_budget_holds_for_200_requests_across_two_processes(servers, openai
     assert UsageRecord.objects.filter(status="refused").count() == 200 - ok
 
 
-def test_per_user_rpm_holds_across_two_processes(servers):
+def test_per_user_rpm_holds_across_two_processes(servers, fresh_minute):
     PlanFactory(slug="free", rpm_limit=10)
     ModelAliasFactory(slug="default", provider__kind="dummy")
     token = token_for(UserFactory())

@@ -152,7 +152,7 @@ async def test_prompt_too_large_is_413(rows, settings):
     assert response.status_code == 413 and error_of(response)["code"] == "prompt_too_large"
 
 
-async def test_rate_limited_is_429_with_retry_after(rows, settings):
+async def test_rate_limited_is_429_with_retry_after(rows, settings, fresh_minute):
     settings.LLM_INTEGRATION = {"RATE_LIMIT_RPM": 1}
     client = client_for(rows["token"])
     assert (await post_chat(client, {"message": "1"})).status_code == 200
