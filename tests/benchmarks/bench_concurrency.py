@@ -52,8 +52,20 @@ Budget.objects.create(name="global", limit_usd=Decimal("1000000"))
 user = get_user_model().objects.create_user("bench", password="x")
 print(Token.objects.create(user=user).key)
 """
+    return run_django(env, script)
+
+
+TOKEN_CODE = """
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+print(Token.objects.create(user=get_user_model().objects.create_user("bench")).key)
+"""
+
+
+def run_django(env: dict[str, str], code: str) -> str:
+    """Run ``code`` with Django set up (the env's database); its last line of output."""
     out = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", "import django; django.setup()\n" + code],
         env=env,
         cwd=ROOT,
         check=True,

@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_concurrency import ROOT, free_port, parse_wrk, server_command, start
+from bench_concurrency import (
+    ROOT,
+    TOKEN_CODE,
+    free_port,
+    parse_wrk,
+    run_django,
+    server_command,
+    start,
+)
 
 VENV = Path("/tmp/litellm-venv")
 LITELLM = "litellm[proxy]==1.106.2"
@@ -127,22 +135,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        token = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import django; django.setup();"
-                "from django.contrib.auth import get_user_model;"
-                "from rest_framework.authtoken.models import Token;"
-                "u = get_user_model().objects.create_user('bench');"
-                "print(Token.objects.create(user=u).key)",
-            ],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        token = run_django(env, TOKEN_CODE)
 
         gw_port, ll_port = free_port(), free_port()
         cmd = server_command(args.server, gw_port)

@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_concurrency import ROOT, free_port, server_command, start
+from bench_concurrency import (
+    ROOT,
+    TOKEN_CODE,
+    free_port,
+    run_django,
+    server_command,
+    start,
+)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -72,25 +79,15 @@ def main() -> None:
         "DATABASE_URL": f"sqlite:///{workdir / 'ws.sqlite3'}",
     }
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], env=env, cwd=ROOT, check=True)
-    token = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import django; django.setup();"
-            "from django.contrib.auth import get_user_model;"
-            "from rest_framework.authtoken.models import Token;"
-            "from llm_integration.models import ModelAlias, Provider;"
-            "p = Provider.objects.create(name='dummy', kind='dummy', options={'delay': 0.05});"
-            "ModelAlias.objects.create(slug='default', provider=p, upstream_model='echo');"
-            "u = get_user_model().objects.create_user('ws');"
-            "print(Token.objects.create(user=u).key)",
-        ],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    token = run_django(
+        env,
+        """
+from llm_integration.models import ModelAlias, Provider
+p = Provider.objects.create(name="dummy", kind="dummy", options={"delay": 0.05})
+ModelAlias.objects.create(slug="default", provider=p, upstream_model="echo")
+"""
+        + TOKEN_CODE,
+    )
     port = free_port()
     cmd = server_command(args.server, port)
     server = start(cmd, env, log=workdir / "server.log")
