@@ -56,6 +56,9 @@ def page(live_server_url, django_user_model, tmp_path, settings):
         page.click("input[type=submit]")
         page.wait_for_url(f"{live_server_url}/")
         page.wait_for_selector("#status >> text=connected")
+        # The dropdown fills from /api/v1/models asynchronously: wait for it, so a test
+        # that edits it is not overwritten by the late answer.
+        page.wait_for_selector("#model option[value=default]", state="attached")
         yield page
         if not page.is_closed():  # kept for a look: SCREENSHOT_DIR=... pytest tests/test_browser.py
             folder = os.environ.get("SCREENSHOT_DIR") or str(tmp_path)
