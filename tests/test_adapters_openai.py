@@ -64,6 +64,43 @@ async def test_stream_yields_each_chunk_then_provider_usage(openai_fake):
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
 
 
+async def test_streams_and_calls_reuse_one_kept_alive_connection(openai_fake):
+    # A stream read only to its [DONE] would drop its connection with the unread
+    # terminating chunk: every stream would pay a new TCP connection.
+    adapter = make(openai_fake)
+    for _ in range(3):
+        chunks = await collect(adapter.complete_stream(MESSAGES))
+        assert chunks[-1].usage is not None
+    await adapter.complete(MESSAGES)
+    peers = {r.peer for r in openai_fake.requests}
+    assert len(openai_fake.requests) == 4 and len(peers) == 1, peers
+
+
+def test_sessions_close_with_their_event_loops(openai_fake, caplog):
+    # Commands, tests and async_to_sync run short-lived event loops: each loop's session
+    # is closed as the loop shuts down, its connections with it.
+    import asyncio
+    import gc
+    import warnings
+
+    from asgiref.sync import async_to_sync
+
+    from llm_integration.adapters.http import sessions
+
+    adapter = make(openai_fake)
+    gc.collect()  # earlier tests' garbage is not this test's business
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            asyncio.run(adapter.complete(MESSAGES))
+            async_to_sync(adapter.complete)(MESSAGES)
+        assert not [loop for loop in sessions._sessions if loop.is_closed()]
+        gc.collect()
+    port = str(openai_fake.base_url.split(":")[-1].split("/")[0])
+    assert not [w for w in caught if port in str(w.message)], [str(w.message) for w in caught]
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+
+
 async def test_stream_without_usage_chunk_is_estimated_and_flagged(openai_fake):
     openai_fake.push(mode="no_usage", text="alpha beta gamma", finish_reason="length")
     chunks = await collect(make(openai_fake).complete_stream(MESSAGES))

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from .. import exceptions as exc
 from ..services.tokens import count_message_tokens, count_text_tokens
-from .http import httpx
+from .http import TRANSPORT_ERRORS, HTTPResult, httpx, request_timeout, sessions
 
 ROLES = ("system", "user", "assistant")
 
@@ -161,7 +161,8 @@ class BaseLLMAdapter(ABC):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
             weakref.WeakKeyDictionary()
         )
-        self._turn = 0
+        self._timeout = request_timeout(timeout)
+        self._headers: dict[str, str] | None = None
 
     def __repr__(self) -> str:  # never shows the key
         return f"<{type(self).__name__} {self.provider_name}:{self.model} {self.base_url}>"
@@ -185,23 +186,36 @@ class BaseLLMAdapter(ABC):
             return count_text_tokens(prompt, model=self.model)
         return count_message_tokens(build_request(prompt).messages, model=self.model)
 
-    def _http(self) -> httpx.AsyncClient:
-        raise exc.ConfigurationError(f"{type(self).__name__} has no HTTP client.")
+    def _request_headers(self) -> dict[str, str]:
+        """Headers of every request to the upstream (aiohttp adapters)."""
+        return {"Accept": "application/json", **self.headers}
 
-    def _error(self, response: httpx.Response, body: bytes) -> exc.UpstreamError:
+    def _post(self, path: str, body: Any):
+        """``async with self._post(path, body) as response``: a JSON POST (aiohttp)."""
+        return self._request("POST", path, body)
+
+    def _request(self, method: str, path: str, body: Any = None):
+        if self._headers is None:
+            self._headers = self._request_headers()
+        return sessions.get().request(
+            method, self.base_url + path, json=body, headers=self._headers, timeout=self._timeout
+        )
+
+    def _error(self, response: HTTPResult | httpx.Response, body: bytes) -> exc.UpstreamError:
         return error_from_http_response(
             response, body, provider=self.provider_name, redact=self._redact
         )
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _call(self, method: str, path: str, *, json: Any = None) -> HTTPResult:
         """One non-streaming HTTP request; transport failures and 4xx/5xx become our errors."""
         try:
-            response = await self._http().request(method, path, **kwargs)
-        except httpx.HTTPError as e:
+            async with self._request(method, path, json) as r:
+                result = HTTPResult.of(r, await r.read())
+        except TRANSPORT_ERRORS as e:
             raise error_from_transport(e, provider=self.provider_name) from None
-        if response.status_code >= 400:
-            raise self._error(response, response.content)
-        return response
+        if result.status_code >= 400:
+            raise self._error(result, result.content)
+        return result
 
     async def list_models(self) -> list[str] | None:
         """The upstream's model ids, or None where there is no such endpoint."""
@@ -227,7 +241,7 @@ class BaseLLMAdapter(ABC):
             for client in clients:
                 # httpx clients have aclose(); the Anthropic SDK's async client close().
                 await (getattr(client, "aclose", None) or client.close)()
-        self._clients.clear()
+        self._clients.clear()  # the aiohttp session is shared: it stays with its loop
 
     # -- for subclasses ---------------------------------------------------------------
     @abstractmethod
@@ -236,22 +250,13 @@ class BaseLLMAdapter(ABC):
     @abstractmethod
     def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]: ...
 
-    def _client_for_loop(self, factory, *, shards: int = 1) -> Any:
-        """An HTTP client of this event loop (pools cannot cross loops).
-
-        With ``shards`` > 1, requests take turns over that many clients: a connection
-        pool's bookkeeping costs grow with its size, so several small pools serve many
-        concurrent requests with less CPU than one big one.
-        """
+    def _client_for_loop(self, factory) -> Any:
+        """An SDK client of this event loop (its connection pool cannot cross loops)."""
         loop = asyncio.get_running_loop()
         clients = self._clients.get(loop)
         if clients is None:
-            clients = self._clients[loop] = []
-        if len(clients) < shards:  # made on first use: a client costs an SSL context
-            clients.append(factory())
-            return clients[-1]
-        self._turn = (self._turn + 1) % shards
-        return clients[self._turn]
+            clients = self._clients[loop] = [factory()]
+        return clients[0]
 
     def _estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
         return Usage(
@@ -338,7 +343,7 @@ def error_for_status(
 
 
 def error_from_http_response(
-    response: httpx.Response, body: bytes, *, provider: str, redact
+    response: HTTPResult | httpx.Response, body: bytes, *, provider: str, redact
 ) -> exc.UpstreamError:
     """Map an upstream error response (OpenAI, Anthropic or Ollama JSON) to the taxonomy."""
     import json
@@ -365,9 +370,10 @@ def error_from_http_response(
 def error_from_transport(
     error: Exception, *, provider: str, streaming_started: bool = False
 ) -> exc.UpstreamError:
-    """Map an httpx transport exception to the taxonomy (its text may hold URLs: not used)."""
+    """Map an aiohttp/httpx transport exception to the taxonomy (its text may hold URLs:
+    not used)."""
     name = type(error).__name__
-    if isinstance(error, httpx.TimeoutException):
+    if isinstance(error, httpx.TimeoutException | TimeoutError):
         return exc.UpstreamTimeout(
             f"{provider} did not answer in time ({name}).", provider=provider
         )
@@ -376,3 +382,18 @@ def error_from_transport(
             f"The connection to {provider} was lost mid-stream ({name}).", provider=provider
         )
     return exc.UpstreamConnectionError(f"Could not reach {provider} ({name}).", provider=provider)
+
+
+async def finish_body(response, lines: AsyncIterator[str]) -> None:
+    """Read what follows the stream's last event (a chunked body's terminator, as a rule).
+
+    A response closed before its end takes its connection with it; read to the end, the
+    keep-alive connection goes back to the pool. A server that keeps talking after its
+    last event gets a second, then the connection is dropped as before.
+    """
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in lines:
+                pass
+    except TRANSPORT_ERRORS:
+        response.close()

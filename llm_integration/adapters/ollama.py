@@ -1,4 +1,4 @@
-"""Ollama's native chat API over httpx: newline-delimited JSON streaming.
+"""Ollama's native chat API over aiohttp: newline-delimited JSON streaming.
 
 The last line (``done: true``) carries ``prompt_eval_count`` and ``eval_count``; Ollama
 leaves ``prompt_eval_count`` out when the whole prompt came from its cache, and then the
@@ -19,11 +19,10 @@ from .base import (
     Completion,
     StreamChunk,
     Usage,
-    error_from_http_response,
     error_from_transport,
+    finish_body,
 )
-from .http import httpx
-from .openai import POOL_CONNECTIONS, POOL_KEEPALIVE, POOL_SHARDS
+from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
 
 
 class OllamaAdapter(BaseLLMAdapter):
@@ -36,21 +35,11 @@ class OllamaAdapter(BaseLLMAdapter):
         super().__init__(**kwargs)
         self.keep_alive = keep_alive
 
-    def _http(self) -> httpx.AsyncClient:
-        headers = dict(self.headers)
+    def _request_headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json", **self.headers}
         if self._api_key:  # Ollama behind an authenticating proxy
             headers.setdefault("Authorization", f"Bearer {self._api_key}")
-        return self._client_for_loop(
-            lambda: httpx.AsyncClient(
-                base_url=self.base_url,
-                headers=headers,
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                limits=httpx.Limits(
-                    max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_KEEPALIVE
-                ),
-            ),
-            shards=POOL_SHARDS,
-        )
+        return headers
 
     def _payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -117,18 +106,13 @@ class OllamaAdapter(BaseLLMAdapter):
         final: dict[str, Any] | None = None
         started = False
         try:
-            async with self._http().stream(
-                "POST", "/api/chat", json=self._payload(request, stream=True)
-            ) as response:
-                if response.status_code >= 400:
-                    raise error_from_http_response(
-                        response,
-                        await response.aread(),
-                        provider=self.provider_name,
-                        redact=self._redact,
-                    )
+            async with self._post("/api/chat", self._payload(request, stream=True)) as response:
+                if response.status >= 400:
+                    body = await response.read()
+                    raise self._error(HTTPResult.of(response, body), body)
                 started = True
-                async for line in response.aiter_lines():
+                lines = iter_lines(response)
+                async for line in lines:
                     if not line.strip():
                         continue
                     try:
@@ -150,7 +134,9 @@ class OllamaAdapter(BaseLLMAdapter):
                     if data.get("done"):
                         final = data
                         break
-        except httpx.HTTPError as e:
+                if final is not None:
+                    await finish_body(response, lines)
+        except TRANSPORT_ERRORS as e:
             error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
             raise self._partial(error, request, parts) from None
         except exc.UpstreamError as error:

@@ -1,4 +1,4 @@
-"""OpenAI chat completions over httpx: OpenAI itself and every compatible server
+"""OpenAI chat completions over aiohttp: OpenAI itself and every compatible server
 (vLLM, LiteLLM proxy, Gemini's OpenAI endpoint, llama.cpp, LocalAI…).
 
 Streaming is SSE (``data: {chunk}`` … ``data: [DONE]``) with
@@ -20,12 +20,10 @@ from .base import (
     StreamChunk,
     Usage,
     error_from_transport,
+    finish_body,
 )
-from .http import httpx
+from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
 from .sse import iter_sse
-
-# 8 pools of up to 32 connections (16 kept alive) each: 256 concurrent upstream calls.
-POOL_SHARDS, POOL_CONNECTIONS, POOL_KEEPALIVE = 8, 32, 16
 
 
 class OpenAIAdapter(BaseLLMAdapter):
@@ -34,19 +32,6 @@ class OpenAIAdapter(BaseLLMAdapter):
     requires_api_key = True
     #: OpenAI itself wants max_completion_tokens (o-series refuse max_tokens).
     max_tokens_field = "max_completion_tokens"
-
-    def _http(self) -> httpx.AsyncClient:
-        return self._client_for_loop(
-            lambda: httpx.AsyncClient(
-                base_url=self.base_url,
-                headers=self._request_headers(),
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                limits=httpx.Limits(
-                    max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_KEEPALIVE
-                ),
-            ),
-            shards=POOL_SHARDS,
-        )
 
     def _request_headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -111,13 +96,14 @@ class OpenAIAdapter(BaseLLMAdapter):
         finish: str | None = None
         done = started = False
         try:
-            async with self._http().stream(
-                "POST", "/chat/completions", json=self._payload(request, stream=True)
-            ) as response:
-                if response.status_code >= 400:
-                    raise self._error(response, await response.aread())
+            payload = self._payload(request, stream=True)
+            async with self._post("/chat/completions", payload) as response:
+                if response.status >= 400:
+                    body = await response.read()
+                    raise self._error(HTTPResult.of(response, body), body)
                 started = True
-                async for event in iter_sse(response.aiter_lines()):
+                lines = iter_lines(response)
+                async for event in iter_sse(lines):
                     if event.data.strip() == "[DONE]":
                         done = True
                         break
@@ -131,7 +117,9 @@ class OpenAIAdapter(BaseLLMAdapter):
                         if text:
                             parts.append(text)
                             yield StreamChunk(text=text)
-        except httpx.HTTPError as e:
+                if done:
+                    await finish_body(response, lines)
+        except TRANSPORT_ERRORS as e:
             error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
             raise (self._with_partial(error, request, parts) if started else error) from None
         if not done and finish is None:

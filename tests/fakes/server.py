@@ -52,6 +52,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any = None
+    #: The client's (host, port): the same for requests on one kept-alive connection.
+    peer: tuple[str, int] | None = None
 
 
 class Exchange:
@@ -134,6 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=self.path,
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            peer=self.client_address,
         )
         fake = self.server.fake
         fake.requests.append(request)
