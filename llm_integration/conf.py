@@ -50,8 +50,9 @@ DEFAULTS: dict[str, Any] = {
     # Circuit breaker: open after this many consecutive failures, probe after cooldown.
     "CIRCUIT_BREAKER_THRESHOLD": 5,
     "CIRCUIT_BREAKER_COOLDOWN": 30.0,
-    # Threads (each with its own database connection) for the gateway's queries;
-    # 0 runs them in the caller's thread, as Django does.
+    # Threads (each with its own database connection) for the gateway's queries, besides
+    # the one that group-commits its accounting writes; 0 runs them all in the caller's
+    # thread, as Django does.
     "DB_THREADS": 8,
     # Seconds a looked-up API token stays in memory (0: look it up every request).
     "TOKEN_CACHE_TTL": 30,

@@ -99,12 +99,27 @@ def reserve(
 
     ``period_ids`` caches (budget, period start) -> row id between requests.
     """
+    if not budgets:
+        return Reservation()
+    with write_lock(), transaction.atomic():
+        return reserve_in(None, budgets, cost, now=now, period_ids=period_ids)
+
+
+def period_rows(budgets: list[Budget], *, now: dt.datetime, period_ids: dict) -> list[int]:
+    """The period rows ``reserve`` will update, as far as ``period_ids`` knows them."""
+    ids = (period_ids.get((b.pk, period_start(b.period, now))) for b in budgets)
+    return [pid for pid in ids if pid is not None]
+
+
+def reserve_in(
+    batch, budgets: list[Budget], cost: Decimal, *, now: dt.datetime, period_ids: dict | None
+) -> Reservation:
+    """``reserve`` inside the caller's transaction (a group-commit job): a refusal
+    gives back what it already held before it raises."""
     units = usd_to_units(cost)
     reservation = Reservation()
-    if not budgets:
-        return reservation
     table = _table()
-    with write_lock(), transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         for budget in budgets:
             pid = _period_id(budget, period_start(budget.period, now), period_ids)
             if budget.hard:
@@ -119,6 +134,11 @@ def reserve(
                     [units, pid],
                 )
             if cursor.rowcount != 1:
+                for _budget, held_pid, held in reservation.holds:
+                    cursor.execute(
+                        f"UPDATE {table} SET reserved_units = reserved_units - %s WHERE id = %s",
+                        [held, held_pid],
+                    )
                 if period_ids is not None and not BudgetPeriod.objects.filter(pk=pid).exists():
                     period_ids.pop((budget.pk, period_start(budget.period, now)), None)
                 raise BudgetExceeded(
@@ -133,11 +153,22 @@ def settle(reservation: Reservation, cost: Decimal) -> None:
     """Release the reservation and add the real ``cost`` (call ``fire_alerts`` after)."""
     if not reservation.holds:
         return
+    with transaction.atomic(savepoint=False):
+        settled = settle_in(None, reservation.holds, cost)
+    reservation.settled.extend(settled)
+    reservation.holds = []
+
+
+def settle_in(batch, holds: list, cost: Decimal) -> list[tuple[Budget, int, int, int]]:
+    """``settle`` inside the caller's transaction; returns (budget, period id, spent
+    units, alerted threshold) per budget and changes nothing in memory (a group commit
+    that fails runs it again)."""
     units = usd_to_units(cost)
     table = _table()
     returning = connection.features.can_return_columns_from_insert  # RETURNING support
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        for budget, pid, held in reservation.holds:
+    settled = []
+    with connection.cursor() as cursor:
+        for budget, pid, held in holds:
             sql = (
                 f"UPDATE {table} SET reserved_units = reserved_units - %s, "
                 f"spent_units = spent_units + %s WHERE id = %s"
@@ -155,13 +186,36 @@ def settle(reservation: Reservation, cost: Decimal) -> None:
                     .first()
                 )
             if row is not None:
-                reservation.settled.append((budget, pid, int(row[0]), int(row[1])))
-    reservation.holds = []
+                settled.append((budget, pid, int(row[0]), int(row[1])))
+    return settled
+
+
+def record_usage(batch, record, holds: list, cost: Decimal) -> list[tuple[Budget, int, int, int]]:
+    """A request's last write (a group-commit job): its usage record, its settlement."""
+    batch.add(record)
+    return settle_in(batch, holds, cost) if holds else []
 
 
 def release(reservation: Reservation) -> None:
     """Give a reservation back untouched (the request never reached an upstream)."""
     settle(reservation, Decimal(0))
+
+
+def alerts_due(settled: list[tuple[Budget, int, int, int]]) -> bool:
+    """Whether ``fire_alerts`` has anything to do (no query: a threshold newly crossed)."""
+    return any(_crossed(budget, spent, alerted) for budget, _pid, spent, alerted in settled)
+
+
+def _crossed(budget: Budget, spent_units: int, alerted: int) -> list:
+    limit = usd_to_units(budget.limit_usd)
+    if limit <= 0:
+        return []
+    percent = spent_units * 100 / limit
+    return sorted(
+        t
+        for t in (budget.alert_thresholds or [])
+        if isinstance(t, int | float) and alerted < t <= percent
+    )
 
 
 def fire_alerts(reservation: Reservation, *, now: dt.datetime) -> list[BudgetAlert]:
@@ -177,15 +231,7 @@ def _fire_alerts(
 ) -> list[BudgetAlert]:
     from ..signals import budget_threshold_reached
 
-    limit = usd_to_units(budget.limit_usd)
-    if limit <= 0:
-        return []
-    percent = spent_units * 100 / limit
-    crossed = sorted(
-        t
-        for t in (budget.alert_thresholds or [])
-        if isinstance(t, int | float) and alerted < t <= percent
-    )
+    crossed = _crossed(budget, spent_units, alerted)
     if not crossed:
         return []
     top = int(crossed[-1])

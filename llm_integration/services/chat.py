@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -29,7 +30,6 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.db import transaction
 
 from .. import exceptions as exc
 from .. import metrics
@@ -41,7 +41,7 @@ from .circuit import CircuitBreaker
 from .clock import SYSTEM_CLOCK, Clock
 from .config import config
 from .context import fit_to_window
-from .db import run_db, write_lock
+from .db import run_db
 from .entitlements import entitlement_for
 from .providers import adapter_for
 from .ratelimit import Limit, RateLimiter, limits_for
@@ -49,6 +49,7 @@ from .retries import call_with_retries
 from .tokens import count_message_tokens, count_text_tokens, is_exact
 from .usage import cost_of, format_money
 from .validation import check_prompt_size, validate
+from .writer import writer
 
 logger = logging.getLogger("llm_integration.services.chat")
 
@@ -234,25 +235,20 @@ class Call:
             return self.serving.alias
         return self.admission.alias if self.admission else None
 
-    def _record(
+    def _usage_record(
         self,
         status: str,
         usage: Usage,
         error: BaseException | None,
         finish_reason: str,
         cached: bool,
-    ) -> Decimal:
+    ) -> tuple[UsageRecord, Decimal]:
+        """The request's usage record (not saved) and its cost: no I/O."""
         alias = self.alias
         cost = cost_of(alias, usage) if alias is not None and not cached else Decimal(0)
         user = self.user if getattr(self.user, "is_authenticated", False) else None
         plan = self.admission.plan if self.admission else None
-        with write_lock(), transaction.atomic():
-            self._write(status, usage, error, finish_reason, cached, alias, cost, user, plan)
-        self.alerts = budgets.fire_alerts(self.reservation, now=self.gateway.clock.now())
-        return cost
-
-    def _write(self, status, usage, error, finish_reason, cached, alias, cost, user, plan) -> None:
-        UsageRecord.objects.create(
+        record = UsageRecord(
             request_id=self.request_id,
             user=user,
             plan=plan.slug if plan else "",
@@ -270,7 +266,21 @@ class Call:
             cached=cached,
             streamed=self.streamed,
         )
-        budgets.settle(self.reservation, cost)
+        return record, cost
+
+    async def _record(self, status, usage, error, finish_reason, cached) -> Decimal:
+        """Write the record and settle the budgets in one (group) commit; alerts after."""
+        record, cost = self._usage_record(status, usage, error, finish_reason, cached)
+        # The write owns the holds from here: a cancelled wait cannot settle them twice.
+        held, self.reservation.holds = self.reservation.holds, []
+        settled = await writer.write(
+            budgets.record_usage, record, held, cost, rows=[pid for _b, pid, _u in held]
+        )
+        self.reservation.settled.extend(settled)
+        if budgets.alerts_due(settled):
+            now = self.gateway.clock.now()
+            self.alerts = await run_db(budgets.fire_alerts, self.reservation, now=now)
+        return cost
 
     async def finish(
         self,
@@ -286,7 +296,7 @@ class Call:
             return Decimal(0)
         self.recorded = True
         usage = usage or Usage()
-        cost = await run_db(self._record, status, usage, error, finish_reason, cached)
+        cost = await self._record(status, usage, error, finish_reason, cached)
         self.outcome = Outcome(status, usage, cost, finish_reason)
         total = usage.prompt_tokens + usage.completion_tokens
         for taken, counted in self.limits_taken:
@@ -393,6 +403,14 @@ def final_error(error: BaseException | None, alias: ModelAlias) -> BaseException
     return error
 
 
+def _release_orphan(pending: asyncio.Future) -> None:
+    if pending.cancelled() or pending.exception() is not None:
+        return
+    held = pending.result().holds
+    if held:
+        writer.write(budgets.settle_in, held, Decimal(0), rows=[pid for _b, pid, _u in held])
+
+
 class Gateway:
     """The chat service. ``clock`` drives time, waits, windows and budget periods."""
 
@@ -458,7 +476,7 @@ class Gateway:
                 last = error
                 continue
             try:
-                call.reservation = await run_db(self._reserve, call, prepared)
+                call.reservation = await self._reserve(call, prepared)
             except exc.BudgetExceeded as error:
                 self.limiter.release(taken)
                 last = error
@@ -478,8 +496,11 @@ class Gateway:
                     breaker.record_failure()
                 if not isinstance(error, FALL_THROUGH):
                     raise
-                await run_db(budgets.release, call.reservation)
-                call.reservation = budgets.Reservation()
+                # The release owns the holds from here, even if this task is cancelled.
+                held, call.reservation = call.reservation.holds, budgets.Reservation()
+                await writer.write(
+                    budgets.settle_in, held, Decimal(0), rows=[pid for _b, pid, _u in held]
+                )
                 call.serving = None
                 call.limits_taken.pop()
                 last = error
@@ -497,7 +518,7 @@ class Gateway:
             return prepared, result
         raise final_error(last, adm.alias)
 
-    def _reserve(self, call: Call, prepared: Prepared) -> budgets.Reservation:
+    async def _reserve(self, call: Call, prepared: Prepared) -> budgets.Reservation:
         alias = prepared.alias
         adm = call.admission
         plan = adm.plan if adm else None
@@ -508,9 +529,21 @@ class Gateway:
             alias_id=alias.pk,
             provider_id=alias.provider_id,
         )
-        return budgets.reserve(
-            applicable, prepared.worst_cost, now=self.clock.now(), period_ids=snapshot.period_ids
+        if not applicable:
+            return budgets.Reservation()
+        now, ids = self.clock.now(), snapshot.period_ids
+        pending = writer.write(
+            functools.partial(budgets.reserve_in, now=now, period_ids=ids),
+            applicable,
+            prepared.worst_cost,
+            rows=budgets.period_rows(applicable, now=now, period_ids=ids),
         )
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # Nobody will settle what this reservation holds: give it back when it lands.
+            pending.add_done_callback(_release_orphan)
+            raise
 
     # -- non-streaming -----------------------------------------------------------------
     async def chat(

@@ -52,16 +52,20 @@ def _executor() -> ThreadPoolExecutor | None:
     return _pool
 
 
+def refresh_connections() -> None:
+    """Pool threads keep their connection (whatever CONN_MAX_AGE says: no request ends
+    in them); one that failed is replaced if it no longer works."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and conn.errors_occurred:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
+
+
 def _fresh(fn: Callable[P, T]) -> Callable[P, T]:
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        # Pool threads keep their connection (whatever CONN_MAX_AGE says: no request
-        # ends in them); one that failed is replaced if it no longer works.
-        for conn in connections.all(initialized_only=True):
-            if conn.connection is not None and conn.errors_occurred:
-                if conn.is_usable():
-                    conn.errors_occurred = False
-                else:
-                    conn.close()
+        refresh_connections()
         return fn(*args, **kwargs)
 
     return run
@@ -76,9 +80,12 @@ def run_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitabl
 
 
 def close_db_threads() -> None:
-    """Close every pool thread's database connections and stop the pool (for tests and
-    graceful shutdowns; the pool starts again on next use)."""
+    """Close every pool thread's (and the writer's) database connections and stop them
+    (for tests and graceful shutdowns; they start again on next use)."""
     global _pool
+    from .writer import writer
+
+    writer.stop()
     with _pool_lock:
         pool, _pool = _pool, None
     if pool is None:

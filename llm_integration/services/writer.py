@@ -1,0 +1,201 @@
+"""Group commit: the gateway's accounting writes, many requests to a transaction.
+
+Every request writes twice: its budget reservation before the upstream call, its usage
+record and settlement after. Done one transaction (and one thread hop) per write, the
+commits, the hops and the threads fighting over the GIL cost more than the gateway's
+own work. Here one thread, with its own connection, takes every write that is waiting,
+runs them in order inside one transaction and commits once; each request's ``await``
+returns when the transaction holding its write has committed (nothing is written
+behind a request's back: a request that got its answer is in the database).
+
+A job is a plain function ``fn(batch, *args)`` run inside the transaction. It returns
+its result or raises an ``LLMError`` (say, ``BudgetExceeded``) after leaving the
+database as it found it; usage records go to ``batch.add()`` and are inserted in one
+statement at the end. If the transaction fails otherwise, each job runs again alone,
+in its own transaction, so one bad write fails only its own request.
+
+On PostgreSQL, a batch that touches several budget rows locks the ones it knows in id
+order first, so that two processes' batches cannot deadlock on them.
+``DB_THREADS = 0`` runs each job in the caller's thread, in its own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import connection, connections, transaction
+
+from ..conf import llm_settings
+from ..exceptions import LLMError
+from .db import refresh_connections, write_lock
+
+logger = logging.getLogger("llm_integration.writer")
+
+MAX_BATCH = 256
+_STOP = object()
+
+
+class Batch:
+    """What one transaction of the writer collects: rows to insert at the end."""
+
+    def __init__(self) -> None:
+        self.inserts: dict[type, list] = defaultdict(list)
+
+    def add(self, obj: Any) -> None:
+        self.inserts[type(obj)].append(obj)
+
+    def flush(self) -> None:
+        for model, objs in self.inserts.items():
+            model.objects.bulk_create(objs)
+        self.inserts.clear()
+
+
+@dataclass(slots=True)
+class Job:
+    fn: Callable
+    args: tuple
+    rows: tuple[int, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+def _deliver(done: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, result, error in done:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+class GroupWriter:
+    """One thread committing the jobs it finds waiting, in order, a batch at a time."""
+
+    def __init__(self, *, max_batch: int = MAX_BATCH) -> None:
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: Transactions committed and jobs they carried (for metrics and tests).
+        self.commits = self.jobs = 0
+
+    # -- the event loop's side --------------------------------------------------------
+    def write(self, fn: Callable, *args: Any, rows: Iterable[int] = ()) -> asyncio.Future:
+        """``await writer.write(fn, ...)``: ``fn(batch, ...)``'s result once committed."""
+        if int(llm_settings.DB_THREADS) <= 0:
+            return asyncio.ensure_future(sync_to_async(self._alone)(fn, args))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(Job(fn, args, tuple(rows), loop, future))
+        if self._thread is None:
+            self._start()
+        return future
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="llm-writer", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Commit what is queued, close the thread's connections, end the thread (it
+        starts again on the next write)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(_STOP)
+        thread.join(timeout=30)
+
+    # -- the writer thread ------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                jobs, stop = [], item is _STOP
+                while not stop:
+                    jobs.append(item)
+                    if len(jobs) >= self.max_batch:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    stop = item is _STOP
+                if jobs:
+                    self._deliver(jobs, self._commit(jobs))
+                if stop:
+                    return
+        finally:
+            connections.close_all()
+
+    def _deliver(self, jobs: list[Job], outcomes: list[tuple[Any, BaseException | None]]):
+        by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        for job, (result, error) in zip(jobs, outcomes, strict=True):
+            by_loop[job.loop].append((job.future, result, error))
+        for loop, done in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, done)
+            except RuntimeError:  # that loop has closed: nobody waits any more
+                pass
+
+    def _commit(self, jobs: list[Job]) -> list[tuple[Any, BaseException | None]]:
+        refresh_connections()
+        try:
+            with write_lock(), transaction.atomic():
+                _lock_rows(jobs)
+                batch = Batch()
+                outcomes = [_run_job(job.fn, job.args, batch) for job in jobs]
+                batch.flush()
+            self.commits += 1
+            self.jobs += len(jobs)
+            return outcomes
+        except Exception as error:
+            if len(jobs) == 1:
+                logger.exception("llm.writer_failed")
+                return [(None, error)]
+            # Something in the batch broke the transaction: each job alone, so only the
+            # culprit fails.
+            return [self._commit([job])[0] for job in jobs]
+
+    @staticmethod
+    def _alone(fn: Callable, args: tuple) -> Any:
+        with write_lock(), transaction.atomic():
+            batch = Batch()
+            result = fn(batch, *args)
+            batch.flush()
+        return result
+
+
+def _run_job(fn: Callable, args: tuple, batch: Batch) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(batch, *args), None
+    except LLMError as error:  # an answer, not a failure: the job left nothing behind
+        return None, error
+
+
+def _lock_rows(jobs: list[Job]) -> None:
+    if connection.vendor != "postgresql":
+        return  # SQLite: the whole database is this transaction's already
+    from ..models import BudgetPeriod
+
+    rows = sorted({row for job in jobs for row in job.rows})
+    if len(rows) > 1:
+        list(
+            BudgetPeriod.objects.filter(pk__in=rows)
+            .order_by("pk")
+            .select_for_update()
+            .values_list("pk", flat=True)
+        )
+
+
+writer = GroupWriter()

@@ -1,0 +1,144 @@
+"""Group commit: the gateway's accounting writes share transactions, and fail alone."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError
+
+from llm_integration import exceptions as exc
+from llm_integration.models import BudgetPeriod, Plan, UsageRecord
+from llm_integration.services import budgets
+from llm_integration.services.writer import GroupWriter, writer
+from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def record(request_id: str) -> UsageRecord:
+    return UsageRecord(request_id=request_id, status=UsageRecord.Status.OK)
+
+
+def add_record(batch, request_id: str) -> str:
+    batch.add(record(request_id))
+    return request_id
+
+
+def reserve(now):
+    return functools.partial(budgets.reserve_in, now=now, period_ids={})
+
+
+def duplicate(batch, slug: str) -> None:
+    Plan.objects.create(slug=slug, name="one")
+    Plan.objects.create(slug=slug, name="two")  # unique slug: this transaction is done for
+
+
+@pytest.fixture
+def gated():
+    """A writer whose first job waits at a gate, so that the next ones queue up."""
+    w = GroupWriter()
+    gate, started = threading.Event(), threading.Event()
+
+    def hold(batch):
+        started.set()
+        gate.wait(10)
+
+    yield w, hold, gate, started
+    gate.set()
+    w.stop()
+
+
+async def test_waiting_writes_share_one_transaction(gated):
+    w, hold, gate, started = gated
+    first = w.write(hold)
+    await asyncio.to_thread(started.wait, 10)
+    pending = [w.write(add_record, f"req-{i}") for i in range(20)]
+    gate.set()
+    await first
+    assert await asyncio.gather(*pending) == [f"req-{i}" for i in range(20)]
+    assert w.jobs == 21 and w.commits == 2  # the held job's, then all twenty at once
+    ids = await sync_to_async(list)(UsageRecord.objects.values_list("request_id", flat=True))
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(20))
+
+
+async def test_a_write_that_breaks_the_transaction_fails_alone(gated):
+    w, hold, gate, started = gated
+    first = w.write(hold)
+    await asyncio.to_thread(started.wait, 10)
+    before = w.write(add_record, "before")
+    broken = w.write(duplicate, "dup")  # breaks the whole batch's transaction
+    after = w.write(add_record, "after")
+    gate.set()
+    await first
+    assert await before == "before" and await after == "after"
+    with pytest.raises(IntegrityError):
+        await broken
+    ids = await sync_to_async(list)(UsageRecord.objects.values_list("request_id", flat=True))
+    assert sorted(ids) == ["after", "before"]
+    assert not await sync_to_async(Plan.objects.exists)()  # nothing of the broken job's
+
+
+async def test_a_refusal_reaches_only_its_own_caller():
+    budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"), hard=True)
+    now = budgets.timezone.now()
+    results = await asyncio.gather(
+        *(writer.write(reserve(now), [budget], Decimal("0.4")) for _ in range(4)),
+        return_exceptions=True,
+    )
+    held = [r for r in results if isinstance(r, budgets.Reservation)]
+    refused = [r for r in results if isinstance(r, exc.BudgetExceeded)]
+    assert (len(held), len(refused)) == (2, 2)  # 0.4 + 0.4 fit in 1, a third does not
+    period = await sync_to_async(BudgetPeriod.objects.get)(budget=budget)
+    assert period.reserved_units == 2 * 40_000_000
+
+
+async def test_a_multi_budget_refusal_gives_back_what_it_held():
+    roomy = await sync_to_async(BudgetFactory)(name="roomy", limit_usd=Decimal("10"))
+    tight = await sync_to_async(BudgetFactory)(name="tight", limit_usd=Decimal("0.1"))
+    now = budgets.timezone.now()
+    with pytest.raises(exc.BudgetExceeded):
+        await writer.write(reserve(now), [roomy, tight], Decimal("0.5"))
+    rows = await sync_to_async(list)(BudgetPeriod.objects.values_list("reserved_units", flat=True))
+    assert rows and set(rows) == {0}
+
+
+async def test_a_cancelled_request_gives_its_reservation_back(gateway, openai_fake, api_key_env):
+    # Cancelled while its reservation is being written: nobody would settle that
+    # reservation, so it is released as soon as it lands.
+    provider = await sync_to_async(ProviderFactory)(
+        kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
+    )
+    await sync_to_async(ModelAliasFactory)(slug="chat", provider=provider)
+    budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("5"))
+    gate, started = threading.Event(), threading.Event()
+
+    def hold(batch):
+        started.set()
+        gate.wait(10)
+
+    held = writer.write(hold)
+    await asyncio.to_thread(started.wait, 10)
+    task = asyncio.create_task(gateway.chat(model="chat", messages="Hi"))
+    for _ in range(1000):  # until the request waits on its reservation (bounded)
+        if writer._queue.qsize():
+            break
+        await asyncio.sleep(0.001)
+    task.cancel()
+    gate.set()
+    await held
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(1000):  # the release is one more write (bounded wait)
+        period = await sync_to_async(BudgetPeriod.objects.get)(budget=budget)
+        if period.reserved_units == 0:
+            break
+        await asyncio.sleep(0.005)
+    assert (period.reserved_units, period.spent_units) == (0, 0)
+    cancelled = await sync_to_async(UsageRecord.objects.get)()
+    assert cancelled.status == UsageRecord.Status.CANCELLED
+    assert openai_fake.requests == []  # it never reached the upstream
