@@ -9,14 +9,38 @@ request (browsers, admin, the chat page) to the full application.
     # asgi.py
     django_app = get_asgi_application()
     http_app = api_fast_lane(django_app)        # /api/ and /v1/ with Authorization
+
+Django's handler also hops to a thread (a new one per request, in its own
+``ThreadSensitiveContext``) to send ``request_started`` and to close the response
+(``request_finished``). The receivers Django itself connects there only tidy up
+database connections, caches and the urlconf of the request's own context, and the
+gateway's views never query from it (their queries run in the gateway's database
+threads); while those are the only receivers, the lean handler calls them in place.
+A project that connects its own receivers gets Django's behaviour unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.cache import close_caches
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import reset_urlconf
+from django.db import close_old_connections, reset_queries
+from django.urls import set_script_prefix
+
+#: Django's own per-request housekeeping: cheap, and only about the request's context.
+HOUSEKEEPING = frozenset({reset_queries, close_old_connections, close_caches, reset_urlconf})
+
+
+def _housekeeping_only(signal, sender) -> bool:
+    sync_receivers, async_receivers = signal._live_receivers(sender)
+    return not async_receivers and all(r in HOUSEKEEPING for r in sync_receivers)
 
 
 class APIHandler(ASGIHandler):
@@ -34,6 +58,73 @@ class APIHandler(ASGIHandler):
             super().load_middleware(is_async=is_async)
         finally:
             settings.MIDDLEWARE = saved
+
+    def _lean(self) -> bool:
+        return _housekeeping_only(signals.request_started, type(self)) and _housekeeping_only(
+            signals.request_finished, type(self)
+        )
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"{type(self).__name__} serves HTTP only, not {scope['type']}.")
+        if self._lean():
+            await self.handle_lean(scope, receive, send)
+        else:
+            async with ThreadSensitiveContext():
+                await self.handle(scope, receive, send)
+
+    async def handle_lean(self, scope, receive, send):
+        """Django's ``ASGIHandler.handle`` with the housekeeping signals sent in place."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=type(self), scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request():
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client went away while the response was sent
+            return response
+
+        # As Django does: a client that disconnects cancels the view.
+        listen = asyncio.create_task(self.listen_for_disconnect(receive))
+        process = asyncio.create_task(process_request())
+        await asyncio.wait((listen, process), return_when=asyncio.FIRST_COMPLETED)
+        for task in (listen, process):
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = process.result()
+        except asyncio.CancelledError:
+            signals.request_finished.send(sender=type(self))
+        else:
+            if not getattr(response, "_resource_closers", None):
+                response.close()  # nothing to close but the signal's housekeeping
+            else:
+                await sync_to_async(response.close)()
+        body_file.close()
 
 
 def api_fast_lane(

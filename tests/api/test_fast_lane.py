@@ -1,0 +1,114 @@
+"""The fast lane: token-authenticated API calls through a lean Django handler."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.asgi import get_asgi_application
+from django.core.signals import request_finished, request_started
+from rest_framework.authtoken.models import Token
+
+from llm_integration.asgi import api_fast_lane
+from tests.factories import ModelAliasFactory, PlanFactory, ProviderFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def token(db):
+    ModelAliasFactory(slug="default", provider=ProviderFactory(name="dummy", kind="dummy"))
+    PlanFactory(slug="free")
+    return Token.objects.create(user=UserFactory(username="lane")).key
+
+
+async def call(app, path: str, token: str) -> tuple[int, dict]:
+    """One GET through the ASGI app, as a server would make it."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Token {token}".encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict] = []
+    requested = False
+
+    async def receive():
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await threading_event_never()  # the client stays connected
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body)
+
+
+async def threading_event_never():
+    import asyncio
+
+    await asyncio.Event().wait()
+
+
+class ThreadStarts:
+    """Counts threads started while it is active."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        original = threading.Thread.start
+
+        def start(thread):
+            self.count += 1
+            return original(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+
+
+async def test_api_calls_hop_to_no_new_thread(token, monkeypatch):
+    app = api_fast_lane(await sync_to_async(get_asgi_application)())
+    assert (await call(app, "/api/v1/models", token))[0] == 200  # warm: pools started
+    starts = ThreadStarts(monkeypatch)
+    for _ in range(3):
+        status, body = await call(app, "/api/v1/models", token)
+        assert status == 200 and "default" in json.dumps(body)
+    assert starts.count == 0  # Django's handler starts a thread per request
+
+
+async def test_a_projects_own_receivers_get_djangos_handling(token, monkeypatch):
+    app = api_fast_lane(await sync_to_async(get_asgi_application)())
+    seen = []
+
+    def on_started(sender, scope=None, **kwargs):
+        seen.append(("started", scope["path"], threading.current_thread().name))
+
+    def on_finished(sender, **kwargs):
+        seen.append(("finished", threading.current_thread().name))
+
+    request_started.connect(on_started)
+    request_finished.connect(on_finished)
+    try:
+        starts = ThreadStarts(monkeypatch)
+        status, _ = await call(app, "/api/v1/models", token)
+    finally:
+        request_started.disconnect(on_started)
+        request_finished.disconnect(on_finished)
+    assert status == 200
+    assert [s[0] for s in seen] == ["started", "finished"]
+    assert seen[0][1] == "/api/v1/models"
+    # Sync receivers run off the event loop's thread, as Django runs them.
+    assert all(s[-1] != threading.current_thread().name for s in seen)
+    assert starts.count >= 1
