@@ -48,6 +48,7 @@ class APIHandler(ASGIHandler):
 
     def __init__(self, middleware: Iterable[str] = ()) -> None:
         self.api_middleware = list(middleware)
+        self._resolved: dict = {}
         super().__init__()
 
     def load_middleware(self, is_async: bool = False) -> None:
@@ -58,6 +59,18 @@ class APIHandler(ASGIHandler):
             super().load_middleware(is_async=is_async)
         finally:
             settings.MIDDLEWARE = saved
+
+    def resolve_request(self, request):
+        """Django's URL resolution, remembered per path (the API has a handful)."""
+        if getattr(request, "urlconf", None) is not None:
+            return super().resolve_request(request)
+        match = self._resolved.get(request.path_info)
+        if match is None:
+            match = super().resolve_request(request)
+            if len(self._resolved) < 1024:
+                self._resolved[request.path_info] = match
+        request.resolver_match = match
+        return match
 
     def _lean(self) -> bool:
         return _housekeeping_only(signals.request_started, type(self)) and _housekeeping_only(
@@ -88,42 +101,38 @@ class APIHandler(ASGIHandler):
             error_response.close()
             return
 
-        async def process_request():
-            response = await self.run_get_response(request)
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client went away while the response was sent
-            return response
+        # As Django does, a client that disconnects cancels the view; here the view runs
+        # in this task and a listener cancels it (one task per request, not two).
+        current = asyncio.current_task()
+        running, aborted = True, False
 
-        # As Django does: a client that disconnects cancels the view.
-        listen = asyncio.create_task(self.listen_for_disconnect(receive))
-        process = asyncio.create_task(process_request())
-        await asyncio.wait((listen, process), return_when=asyncio.FIRST_COMPLETED)
-        for task in (listen, process):
-            if task.done():
-                try:
-                    task.result()
-                except RequestAborted:
-                    pass
-                except AssertionError:
-                    body_file.close()
-                    raise
-            else:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        async def listen():
+            nonlocal aborted
+            try:
+                await self.listen_for_disconnect(receive)
+            except RequestAborted:
+                if running:
+                    aborted = True
+                    current.cancel()
+
+        listener = asyncio.create_task(listen())
+        response = None
         try:
-            response = process.result()
+            response = await self.run_get_response(request)
+            await self.send_response(response, send)
         except asyncio.CancelledError:
+            if not aborted:
+                raise  # the server is stopping: not ours to swallow
+            current.uncancel()
+        finally:
+            running = False
+            listener.cancel()
+        if response is None:
             signals.request_finished.send(sender=type(self))
+        elif not getattr(response, "_resource_closers", None):
+            response.close()  # nothing to close but the signal's housekeeping
         else:
-            if not getattr(response, "_resource_closers", None):
-                response.close()  # nothing to close but the signal's housekeeping
-            else:
-                await sync_to_async(response.close)()
+            await sync_to_async(response.close)()
         body_file.close()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
@@ -40,15 +41,15 @@ async def call_with_retries(
     )
     retry_after_max = float(llm_settings.RETRY_AFTER_MAX)
 
-    def wait(state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
+    def wait_for(attempt_number: int, error: BaseException | None) -> float:
         retry_after = getattr(error, "retry_after", None)
-        return float(retry_after) if retry_after is not None else backoff(state)
+        if retry_after is not None:
+            return float(retry_after)
+        return backoff(SimpleNamespace(attempt_number=attempt_number))
 
-    def stop(state: RetryCallState) -> bool:
-        if state.attempt_number > max_retries:
+    def stop_after(attempt_number: int, error: BaseException | None) -> bool:
+        if attempt_number > max_retries:
             return True
-        error = state.outcome.exception() if state.outcome else None
         retry_after = getattr(error, "retry_after", None) or 0
         remaining = deadline - clock.monotonic()
         return retry_after > retry_after_max or retry_after >= remaining or remaining <= 0
@@ -63,9 +64,22 @@ async def call_with_retries(
         except TimeoutError:
             raise UpstreamTimeout("The request's deadline passed.", provider=provider) from None
 
-    retrying = AsyncRetrying(
-        stop=stop,
-        wait=wait,
+    # The first attempt outside tenacity: most calls succeed at once, and tenacity's
+    # bookkeeping would cost them more than the call itself.
+    try:
+        return await attempt()
+    except BaseException as error:
+        if not is_retryable(error) or stop_after(1, error):
+            raise
+        first_wait = wait_for(1, error)
+    await clock.sleep(first_wait)
+
+    def failure(state: RetryCallState) -> BaseException | None:
+        return state.outcome.exception() if state.outcome else None
+
+    retrying = AsyncRetrying(  # attempts 2, 3…: tenacity counts them from 1
+        stop=lambda state: stop_after(state.attempt_number + 1, failure(state)),
+        wait=lambda state: wait_for(state.attempt_number + 1, failure(state)),
         retry=retry_if_exception(is_retryable),
         sleep=clock.sleep,
         reraise=True,

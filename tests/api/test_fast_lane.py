@@ -112,3 +112,54 @@ async def test_a_projects_own_receivers_get_djangos_handling(token, monkeypatch)
     # Sync receivers run off the event loop's thread, as Django runs them.
     assert all(s[-1] != threading.current_thread().name for s in seen)
     assert starts.count >= 1
+
+
+async def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(token):
+    # The view runs in the request's task; a disconnect seen by the listener cancels it,
+    # the upstream stream stops and the request is recorded as cancelled.
+    import asyncio
+
+    from llm_integration.models import Provider, UsageRecord
+
+    await sync_to_async(Provider.objects.filter(name="dummy").update)(options={"delay": 0.05})
+    app = api_fast_lane(await sync_to_async(get_asgi_application)())
+    body = json.dumps({"message": " ".join(["word"] * 200), "stream": True}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/chat",
+        "raw_path": b"/api/v1/chat",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Token {token}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50001),
+        "server": ("testserver", 80),
+    }
+    gone = asyncio.Event()
+    chunks: list[bytes] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message.get("body"):
+            chunks.append(message["body"])
+            if sum(b.count(b"delta") for b in chunks) >= 3:
+                gone.set()  # the client hangs up after three tokens
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    record = await sync_to_async(UsageRecord.objects.get)()
+    assert record.status == UsageRecord.Status.CANCELLED and record.streamed
+    assert 3 <= record.completion_tokens < 150  # stopped early, what was consumed
