@@ -129,8 +129,13 @@ class APIHandler(ASGIHandler):
             listener.cancel()
         if response is None:
             signals.request_finished.send(sender=type(self))
-        elif not getattr(response, "_resource_closers", None):
-            response.close()  # nothing to close but the signal's housekeeping
+        elif all(
+            getattr(closer, "__self__", None) is request
+            for closer in getattr(response, "_resource_closers", ())
+        ):
+            # Only the request's own body to close (in memory, or a temporary file) and
+            # the signal's housekeeping: no thread for that.
+            response.close()
         else:
             await sync_to_async(response.close)()
         body_file.close()
