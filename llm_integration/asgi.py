@@ -22,6 +22,7 @@ A project that connects its own receivers gets Django's behaviour unchanged.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -141,11 +142,162 @@ class APIHandler(ASGIHandler):
         body_file.close()
 
 
+class ChatLane:
+    """``POST /api/v1/chat`` from a caller whose token is in the token cache, answered
+    straight from the ASGI messages: no Django request or response objects, no URL
+    resolution, no DRF dispatch. The answer is ``ChatView``'s own (``chat_reply``, the
+    same error envelope, the same JSON rendering); anything else (another path, a token
+    not yet cached, a body that is not JSON or too large, a project with its own
+    request signal receivers) goes on to Django with the body as it came.
+    """
+
+    def __init__(self, inner, *, path: str = "/api/v1/chat") -> None:
+        self.inner = inner
+        self.path = path
+
+    async def __call__(self, scope, receive, send):
+        user = self._user(scope) if scope["path"] == self.path else None
+        if user is None or scope["method"] != "POST" or not self.inner._lean():
+            return await self.inner(scope, receive, send)
+        limit = int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
+        body, more, complete = await _read_body(receive, limit)
+        if not complete:  # too large, or the client left: Django answers as it does
+            return await self.inner(scope, _replay(body, more, receive), send)
+        await self.answer(user, body, receive, send)
+
+    @staticmethod
+    def _user(scope):
+        from .api.authentication import token_cache
+
+        authorization = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-type":
+                content_type = value
+        if not authorization or not (content_type or b"").startswith(b"application/json"):
+            return None
+        scheme, _, key = authorization.partition(b" ")
+        if scheme.lower() not in (b"token", b"bearer") or not key or b" " in key.strip():
+            return None
+        try:
+            return token_cache.get(key.strip().decode("ascii"))
+        except UnicodeDecodeError:
+            return None
+
+    async def answer(self, user, body: bytes, receive, send) -> None:
+        from rest_framework import exceptions as drf
+        from rest_framework.renderers import JSONRenderer
+
+        from .api.errors import envelope
+        from .api.views import SSE_HEADERS, chat_reply
+        from .services.chat import new_request_id
+
+        request_id = new_request_id()
+        current = asyncio.current_task()
+        running, aborted = True, False
+
+        async def listen():  # as Django does: a client that goes away cancels the view
+            nonlocal aborted
+            message = await receive()
+            if message["type"] == "http.disconnect" and running:
+                aborted = True
+                current.cancel()
+
+        listener = asyncio.create_task(listen())
+        try:
+            try:
+                payload = _parse_json(body)
+                reply = await chat_reply(user, payload, request_id)
+            except drf.APIException as error:
+                reply, status, headers = envelope(error, request_id=request_id)
+            except Exception as error:
+                reply, status, headers = envelope(error, request_id=request_id)
+            else:
+                status, headers = 200, {"X-Request-ID": request_id}
+            if isinstance(reply, dict):
+                content = JSONRenderer().render(reply)
+                await send(_start(status, headers, b"application/json", len(content)))
+                await send({"type": "http.response.body", "body": content})
+                return
+            await send(_start(200, {**SSE_HEADERS, **headers}, b"text/event-stream"))
+            try:
+                async for event in reply:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+            finally:
+                await reply.aclose()
+            await send({"type": "http.response.body", "body": b""})
+        except asyncio.CancelledError:
+            if not aborted:
+                raise  # the server is stopping: not ours to swallow
+            current.uncancel()
+        finally:
+            running = False
+            listener.cancel()
+
+
+def _start(status: int, headers: dict, content_type: bytes, length: int | None = None) -> dict:
+    raw = [(b"content-type", content_type), (b"vary", b"Accept"), (b"allow", b"POST, OPTIONS")]
+    if length is not None:
+        raw.append((b"content-length", str(length).encode()))
+    raw += [(k.lower().encode(), str(v).encode()) for k, v in headers.items()]
+    return {"type": "http.response.start", "status": status, "headers": raw}
+
+
+async def _read_body(receive, limit: int) -> tuple[bytes, bool, bool]:
+    """(the body read, whether more of it follows, whether it all came within ``limit``
+    bytes; 0: no limit)."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(parts), False, False
+        chunk = message.get("body", b"")
+        parts.append(chunk)
+        size += len(chunk)
+        more = message.get("more_body", False)
+        if limit and size > limit:
+            return b"".join(parts), more, False
+        if not more:
+            return b"".join(parts), False, True
+
+
+def _replay(body: bytes, more: bool, receive):
+    """``receive`` that gives back the body read so far, then goes on as before."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replayed
+
+
+def _reject_constant(value: str):
+    raise ValueError(f"Out of range float values are not JSON compliant: {value}")
+
+
+def _parse_json(body: bytes):
+    """DRF's JSONParser, for one body: strict JSON, UTF-8, the same error message."""
+    from rest_framework import exceptions as drf
+
+    if not body:
+        return {}
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except ValueError as error:  # UnicodeDecodeError is a ValueError
+        raise drf.ParseError(f"JSON parse error - {error}") from None
+
+
 def api_fast_lane(
     django_app, *, prefixes: tuple[str, ...] = ("/api/", "/v1/"), middleware: Iterable[str] = ()
 ):
     """An ASGI app: API calls with an Authorization header go to a lean handler."""
     api_app = APIHandler(middleware)
+    chat_lane = ChatLane(api_app)
 
     async def app(scope, receive, send):
         if (
@@ -153,7 +305,7 @@ def api_fast_lane(
             and scope["path"].startswith(prefixes)
             and any(name == b"authorization" for name, _ in scope["headers"])
         ):
-            return await api_app(scope, receive, send)
+            return await chat_lane(scope, receive, send)
         return await django_app(scope, receive, send)
 
     return app

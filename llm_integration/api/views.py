@@ -246,6 +246,72 @@ def sse(data: dict) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def chat_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
+    """``POST /api/v1/chat`` without its HTTP: the JSON answer, or the server-sent events
+    of a stream (already past its first event: failures before the first token raise,
+    to get their own status). ``ChatView`` and the ASGI fast lane both answer with it."""
+    data = parse_chat_body(payload)
+    kwargs = {
+        "user": user,
+        "model": data.get("model") or None,
+        "messages": data["messages"],
+        "system_prompt": data.get("system_prompt"),
+        "temperature": data.get("temperature"),
+        "max_tokens": data.get("max_tokens"),
+        "request_id": request_id,
+    }
+    if data.get("stream"):
+        return await chat_events(kwargs, request_id)
+    result: ChatResult = await achat(**kwargs)
+    body = {
+        "answer": result.answer,
+        "model": result.model,
+        "request_id": result.request_id,
+        "cached": result.cached,
+        "finish_reason": result.finish_reason,
+        "usage": usage_payload(result.usage, result.cost_usd),
+    }
+    if result.degraded:
+        body["degraded"] = True
+    return body
+
+
+async def chat_events(kwargs: dict, request_id: str) -> AsyncIterator[bytes]:
+    stream = astream_chat(**kwargs)
+    # Everything that can fail before the first token (input, plan, limits, budgets,
+    # every upstream down) fails here, with its own HTTP status.
+    first = await anext(stream)
+
+    async def events() -> AsyncIterator[bytes]:
+        event = first
+        try:
+            while True:
+                if isinstance(event, Delta):
+                    yield sse({"delta": event.text})
+                else:
+                    yield sse(
+                        {
+                            "done": True,
+                            "usage": usage_payload(event.usage, event.cost_usd),
+                            "model": event.model,
+                            "finish_reason": event.finish_reason,
+                            "request_id": request_id,
+                        }
+                    )
+                    return
+                event = await anext(stream)
+        except Exception as error:  # after the 200 has gone out: an error event
+            body, _status, _headers = envelope(error, request_id=request_id)
+            yield sse(body)
+        finally:
+            await stream.aclose()  # a client that went away: recorded as cancelled
+
+    return events()
+
+
 class ChatView(GatewayAPIView):
     @extend_schema(
         request=s.ChatRequestSerializer,
@@ -253,66 +319,10 @@ class ChatView(GatewayAPIView):
         summary="Chat with a model (JSON, or server-sent events with stream: true)",
     )
     async def post(self, request):
-        data = parse_chat_body(request.data)
-        kwargs = {
-            "user": request.user,
-            "model": data.get("model") or None,
-            "messages": data["messages"],
-            "system_prompt": data.get("system_prompt"),
-            "temperature": data.get("temperature"),
-            "max_tokens": data.get("max_tokens"),
-            "request_id": self.request_id,
-        }
-        if data.get("stream"):
-            return await self.stream(kwargs)
-        result: ChatResult = await achat(**kwargs)
-        body = {
-            "answer": result.answer,
-            "model": result.model,
-            "request_id": result.request_id,
-            "cached": result.cached,
-            "finish_reason": result.finish_reason,
-            "usage": usage_payload(result.usage, result.cost_usd),
-        }
-        if result.degraded:
-            body["degraded"] = True
-        return Response(body)
-
-    async def stream(self, kwargs: dict) -> StreamingHttpResponse:
-        request_id = self.request_id
-        stream = astream_chat(**kwargs)
-        # Everything that can fail before the first token (input, plan, limits, budgets,
-        # every upstream down) fails here, with its own HTTP status.
-        first = await anext(stream)
-
-        async def events() -> AsyncIterator[bytes]:
-            event = first
-            try:
-                while True:
-                    if isinstance(event, Delta):
-                        yield sse({"delta": event.text})
-                    else:
-                        yield sse(
-                            {
-                                "done": True,
-                                "usage": usage_payload(event.usage, event.cost_usd),
-                                "model": event.model,
-                                "finish_reason": event.finish_reason,
-                                "request_id": request_id,
-                            }
-                        )
-                        return
-                    event = await anext(stream)
-            except Exception as error:  # after the 200 has gone out: an error event
-                body, _status, _headers = envelope(error, request_id=request_id)
-                yield sse(body)
-            finally:
-                await stream.aclose()  # a client that went away: recorded as cancelled
-
-        response = StreamingHttpResponse(events(), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        reply = await chat_reply(request.user, request.data, self.request_id)
+        if isinstance(reply, dict):
+            return Response(reply)
+        return StreamingHttpResponse(reply, content_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class UsageView(GatewayAPIView):
