@@ -22,7 +22,6 @@ A project that connects its own receivers gets Django's behaviour unchanged.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -276,18 +275,15 @@ def _replay(body: bytes, more: bool, receive):
     return replayed
 
 
-def _reject_constant(value: str):
-    raise ValueError(f"Out of range float values are not JSON compliant: {value}")
-
-
 def _parse_json(body: bytes):
     """DRF's JSONParser, for one body: strict JSON, UTF-8, the same error message."""
     from rest_framework import exceptions as drf
+    from rest_framework.utils import json as drf_json
 
     if not body:
         return {}
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        return drf_json.loads(body.decode("utf-8"), parse_constant=drf_json.strict_constant)
     except ValueError as error:  # UnicodeDecodeError is a ValueError
         raise drf.ParseError(f"JSON parse error - {error}") from None
 
@@ -308,4 +304,5 @@ def api_fast_lane(
             return await chat_lane(scope, receive, send)
         return await django_app(scope, receive, send)
 
+    app.chat_lane = chat_lane
     return app

@@ -114,7 +114,8 @@ async def test_a_projects_own_receivers_get_djangos_handling(token, monkeypatch)
     assert starts.count >= 1
 
 
-async def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(token):
+@pytest.mark.parametrize("lane", ["django", "chat lane"])
+async def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(token, lane):
     # The view runs in the request's task; a disconnect seen by the listener cancels it,
     # the upstream stream stops and the request is recorded as cancelled.
     import asyncio
@@ -122,6 +123,10 @@ async def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(tok
     from llm_integration.models import Provider, UsageRecord
 
     await sync_to_async(Provider.objects.filter(name="dummy").update)(options={"delay": 0.05})
+    if lane == "chat lane":  # a cached token: the lane answers
+        from llm_integration.api.authentication import BearerOrTokenAuthentication
+
+        await sync_to_async(BearerOrTokenAuthentication()._lookup)(token)
     app = api_fast_lane(await sync_to_async(get_asgi_application)())
     body = json.dumps({"message": " ".join(["word"] * 200), "stream": True}).encode()
     scope = {
@@ -163,3 +168,106 @@ async def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(tok
     record = await sync_to_async(UsageRecord.objects.get)()
     assert record.status == UsageRecord.Status.CANCELLED and record.streamed
     assert 3 <= record.completion_tokens < 150  # stopped early, what was consumed
+
+
+async def exchange(app, path: str, token: str, body: bytes, content_type=b"application/json"):
+    """One POST through an ASGI app: (status, headers, body bytes)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50002),
+        "server": ("testserver", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await threading_event_never()
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+PARITY_BODIES = [
+    b'{"message": "Hello there"}',
+    b'{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}',
+    b'{"message": "Hi", "stream": true}',
+    b'{"message": "Hi", "model": "nope"}',
+    b'{"message": "Hi", "temperature": "hot"}',
+    b'{"message": "Hi", "temperature": NaN}',
+    b'{"message": ',
+    b"[1, 2]",
+    b"",
+    b'{"message": "Hi", "messages": []}',
+    '{"message": "caf\u00e9"}'.encode("latin-1"),
+]
+
+
+@pytest.mark.parametrize("body", PARITY_BODIES)
+async def test_the_chat_lane_answers_as_the_drf_view_does(token, body):
+    from llm_integration.api.authentication import BearerOrTokenAuthentication
+
+    app = api_fast_lane(await sync_to_async(get_asgi_application)())
+    lane = app.chat_lane
+    # Django's way first (it also puts the token in the cache), then the lane's.
+    assert lane._user({"path": "/api/v1/chat", "headers": []}) is None
+    django_status, django_headers, django_body = await exchange(
+        lane.inner, "/api/v1/chat", token, body
+    )
+    await sync_to_async(BearerOrTokenAuthentication()._lookup)(token)
+    lane_status, lane_headers, lane_body = await exchange(app, "/api/v1/chat", token, body)
+    assert lane_status == django_status
+    for name in ("content-type", "retry-after", "cache-control"):
+        assert lane_headers.get(name) == django_headers.get(name), name
+    assert lane_headers["x-request-id"] != django_headers["x-request-id"]
+
+    def comparable(raw: bytes, headers):
+        if headers["content-type"].startswith("text/event-stream"):
+            events = [json.loads(e[6:]) for e in raw.decode().split("\n\n") if e]
+            for e in events:
+                e.pop("request_id", None)
+            return events
+        data = json.loads(raw)
+        (data.get("error") or data).pop("request_id", None)
+        return data
+
+    assert comparable(lane_body, lane_headers) == comparable(django_body, django_headers)
+
+
+async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(token):
+    app = api_fast_lane(await sync_to_async(get_asgi_application)())
+    taken = []
+    original = app.chat_lane.answer
+
+    async def answer(*args):
+        taken.append(True)
+        return await original(*args)
+
+    app.chat_lane.answer = answer
+    body = b'{"message": "Hi"}'
+    assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200  # cache cold
+    assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200  # now cached
+    assert (await exchange(app, "/api/v1/chat", "wrong", body))[0] == 401
+    status, _, _ = await exchange(app, "/api/v1/chat", token, b"message=Hi", b"text/plain")
+    assert status == 415  # DRF's answer to a body it cannot parse
+    assert taken == [True]
