@@ -114,15 +114,17 @@ def test_rpm_limit_holds_across_two_processes_sharing_redis():
 
 @pytest.mark.django_db
 def test_chat_path_query_budget(django_assert_max_num_queries, gateway, settings):
-    """With the configuration snapshot warm, a request with one budget costs 7 queries:
-    reservation (savepoint, conditional UPDATE, release), then one transaction with the
-    usage record INSERT and the settling UPDATE ... RETURNING (savepoint, 2, release).
-    No query reads the usage table, so the cost stays flat as usage grows."""
+    """With the configuration snapshot warm, a request with one budget costs 8 queries
+    when each write is its own transaction (DB_THREADS = 0): the reservation (savepoint,
+    the budget row read for the hard-budget check, its UPDATE, release), then the usage
+    record INSERT and the settling UPDATE ... RETURNING (savepoint, 2, release). Group
+    commits share the read and the UPDATEs between requests. No query reads the usage
+    table, so the cost stays flat as usage grows."""
     settings.LLM_INTEGRATION = {"DB_THREADS": 0}  # queries in this thread, to count them
     ModelAliasFactory(slug="default", provider__kind="dummy")
     BudgetFactory(limit_usd=Decimal("1"))
     async_to_sync(gateway.chat)(messages="warm up")  # loads the snapshot, creates the period
-    with django_assert_max_num_queries(7):
+    with django_assert_max_num_queries(8):
         async_to_sync(gateway.chat)(messages="Hi")
-    with django_assert_max_num_queries(7):
+    with django_assert_max_num_queries(8):
         async_to_sync(gateway.chat)(messages="Hi again")

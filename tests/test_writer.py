@@ -30,7 +30,7 @@ def add_record(batch, request_id: str) -> str:
 
 
 def reserve(now):
-    return functools.partial(budgets.reserve_in, now=now, period_ids={})
+    return functools.partial(budgets.reserve_job, now=now, period_ids={})
 
 
 def duplicate(batch, slug: str) -> None:
@@ -83,13 +83,17 @@ async def test_a_write_that_breaks_the_transaction_fails_alone(gated):
     assert not await sync_to_async(Plan.objects.exists)()  # nothing of the broken job's
 
 
-async def test_a_refusal_reaches_only_its_own_caller():
+async def test_a_refusal_reaches_only_its_own_caller(gated):
+    w, hold, gate, started = gated
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"), hard=True)
     now = budgets.timezone.now()
-    results = await asyncio.gather(
-        *(writer.write(reserve(now), [budget], Decimal("0.4")) for _ in range(4)),
-        return_exceptions=True,
-    )
+    first = w.write(hold)
+    await asyncio.to_thread(started.wait, 10)
+    pending = [w.write(reserve(now), [budget], Decimal("0.4")) for _ in range(4)]
+    gate.set()
+    await first
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert w.commits == 2  # the four in one transaction: each checked against the ones before
     held = [r for r in results if isinstance(r, budgets.Reservation)]
     refused = [r for r in results if isinstance(r, exc.BudgetExceeded)]
     assert (len(held), len(refused)) == (2, 2)  # 0.4 + 0.4 fit in 1, a third does not
@@ -142,3 +146,24 @@ async def test_a_cancelled_request_gives_its_reservation_back(gateway, openai_fa
     cancelled = await sync_to_async(UsageRecord.objects.get)()
     assert cancelled.status == UsageRecord.Status.CANCELLED
     assert openai_fake.requests == []  # it never reached the upstream
+
+
+async def test_a_batch_applies_its_writes_in_order(gated):
+    # A release ahead of a reservation in the same transaction makes room for it.
+    w, hold, gate, started = gated
+    budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"), hard=True)
+    now = budgets.timezone.now()
+    held = await w.write(reserve(now), [budget], Decimal("0.8"))
+    first = w.write(hold)
+    await asyncio.to_thread(started.wait, 10)
+    release = w.write(budgets.release_job, held.holds)
+    again = w.write(reserve(now), [budget], Decimal("0.8"))
+    refused = w.write(reserve(now), [budget], Decimal("0.8"))
+    gate.set()
+    await first
+    await release
+    assert len((await again).holds) == 1
+    with pytest.raises(exc.BudgetExceeded):
+        await refused
+    period = await sync_to_async(BudgetPeriod.objects.get)(budget=budget)
+    assert (period.reserved_units, period.spent_units) == (80_000_000, 0)

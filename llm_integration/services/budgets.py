@@ -190,10 +190,125 @@ def settle_in(batch, holds: list, cost: Decimal) -> list[tuple[Budget, int, int,
     return settled
 
 
+class Ledger:
+    """The budget rows of one group commit, changed in memory and written once.
+
+    The rows a batch touches are read once, locked (``SELECT … FOR UPDATE`` on
+    PostgreSQL; SQLite's write transaction holds the whole database), and every
+    reservation and settlement of the batch is applied to them in order, in memory:
+    a hard budget's check sees exactly what the jobs before it left. ``flush`` writes
+    one ``UPDATE`` per row (deltas, so nothing else's change is lost) and gives each
+    settlement the row's spent units after the batch. A few statements a batch instead
+    of one or two per request.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[int]] = {}  # pid -> [spent, reserved, alerted]
+        self.deltas: dict[int, list[int]] = {}  # pid -> [spent, reserved]
+        self.waiting: list[tuple[list, list]] = []  # (holds, settled list to fill)
+
+    def load(self, pids) -> None:
+        missing = sorted({pid for pid in pids if pid not in self.rows})
+        if not missing:
+            return
+        query = BudgetPeriod.objects.filter(pk__in=missing).order_by("pk")
+        if connection.vendor == "postgresql":
+            query = query.select_for_update()
+        for pid, spent, reserved, alerted in query.values_list(
+            "pk", "spent_units", "reserved_units", "alerted_threshold"
+        ):
+            ahead = self.deltas.get(pid, (0, 0))  # what this batch already changed
+            self.rows[pid] = [spent + ahead[0], reserved + ahead[1], alerted]
+
+    def _change(self, pid: int, spent: int, reserved: int) -> None:
+        row = self.rows.get(pid)
+        if row is not None:
+            row[0] += spent
+            row[1] += reserved
+        delta = self.deltas.setdefault(pid, [0, 0])
+        delta[0] += spent
+        delta[1] += reserved
+
+    def reserve(
+        self, budgets: list[Budget], cost: Decimal, *, now: dt.datetime, period_ids: dict | None
+    ) -> Reservation:
+        units = usd_to_units(cost)
+        reservation = Reservation()
+        pids = [_period_id(b, period_start(b.period, now), period_ids) for b in budgets]
+        # Only a hard budget's check needs the row (read and locked once per batch).
+        self.load(pid for budget, pid in zip(budgets, pids, strict=True) if budget.hard)
+        for budget, pid in zip(budgets, pids, strict=True):
+            row = self.rows.get(pid)
+            if budget.hard and (
+                row is None or row[0] + row[1] + units > usd_to_units(budget.limit_usd)
+            ):
+                for _budget, held_pid, held in reservation.holds:
+                    self._change(held_pid, 0, -held)
+                if row is None and period_ids is not None:  # the period row went away
+                    period_ids.pop((budget.pk, period_start(budget.period, now)), None)
+                raise BudgetExceeded(
+                    f"The {budget.period} budget {budget.name!r} "
+                    f"({budget.scope} {budget.target_name}) is exhausted."
+                )
+            self._change(pid, 0, units)
+            reservation.holds.append((budget, pid, units))
+        return reservation
+
+    def settle(self, holds: list, cost: Decimal) -> list[tuple[Budget, int, int, int]]:
+        """Release ``holds`` and add ``cost``; the returned list is filled by ``flush``."""
+        units = usd_to_units(cost)
+        for _budget, pid, held in holds:
+            self._change(pid, units, -held)
+        settled: list[tuple[Budget, int, int, int]] = []
+        self.waiting.append((holds, settled))
+        return settled
+
+    def flush(self) -> None:
+        table = _table()
+        returning = connection.features.can_return_columns_from_insert
+        final: dict[int, tuple[int, int]] = {}
+        with connection.cursor() as cursor:
+            for pid, (spent, reserved) in sorted(self.deltas.items()):
+                if not spent and not reserved:
+                    continue
+                sql = (
+                    f"UPDATE {table} SET spent_units = spent_units + %s, "
+                    f"reserved_units = reserved_units + %s WHERE id = %s"
+                )
+                if returning:
+                    cursor.execute(
+                        sql + " RETURNING spent_units, alerted_threshold", [spent, reserved, pid]
+                    )
+                    row = cursor.fetchone()
+                else:
+                    cursor.execute(sql, [spent, reserved, pid])
+                    row = (
+                        BudgetPeriod.objects.filter(pk=pid)
+                        .values_list("spent_units", "alerted_threshold")
+                        .first()
+                    )
+                if row is not None:
+                    final[pid] = (int(row[0]), int(row[1]))
+        for holds, settled in self.waiting:
+            settled.extend((b, pid, *final[pid]) for b, pid, _held in holds if pid in final)
+        self.deltas.clear()
+        self.waiting.clear()
+
+
+def reserve_job(batch, budgets: list[Budget], cost: Decimal, *, now, period_ids) -> Reservation:
+    """A group-commit job: ``reserve`` on the batch's ledger."""
+    return batch.ledger.reserve(budgets, cost, now=now, period_ids=period_ids)
+
+
+def release_job(batch, holds: list) -> list:
+    """A group-commit job: give ``holds`` back untouched."""
+    return batch.ledger.settle(holds, Decimal(0)) if holds else []
+
+
 def record_usage(batch, record, holds: list, cost: Decimal) -> list[tuple[Budget, int, int, int]]:
     """A request's last write (a group-commit job): its usage record, its settlement."""
     batch.add(record)
-    return settle_in(batch, holds, cost) if holds else []
+    return batch.ledger.settle(holds, cost) if holds else []
 
 
 def release(reservation: Reservation) -> None:

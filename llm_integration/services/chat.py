@@ -408,7 +408,7 @@ def _release_orphan(pending: asyncio.Future) -> None:
         return
     held = pending.result().holds
     if held:
-        writer.write(budgets.settle_in, held, Decimal(0), rows=[pid for _b, pid, _u in held])
+        writer.write(budgets.release_job, held, rows=[pid for _b, pid, _u in held])
 
 
 class Gateway:
@@ -498,9 +498,7 @@ class Gateway:
                     raise
                 # The release owns the holds from here, even if this task is cancelled.
                 held, call.reservation = call.reservation.holds, budgets.Reservation()
-                await writer.write(
-                    budgets.settle_in, held, Decimal(0), rows=[pid for _b, pid, _u in held]
-                )
+                await writer.write(budgets.release_job, held, rows=[pid for _b, pid, _u in held])
                 call.serving = None
                 call.limits_taken.pop()
                 last = error
@@ -533,7 +531,7 @@ class Gateway:
             return budgets.Reservation()
         now, ids = self.clock.now(), snapshot.period_ids
         pending = writer.write(
-            functools.partial(budgets.reserve_in, now=now, period_ids=ids),
+            functools.partial(budgets.reserve_job, now=now, period_ids=ids),
             applicable,
             prepared.worst_cost,
             rows=budgets.period_rows(applicable, now=now, period_ids=ids),

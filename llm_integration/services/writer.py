@@ -14,8 +14,9 @@ database as it found it; usage records go to ``batch.add()`` and are inserted in
 statement at the end. If the transaction fails otherwise, each job runs again alone,
 in its own transaction, so one bad write fails only its own request.
 
-On PostgreSQL, a batch that touches several budget rows locks the ones it knows in id
-order first, so that two processes' batches cannot deadlock on them.
+Budget reservations and settlements go through the batch's ``Ledger`` (in
+``budgets``): its rows are read and locked once, in id order (so two processes' batches
+cannot deadlock on the rows they announce), changed in memory and written once.
 ``DB_THREADS = 0`` runs each job in the caller's thread, in its own transaction.
 """
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 
 from ..conf import llm_settings
 from ..exceptions import LLMError
@@ -48,11 +49,27 @@ class Batch:
 
     def __init__(self) -> None:
         self.inserts: dict[type, list] = defaultdict(list)
+        self._ledger = None
 
     def add(self, obj: Any) -> None:
         self.inserts[type(obj)].append(obj)
 
+    @property
+    def ledger(self):
+        """The batch's budget rows (``budgets.Ledger``), written at the end."""
+        if self._ledger is None:
+            from .budgets import Ledger
+
+            self._ledger = Ledger()
+        return self._ledger
+
+    def preload(self, rows) -> None:
+        if rows:
+            self.ledger.load(rows)
+
     def flush(self) -> None:
+        if self._ledger is not None:
+            self._ledger.flush()
         for model, objs in self.inserts.items():
             model.objects.bulk_create(objs)
         self.inserts.clear()
@@ -152,8 +169,8 @@ class GroupWriter:
         refresh_connections()
         try:
             with write_lock(), transaction.atomic():
-                _lock_rows(jobs)
                 batch = Batch()
+                batch.preload([row for job in jobs for row in job.rows])  # locked in id order
                 outcomes = [_run_job(job.fn, job.args, batch) for job in jobs]
                 batch.flush()
             self.commits += 1
@@ -181,21 +198,6 @@ def _run_job(fn: Callable, args: tuple, batch: Batch) -> tuple[Any, BaseExceptio
         return fn(batch, *args), None
     except LLMError as error:  # an answer, not a failure: the job left nothing behind
         return None, error
-
-
-def _lock_rows(jobs: list[Job]) -> None:
-    if connection.vendor != "postgresql":
-        return  # SQLite: the whole database is this transaction's already
-    from ..models import BudgetPeriod
-
-    rows = sorted({row for job in jobs for row in job.rows})
-    if len(rows) > 1:
-        list(
-            BudgetPeriod.objects.filter(pk__in=rows)
-            .order_by("pk")
-            .select_for_update()
-            .values_list("pk", flat=True)
-        )
 
 
 writer = GroupWriter()
