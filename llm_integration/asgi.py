@@ -142,27 +142,30 @@ class APIHandler(ASGIHandler):
 
 
 class ChatLane:
-    """``POST /api/v1/chat`` from a caller whose token is in the token cache, answered
-    straight from the ASGI messages: no Django request or response objects, no URL
-    resolution, no DRF dispatch. The answer is ``ChatView``'s own (``chat_reply``, the
-    same error envelope, the same JSON rendering); anything else (another path, a token
-    not yet cached, a body that is not JSON or too large, a project with its own
-    request signal receivers) goes on to Django with the body as it came.
+    """``POST /api/v1/chat`` and ``POST /v1/chat/completions`` from a caller whose token
+    is in the token cache, answered straight from the ASGI messages: no Django request
+    or response objects, no URL resolution, no DRF dispatch. The answers are the views'
+    own (``chat_reply`` and ``completion_reply``: the same checks, the same error
+    envelope, the same JSON rendering); anything else (another path, a token not yet
+    cached, a body that is not JSON or too large, a project with its own request signal
+    receivers) goes on to Django with the body as it came.
     """
 
-    def __init__(self, inner, *, path: str = "/api/v1/chat") -> None:
+    def __init__(self, inner, *, paths: dict[str, str] | None = None) -> None:
         self.inner = inner
-        self.path = path
+        #: path -> "rest" or "openai" (which view's answer and error shape).
+        self.paths = paths or {"/api/v1/chat": "rest", "/v1/chat/completions": "openai"}
 
     async def __call__(self, scope, receive, send):
-        user = self._user(scope) if scope["path"] == self.path else None
-        if user is None or scope["method"] != "POST" or not self.inner._lean():
+        kind = self.paths.get(scope["path"])
+        user = self._user(scope) if kind and scope["method"] == "POST" else None
+        if user is None or not self.inner._lean():
             return await self.inner(scope, receive, send)
         limit = int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
         body, more, complete = await _read_body(receive, limit)
         if not complete:  # too large, or the client left: Django answers as it does
             return await self.inner(scope, _replay(body, more, receive), send)
-        await self.answer(user, body, receive, send)
+        await self.answer(user, body, receive, send, openai=kind == "openai")
 
     @staticmethod
     def _user(scope):
@@ -184,14 +187,15 @@ class ChatLane:
         except UnicodeDecodeError:
             return None
 
-    async def answer(self, user, body: bytes, receive, send) -> None:
-        from rest_framework import exceptions as drf
+    async def answer(self, user, body: bytes, receive, send, *, openai: bool = False) -> None:
         from rest_framework.renderers import JSONRenderer
 
         from .api.errors import envelope
+        from .api.openai_views import completion_reply
         from .api.views import SSE_HEADERS, chat_reply
         from .services.chat import new_request_id
 
+        reply_to = completion_reply if openai else chat_reply
         request_id = new_request_id()
         current = asyncio.current_task()
         running, aborted = True, False
@@ -206,12 +210,9 @@ class ChatLane:
         listener = asyncio.create_task(listen())
         try:
             try:
-                payload = _parse_json(body)
-                reply = await chat_reply(user, payload, request_id)
-            except drf.APIException as error:
-                reply, status, headers = envelope(error, request_id=request_id)
+                reply = await reply_to(user, _parse_json(body), request_id)
             except Exception as error:
-                reply, status, headers = envelope(error, request_id=request_id)
+                reply, status, headers = envelope(error, request_id=request_id, openai=openai)
             else:
                 status, headers = 200, {"X-Request-ID": request_id}
             if isinstance(reply, dict):

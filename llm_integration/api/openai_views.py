@@ -23,7 +23,7 @@ from ..services.chat import Delta, achat, astream_chat
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from .errors import envelope
-from .views import ERRORS, GatewayAPIView
+from .views import ERRORS, SSE_HEADERS, GatewayAPIView
 
 CREATED = 1_700_000_000  # aliases have no creation date upstream; a fixed, honest epoch
 
@@ -141,115 +141,121 @@ class ChatCompletionsView(GatewayAPIView):
         summary="OpenAI-compatible chat completions",
     )
     async def post(self, request):
-        serializer = ChatCompletionRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        kwargs = {
-            "user": request.user,
-            "model": data["model"],
-            "messages": serializer.conversation(),
-            "temperature": data.get("temperature"),
-            "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
-            "stop": data.get("stop"),
-            "request_id": self.request_id,
-        }
-        if data.get("stream"):
-            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-            return await self.stream(kwargs, include_usage=include_usage)
-        result = await achat(**kwargs)
-        return Response(
+        reply = await completion_reply(request.user, request.data, self.request_id)
+        if isinstance(reply, dict):
+            return Response(reply)
+        return StreamingHttpResponse(reply, content_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
+    """``POST /v1/chat/completions`` without its HTTP: the completion object, or the
+    stream's chunks (already past the first event). The view and the fast lane share it."""
+    serializer = ChatCompletionRequestSerializer(data=payload)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    kwargs = {
+        "user": user,
+        "model": data["model"],
+        "messages": serializer.conversation(),
+        "temperature": data.get("temperature"),
+        "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
+        "stop": data.get("stop"),
+        "request_id": request_id,
+    }
+    if data.get("stream"):
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        return await completion_chunks(kwargs, request_id, include_usage=include_usage)
+    result = await achat(**kwargs)
+    return {
+        "id": f"chatcmpl-{result.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result.model,
+        "system_fingerprint": None,
+        "choices": [
             {
-                "id": f"chatcmpl-{result.request_id}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": result.model,
-                "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.answer, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": result.finish_reason,
-                    }
-                ],
-                "usage": openai_usage(result.usage),
+                "index": 0,
+                "message": {"role": "assistant", "content": result.answer, "refusal": None},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
             }
+        ],
+        "usage": openai_usage(result.usage),
+    }
+
+
+async def completion_chunks(
+    kwargs: dict, request_id: str, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    stream = astream_chat(**kwargs)
+    first = await anext(stream)  # failures before the first token get their status
+    model = kwargs["model"]
+
+    async def events() -> AsyncIterator[bytes]:
+        event = first
+        yield chunk(
+            request_id,
+            model,
+            created,
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+            include_usage=include_usage,
         )
-
-    async def stream(self, kwargs: dict, *, include_usage: bool) -> StreamingHttpResponse:
-        request_id = self.request_id
-        created = int(time.time())
-        stream = astream_chat(**kwargs)
-        first = await anext(stream)  # failures before the first token get their status
-        model = kwargs["model"]
-
-        async def events() -> AsyncIterator[bytes]:
-            event = first
-            yield chunk(
-                request_id,
-                model,
-                created,
-                [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ],
-                include_usage=include_usage,
-            )
-            try:
-                while True:
-                    if isinstance(event, Delta):
-                        yield chunk(
-                            request_id,
-                            model,
-                            created,
-                            [
-                                {
-                                    "index": 0,
-                                    "delta": {"content": event.text},
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ],
-                            include_usage=include_usage,
-                        )
-                    else:
+        try:
+            while True:
+                if isinstance(event, Delta):
+                    yield chunk(
+                        request_id,
+                        model,
+                        created,
+                        [
+                            {
+                                "index": 0,
+                                "delta": {"content": event.text},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                        include_usage=include_usage,
+                    )
+                else:
+                    yield chunk(
+                        request_id,
+                        event.model,
+                        created,
+                        [
+                            {
+                                "index": 0,
+                                "delta": {},
+                                "logprobs": None,
+                                "finish_reason": event.finish_reason,
+                            }
+                        ],
+                        include_usage=include_usage,
+                    )
+                    if include_usage:
                         yield chunk(
                             request_id,
                             event.model,
                             created,
-                            [
-                                {
-                                    "index": 0,
-                                    "delta": {},
-                                    "logprobs": None,
-                                    "finish_reason": event.finish_reason,
-                                }
-                            ],
-                            include_usage=include_usage,
+                            [],
+                            openai_usage(event.usage),
+                            include_usage=True,
                         )
-                        if include_usage:
-                            yield chunk(
-                                request_id,
-                                event.model,
-                                created,
-                                [],
-                                openai_usage(event.usage),
-                                include_usage=True,
-                            )
-                        break
-                    event = await anext(stream)
-            except Exception as error:
-                body, _status, _headers = envelope(error, request_id=request_id, openai=True)
-                yield b"data: " + json.dumps(body).encode() + b"\n\n"
-            finally:
-                await stream.aclose()
-            yield b"data: [DONE]\n\n"
+                    break
+                event = await anext(stream)
+        except Exception as error:
+            body, _status, _headers = envelope(error, request_id=request_id, openai=True)
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+        finally:
+            await stream.aclose()
+        yield b"data: [DONE]\n\n"
 
-        response = StreamingHttpResponse(events(), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+    return events()
