@@ -43,6 +43,35 @@ def _housekeeping_only(signal, sender) -> bool:
     return not async_receivers and all(r in HOUSEKEEPING for r in sync_receivers)
 
 
+class CancelOnDisconnect:
+    """``async with CancelOnDisconnect(receive):`` as Django's handler does it, in one task:
+    a client that disconnects while the block runs cancels it, and the block ends
+    quietly; a cancellation from elsewhere (the server stopping) goes on as it came."""
+
+    def __init__(self, receive) -> None:
+        self.receive = receive
+
+    async def __aenter__(self):
+        self.task = asyncio.current_task()
+        self.running, self.aborted = True, False
+        self.listener = asyncio.create_task(self._listen())
+        return self
+
+    async def _listen(self) -> None:
+        message = await self.receive()
+        if message["type"] == "http.disconnect" and self.running:
+            self.aborted = True
+            self.task.cancel()
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        self.running = False
+        self.listener.cancel()
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and self.aborted:
+            self.task.uncancel()
+            return True
+        return False
+
+
 class APIHandler(ASGIHandler):
     """Django's ASGI handler with its own, short middleware list."""
 
@@ -103,30 +132,10 @@ class APIHandler(ASGIHandler):
 
         # As Django does, a client that disconnects cancels the view; here the view runs
         # in this task and a listener cancels it (one task per request, not two).
-        current = asyncio.current_task()
-        running, aborted = True, False
-
-        async def listen():
-            nonlocal aborted
-            try:
-                await self.listen_for_disconnect(receive)
-            except RequestAborted:
-                if running:
-                    aborted = True
-                    current.cancel()
-
-        listener = asyncio.create_task(listen())
         response = None
-        try:
+        async with CancelOnDisconnect(receive):
             response = await self.run_get_response(request)
             await self.send_response(response, send)
-        except asyncio.CancelledError:
-            if not aborted:
-                raise  # the server is stopping: not ours to swallow
-            current.uncancel()
-        finally:
-            running = False
-            listener.cancel()
         if response is None:
             signals.request_finished.send(sender=type(self))
         elif all(
@@ -197,18 +206,7 @@ class ChatLane:
 
         reply_to = completion_reply if openai else chat_reply
         request_id = new_request_id()
-        current = asyncio.current_task()
-        running, aborted = True, False
-
-        async def listen():  # as Django does: a client that goes away cancels the view
-            nonlocal aborted
-            message = await receive()
-            if message["type"] == "http.disconnect" and running:
-                aborted = True
-                current.cancel()
-
-        listener = asyncio.create_task(listen())
-        try:
+        async with CancelOnDisconnect(receive):
             try:
                 reply = await reply_to(user, _parse_json(body), request_id)
             except Exception as error:
@@ -227,13 +225,6 @@ class ChatLane:
             finally:
                 await reply.aclose()
             await send({"type": "http.response.body", "body": b""})
-        except asyncio.CancelledError:
-            if not aborted:
-                raise  # the server is stopping: not ours to swallow
-            current.uncancel()
-        finally:
-            running = False
-            listener.cancel()
 
 
 def _start(status: int, headers: dict, content_type: bytes, length: int | None = None) -> dict:
