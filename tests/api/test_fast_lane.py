@@ -272,7 +272,7 @@ async def test_the_chat_lane_answers_as_the_drf_view_does(token, path, body):
     assert comparable(lane_body, lane_headers) == comparable(django_body, django_headers)
 
 
-async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(token):
+async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(token, monkeypatch):
     app = api_fast_lane(await sync_to_async(get_asgi_application)())
     taken = []
     original = app.chat_lane.answer
@@ -289,3 +289,19 @@ async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(toke
     status, _, _ = await exchange(app, "/api/v1/chat", token, b"message=Hi", b"text/plain")
     assert status == 415  # DRF's answer to a body it cannot parse
     assert taken == [True]
+
+    from rest_framework.throttling import BaseThrottle
+
+    from llm_integration.api.views import ChatView
+
+    throttled = []
+
+    class Counting(BaseThrottle):
+        def allow_request(self, request, view):
+            throttled.append(request.path)
+            return True
+
+    monkeypatch.setattr(ChatView, "throttle_classes", [Counting])
+    assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200
+    # A project's DRF throttles: Django's way, where they apply.
+    assert taken == [True] and throttled == ["/api/v1/chat"]
