@@ -305,3 +305,24 @@ async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(toke
     assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200
     # A project's DRF throttles: Django's way, where they apply.
     assert taken == [True] and throttled == ["/api/v1/chat"]
+
+
+async def test_a_projects_drf_throttles_apply_to_the_async_views(token, monkeypatch):
+    # Sync DRF throttles used to reach adrf's check, which calls async_to_sync from the
+    # event loop: every throttled project got 500s.
+    from rest_framework.throttling import BaseThrottle
+
+    from llm_integration.api.views import ChatView
+
+    class Refusing(BaseThrottle):
+        def allow_request(self, request, view):
+            return False
+
+        def wait(self):
+            return 7
+
+    monkeypatch.setattr(ChatView, "throttle_classes", [Refusing])
+    app = api_fast_lane(await sync_to_async(get_asgi_application)())
+    status, headers, body = await exchange(app, "/api/v1/chat", token, b'{"message": "Hi"}')
+    assert (status, headers["retry-after"]) == (429, "7")
+    assert json.loads(body)["error"]["code"] == "rate_limited"
