@@ -167,3 +167,39 @@ async def test_a_batch_applies_its_writes_in_order(gated):
         await refused
     period = await sync_to_async(BudgetPeriod.objects.get)(budget=budget)
     assert (period.reserved_units, period.spent_units) == (80_000_000, 0)
+
+
+def test_rows_go_in_as_the_orm_would_write_them():
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+
+    from llm_integration.services.writer import insert_rows
+
+    user = get_user_model().objects.create_user("writer")
+    fields = {
+        "user": user,
+        "plan": "pro",
+        "alias": "chat",
+        "provider": "oa",
+        "upstream_model": "gpt-4o-mini",
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "tokens_estimated": True,
+        "cost_usd": Decimal("0.00001234"),
+        "latency_ms": 87,
+        "status": UsageRecord.Status.ERROR,
+        "error_type": "upstream_timeout",
+        "finish_reason": "cancelled",
+        "cached": False,
+        "streamed": True,
+    }
+    UsageRecord.objects.create(request_id="orm", **fields)
+    with transaction.atomic():
+        insert_rows(UsageRecord, [UsageRecord(request_id=f"raw-{i}", **fields) for i in range(3)])
+    rows = {r.request_id: r for r in UsageRecord.objects.all()}
+    assert sorted(rows) == ["orm", "raw-0", "raw-1", "raw-2"]
+    for name in ["raw-0", "raw-1", "raw-2"]:
+        for field in [*fields, "created_at"]:
+            if field != "created_at":
+                assert getattr(rows[name], field) == getattr(rows["orm"], field), field
+        assert rows[name].created_at is not None

@@ -211,12 +211,15 @@ class Ledger:
         missing = sorted({pid for pid in pids if pid not in self.rows})
         if not missing:
             return
-        query = BudgetPeriod.objects.filter(pk__in=missing).order_by("pk")
-        if connection.vendor == "postgresql":
-            query = query.select_for_update()
-        for pid, spent, reserved, alerted in query.values_list(
-            "pk", "spent_units", "reserved_units", "alerted_threshold"
-        ):
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, spent_units, reserved_units, alerted_threshold FROM {_table()} "
+                f"WHERE id IN ({', '.join(['%s'] * len(missing))}) ORDER BY id{lock}",
+                missing,
+            )
+            found = cursor.fetchall()
+        for pid, spent, reserved, alerted in found:
             ahead = self.deltas.get(pid, (0, 0))  # what this batch already changed
             self.rows[pid] = [spent + ahead[0], reserved + ahead[1], alerted]
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 
 from ..conf import llm_settings
 from ..exceptions import LLMError
@@ -71,8 +71,32 @@ class Batch:
         if self._ledger is not None:
             self._ledger.flush()
         for model, objs in self.inserts.items():
-            model.objects.bulk_create(objs)
+            insert_rows(model, objs)
         self.inserts.clear()
+
+
+def insert_rows(model, objs: list) -> None:
+    """``bulk_create`` without primary keys back and without the ORM's per-field SQL
+    compilation: one ``INSERT … VALUES (…), (…)`` of the concrete fields' values as
+    Django prepares them for saving (``pre_save``, ``get_db_prep_save``)."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    ops = connection.ops
+    columns = ", ".join(ops.quote_name(f.column) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    step = max(1, ops.bulk_batch_size(fields, objs) if objs else 1)
+    with connection.cursor() as cursor:
+        for start in range(0, len(objs), step):
+            chunk = objs[start : start + step]
+            params = [
+                f.get_db_prep_save(f.pre_save(obj, True), connection)
+                for obj in chunk
+                for f in fields
+            ]
+            cursor.execute(
+                f"INSERT INTO {ops.quote_name(model._meta.db_table)} ({columns}) "
+                f"VALUES {', '.join([row] * len(chunk))}",
+                params,
+            )
 
 
 @dataclass(slots=True)
