@@ -204,3 +204,21 @@ def test_count_tokens_is_exact_for_openai_models(openai_fake):
     assert adapter.count_tokens("hello world") == 2
     assert adapter.model_name == "gpt-4o-mini"
     assert TEST_KEY not in repr(adapter)
+
+
+async def test_the_environments_proxy_is_used_and_no_proxy_honoured(openai_fake, monkeypatch):
+    # HTTP(S)_PROXY / NO_PROXY as httpx honours them, looked up once per adapter.
+    from llm_integration.adapters.http import env_proxy
+
+    origin = openai_fake.base_url.removesuffix("/v1")
+    monkeypatch.setenv("HTTP_PROXY", origin)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert str(env_proxy("http://upstream.example/v1")["proxy"]) == origin
+    adapter = OpenAICompatibleAdapter(
+        model="gpt-4o-mini", base_url="http://upstream.example/v1", timeout=5.0
+    )
+    await adapter.complete(MESSAGES)  # the fake answers a proxied request all the same
+    assert openai_fake.requests[-1].path == "http://upstream.example/v1/chat/completions"
+    monkeypatch.setenv("NO_PROXY", "upstream.example")
+    assert env_proxy("http://upstream.example/v1") == {}

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from .. import exceptions as exc
 from ..services.tokens import count_message_tokens, count_text_tokens
-from .http import TRANSPORT_ERRORS, HTTPResult, httpx, request_timeout, sessions
+from .http import TRANSPORT_ERRORS, HTTPResult, env_proxy, httpx, request_timeout, sessions
 
 ROLES = ("system", "user", "assistant")
 
@@ -163,6 +163,7 @@ class BaseLLMAdapter(ABC):
         )
         self._timeout = request_timeout(timeout)
         self._headers: dict[str, str] | None = None
+        self._proxy: dict = {}
 
     def __repr__(self) -> str:  # never shows the key
         return f"<{type(self).__name__} {self.provider_name}:{self.model} {self.base_url}>"
@@ -197,8 +198,14 @@ class BaseLLMAdapter(ABC):
     def _request(self, method: str, path: str, body: Any = None):
         if self._headers is None:
             self._headers = self._request_headers()
+            self._proxy = env_proxy(self.base_url)
         return sessions.get().request(
-            method, self.base_url + path, json=body, headers=self._headers, timeout=self._timeout
+            method,
+            self.base_url + path,
+            json=body,
+            headers=self._headers,
+            timeout=self._timeout,
+            **self._proxy,
         )
 
     def _error(self, response: HTTPResult | httpx.Response, body: bytes) -> exc.UpstreamError:

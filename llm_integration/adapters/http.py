@@ -32,7 +32,15 @@ try:
 except ImportError:  # pragma: no cover - depends on what is installed
     import httpx  # type: ignore[no-redef]
 
-__all__ = ["TRANSPORT_ERRORS", "HTTPResult", "httpx", "iter_lines", "request_timeout", "sessions"]
+__all__ = [
+    "TRANSPORT_ERRORS",
+    "HTTPResult",
+    "env_proxy",
+    "httpx",
+    "iter_lines",
+    "request_timeout",
+    "sessions",
+]
 
 #: What a failed exchange with an upstream raises (timeouts are TimeoutError; a line
 #: over MAX_LINE is an HttpProcessingError).
@@ -136,9 +144,23 @@ def _abandon(session: aiohttp.ClientSession) -> None:
 def new_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
-        trust_env=True,  # HTTPS_PROXY / NO_PROXY, as httpx honours them
+        # Not trust_env: aiohttp would then read the environment and ~/.netrc in a
+        # worker thread on every request. Adapters look their proxy up once (env_proxy).
+        trust_env=False,
         raise_for_status=False,
     )
+
+
+def env_proxy(base_url: str) -> dict:
+    """``proxy``/``proxy_auth`` request arguments from HTTP(S)_PROXY / NO_PROXY for the
+    upstream at ``base_url`` (as httpx honours them), looked up once per adapter."""
+    from yarl import URL
+
+    try:
+        proxy, auth = aiohttp.helpers.get_env_proxy_for_url(URL(base_url))
+    except (LookupError, ValueError):
+        return {}
+    return {"proxy": proxy, "proxy_auth": auth}
 
 
 def request_timeout(seconds: float) -> aiohttp.ClientTimeout:
