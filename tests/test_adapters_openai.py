@@ -222,3 +222,45 @@ async def test_the_environments_proxy_is_used_and_no_proxy_honoured(openai_fake,
     assert openai_fake.requests[-1].path == "http://upstream.example/v1/chat/completions"
     monkeypatch.setenv("NO_PROXY", "upstream.example")
     assert env_proxy("http://upstream.example/v1") == {}
+
+
+async def test_lines_that_come_with_a_broken_connection_are_not_lost():
+    # The second event and the connection's end arrive while the client is busy with
+    # the first: aiohttp raises on the next read before handing over what it buffered;
+    # the adapter still yields both tokens.
+    import asyncio
+    import json
+
+    def event(text):
+        chunk = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        first, second = event("a"), event(" b")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(first), first)
+        )
+        await writer.drain()
+        await got_first.wait()
+        writer.write(b"%x\r\n%s\r\n" % (len(second), second))
+        await writer.drain()
+        writer.close()  # no terminating chunk
+
+    got_first = asyncio.Event()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    adapter = OpenAIAdapter(
+        model="gpt-4o-mini", base_url=f"http://127.0.0.1:{port}/v1", api_key=TEST_KEY, timeout=5
+    )
+    texts = []
+    with pytest.raises(exc.StreamInterrupted) as raised:
+        async for chunk in adapter.complete_stream(MESSAGES):
+            texts.append(chunk.text)
+            if len(texts) == 1:  # busy elsewhere while the rest and the end come in
+                got_first.set()
+                await asyncio.sleep(0.2)
+    server.close()
+    assert texts == ["a", " b"]
+    assert raised.value.partial_text == "a b"

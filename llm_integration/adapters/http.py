@@ -177,17 +177,30 @@ async def iter_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
     """The body's lines, without their ``\n`` / ``\r\n``.
 
     Reads whatever has arrived and splits it here: one wait per network read rather
-    than per line, and the lines that arrived with a broken connection's last bytes
-    are still delivered before its error (aiohttp raises on the next read).
+    than per line. When the connection breaks, aiohttp raises before it hands over the
+    bytes that came with the break; those lines are still delivered, then the error.
     """
     content = response.content
     pending = b""
-    while chunk := await content.readany():
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        if len(pending) > MAX_LINE:
-            raise aiohttp.http_exceptions.LineTooLong(pending[:100], MAX_LINE)
-        for line in lines:
-            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+    try:
+        while chunk := await content.readany():
+            lines, pending = _split(pending + chunk)
+            for line in lines:
+                yield line
+    except aiohttp.ClientPayloadError:
+        read_buffered = getattr(content, "_read_nowait", None)  # aiohttp's own drain
+        if read_buffered is not None:
+            lines, pending = _split(pending + read_buffered(-1))
+            for line in lines:
+                yield line
+        raise
     if pending:
         yield pending.removesuffix(b"\r").decode("utf-8", "replace")
+
+
+def _split(data: bytes) -> tuple[list[str], bytes]:
+    """(the complete lines in ``data``, decoded; the unfinished rest)."""
+    *lines, rest = data.split(b"\n")
+    if len(rest) > MAX_LINE:
+        raise aiohttp.http_exceptions.LineTooLong(rest[:100], MAX_LINE)
+    return [line.removesuffix(b"\r").decode("utf-8", "replace") for line in lines], rest
