@@ -157,7 +157,8 @@ class ChatLane:
     own (``chat_reply`` and ``completion_reply``: the same checks, the same error
     envelope, the same JSON rendering); anything else (another path, a token not yet
     cached, a body that is not JSON or too large, a project with its own request signal
-    receivers or DRF throttles) goes on to Django with the body as it came.
+    receivers, fast-lane middleware or DRF throttles) goes on to Django with the body as
+    it came.
     """
 
     def __init__(self, inner, *, paths: dict[str, str] | None = None) -> None:
@@ -168,7 +169,7 @@ class ChatLane:
     async def __call__(self, scope, receive, send):
         kind = self.paths.get(scope["path"])
         user = self._user(scope) if kind and scope["method"] == "POST" else None
-        if user is None or not self.inner._lean() or _throttled():
+        if user is None or self.inner.api_middleware or not self.inner._lean() or _throttled():
             return await self.inner(scope, receive, send)
         limit = int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
         body, more, complete = await _read_body(receive, limit)

@@ -301,6 +301,11 @@ async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(toke
             throttled.append(request.path)
             return True
 
+    app.chat_lane.inner.api_middleware = ["a.middleware"]  # the lane has none: Django's way
+    assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200
+    assert taken == [True]
+    app.chat_lane.inner.api_middleware = []
+
     monkeypatch.setattr(ChatView, "throttle_classes", [Counting])
     assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200
     # A project's DRF throttles: Django's way, where they apply.
