@@ -163,6 +163,7 @@ class ChatLane:
 
     def __init__(self, inner, *, paths: dict[str, str] | None = None) -> None:
         self.inner = inner
+        self.answered = 0  # requests this lane answered itself
         #: path -> "rest" or "openai" (which view's answer and error shape).
         self.paths = paths or {"/api/v1/chat": "rest", "/v1/chat/completions": "openai"}
 
@@ -175,6 +176,7 @@ class ChatLane:
         body, more, complete = await _read_body(receive, limit)
         if not complete:  # too large, or the client left: Django answers as it does
             return await self.inner(scope, _replay(body, more, receive), send)
+        self.answered += 1
         await self.answer(user, body, receive, send, openai=kind == "openai")
 
     @staticmethod

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -23,7 +22,7 @@ from ..services.chat import Delta, achat, astream_chat
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from .errors import envelope
-from .views import ERRORS, SSE_HEADERS, GatewayAPIView
+from .views import ERRORS, GatewayAPIView, as_response
 
 CREATED = 1_700_000_000  # aliases have no creation date upstream; a fixed, honest epoch
 
@@ -141,10 +140,7 @@ class ChatCompletionsView(GatewayAPIView):
         summary="OpenAI-compatible chat completions",
     )
     async def post(self, request):
-        reply = await completion_reply(request.user, request.data, self.request_id)
-        if isinstance(reply, dict):
-            return Response(reply)
-        return StreamingHttpResponse(reply, content_type="text/event-stream", headers=SSE_HEADERS)
+        return as_response(await completion_reply(request.user, request.data, self.request_id))
 
 
 async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:

@@ -267,6 +267,13 @@ def sse(data: dict) -> bytes:
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def as_response(reply: dict | AsyncIterator[bytes]):
+    """A view's answer: JSON, or server-sent events."""
+    if isinstance(reply, dict):
+        return Response(reply)
+    return StreamingHttpResponse(reply, content_type="text/event-stream", headers=SSE_HEADERS)
+
+
 async def chat_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
     """``POST /api/v1/chat`` without its HTTP: the JSON answer, or the server-sent events
     of a stream (already past its first event: failures before the first token raise,
@@ -337,10 +344,7 @@ class ChatView(GatewayAPIView):
         summary="Chat with a model (JSON, or server-sent events with stream: true)",
     )
     async def post(self, request):
-        reply = await chat_reply(request.user, request.data, self.request_id)
-        if isinstance(reply, dict):
-            return Response(reply)
-        return StreamingHttpResponse(reply, content_type="text/event-stream", headers=SSE_HEADERS)
+        return as_response(await chat_reply(request.user, request.data, self.request_id))
 
 
 class UsageView(GatewayAPIView):

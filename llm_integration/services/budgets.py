@@ -1,17 +1,17 @@
 """Step 4 and 7: hard budgets that hold under concurrency, and their alerts.
 
 Before the upstream call the request's worst-case cost is *reserved* on every budget
-that applies, in one transaction, with a conditional UPDATE per budget:
+that applies; after it, ``settle`` moves the real cost from reserved to spent. Both go
+through a ``Ledger`` inside one transaction: the period rows of the hard budgets are
+read under a lock (``SELECT … FOR UPDATE`` on PostgreSQL, the database write lock on
+SQLite) and checked (``spent + reserved + cost <= limit``), then every change is written
+as a delta ``UPDATE``. Nothing can change a locked row between the check and the write,
+so concurrent requests in any number of processes cannot overshoot; if any budget
+refuses, the request holds nothing and gets 429 ``budget_exceeded``. The gateway's
+requests share these transactions (group commit, ``services/writer.py``).
 
-    UPDATE budgetperiod SET reserved = reserved + :cost
-     WHERE id = :id AND spent + reserved + :cost <= :limit
-
-A row lock (PostgreSQL) or the database write lock (SQLite) makes the check and the
-increment one step, so concurrent requests in any number of processes cannot overshoot;
-if any budget refuses, the transaction rolls back and the request gets 429
-``budget_exceeded``. After the call, ``settle`` moves the real cost from reserved to
-spent. Periods roll over by themselves: each (budget, period start) has its own row,
-created on first use. Alerts fire once per threshold and period: a conditional UPDATE of
+Periods roll over by themselves: each (budget, period start) has its own row, created
+on first use. Alerts fire once per threshold and period: a conditional UPDATE of
 ``alerted_threshold`` elects exactly one process to send the signal, log and mail.
 """
 
@@ -97,12 +97,16 @@ def reserve(
 ) -> Reservation:
     """Reserve ``cost`` on every budget, all or nothing; BudgetExceeded if one is full.
 
-    ``period_ids`` caches (budget, period start) -> row id between requests.
+    ``period_ids`` caches (budget, period start) -> row id between requests. One
+    transaction of its own; the gateway's requests share theirs (``reserve_job``).
     """
     if not budgets:
         return Reservation()
     with write_lock(), transaction.atomic():
-        return reserve_in(None, budgets, cost, now=now, period_ids=period_ids)
+        ledger = Ledger()
+        reservation = ledger.reserve(budgets, cost, now=now, period_ids=period_ids)
+        ledger.flush()
+    return reservation
 
 
 def period_rows(budgets: list[Budget], *, now: dt.datetime, period_ids: dict) -> list[int]:
@@ -111,83 +115,16 @@ def period_rows(budgets: list[Budget], *, now: dt.datetime, period_ids: dict) ->
     return [pid for pid in ids if pid is not None]
 
 
-def reserve_in(
-    batch, budgets: list[Budget], cost: Decimal, *, now: dt.datetime, period_ids: dict | None
-) -> Reservation:
-    """``reserve`` inside the caller's transaction (a group-commit job): a refusal
-    gives back what it already held before it raises."""
-    units = usd_to_units(cost)
-    reservation = Reservation()
-    table = _table()
-    with connection.cursor() as cursor:
-        for budget in budgets:
-            pid = _period_id(budget, period_start(budget.period, now), period_ids)
-            if budget.hard:
-                cursor.execute(
-                    f"UPDATE {table} SET reserved_units = reserved_units + %s "
-                    f"WHERE id = %s AND spent_units + reserved_units + %s <= %s",
-                    [units, pid, units, usd_to_units(budget.limit_usd)],
-                )
-            else:
-                cursor.execute(
-                    f"UPDATE {table} SET reserved_units = reserved_units + %s WHERE id = %s",
-                    [units, pid],
-                )
-            if cursor.rowcount != 1:
-                for _budget, held_pid, held in reservation.holds:
-                    cursor.execute(
-                        f"UPDATE {table} SET reserved_units = reserved_units - %s WHERE id = %s",
-                        [held, held_pid],
-                    )
-                if period_ids is not None and not BudgetPeriod.objects.filter(pk=pid).exists():
-                    period_ids.pop((budget.pk, period_start(budget.period, now)), None)
-                raise BudgetExceeded(
-                    f"The {budget.period} budget {budget.name!r} "
-                    f"({budget.scope} {budget.target_name}) is exhausted."
-                )
-            reservation.holds.append((budget, pid, units))
-    return reservation
-
-
 def settle(reservation: Reservation, cost: Decimal) -> None:
     """Release the reservation and add the real ``cost`` (call ``fire_alerts`` after)."""
     if not reservation.holds:
         return
-    with transaction.atomic(savepoint=False):
-        settled = settle_in(None, reservation.holds, cost)
+    with write_lock(), transaction.atomic():
+        ledger = Ledger()
+        settled = ledger.settle(reservation.holds, cost)
+        ledger.flush()
     reservation.settled.extend(settled)
     reservation.holds = []
-
-
-def settle_in(batch, holds: list, cost: Decimal) -> list[tuple[Budget, int, int, int]]:
-    """``settle`` inside the caller's transaction; returns (budget, period id, spent
-    units, alerted threshold) per budget and changes nothing in memory (a group commit
-    that fails runs it again)."""
-    units = usd_to_units(cost)
-    table = _table()
-    returning = connection.features.can_return_columns_from_insert  # RETURNING support
-    settled = []
-    with connection.cursor() as cursor:
-        for budget, pid, held in holds:
-            sql = (
-                f"UPDATE {table} SET reserved_units = reserved_units - %s, "
-                f"spent_units = spent_units + %s WHERE id = %s"
-            )
-            if returning:
-                cursor.execute(
-                    sql + " RETURNING spent_units, alerted_threshold", [held, units, pid]
-                )
-                row = cursor.fetchone()
-            else:
-                cursor.execute(sql, [held, units, pid])
-                row = (
-                    BudgetPeriod.objects.filter(pk=pid)
-                    .values_list("spent_units", "alerted_threshold")
-                    .first()
-                )
-            if row is not None:
-                settled.append((budget, pid, int(row[0]), int(row[1])))
-    return settled
 
 
 class Ledger:
@@ -312,11 +249,6 @@ def record_usage(batch, record, holds: list, cost: Decimal) -> list[tuple[Budget
     """A request's last write (a group-commit job): its usage record, its settlement."""
     batch.add(record)
     return batch.ledger.settle(holds, cost) if holds else []
-
-
-def release(reservation: Reservation) -> None:
-    """Give a reservation back untouched (the request never reached an upstream)."""
-    settle(reservation, Decimal(0))
 
 
 def alerts_due(settled: list[tuple[Budget, int, int, int]]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 
@@ -24,44 +25,63 @@ def token(db):
     return Token.objects.create(user=UserFactory(username="lane")).key
 
 
-async def call(app, path: str, token: str) -> tuple[int, dict]:
-    """One GET through the ASGI app, as a server would make it."""
+async def exchange(
+    app,
+    path: str,
+    token: str,
+    body: bytes = b"",
+    *,
+    method: str = "POST",
+    content_type: bytes = b"application/json",
+    gone: asyncio.Event | None = None,
+    on_body=None,
+) -> tuple[int, dict, bytes]:
+    """One request through an ASGI app, as a server would make it: (status, headers,
+    body). The client stays connected until ``gone`` is set."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"authorization", f"Token {token}".encode())],
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+        ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict] = []
-    requested = False
+    gone = gone or asyncio.Event()
 
     async def receive():
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await threading_event_never()  # the client stays connected
+        if messages:
+            return messages.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message):
         sent.append(message)
+        if on_body and message.get("body"):
+            on_body(message["body"])
 
-    await app(scope, receive, send)
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], json.loads(body)
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    if not sent:
+        return 0, {}, b""
+    headers = {k.decode().lower(): v.decode() for k, v in sent[0]["headers"]}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
 
 
-async def threading_event_never():
-    import asyncio
-
-    await asyncio.Event().wait()
+async def get_json(app, path: str, token: str) -> tuple[int, object]:
+    status, _headers, body = await exchange(app, path, token, method="GET")
+    return status, json.loads(body)
 
 
 class ThreadStarts:
@@ -80,10 +100,10 @@ class ThreadStarts:
 
 async def test_api_calls_hop_to_no_new_thread(token, monkeypatch):
     app = api_fast_lane(await sync_to_async(get_asgi_application)())
-    assert (await call(app, "/api/v1/models", token))[0] == 200  # warm: pools started
+    assert (await get_json(app, "/api/v1/models", token))[0] == 200  # warm: pools started
     starts = ThreadStarts(monkeypatch)
     for _ in range(3):
-        status, body = await call(app, "/api/v1/models", token)
+        status, body = await get_json(app, "/api/v1/models", token)
         assert status == 200 and "default" in json.dumps(body)
     assert starts.count == 0  # Django's handler starts a thread per request
 
@@ -102,7 +122,7 @@ async def test_a_projects_own_receivers_get_djangos_handling(token, monkeypatch)
     request_finished.connect(on_finished)
     try:
         starts = ThreadStarts(monkeypatch)
-        status, _ = await call(app, "/api/v1/models", token)
+        status, _ = await get_json(app, "/api/v1/models", token)
     finally:
         request_started.disconnect(on_started)
         request_finished.disconnect(on_finished)
@@ -118,8 +138,6 @@ async def test_a_projects_own_receivers_get_djangos_handling(token, monkeypatch)
 async def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(token, lane):
     # The view runs in the request's task; a disconnect seen by the listener cancels it,
     # the upstream stream stops and the request is recorded as cancelled.
-    import asyncio
-
     from llm_integration.models import Provider, UsageRecord
 
     await sync_to_async(Provider.objects.filter(name="dummy").update)(options={"delay": 0.05})
@@ -129,83 +147,18 @@ async def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(tok
         await sync_to_async(BearerOrTokenAuthentication()._lookup)(token)
     app = api_fast_lane(await sync_to_async(get_asgi_application)())
     body = json.dumps({"message": " ".join(["word"] * 200), "stream": True}).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/v1/chat",
-        "raw_path": b"/api/v1/chat",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Token {token}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50001),
-        "server": ("testserver", 80),
-    }
     gone = asyncio.Event()
     chunks: list[bytes] = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
 
-    async def receive():
-        if messages:
-            return messages.pop()
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    def on_body(chunk: bytes) -> None:
+        chunks.append(chunk)
+        if sum(b.count(b"delta") for b in chunks) >= 3:
+            gone.set()  # the client hangs up after three tokens
 
-    async def send(message):
-        if message.get("body"):
-            chunks.append(message["body"])
-            if sum(b.count(b"delta") for b in chunks) >= 3:
-                gone.set()  # the client hangs up after three tokens
-
-    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    await exchange(app, "/api/v1/chat", token, body, gone=gone, on_body=on_body)
     record = await sync_to_async(UsageRecord.objects.get)()
     assert record.status == UsageRecord.Status.CANCELLED and record.streamed
     assert 3 <= record.completion_tokens < 150  # stopped early, what was consumed
-
-
-async def exchange(app, path: str, token: str, body: bytes, content_type=b"application/json"):
-    """One POST through an ASGI app: (status, headers, body bytes)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {token}".encode()),
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50002),
-        "server": ("testserver", 80),
-    }
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict] = []
-
-    async def receive():
-        if messages:
-            return messages.pop()
-        await threading_event_never()
-
-    async def send(message):
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = sent[0]
-    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-    return start["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
 
 
 PARITY_BODIES = [
@@ -274,21 +227,15 @@ async def test_the_chat_lane_answers_as_the_drf_view_does(token, path, body):
 
 async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(token, monkeypatch):
     app = api_fast_lane(await sync_to_async(get_asgi_application)())
-    taken = []
-    original = app.chat_lane.answer
-
-    async def answer(*args, **kwargs):
-        taken.append(True)
-        return await original(*args, **kwargs)
-
-    app.chat_lane.answer = answer
     body = b'{"message": "Hi"}'
     assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200  # cache cold
     assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200  # now cached
     assert (await exchange(app, "/api/v1/chat", "wrong", body))[0] == 401
-    status, _, _ = await exchange(app, "/api/v1/chat", token, b"message=Hi", b"text/plain")
+    status, _, _ = await exchange(
+        app, "/api/v1/chat", token, b"message=Hi", content_type=b"text/plain"
+    )
     assert status == 415  # DRF's answer to a body it cannot parse
-    assert taken == [True]
+    assert app.chat_lane.answered == 1
 
     from rest_framework.throttling import BaseThrottle
 
@@ -303,13 +250,13 @@ async def test_the_chat_lane_takes_cached_tokens_only_and_hands_on_the_rest(toke
 
     app.chat_lane.inner.api_middleware = ["a.middleware"]  # the lane has none: Django's way
     assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200
-    assert taken == [True]
+    assert app.chat_lane.answered == 1
     app.chat_lane.inner.api_middleware = []
 
     monkeypatch.setattr(ChatView, "throttle_classes", [Counting])
     assert (await exchange(app, "/api/v1/chat", token, body))[0] == 200
     # A project's DRF throttles: Django's way, where they apply.
-    assert taken == [True] and throttled == ["/api/v1/chat"]
+    assert app.chat_lane.answered == 1 and throttled == ["/api/v1/chat"]
 
 
 async def test_a_projects_drf_throttles_apply_to_the_async_views(token, monkeypatch):
