@@ -291,6 +291,23 @@ def _parse_json(body: bytes):
         raise drf.ParseError(f"JSON parse error - {error}") from None
 
 
+async def lifespan(scope, receive, send) -> None:
+    """The ASGI lifespan protocol (Uvicorn, Hypercorn): ``"lifespan": lifespan`` in the
+    project's ``ProtocolTypeRouter``. At shutdown the accounting writer commits what is
+    queued and gives unused budget allowances back; servers without it (Daphne) do the
+    same at interpreter exit."""
+    from .services.writer import writer
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await sync_to_async(writer.stop, thread_sensitive=False)()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def api_fast_lane(
     django_app, *, prefixes: tuple[str, ...] = ("/api/", "/v1/"), middleware: Iterable[str] = ()
 ):

@@ -75,6 +75,12 @@ DEFAULTS: dict[str, Any] = {
     # --- Budgets ----------------------------------------------------------------
     # Percentages at which a budget alert fires (once per threshold and period).
     "BUDGET_ALERT_THRESHOLDS": [75, 90, 100],
+    # Reservations come from an allowance each process holds on the budget's row
+    # (services/allowances.py): at most this share of a hard budget's room left; 0
+    # writes every request's reservation to the database.
+    "BUDGET_ALLOWANCE_SHARE": 0.125,
+    # Seconds without a request after which a process gives its unused allowance back.
+    "BUDGET_ALLOWANCE_IDLE": 2.0,
     # --- Secrets and adapters ---------------------------------------------------
     # Callable(name) -> key value or None. Provider rows hold the *name* only.
     "SECRET_RESOLVER": "llm_integration.secrets.environ_secret",

@@ -14,7 +14,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from llm_integration.asgi import api_fast_lane  # noqa: E402
+from llm_integration.asgi import api_fast_lane, lifespan  # noqa: E402
 from llm_integration.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -24,5 +24,7 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
+        # Uvicorn: at shutdown, commit queued accounting, give budget allowances back.
+        "lifespan": lifespan,
     }
 )

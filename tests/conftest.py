@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from django.core.cache import caches
 from django.db import connections
 
+from llm_integration.services.allowances import allowances
 from llm_integration.services.chat import Gateway
 from llm_integration.services.clock import FakeClock
 from llm_integration.services.config import invalidate
@@ -30,9 +31,11 @@ def _clear_cache():
     """Rate-limit windows, circuits and cached answers must not leak between tests."""
     caches["default"].clear()
     invalidate()
+    allowances.clear()
     yield
     caches["default"].clear()
     invalidate()
+    allowances.clear()
 
 
 @pytest.fixture

@@ -51,7 +51,11 @@ def test_period_starts(settings):
     assert budgets.period_start("total", now) == budgets.EPOCH
 
 
-async def test_worst_case_is_reserved_then_settled_to_the_real_cost(gateway, priced, openai_fake):
+async def test_worst_case_is_reserved_then_settled_to_the_real_cost(
+    settings, gateway, priced, openai_fake
+):
+    # Each request's own reservation, written (allowances: tests/test_allowances.py).
+    settings.LLM_INTEGRATION = {"BUDGET_ALLOWANCE_SHARE": 0}
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"))
     prompt = count_message_tokens([{"role": "user", "content": "Hi"}], model="gpt-4o-mini")
     openai_fake.push(mode="slow", delay=0.5, text="ok", prompt_tokens=100, completion_tokens=20)

@@ -48,6 +48,20 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+class Servers(list):
+    """The servers' base URLs; ``stop()`` ends them as a process manager does (SIGTERM)."""
+
+    def __init__(self, urls: list[str], procs: list[subprocess.Popen]) -> None:
+        super().__init__(urls)
+        self.procs = procs
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(10)
+
+
 @pytest.fixture
 def servers(tmp_path, api_key_env):
     """Two uvicorn processes on the test database and the test Redis (and the test key)."""
@@ -95,7 +109,8 @@ def servers(tmp_path, api_key_env):
                 if time.monotonic() > deadline:
                     raise RuntimeError((tmp_path / "server0.log").read_text()) from None
                 time.sleep(0.1)
-    yield urls
+    servers = Servers(urls, procs)
+    yield servers
     for p in procs:
         p.terminate()
     for p in procs:
@@ -141,8 +156,14 @@ def test_hard_budget_holds_for_200_requests_across_two_processes(servers, openai
     assert set(statuses) <= {200, 429}
     period = BudgetPeriod.objects.get(budget=budget)
     assert period.spent_usd <= budget.limit_usd
-    assert period.spent_usd == Decimal("0.0001") * ok and period.reserved_units == 0
-    assert ok >= 45  # worst case 109 tokens reserved: at least 45 fit at once
+    assert period.spent_units + period.reserved_units <= 500_000
+    assert period.spent_usd == Decimal("0.0001") * ok
+    # Worst case 109 tokens reserved: 45 fit at once; the other process's unused
+    # allowance (at most 1/8 of the room, ~5 worst cases) may refuse a few of them.
+    assert ok >= 45 - 6, ok
+    servers.stop()  # at exit each process gives its unused allowance back
+    period.refresh_from_db()
+    assert period.reserved_units == 0
     assert UsageRecord.objects.count() == 200
     assert UsageRecord.objects.filter(status="refused").count() == 200 - ok
 

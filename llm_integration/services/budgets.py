@@ -18,6 +18,7 @@ on first use. Alerts fire once per threshold and period: a conditional UPDATE of
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -29,6 +30,7 @@ from django.utils import timezone
 
 from ..exceptions import BudgetExceeded
 from ..models import Budget, BudgetAlert, BudgetPeriod, units_to_usd, usd_to_units
+from .allowances import Terms, allowances
 from .db import write_lock
 
 logger = logging.getLogger("llm_integration.budgets")
@@ -64,6 +66,8 @@ class Reservation:
     """What one request holds on its budgets until it settles."""
 
     holds: list[tuple[Budget, int, int]] = field(default_factory=list)  # budget, period id, units
+    #: The holds come from this process's allowances (``services/allowances.py``).
+    pooled: bool = False
     #: After settling: (budget, period id, spent units, alerted threshold) per budget.
     settled: list[tuple[Budget, int, int, int]] = field(default_factory=list)
 
@@ -109,10 +113,14 @@ def reserve(
     return reservation
 
 
-def period_rows(budgets: list[Budget], *, now: dt.datetime, period_ids: dict) -> list[int]:
-    """The period rows ``reserve`` will update, as far as ``period_ids`` knows them."""
-    ids = (period_ids.get((b.pk, period_start(b.period, now))) for b in budgets)
-    return [pid for pid in ids if pid is not None]
+def period_rows(budgets: list[Budget], *, now: dt.datetime, period_ids: dict) -> list[int | None]:
+    """The period row of each budget, as far as ``period_ids`` knows them (else None)."""
+    return [period_ids.get((b.pk, period_start(b.period, now))) for b in budgets]
+
+
+def terms(budget: Budget) -> Terms:
+    """What an allowance on the budget was granted under (a changed limit voids it)."""
+    return budget.hard, usd_to_units(budget.limit_usd)
 
 
 def settle(reservation: Reservation, cost: Decimal) -> None:
@@ -143,6 +151,7 @@ class Ledger:
         self.rows: dict[int, list[int]] = {}  # pid -> [spent, reserved, alerted]
         self.deltas: dict[int, list[int]] = {}  # pid -> [spent, reserved]
         self.waiting: list[tuple[list, list]] = []  # (holds, settled list to fill)
+        self.spare: dict[int, list[list]] = {}  # allowances granted in this batch, by row
 
     def load(self, pids) -> None:
         missing = sorted({pid for pid in pids if pid not in self.rows})
@@ -184,21 +193,96 @@ class Ledger:
             ):
                 for _budget, held_pid, held in reservation.holds:
                     self._change(held_pid, 0, -held)
-                if row is None and period_ids is not None:  # the period row went away
-                    period_ids.pop((budget.pk, period_start(budget.period, now)), None)
-                raise BudgetExceeded(
-                    f"The {budget.period} budget {budget.name!r} "
-                    f"({budget.scope} {budget.target_name}) is exhausted."
-                )
+                self._refuse(budget, row, now=now, period_ids=period_ids)
             self._change(pid, 0, units)
             reservation.holds.append((budget, pid, units))
         return reservation
 
-    def settle(self, holds: list, cost: Decimal) -> list[tuple[Budget, int, int, int]]:
-        """Release ``holds`` and add ``cost``; the returned list is filled by ``flush``."""
+    @staticmethod
+    def _refuse(budget: Budget, row, *, now: dt.datetime, period_ids: dict | None):
+        if row is None and period_ids is not None:  # the period row went away
+            period_ids.pop((budget.pk, period_start(budget.period, now)), None)
+        raise BudgetExceeded(
+            f"The {budget.period} budget {budget.name!r} "
+            f"({budget.scope} {budget.target_name}) is exhausted."
+        )
+
+    def grant(
+        self,
+        budgets: list[Budget],
+        units: int,
+        *,
+        now: dt.datetime,
+        period_ids: dict | None,
+        back: dict[int, int],
+        held: dict[int, int],
+        share: float,
+    ) -> Reservation:
+        """``reserve`` for a request that did not fit in this process's allowances: give
+        their unused part (``back``) back, reserve ``units``, and grant a new allowance
+        (``services/allowances.py``), credited when the transaction commits."""
+        pids = [_period_id(b, period_start(b.period, now), period_ids) for b in budgets]
+        self.load(pid for budget, pid in zip(budgets, pids, strict=True) if budget.hard)
+        for pid in pids:  # rows the request could not name (say, after a config change)
+            if pid not in held:
+                more, still = allowances.withdraw([pid])
+                back.update(more)  # the caller's dicts: kept if the job runs again
+                held.update(still or {pid: 0})
+        for pid, free in back.items():
+            self._change(pid, 0, -free)
+        reservation = Reservation(pooled=True)
+        grants: list[list] = []  # [pid, units granted, units held, terms], credited on commit
+        for budget, pid in zip(budgets, pids, strict=True):
+            row, extra = self.rows.get(pid), held.get(pid, 0) + units
+            if budget.hard:
+                room = self._room(budget, row)
+                if room < units and self._reclaim(pid):  # this batch's grants first
+                    room = self._room(budget, row)
+                if room < units:
+                    for grant in grants:
+                        spare = self.spare[grant[0]]
+                        spare[:] = [other for other in spare if other is not grant]
+                        self._change(grant[0], 0, -grant[1])
+                    self._refuse(budget, row, now=now, period_ids=period_ids)
+                extra = min(extra, int((room - units) * share))
+            self._change(pid, 0, units + extra)
+            grant = [pid, units + extra, units, terms(budget)]
+            grants.append(grant)
+            self.spare.setdefault(pid, []).append(grant)
+            reservation.holds.append((budget, pid, units))
+        transaction.on_commit(functools.partial(allowances.credit, grants), robust=True)
+        return reservation
+
+    @staticmethod
+    def _room(budget: Budget, row: list[int] | None) -> int:
+        return -1 if row is None else usd_to_units(budget.limit_usd) - row[0] - row[1]
+
+    def _reclaim(self, pid: int) -> bool:
+        """Take back the allowances this batch granted on the row, not yet credited: a
+        request of this process must not be refused for its own process's spare."""
+        back = 0
+        for grant in self.spare.pop(pid, ()):
+            back += grant[1] - grant[2]
+            grant[1] = grant[2]
+        self._change(pid, 0, -back)
+        return back > 0
+
+    def settle(
+        self, holds: list, cost: Decimal, *, pooled: bool = False
+    ) -> list[tuple[Budget, int, int, int]]:
+        """Release ``holds`` and add ``cost``; the returned list is filled by ``flush``.
+
+        Pooled holds keep what the request did not spend in the process's allowance:
+        only the spent part leaves ``reserved``."""
         units = usd_to_units(cost)
-        for _budget, pid, held in holds:
-            self._change(pid, units, -held)
+        if pooled:
+            spent = [(pid, held, min(units, held)) for _budget, pid, held in holds]
+            for pid, _held, used in spent:
+                self._change(pid, units, -used)
+            transaction.on_commit(functools.partial(allowances.settle, spent), robust=True)
+        else:
+            for _budget, pid, held in holds:
+                self._change(pid, units, -held)
         settled: list[tuple[Budget, int, int, int]] = []
         self.waiting.append((holds, settled))
         return settled
@@ -240,15 +324,38 @@ def reserve_job(batch, budgets: list[Budget], cost: Decimal, *, now, period_ids)
     return batch.ledger.reserve(budgets, cost, now=now, period_ids=period_ids)
 
 
+def grant_job(batch, budgets: list[Budget], units: int, **kwargs) -> Reservation:
+    """A group-commit job: ``Ledger.grant`` on the batch's ledger."""
+    return batch.ledger.grant(budgets, units, **kwargs)
+
+
+def return_allowances(back: dict[int, int]) -> None:
+    """Give unused allowances (units by period row) back to their rows, in a transaction
+    of their own; if it fails they stay this process's."""
+    if not back:
+        return
+    try:
+        with write_lock(), transaction.atomic():
+            ledger = Ledger()
+            for pid, units in back.items():
+                ledger._change(pid, 0, -units)
+            ledger.flush()
+    except Exception:
+        allowances.restore(back)
+        raise
+
+
 def release_job(batch, holds: list) -> list:
     """A group-commit job: give ``holds`` back untouched."""
     return batch.ledger.settle(holds, Decimal(0)) if holds else []
 
 
-def record_usage(batch, record, holds: list, cost: Decimal) -> list[tuple[Budget, int, int, int]]:
+def record_usage(
+    batch, record, holds: list, cost: Decimal, pooled: bool = False
+) -> list[tuple[Budget, int, int, int]]:
     """A request's last write (a group-commit job): its usage record, its settlement."""
     batch.add(record)
-    return batch.ledger.settle(holds, cost) if holds else []
+    return batch.ledger.settle(holds, cost, pooled=pooled) if holds else []
 
 
 def alerts_due(settled: list[tuple[Budget, int, int, int]]) -> bool:

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -35,8 +35,9 @@ from .. import exceptions as exc
 from .. import metrics
 from ..adapters import ChatRequest, Completion, StreamChunk, Usage
 from ..conf import llm_settings
-from ..models import ModelAlias, Plan, PlanEntitlement, UsageRecord
+from ..models import ModelAlias, Plan, PlanEntitlement, UsageRecord, usd_to_units
 from . import budgets, caching
+from .allowances import allowances
 from .circuit import CircuitBreaker
 from .clock import SYSTEM_CLOCK, Clock
 from .config import config
@@ -274,7 +275,12 @@ class Call:
         # The write owns the holds from here: a cancelled wait cannot settle them twice.
         held, self.reservation.holds = self.reservation.holds, []
         settled = await writer.write(
-            budgets.record_usage, record, held, cost, rows=[pid for _b, pid, _u in held]
+            budgets.record_usage,
+            record,
+            held,
+            cost,
+            self.reservation.pooled,
+            rows=[pid for _b, pid, _u in held],
         )
         self.reservation.settled.extend(settled)
         if budgets.alerts_due(settled):
@@ -406,9 +412,26 @@ def final_error(error: BaseException | None, alias: ModelAlias) -> BaseException
 def _release_orphan(pending: asyncio.Future) -> None:
     if pending.cancelled() or pending.exception() is not None:
         return
-    held = pending.result().holds
-    if held:
-        writer.write(budgets.release_job, held, rows=[pid for _b, pid, _u in held])
+    _release(pending.result())
+
+
+def _release(reservation: budgets.Reservation) -> Awaitable | None:
+    """Give back what a request that reached no upstream holds (a write unless pooled)."""
+    held = reservation.holds
+    if not held:
+        return None
+    if reservation.pooled:
+        allowances.release((pid, units) for _b, pid, units in held)
+        return None
+    return writer.write(budgets.release_job, held, rows=[pid for _b, pid, _u in held])
+
+
+def _restore_if_failed(back: dict[int, int], pending: asyncio.Future) -> None:
+    """A grant's transaction failed (not a refusal): what it was to return is still ours."""
+    if not back or pending.cancelled():
+        return
+    if not isinstance(pending.exception(), exc.LLMError | None):
+        allowances.restore(back)
 
 
 class Gateway:
@@ -497,8 +520,9 @@ class Gateway:
                 if not isinstance(error, FALL_THROUGH):
                     raise
                 # The release owns the holds from here, even if this task is cancelled.
-                held, call.reservation = call.reservation.holds, budgets.Reservation()
-                await writer.write(budgets.release_job, held, rows=[pid for _b, pid, _u in held])
+                held, call.reservation = call.reservation, budgets.Reservation()
+                if (released := _release(held)) is not None:
+                    await released
                 call.serving = None
                 call.limits_taken.pop()
                 last = error
@@ -530,12 +554,24 @@ class Gateway:
         if not applicable:
             return budgets.Reservation()
         now, ids = self.clock.now(), snapshot.period_ids
-        pending = writer.write(
-            functools.partial(budgets.reserve_job, now=now, period_ids=ids),
-            applicable,
-            prepared.worst_cost,
-            rows=budgets.period_rows(applicable, now=now, period_ids=ids),
-        )
+        pids = budgets.period_rows(applicable, now=now, period_ids=ids)
+        rows = [pid for pid in pids if pid is not None]
+        share = min(1.0, float(llm_settings.BUDGET_ALLOWANCE_SHARE))
+        if share <= 0 or int(llm_settings.DB_THREADS) <= 0:
+            job = functools.partial(budgets.reserve_job, now=now, period_ids=ids)
+            pending = writer.write(job, applicable, prepared.worst_cost, rows=rows)
+        else:
+            units = usd_to_units(prepared.worst_cost)
+            terms = [budgets.terms(budget) for budget in applicable]
+            if len(rows) == len(pids) and allowances.take(rows, terms, units):
+                holds = [(b, pid, units) for b, pid in zip(applicable, rows, strict=True)]
+                return budgets.Reservation(holds, pooled=True)
+            back, held = allowances.withdraw(rows)
+            job = functools.partial(
+                budgets.grant_job, now=now, period_ids=ids, back=back, held=held, share=share
+            )
+            pending = writer.write(job, applicable, units, rows=rows)
+            pending.add_done_callback(functools.partial(_restore_if_failed, back))
         try:
             return await asyncio.shield(pending)
         except asyncio.CancelledError:

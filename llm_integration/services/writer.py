@@ -23,9 +23,12 @@ cannot deadlock on the rows they announce), changed in memory and written once.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import math
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from django.db import connection, connections, transaction
 
 from ..conf import llm_settings
 from ..exceptions import LLMError
+from .allowances import allowances
 from .db import refresh_connections, write_lock
 
 logger = logging.getLogger("llm_integration.writer")
@@ -128,6 +132,8 @@ class GroupWriter:
         self._lock = threading.Lock()
         #: Transactions committed and jobs they carried (for metrics and tests).
         self.commits = self.jobs = 0
+        self._returned = 0.0
+        self._atexit = False
 
     # -- the event loop's side --------------------------------------------------------
     def write(self, fn: Callable, *args: Any, rows: Iterable[int] = ()) -> asyncio.Future:
@@ -146,10 +152,13 @@ class GroupWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="llm-writer", daemon=True)
                 self._thread.start()
+                if not self._atexit:  # commit what is queued, give allowances back
+                    self._atexit = True
+                    atexit.register(self.stop)
 
     def stop(self) -> None:
-        """Commit what is queued, close the thread's connections, end the thread (it
-        starts again on the next write)."""
+        """Commit what is queued, give unused budget allowances back, close the thread's
+        connections, end the thread (it starts again on the next write)."""
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is None:
@@ -161,7 +170,12 @@ class GroupWriter:
     def _run(self) -> None:
         try:
             while True:
-                item = self._queue.get()
+                idle = float(llm_settings.BUDGET_ALLOWANCE_IDLE)
+                try:
+                    item = self._queue.get(timeout=idle if allowances else None)
+                except queue.Empty:
+                    self._return_allowances(time.monotonic() - idle)
+                    continue
                 jobs, stop = [], item is _STOP
                 while not stop:
                     jobs.append(item)
@@ -175,9 +189,23 @@ class GroupWriter:
                 if jobs:
                     self._deliver(jobs, self._commit(jobs))
                 if stop:
+                    self._return_allowances()
                     return
+                if allowances and time.monotonic() - self._returned > idle:
+                    self._return_allowances(time.monotonic() - idle)
         finally:
             connections.close_all()
+
+    def _return_allowances(self, before: float = math.inf) -> None:
+        """Give back allowances unused since ``before`` (``services/allowances.py``)."""
+        from .budgets import return_allowances
+
+        self._returned = time.monotonic()
+        refresh_connections()
+        try:
+            return_allowances(allowances.idle(before))
+        except Exception:
+            logger.exception("llm.writer_failed")
 
     def _deliver(self, jobs: list[Job], outcomes: list[tuple[Any, BaseException | None]]):
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
