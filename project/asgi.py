@@ -4,8 +4,15 @@ Serve with `daphne project.asgi:application` (or `python manage.py llm_demo`).
 """
 
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
+
+# The accounting writer is a thread: when it needs the GIL (after each SQL statement)
+# while the event loop runs Python, it waits for the loop's next switch, 5 ms by
+# default. 1 ms keeps the usage records' commits (which every answer waits for) short
+# under load; see README -> Benchmarks.
+sys.setswitchinterval(0.001)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_asgi_app = get_asgi_application()
