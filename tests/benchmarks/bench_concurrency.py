@@ -1,10 +1,11 @@
 """Concurrency benchmark: a slow upstream must not serialize requests.
 
-    python tests/benchmarks/bench_concurrency.py                  # Daphne, 50 clients
-    python tests/benchmarks/bench_concurrency.py --server uvicorn --seconds 20
+    python tests/benchmarks/bench_concurrency.py                  # Uvicorn, 50 clients
+    python tests/benchmarks/bench_concurrency.py --server daphne --seconds 20
 
 A fake OpenAI upstream answering after 200 ms (its own process, asyncio), one gateway
-server process (Daphne by default, as `llm_demo` serves), and 50 concurrent clients
+server process (Uvicorn by default, as README's deployment runs it; or Daphne, as
+`llm_demo` serves), and 50 concurrent clients
 (wrk: `apt-get install wrk`) hitting POST /api/v1/chat, first plain JSON then
 `stream: true` (SSE read to the end). With 200 ms of upstream latency, 50 clients
 can at most make 250 requests/s; the target is 225/s (90 %). Prints requests/s,
@@ -190,7 +191,7 @@ def parse_wrk(out: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="uvicorn")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--latency", type=float, default=0.2)
