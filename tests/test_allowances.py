@@ -283,3 +283,33 @@ def test_allowances_take_all_or_nothing_and_give_back_only_what_is_unused():
     table.release([(2, 150)])
     assert table.idle(before=0.0) == {}  # used since: kept
     assert table.idle() == {2: 150} and not table
+
+
+async def test_a_refusal_by_one_budget_leaves_nothing_held_on_the_others(
+    gateway, priced, openai_fake
+):
+    roomy = await sync_to_async(BudgetFactory)(name="roomy", limit_usd=Decimal("1"))
+    tight = await sync_to_async(BudgetFactory)(
+        name="tight", scope="alias", alias=priced, limit_usd=Decimal(WORST + COST - 1) / 10**8
+    )
+    answer(openai_fake, 2)
+    await gateway.chat(model="chat", messages="Hi")  # fits; the second does not
+    with pytest.raises(exc.BudgetExceeded, match="tight"):
+        await gateway.chat(model="chat", messages="Hi")
+    for budget in (roomy, tight):
+        period = await period_of(budget)
+        # The refused request gave back what the first left unused, on both rows.
+        assert (period.spent_units, period.reserved_units) == (COST, 0)
+
+
+async def test_a_new_period_gets_its_own_allowance(gateway, clock, priced, openai_fake):
+    budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"), period="day")
+    answer(openai_fake, 2)
+    await gateway.chat(model="chat", messages="Hi")
+    clock.advance(86400)
+    await gateway.chat(model="chat", messages="Hi")
+    periods = [p async for p in BudgetPeriod.objects.filter(budget=budget)]
+    assert len(periods) == 2
+    assert all(p.spent_units == COST and p.reserved_units == 2 * WORST - COST for p in periods)
+    await sync_to_async(writer.stop)()  # yesterday's, unused since, goes back with today's
+    assert [p.reserved_units async for p in BudgetPeriod.objects.filter(budget=budget)] == [0, 0]

@@ -170,7 +170,7 @@ class GroupWriter:
     def _run(self) -> None:
         try:
             while True:
-                idle = float(llm_settings.BUDGET_ALLOWANCE_IDLE)
+                idle = max(0.01, float(llm_settings.BUDGET_ALLOWANCE_IDLE))
                 try:
                     item = self._queue.get(timeout=idle if allowances else None)
                 except queue.Empty:
