@@ -3,6 +3,8 @@ circuit breakers, caching and streaming. Time is a FakeClock: no real waiting.""
 
 from __future__ import annotations
 
+import os
+import re
 from decimal import Decimal
 
 import pytest
@@ -10,7 +12,7 @@ from asgiref.sync import sync_to_async
 
 from llm_integration import exceptions as exc
 from llm_integration.models import AliasFallback, UsageRecord
-from llm_integration.services.chat import Delta, Done
+from llm_integration.services.chat import Delta, Done, new_request_id
 from tests.conftest import TEST_KEY
 from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
 from tests.fakes.openai import OpenAIFake
@@ -417,3 +419,26 @@ def test_sync_face_for_code_without_an_event_loop(chat_alias, openai_fake):
     openai_fake.push(text="sync answer")
     assert chat(model="chat", messages="Hi").answer == "sync answer"
     assert UsageRecord.objects.count() == 1
+
+
+# -- request ids ---------------------------------------------------------------------
+
+
+def test_request_ids_are_random_hex_and_unique():
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", i) for i in ids)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids():
+    new_request_id()  # the parent has random bytes in store
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    assert child.startswith("req_") and child != new_request_id()

@@ -43,3 +43,41 @@ def test_a_tampered_encoding_file_is_refused():
         tokens._load_packaged_ranks("https://x/cl100k_base.tiktoken", expected_hash="0" * 64)
     with pytest.raises(tokens.EncodingUnavailable):
         tokens.get_encoding("p50k_base")
+
+
+class CountingEncoding:
+    """Stands in for a tiktoken Encoding: one token per word; counts its calls."""
+
+    name = "words"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        self.calls += 1
+        return [0] * len(text.split())
+
+
+def test_repeated_texts_are_counted_once_and_the_oldest_make_room():
+    enc, counts = CountingEncoding(), tokens._Counts(2)
+    assert [counts(enc, t) for t in ("a b", "c", "a b")] == [2, 1, 2]
+    assert enc.calls == 2  # "a b" the second time came from memory
+    counts(enc, "d e f")  # "c" is now the least recently used: it goes
+    assert enc.calls == 3
+    counts(enc, "a b")
+    assert enc.calls == 3
+    counts(enc, "c")
+    assert enc.calls == 4
+
+
+def test_a_new_turn_adds_exactly_its_messages_tokens():
+    history = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "Seven."},
+    ]
+    first = tokens.count_message_tokens(history, model="gpt-4o")
+    turn = [*history, {"role": "user", "content": "Another one, please."}]
+    enc = tokens.get_encoding("o200k_base")
+    fresh = 3 + 1 + len(enc.encode("Another one, please."))  # framing, role, content
+    assert tokens.count_message_tokens(turn, model="gpt-4o") == first + fresh

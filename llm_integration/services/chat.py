@@ -23,7 +23,8 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import uuid
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -80,7 +81,31 @@ CIRCUIT_FAILURES = (
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    """``req_`` and 128 random bits (``os.urandom``) in hex, like a uuid4's.
+
+    The bytes are read 4 KiB at a time: ``os.urandom`` is a system call that lets go of
+    the GIL, and on the event loop each time it may wait for the accounting writer's
+    thread to hand the GIL back.
+    """
+    global _entropy
+    with _entropy_lock:
+        if len(_entropy) < 16:
+            _entropy = bytearray(os.urandom(4096))
+        chunk = _entropy[-16:]
+        del _entropy[-16:]
+    return "req_" + chunk.hex()
+
+
+_entropy = bytearray()
+_entropy_lock = threading.Lock()
+
+
+def _forget_entropy() -> None:  # a forked child must not repeat its parent's ids
+    global _entropy
+    _entropy = bytearray()
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
 
 
 @dataclass(slots=True)
@@ -343,8 +368,9 @@ class Call:
         return cost
 
     def consumed(self, text: str) -> Usage | None:
-        """An estimate of what a cut-short request consumed (its prompt and ``text``)."""
-        if self.serving is None:
+        """An estimate of what a cut-short request consumed (its prompt and ``text``);
+        None once the request is recorded (a stream closed after its end, say)."""
+        if self.serving is None or self.recorded:
             return None
         model = self.serving.alias.upstream_model
         return Usage(

@@ -106,7 +106,7 @@ def _encoding(model: str) -> tiktoken.Encoding:
 def count_text_tokens(text: str, *, model: str = "") -> int:
     if not text:
         return 0
-    return len(_encoding(model).encode(text, disallowed_special=()))
+    return _count(_encoding(model), text)
 
 
 def count_message_tokens(messages: Iterable[Any], *, model: str = "") -> int:
@@ -115,6 +115,37 @@ def count_message_tokens(messages: Iterable[Any], *, model: str = "") -> int:
     total = TOKENS_PER_REPLY
     for m in messages:
         role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
-        total += TOKENS_PER_MESSAGE + len(enc.encode(role, disallowed_special=()))
-        total += len(enc.encode(content, disallowed_special=()))
+        total += TOKENS_PER_MESSAGE + _count(enc, role)
+        total += _count(enc, content) if content else 0
     return total
+
+
+class _Counts:
+    """Token counts of recent texts, by (encoding, length, hash): a chat re-sends its
+    whole history every turn, and system prompts repeat, so most of a request's text was
+    counted before. (Each count is also a call that lets go of the GIL; on the event
+    loop, getting it back from the accounting writer's thread can take a switch
+    interval.) Only the key is kept, never the text; a least-recently-used entry makes
+    room for a new one."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._counts: dict[tuple[str, int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, enc: tiktoken.Encoding, text: str) -> int:
+        key = (enc.name, len(text), hash(text))
+        with self._lock:
+            count = self._counts.pop(key, None)
+            if count is not None:
+                self._counts[key] = count  # now the most recent
+                return count
+        count = len(enc.encode_ordinary(text))
+        with self._lock:
+            self._counts[key] = count
+            if len(self._counts) > self.size:
+                del self._counts[next(iter(self._counts))]
+        return count
+
+
+_count = _Counts(4096)
