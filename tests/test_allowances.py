@@ -313,3 +313,13 @@ async def test_a_new_period_gets_its_own_allowance(gateway, clock, priced, opena
     assert all(p.spent_units == COST and p.reserved_units == 2 * WORST - COST for p in periods)
     await sync_to_async(writer.stop)()  # yesterday's, unused since, goes back with today's
     assert [p.reserved_units async for p in BudgetPeriod.objects.filter(budget=budget)] == [0, 0]
+
+
+async def test_every_write_to_a_budget_row_moves_its_updated_at(gateway, priced, openai_fake):
+    budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"))
+    answer(openai_fake, 2)
+    await gateway.chat(model="chat", messages="Hi")
+    first = (await period_of(budget)).updated_at
+    await gateway.chat(model="chat", messages="Hi")  # its hold from memory, its record written
+    period = await period_of(budget)
+    assert period.spent_units == 2 * COST and period.updated_at > first

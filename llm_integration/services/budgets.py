@@ -291,21 +291,21 @@ class Ledger:
         table = _table()
         returning = connection.features.can_return_columns_from_insert
         final: dict[int, tuple[int, int]] = {}
+        stamp = connection.ops.adapt_datetimefield_value(timezone.now())  # the admin shows it
         with connection.cursor() as cursor:
             for pid, (spent, reserved) in sorted(self.deltas.items()):
                 if not spent and not reserved:
                     continue
                 sql = (
                     f"UPDATE {table} SET spent_units = spent_units + %s, "
-                    f"reserved_units = reserved_units + %s WHERE id = %s"
+                    f"reserved_units = reserved_units + %s, updated_at = %s WHERE id = %s"
                 )
+                params = [spent, reserved, stamp, pid]
                 if returning:
-                    cursor.execute(
-                        sql + " RETURNING spent_units, alerted_threshold", [spent, reserved, pid]
-                    )
+                    cursor.execute(sql + " RETURNING spent_units, alerted_threshold", params)
                     row = cursor.fetchone()
                 else:
-                    cursor.execute(sql, [spent, reserved, pid])
+                    cursor.execute(sql, params)
                     row = (
                         BudgetPeriod.objects.filter(pk=pid)
                         .values_list("spent_units", "alerted_threshold")
