@@ -6,6 +6,7 @@ prompts exactly, so a request's worst case is (prompt + max_tokens) * 100 units.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import threading
 from decimal import Decimal
@@ -323,3 +324,45 @@ async def test_every_write_to_a_budget_row_moves_its_updated_at(gateway, priced,
     await gateway.chat(model="chat", messages="Hi")  # its hold from memory, its record written
     period = await period_of(budget)
     assert period.spent_units == 2 * COST and period.updated_at > first
+
+
+# -- llm_release_reservations: what killed processes left reserved -------------------
+
+
+def test_rows_nobody_wrote_for_a_day_are_released(priced):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    left = BudgetFactory(name="left-by-a-killed-worker", limit_usd=Decimal("1"))
+    live = BudgetFactory(name="in-use", limit_usd=Decimal("1"))
+    now = timezone.now()
+    stale = BudgetPeriod.objects.create(budget=left, period_start=now, reserved_units=500)
+    fresh = BudgetPeriod.objects.create(budget=live, period_start=now, reserved_units=700)
+    BudgetPeriod.objects.filter(pk=stale.pk).update(updated_at=now - dt.timedelta(hours=25))
+
+    out = StringIO()
+    call_command("llm_release_reservations", "--dry-run", stdout=out)
+    assert "left-by-a-killed-worker" in out.getvalue() and "in-use" not in out.getvalue()
+    assert "1 budget rows would be released" in out.getvalue()
+    assert BudgetPeriod.objects.get(pk=stale.pk).reserved_units == 500
+
+    out = StringIO()
+    call_command("llm_release_reservations", stdout=out)
+    assert "Released 1 budget rows." in out.getvalue()
+    assert BudgetPeriod.objects.get(pk=stale.pk).reserved_units == 0
+    assert BudgetPeriod.objects.get(pk=fresh.pk).reserved_units == 700
+
+
+def test_release_refuses_an_age_that_could_catch_live_requests(settings):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="at least 1h") as info:
+        call_command("llm_release_reservations", "--idle-for", "0h")
+    assert info.value.returncode == 2
+    settings.LLM_INTEGRATION = {"REQUEST_DEADLINE": 7200}  # requests may run two hours
+    with pytest.raises(CommandError, match="7202 s"):
+        call_command("llm_release_reservations", "--idle-for", "2h")
+    with pytest.raises(CommandError, match="--idle-for takes a number and a unit"):
+        call_command("llm_release_reservations", "--idle-for", "30m")

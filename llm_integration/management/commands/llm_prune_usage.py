@@ -16,10 +16,10 @@ from ...models import UsageRecord
 UNITS = {"h": "hours", "d": "days", "w": "weeks"}
 
 
-def parse_age(text: str) -> dt.timedelta:
+def parse_age(text: str, option: str = "--older-than") -> dt.timedelta:
     match = re.fullmatch(r"(\d+)([hdw])", text.strip())
     if not match:
-        raise CommandError("--older-than takes a number and a unit: 36h, 90d or 12w.", returncode=2)
+        raise CommandError(f"{option} takes a number and a unit: 36h, 90d or 12w.", returncode=2)
     return dt.timedelta(**{UNITS[match[2]]: int(match[1])})
 
 
