@@ -22,8 +22,7 @@ A project that connects its own receivers gets Django's behaviour unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
@@ -223,90 +222,12 @@ class ChatLane:
                 await send({"type": "http.response.body", "body": content})
                 return
             await send(_start(200, {**SSE_HEADERS, **headers}, b"text/event-stream"))
-            batches, last = ready_batches(reply), False
             try:
-                async for events, last in batches:  # what is ready goes out in one write
-                    body = b"".join(events)
-                    await send({"type": "http.response.body", "body": body, "more_body": not last})
+                async for event in reply:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
             finally:
-                await batches.aclose()
                 await reply.aclose()
-            if not last:
-                await send({"type": "http.response.body", "body": b""})
-
-
-async def ready_batches(agen) -> AsyncIterator[tuple[list, bool]]:
-    """The items of ``agen`` in lists, each holding what ``agen`` yielded without
-    waiting, and whether ``agen`` ended with them: the SSE events of one upstream read
-    go to the client in one write instead of one write (and one system call) each, and
-    none of them waits for the next.
-
-    A Task runs a coroutine by sending into it until it hands over something to wait
-    for; here each ``__anext__`` is stepped the same way, so an item produced without a
-    wait is collected at once, and only a real wait hands the batch over.
-    """
-    batch: list = []
-    step = None
-    try:
-        while True:
-            step = agen.__anext__()
-            try:
-                waiting = step.send(None)
-            except StopIteration as ready:
-                batch.append(ready.value)
-                continue
-            except StopAsyncIteration:
-                break
-            except Exception:
-                step = None
-                if batch:
-                    yield batch, False  # what came before the error still goes out
-                raise
-            if batch:
-                yield batch, False
-                batch = []
-            try:
-                item = await _Resume(step, waiting)
-            except StopAsyncIteration:
-                break
-            finally:
-                step = None
-            batch.append(item)
-        step = None
-        if batch:
-            yield batch, True
-    finally:
-        if step is not None:  # closed while ``agen`` waited: it ends as if cancelled
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await _Resume(step, None, asyncio.CancelledError())
-
-
-class _Resume:
-    """Await the rest of a coroutine step that has already handed over ``waiting``."""
-
-    __slots__ = ("error", "step", "waiting")
-
-    def __init__(self, step, waiting, error: BaseException | None = None) -> None:
-        self.step, self.waiting, self.error = step, waiting, error
-
-    def __await__(self):
-        step, waiting, error = self.step, self.waiting, self.error
-        while True:
-            if error is not None:
-                try:
-                    waiting = step.throw(error)
-                except StopIteration as done:
-                    return done.value
-                error = None
-            try:
-                yield waiting
-            except BaseException as thrown:  # the Task's cancellation: into the step
-                error = thrown
-                continue
-            try:
-                waiting = step.send(None)
-            except StopIteration as done:
-                return done.value
+            await send({"type": "http.response.body", "body": b""})
 
 
 def _throttled() -> bool:

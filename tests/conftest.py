@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from llm_integration.services.chat import Gateway
 from llm_integration.services.clock import FakeClock
 from llm_integration.services.config import invalidate
 from llm_integration.services.providers import clear_adapter_cache
+from llm_integration.services.writer import GroupWriter
 from tests.fakes.anthropic import AnthropicFake
 from tests.fakes.ollama import OllamaFake
 from tests.fakes.openai import OpenAIFake
@@ -36,6 +38,36 @@ def _clear_cache():
     caches["default"].clear()
     invalidate()
     allowances.clear()
+
+
+class WriterGate:
+    """Holds a writer at a job that waits, so that the writes queued behind it share the
+    next transaction: ``first = await gate.shut()``, queue writes, ``gate.open()``."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self._open, self._started = threading.Event(), threading.Event()
+
+    def _hold(self, batch) -> None:
+        self._started.set()
+        self._open.wait(10)
+
+    async def shut(self):
+        held = self.writer.write(self._hold)
+        await asyncio.to_thread(self._started.wait, 10)
+        return held
+
+    def open(self) -> None:
+        self._open.set()
+
+
+@pytest.fixture
+def gated():
+    """A writer of its own, with its gate."""
+    gate = WriterGate(GroupWriter())
+    yield gate
+    gate.open()
+    gate.writer.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import threading
 from decimal import Decimal
 
 import pytest
@@ -19,7 +18,8 @@ from llm_integration.models import AliasFallback, BudgetPeriod, UsageRecord
 from llm_integration.services import budgets
 from llm_integration.services.allowances import Allowances, allowances
 from llm_integration.services.tokens import count_message_tokens
-from llm_integration.services.writer import GroupWriter, writer
+from llm_integration.services.writer import writer
+from tests.conftest import WriterGate
 from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory
 from tests.fakes.openai import OpenAIFake
 
@@ -140,20 +140,21 @@ async def test_grants_stay_below_the_share_of_the_room_left(settings, gateway, p
 async def test_the_limit_admits_exactly_as_many_requests_as_without_allowances(
     settings, gateway, priced, openai_fake, share
 ):
-    # One process, requests one after the other: 10 * COST would fit, but the tenth
-    # request's worst case does not fit next to the nine before: nine answers, whatever
-    # the process holds (a request that does not fit gives the unused part back first).
+    # One process, requests one after the other: a request is admitted while its worst
+    # case fits next to what the ones before spent, whatever the process holds (a request
+    # that does not fit gives the unused part back first): the same count in every mode.
     settings.LLM_INTEGRATION = {"BUDGET_ALLOWANCE_SHARE": share}
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal(10 * COST) / 10**8)
     answer(openai_fake, 12)
-    ok = 0
+    outcomes = []
     for _ in range(12):
         try:
             await gateway.chat(model="chat", messages="Hi")
-            ok += 1
+            outcomes.append("ok")
         except exc.BudgetExceeded:
-            pass
-    assert ok == (10 * COST - WORST) // COST + 1
+            outcomes.append("refused")
+    ok = (10 * COST - WORST) // COST + 1
+    assert outcomes == ["ok"] * ok + ["refused"] * (12 - ok)
     period = await period_of(budget)
     assert (period.spent_units, period.reserved_units) == (ok * COST, 0)
 
@@ -203,21 +204,15 @@ async def test_a_request_cancelled_while_reserving_holds_nothing(
 ):
     settings.LLM_INTEGRATION = {"BUDGET_ALLOWANCE_SHARE": share}
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("5"))
-    gate, started = threading.Event(), threading.Event()
-
-    def hold(batch):
-        started.set()
-        gate.wait(10)
-
-    held = writer.write(hold)
-    await asyncio.to_thread(started.wait, 10)
+    gate = WriterGate(writer)
+    held = await gate.shut()
     task = asyncio.create_task(gateway.chat(model="chat", messages="Hi"))
     for _ in range(1000):  # until the request waits on its reservation (bounded)
         if writer._queue.qsize():
             break
         await asyncio.sleep(0.001)
     task.cancel()
-    gate.set()
+    gate.open()
     await held
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -237,29 +232,18 @@ async def test_a_request_cancelled_while_reserving_holds_nothing(
     assert openai_fake.requests == []  # it never reached the upstream
 
 
-async def test_grants_in_one_transaction_refuse_nobody_for_their_own_allowance(priced):
+async def test_grants_in_one_transaction_refuse_nobody_for_their_own_allowance(priced, gated):
     # Room for exactly two worst cases: the first grant takes all the room (share 1),
     # the second request in the same transaction takes it back from that grant.
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal(2 * WORST) / 10**8)
-    w = GroupWriter()
-    gate, started = threading.Event(), threading.Event()
-
-    def hold(batch):
-        started.set()
-        gate.wait(10)
-
     now = budgets.timezone.now()
     job = functools.partial(budgets.grant_job, now=now, period_ids={}, back={}, held={}, share=1.0)
-    try:
-        first = w.write(hold)
-        await asyncio.to_thread(started.wait, 10)
-        pending = [w.write(job, [budget], WORST) for _ in range(3)]
-        gate.set()
-        await first
-        results = await asyncio.gather(*pending, return_exceptions=True)
-    finally:
-        w.stop()
-    assert w.commits == 2  # the three in one transaction
+    first = await gated.shut()
+    pending = [gated.writer.write(job, [budget], WORST) for _ in range(3)]
+    gated.open()
+    await first
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert gated.writer.commits == 2  # the three in one transaction
     assert [type(r).__name__ for r in results] == ["Reservation", "Reservation", "BudgetExceeded"]
     period = await period_of(budget)
     assert period.reserved_units == 2 * WORST

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 from decimal import Decimal
 
 import pytest
@@ -14,7 +13,7 @@ from django.db import IntegrityError
 from llm_integration import exceptions as exc
 from llm_integration.models import BudgetPeriod, Plan, UsageRecord
 from llm_integration.services import budgets
-from llm_integration.services.writer import GroupWriter, writer
+from llm_integration.services.writer import writer
 from tests.factories import BudgetFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,27 +37,11 @@ def duplicate(batch, slug: str) -> None:
     Plan.objects.create(slug=slug, name="two")  # unique slug: this transaction is done for
 
 
-@pytest.fixture
-def gated():
-    """A writer whose first job waits at a gate, so that the next ones queue up."""
-    w = GroupWriter()
-    gate, started = threading.Event(), threading.Event()
-
-    def hold(batch):
-        started.set()
-        gate.wait(10)
-
-    yield w, hold, gate, started
-    gate.set()
-    w.stop()
-
-
 async def test_waiting_writes_share_one_transaction(gated):
-    w, hold, gate, started = gated
-    first = w.write(hold)
-    await asyncio.to_thread(started.wait, 10)
+    w = gated.writer
+    first = await gated.shut()
     pending = [w.write(add_record, f"req-{i}") for i in range(20)]
-    gate.set()
+    gated.open()
     await first
     assert await asyncio.gather(*pending) == [f"req-{i}" for i in range(20)]
     assert w.jobs == 21 and w.commits == 2  # the held job's, then all twenty at once
@@ -67,13 +50,12 @@ async def test_waiting_writes_share_one_transaction(gated):
 
 
 async def test_a_write_that_breaks_the_transaction_fails_alone(gated):
-    w, hold, gate, started = gated
-    first = w.write(hold)
-    await asyncio.to_thread(started.wait, 10)
+    w = gated.writer
+    first = await gated.shut()
     before = w.write(add_record, "before")
     broken = w.write(duplicate, "dup")  # breaks the whole batch's transaction
     after = w.write(add_record, "after")
-    gate.set()
+    gated.open()
     await first
     assert await before == "before" and await after == "after"
     with pytest.raises(IntegrityError):
@@ -84,13 +66,12 @@ async def test_a_write_that_breaks_the_transaction_fails_alone(gated):
 
 
 async def test_a_refusal_reaches_only_its_own_caller(gated):
-    w, hold, gate, started = gated
+    w = gated.writer
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"), hard=True)
     now = budgets.timezone.now()
-    first = w.write(hold)
-    await asyncio.to_thread(started.wait, 10)
+    first = await gated.shut()
     pending = [w.write(reserve(now), [budget], Decimal("0.4")) for _ in range(4)]
-    gate.set()
+    gated.open()
     await first
     results = await asyncio.gather(*pending, return_exceptions=True)
     assert w.commits == 2  # the four in one transaction: each checked against the ones before
@@ -113,16 +94,15 @@ async def test_a_multi_budget_refusal_gives_back_what_it_held():
 
 async def test_a_batch_applies_its_writes_in_order(gated):
     # A release ahead of a reservation in the same transaction makes room for it.
-    w, hold, gate, started = gated
+    w = gated.writer
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"), hard=True)
     now = budgets.timezone.now()
     held = await w.write(reserve(now), [budget], Decimal("0.8"))
-    first = w.write(hold)
-    await asyncio.to_thread(started.wait, 10)
+    first = await gated.shut()
     release = w.write(budgets.release_job, held.holds)
     again = w.write(reserve(now), [budget], Decimal("0.8"))
     refused = w.write(reserve(now), [budget], Decimal("0.8"))
-    gate.set()
+    gated.open()
     await first
     await release
     assert len((await again).holds) == 1

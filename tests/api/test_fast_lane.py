@@ -12,7 +12,7 @@ from django.core.asgi import get_asgi_application
 from django.core.signals import request_finished, request_started
 from rest_framework.authtoken.models import Token
 
-from llm_integration.asgi import api_fast_lane, ready_batches
+from llm_integration.asgi import api_fast_lane
 from tests.factories import ModelAliasFactory, PlanFactory, ProviderFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -278,91 +278,3 @@ async def test_a_projects_drf_throttles_apply_to_the_async_views(token, monkeypa
     status, headers, body = await exchange(app, "/api/v1/chat", token, b'{"message": "Hi"}')
     assert (status, headers["retry-after"]) == (429, "7")
     assert json.loads(body)["error"]["code"] == "rate_limited"
-
-
-# -- SSE writes: what is ready goes out together ---------------------------------------
-
-
-async def until(condition) -> None:
-    for _ in range(1000):  # a bounded number of loop turns, no sleeping
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("never happened")
-
-
-async def test_ready_batches_group_what_comes_without_a_wait():
-    gate = asyncio.Event()
-
-    async def items():
-        yield 1
-        yield 2
-        yield 3
-        await gate.wait()
-        yield 4
-        await asyncio.sleep(0)
-        yield 5
-        yield 6
-
-    batches = ready_batches(items())
-    assert await anext(batches) == ([1, 2, 3], False)
-    pending = asyncio.ensure_future(anext(batches))
-    await asyncio.sleep(0)
-    assert not pending.done()  # 4 is not there yet: nothing waits for it but the batch
-    gate.set()
-    assert await pending == ([4], False)
-    assert [batch async for batch in batches] == [([5, 6], True)]  # and that was all
-
-
-async def test_what_came_before_an_error_still_goes_out():
-    async def items():
-        yield "a"
-        yield "b"
-        raise ValueError("upstream broke")
-
-    batches = ready_batches(items())
-    assert await anext(batches) == (["a", "b"], False)
-    with pytest.raises(ValueError, match="upstream broke"):
-        await anext(batches)
-
-
-async def test_a_cancelled_consumer_cancels_the_generators_wait():
-    seen = []
-
-    async def items():
-        try:
-            yield 1
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-
-    async def consume():
-        async for batch, _last in ready_batches(items()):
-            seen.append(batch)
-
-    task = asyncio.create_task(consume())
-    await until(lambda: seen == [[1]])
-    await asyncio.sleep(0)  # the consumer waits inside the generator's wait now
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert seen == [[1], "cancelled"]
-
-
-async def test_closing_the_batches_mid_wait_lets_the_generator_clean_up():
-    log = []
-
-    async def items():
-        try:
-            yield 1
-            await asyncio.Event().wait()  # never set
-            yield 2
-        finally:
-            await asyncio.sleep(0)  # cleanup that awaits, as chat_events' does
-            log.append("closed")
-
-    batches = ready_batches(items())
-    assert await anext(batches) == ([1], False)  # handed over while the generator waits
-    await batches.aclose()
-    assert log == ["closed"]
