@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     # Circuit breaker: open after this many consecutive failures, probe after cooldown.
     "CIRCUIT_BREAKER_THRESHOLD": 5,
     "CIRCUIT_BREAKER_COOLDOWN": 30.0,
+    # Seconds a process trusts what it last read of a circuit before reading the shared
+    # cache again (0: read it on every request). A circuit opened by another process is
+    # seen here at most this much later; this process's own failures count at once.
+    "CIRCUIT_BREAKER_CHECK_INTERVAL": 1.0,
     # Threads (each with its own database connection) for the gateway's queries, besides
     # the one that group-commits its accounting writes; 0 runs them all in the caller's
     # thread, as Django does.

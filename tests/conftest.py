@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.core.cache import caches
 from django.db import connections
 
+from llm_integration.services import circuit
 from llm_integration.services.allowances import allowances
 from llm_integration.services.chat import Gateway
 from llm_integration.services.clock import FakeClock
@@ -32,10 +33,12 @@ def _fast_password_hashing(settings):
 def _clear_cache():
     """Rate-limit windows, circuits and cached answers must not leak between tests."""
     caches["default"].clear()
+    circuit.forget()
     invalidate()
     allowances.clear()
     yield
     caches["default"].clear()
+    circuit.forget()
     invalidate()
     allowances.clear()
 

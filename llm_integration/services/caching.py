@@ -12,11 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from django.core.cache import caches
-
 from ..adapters.base import ChatRequest, Usage
 from ..conf import llm_settings
 from ..models import ModelAlias
+from . import sharedcache
 
 
 @dataclass(slots=True)
@@ -51,7 +50,7 @@ def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
 
 
 def _cache():
-    return caches[llm_settings.CACHE_BACKEND]
+    return sharedcache.backend()
 
 
 def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:

@@ -3,15 +3,42 @@
 closed ──N consecutive failures──> open ──cool-down over──> half-open (one probe)
   ^                                                            │
   └──────────────── probe succeeds ─────────── probe fails: open again
+
+Every request asks ``allow()`` before its call and reports ``record_success()`` or
+``record_failure()`` after it. With Redis each read is a blocking round trip on the
+event loop, so a process keeps what it last read of a circuit (its *view*) for
+``CIRCUIT_BREAKER_CHECK_INTERVAL`` seconds: a healthy provider costs one read per
+interval instead of three per request. What this process changes (failures, opening,
+closing) goes to the cache at once and into its view; a circuit opened by another
+process is seen here within the interval; a circuit the view holds half-open is read
+again before a probe is claimed, so a probe that closed it elsewhere is not repeated.
 """
 
 from __future__ import annotations
 
-from django.core.cache import caches
+import weakref
+from dataclasses import dataclass
 
 from ..conf import llm_settings
 from ..metrics import CIRCUIT_OPEN
+from . import sharedcache
 from .clock import SYSTEM_CLOCK, Clock
+
+
+@dataclass(slots=True)
+class _View:
+    read_at: float  # clock.monotonic()
+    failures: int
+    open_until: float | None
+
+
+# cache object -> provider -> view (weak: a replaced cache object takes its views along)
+_views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forget() -> None:
+    """Drop every process-local view (tests, after clearing the cache behind our back)."""
+    _views.clear()
 
 
 class CircuitBreaker:
@@ -25,18 +52,46 @@ class CircuitBreaker:
 
     @property
     def cache(self):
-        return self._cache or caches[llm_settings.CACHE_BACKEND]
+        return self._cache or sharedcache.backend()
 
+    # -- the view ----------------------------------------------------------------------
+    def _view(self, *, fresh: bool = False) -> _View:
+        cache = self.cache
+        views = _views.get(cache)
+        view = views.get(self.provider) if views is not None else None
+        if (
+            view is None
+            or fresh
+            or self.clock.monotonic() - view.read_at
+            >= float(llm_settings.CIRCUIT_BREAKER_CHECK_INTERVAL)
+        ):
+            values = cache.get_many([self._failures, self._open_until])
+            view = self._remember(
+                int(values.get(self._failures) or 0), values.get(self._open_until)
+            )
+        return view
+
+    def _remember(self, failures: int, open_until: float | None) -> _View:
+        view = _View(self.clock.monotonic(), failures, open_until)
+        _views.setdefault(self.cache, {})[self.provider] = view
+        return view
+
+    def _state_of(self, view: _View) -> str:
+        if view.open_until is None:
+            return "closed"
+        return "open" if self.clock.time() < view.open_until else "half_open"
+
+    # -- the breaker -------------------------------------------------------------------
     @property
     def state(self) -> str:
-        open_until = self.cache.get(self._open_until)
-        if open_until is None:
-            return "closed"
-        return "open" if self.clock.time() < open_until else "half_open"
+        """The circuit's state as the shared cache has it now (always read)."""
+        return self._state_of(self._view(fresh=True))
 
     def allow(self) -> bool:
         """Whether a request may go to this provider now (claims the half-open probe)."""
-        state = self.state
+        state = self._state_of(self._view())
+        if state == "half_open":  # another process's probe may have closed it
+            state = self._state_of(self._view(fresh=True))
         if state == "closed":
             return True
         if state == "open":
@@ -45,8 +100,10 @@ class CircuitBreaker:
         return self.cache.add(self._probe, 1, timeout=max(1, int(cooldown)))
 
     def record_success(self) -> None:
-        if self.cache.get(self._failures) or self.cache.get(self._open_until) is not None:
+        view = self._view()
+        if view.failures or view.open_until is not None:
             self.cache.delete_many([self._failures, self._open_until, self._probe])
+            self._remember(0, None)
             CIRCUIT_OPEN.labels(self.provider).set(0)
 
     def record_failure(self) -> None:
@@ -54,19 +111,26 @@ class CircuitBreaker:
         cooldown = float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
         cache.add(self._failures, 0, timeout=None)
         failures = cache.incr(self._failures)
-        if failures >= int(llm_settings.CIRCUIT_BREAKER_THRESHOLD) or self.state == "half_open":
-            cache.set(self._open_until, self.clock.time() + cooldown, timeout=None)
+        view = self._view(fresh=True)
+        if failures >= int(llm_settings.CIRCUIT_BREAKER_THRESHOLD) or (
+            self._state_of(view) == "half_open"
+        ):
+            open_until = self.clock.time() + cooldown
+            cache.set(self._open_until, open_until, timeout=None)
             cache.delete(self._probe)
+            self._remember(failures, open_until)
             CIRCUIT_OPEN.labels(self.provider).set(1)
 
     def force_open(self) -> None:
         """Open the circuit now (a failed health check): requests skip this provider
         until the cool-down's probe."""
-        cooldown = float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
-        self.cache.set(self._open_until, self.clock.time() + cooldown, timeout=None)
+        open_until = self.clock.time() + float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
+        self.cache.set(self._open_until, open_until, timeout=None)
         self.cache.delete(self._probe)
+        self._remember(self._view().failures, open_until)
         CIRCUIT_OPEN.labels(self.provider).set(1)
 
     def reset(self) -> None:
         self.cache.delete_many([self._failures, self._open_until, self._probe])
+        self._remember(0, None)
         CIRCUIT_OPEN.labels(self.provider).set(0)

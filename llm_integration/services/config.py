@@ -16,11 +16,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from django.core.cache import caches
 from django.utils import timezone
 
 from ..conf import llm_settings
 from ..models import AliasFallback, Budget, ModelAlias, Plan, PlanEntitlement, Subscription
+from . import sharedcache
 
 VERSION_KEY = "llm:config:version"
 MAX_USERS = 10_000
@@ -80,7 +80,7 @@ class ConfigCache:
         self._lock = threading.Lock()
 
     def _cache(self):
-        return caches[llm_settings.CACHE_BACKEND]
+        return sharedcache.backend()
 
     def current(self) -> Snapshot:
         """The snapshot for the current version (loads rows when they changed)."""

@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from django.core.cache import caches
-
 from ..conf import llm_settings
 from ..exceptions import RateLimited
+from . import sharedcache
 from .clock import SYSTEM_CLOCK, Clock
 
 WINDOW = 60
@@ -40,7 +39,7 @@ class RateLimiter:
 
     @property
     def cache(self):
-        return self._cache or caches[llm_settings.CACHE_BACKEND]
+        return self._cache or sharedcache.backend()
 
     def _window(self) -> tuple[int, float]:
         now = self.clock.time()

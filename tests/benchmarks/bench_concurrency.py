@@ -34,7 +34,10 @@ def free_port() -> int:
 
 
 def prepare(env: dict[str, str], upstream: str) -> str:
-    """Migrate a fresh database, create the rows, return a DRF token."""
+    """Migrate the database, create (or point at the new fake) the rows, return a DRF token.
+
+    Idempotent, so ``DATABASE_URL`` may name a PostgreSQL database used by an earlier run.
+    """
     script = f"""
 import django; django.setup()
 from decimal import Decimal
@@ -43,15 +46,20 @@ call_command("migrate", verbosity=0)
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from llm_integration.models import Budget, ModelAlias, Plan, Provider
-p = Provider.objects.create(name="fake", kind="openai_compatible", base_url="{upstream}",
-                            max_retries=0, timeout_seconds=30)
-ModelAlias.objects.create(slug="default", provider=p, upstream_model="gpt-4o-mini",
-                          input_price_per_mtok=Decimal("0.15"),
-                          output_price_per_mtok=Decimal("0.60"))
-Plan.objects.create(slug="free", name="Free")
-Budget.objects.create(name="global", limit_usd=Decimal("1000000"))
-user = get_user_model().objects.create_user("bench", password="x")
-print(Token.objects.create(user=user).key)
+p, _ = Provider.objects.update_or_create(
+    name="fake",
+    defaults=dict(kind="openai_compatible", base_url="{upstream}",
+                  max_retries=0, timeout_seconds=30),
+)
+ModelAlias.objects.update_or_create(
+    slug="default",
+    defaults=dict(provider=p, upstream_model="gpt-4o-mini",
+                  input_price_per_mtok=Decimal("0.15"), output_price_per_mtok=Decimal("0.60")),
+)
+Plan.objects.get_or_create(slug="free", defaults=dict(name="Free"))
+Budget.objects.get_or_create(name="global", defaults=dict(limit_usd=Decimal("1000000")))
+user, _ = get_user_model().objects.get_or_create(username="bench")
+print(Token.objects.get_or_create(user=user)[0].key)
 """
     return run_django(env, script)
 
