@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from llm_integration import exceptions as exc
 from llm_integration.models import UsageRecord
+from llm_integration.services import sharedcache
 from llm_integration.services.clock import FakeClock
 from llm_integration.services.ratelimit import Limit, RateLimiter
 from tests.factories import (
@@ -55,6 +57,26 @@ def test_tokens_per_minute_with_adjustment_to_the_real_count():
     limiter.acquire(limit, tokens=800)  # 100 + 800 fits
     with pytest.raises(exc.RateLimited, match="1000 tokens"):
         limiter.acquire(limit, tokens=200)
+
+
+@pytest.mark.skipif(
+    "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
+    reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/15 (CI's second pass does)",
+)
+def test_redis_counters_are_plain_integers_that_always_expire():
+    cache = sharedcache.backend()
+    raw = cache._cache.get_client(write=True)
+    limiter = RateLimiter(clock=FakeClock())
+    taken = limiter.acquire([Limit("u", rpm=5, tpm=1000)], tokens=300)
+    (r_key, _), (t_key, _) = taken
+    assert (cache.get(r_key), cache.get(t_key)) == (1, 300)  # Django reads what we wrote
+    assert all(0 < raw.ttl(cache.make_and_validate_key(k)) <= 120 for k, _ in taken)
+    limiter.adjust_tokens(taken, actual=100, estimated=300)
+    assert cache.get(t_key) == 100
+    cache.delete_many([r_key, t_key])  # the window expired before the request ended
+    limiter.release(taken)
+    limiter.adjust_tokens(taken, actual=50, estimated=300)
+    assert all(raw.ttl(cache.make_and_validate_key(k)) != -1 for k, _ in taken)  # -1: forever
 
 
 @pytest.mark.django_db(transaction=True)

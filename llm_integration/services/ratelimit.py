@@ -1,9 +1,9 @@
 """Step 3: requests and tokens per minute, kept in Django's cache.
 
 Fixed one-minute windows keyed by the window number; every check is an atomic
-increment (``cache.incr``: INCRBY on Redis, a locked update in local memory), never a
-read-then-write, so limits hold across processes that share a Redis cache. A request
-refused by one limit gives back what it took from the others.
+increment (INCRBY on Redis, pipelined: one round trip per request; a locked update in
+local memory), never a read-then-write, so limits hold across processes that share a
+Redis cache. A request refused by one limit gives back what it took from the others.
 
 Limits come from the rows (provider, alias, plan, entitlement) and the
 ``RATE_LIMIT_RPM`` setting; None means no limit.
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from django.core.cache.backends.redis import RedisCache
 
 from ..conf import llm_settings
 from ..exceptions import RateLimited
@@ -32,6 +34,15 @@ class Limit:
     label: str = ""
 
 
+def _redis(cache):
+    """The redis-py client behind Django's own Redis backend, else None. Counters then go
+    in one pipelined round trip per request instead of three per counter (``add``, then
+    ``incr``'s EXISTS and INCRBY), each a blocking wait on the event loop."""
+    if isinstance(cache, RedisCache):
+        return cache._cache.get_client(write=True)  # Django's pool; ints are stored plain
+    return None
+
+
 class RateLimiter:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK, cache=None) -> None:
         self.clock = clock
@@ -46,14 +57,33 @@ class RateLimiter:
         window = int(now // WINDOW)
         return window, (window + 1) * WINDOW - now
 
-    def _incr(self, key: str, amount: int) -> int:
+    def _add(self, items: list[tuple[str, int]], *, create: bool = True) -> list[int | None]:
+        """Add each amount to its counter, atomically; the new values. A missing counter
+        starts at 0 and lives two windows (``create=False``: it is left missing, None)."""
+        if not items:
+            return []
         cache = self.cache
-        cache.add(key, 0, timeout=WINDOW * 2)
-        try:
-            return cache.incr(key, amount)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 0, timeout=WINDOW * 2)
-            return cache.incr(key, amount)
+        client = _redis(cache)
+        if client is not None:
+            pipe = client.pipeline(transaction=False)
+            for key, amount in items:
+                full = cache.make_and_validate_key(key)
+                pipe.set(full, 0, ex=WINDOW * 2, nx=True)  # expires: never a stray counter
+                pipe.incrby(full, amount)
+            return pipe.execute()[1::2]
+        values: list[int | None] = []
+        for key, amount in items:
+            if create:
+                cache.add(key, 0, timeout=WINDOW * 2)
+            try:
+                values.append(cache.incr(key, amount))
+            except ValueError:  # expired since (or missing and not to be created)
+                if not create:
+                    values.append(None)
+                    continue
+                cache.add(key, 0, timeout=WINDOW * 2)
+                values.append(cache.incr(key, amount))
+        return values
 
     def acquire(self, limits: list[Limit], *, tokens: int) -> list[tuple[str, int]]:
         """Count one request of ``tokens`` against every limit, or refuse (429).
@@ -61,43 +91,33 @@ class RateLimiter:
         Returns what was taken, for ``adjust``/``release``.
         """
         window, retry_after = self._window()
-        taken: list[tuple[str, int]] = []
+        wanted: list[tuple[str, int, int, str, Limit]] = []
         for limit in limits:
             for kind, cap, amount in (("r", limit.rpm, 1), ("t", limit.tpm, tokens)):
-                if cap is None or amount <= 0:
-                    continue
-                key = f"llm:rl:{limit.key}:{kind}:{window}"
-                value = self._incr(key, amount)
-                taken.append((key, amount))
-                if value > cap:
-                    self.release(taken)
-                    what = "requests" if kind == "r" else "tokens"
-                    raise RateLimited(
-                        f"Rate limit of {cap} {what} per minute reached"
-                        f"{' for ' + limit.label if limit.label else ''}; retry in "
-                        f"{math.ceil(retry_after)} s.",
-                        retry_after=math.ceil(retry_after),
-                    )
+                if cap is not None and amount > 0:
+                    wanted.append((f"llm:rl:{limit.key}:{kind}:{window}", amount, cap, kind, limit))
+        taken = [(key, amount) for key, amount, *_ in wanted]
+        values = self._add(taken)
+        for (_key, _amount, cap, kind, limit), value in zip(wanted, values, strict=True):
+            if value > cap:
+                self.release(taken)
+                what = "requests" if kind == "r" else "tokens"
+                raise RateLimited(
+                    f"Rate limit of {cap} {what} per minute reached"
+                    f"{' for ' + limit.label if limit.label else ''}; retry in "
+                    f"{math.ceil(retry_after)} s.",
+                    retry_after=math.ceil(retry_after),
+                )
         return taken
 
     def release(self, taken: list[tuple[str, int]]) -> None:
-        for key, amount in taken:
-            try:
-                self.cache.decr(key, amount)
-            except ValueError:
-                pass  # window already gone
+        self._add([(key, -amount) for key, amount in taken], create=False)
 
     def adjust_tokens(self, taken: list[tuple[str, int]], *, actual: int, estimated: int) -> None:
         """After the call: count the real tokens instead of the admission estimate."""
         delta = actual - estimated
-        if not delta:
-            return
-        for key, _amount in taken:
-            if key.split(":")[-2] == "t":
-                try:
-                    self.cache.incr(key, delta)
-                except ValueError:
-                    pass
+        if delta:
+            self._add([(key, delta) for key, _ in taken if key.split(":")[-2] == "t"], create=False)
 
 
 def limits_for(*, user, plan, alias, provider, entitlement) -> list[Limit]:

@@ -33,11 +33,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare(env: dict[str, str], upstream: str) -> str:
+def prepare(env: dict[str, str], upstream: str, *, limits: bool = False) -> str:
     """Migrate the database, create (or point at the new fake) the rows, return a DRF token.
 
     Idempotent, so ``DATABASE_URL`` may name a PostgreSQL database used by an earlier run.
+    ``limits``: the plan gets RPM and TPM limits no run reaches (their counters still count).
     """
+    cap = 2 * 10**9 if limits else None
     script = f"""
 import django; django.setup()
 from decimal import Decimal
@@ -56,7 +58,9 @@ ModelAlias.objects.update_or_create(
     defaults=dict(provider=p, upstream_model="gpt-4o-mini",
                   input_price_per_mtok=Decimal("0.15"), output_price_per_mtok=Decimal("0.60")),
 )
-Plan.objects.get_or_create(slug="free", defaults=dict(name="Free"))
+Plan.objects.update_or_create(
+    slug="free", defaults=dict(name="Free", rpm_limit={cap}, tpm_limit={cap})
+)
 Budget.objects.get_or_create(name="global", defaults=dict(limit_usd=Decimal("1000000")))
 user, _ = get_user_model().objects.get_or_create(username="bench")
 print(Token.objects.get_or_create(user=user)[0].key)
@@ -210,6 +214,11 @@ def main() -> None:
         const=(True,),
         help="only the streaming series",
     )
+    parser.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="give the plan (never reached) RPM and TPM limits: three counters per request",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp())
@@ -228,7 +237,7 @@ def main() -> None:
         ready="READY",
     )
     upstream = fake.ready_line.split()[1]
-    token = prepare(env, upstream)
+    token = prepare(env, upstream, limits=args.rate_limits)
     port = free_port()
     cmd = server_command(args.server, port)
     server = start(cmd, env, log=workdir / "server.log")
@@ -240,7 +249,9 @@ def main() -> None:
         print(
             f"server: {args.server}, one process; clients: {args.clients}; upstream latency "
             f"{args.latency * 1000:.0f} ms -> ceiling {ceiling:.0f} req/s; "
-            f"{args.seconds:.0f} s per series; database: {env['DATABASE_URL'].split(':')[0]}"
+            f"{args.seconds:.0f} s per series; database: {env['DATABASE_URL'].split(':')[0]}; "
+            f"cache: {'redis' if env.get('REDIS_URL') else 'local memory'}"
+            f"{'; plan rate limits' if args.rate_limits else ''}"
         )
         for stream in args.only or (False, True):
             r = load(
