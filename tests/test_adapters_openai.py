@@ -264,3 +264,59 @@ async def test_lines_that_come_with_a_broken_connection_are_not_lost():
     server.close()
     assert texts == ["a", " b"]
     assert raised.value.partial_text == "a b"
+
+
+async def test_a_kept_alive_connection_closed_by_the_upstream_is_not_an_error():
+    # The upstream closes each connection right after its answer (keep-alive limit or
+    # idle timeout reached, no "Connection: close" header): the pooled connection is
+    # closing by the time the next request is written. Without resending, every second
+    # request failed; each request must reach the upstream exactly once.
+    import asyncio
+    import json
+
+    answer = json.dumps(
+        {
+            "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+    ).encode()
+    done = b"data: [DONE]\n\n"
+    chunk = json.dumps(
+        {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}
+    ).encode()
+    event = b"data: " + chunk + b"\n\n"
+    received = []
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        body = json.loads(await reader.readexactly(length))
+        received.append(body)
+        if body.get("stream"):
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in (event, done))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+            )
+        else:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer)
+            )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    adapter = OpenAIAdapter(
+        model="gpt-4o-mini", base_url=f"http://127.0.0.1:{port}/v1", api_key=TEST_KEY, timeout=5
+    )
+    texts = []
+    for i in range(6):
+        if i % 2:
+            texts.append("".join([c.text async for c in adapter.complete_stream(MESSAGES)]))
+        else:
+            texts.append((await adapter.complete(MESSAGES)).text)
+    server.close()
+    assert texts == ["ok"] * 6
+    assert len(received) == 6

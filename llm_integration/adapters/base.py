@@ -23,7 +23,15 @@ from typing import Any, ClassVar
 
 from .. import exceptions as exc
 from ..services.tokens import count_message_tokens, count_text_tokens
-from .http import TRANSPORT_ERRORS, HTTPResult, env_proxy, httpx, request_timeout, sessions
+from .http import (
+    TRANSPORT_ERRORS,
+    HTTPResult,
+    PooledRequest,
+    env_proxy,
+    httpx,
+    request_timeout,
+    sessions,
+)
 
 ROLES = ("system", "user", "assistant")
 
@@ -199,7 +207,8 @@ class BaseLLMAdapter(ABC):
         if self._headers is None:
             self._headers = self._request_headers()
             self._proxy = env_proxy(self.base_url)
-        return sessions.get().request(
+        return PooledRequest(
+            sessions.get().request,
             method,
             self.base_url + path,
             json=body,

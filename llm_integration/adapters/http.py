@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 __all__ = [
     "TRANSPORT_ERRORS",
     "HTTPResult",
+    "PooledRequest",
     "env_proxy",
     "httpx",
     "iter_lines",
@@ -161,6 +162,39 @@ def env_proxy(base_url: str) -> dict:
     except (LookupError, ValueError):
         return {}
     return {"proxy": proxy, "proxy_auth": auth}
+
+
+class PooledRequest:
+    """``async with PooledRequest(session.request, ...) as response``: one aiohttp request, sent
+    again once on a new connection when the kept-alive connection the pool handed out was
+    already closing ("Cannot write to closing transport").
+
+    An upstream (or a proxy in front of it) may close a kept-alive connection right after
+    an answer, or when its keep-alive limit or idle timeout is up: aiohttp checks a pooled
+    connection when it hands it out, but the close can land before the request is written
+    (against a server that closes after every answer, every second request failed). The
+    request never reached the upstream whole, so sending it again is safe even for a POST,
+    and it is not one of the provider's retries: no backoff, no circuit breaker failure.
+    """
+
+    __slots__ = ("_args", "_kwargs", "_response", "_send")
+
+    def __init__(self, send: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._send, self._args, self._kwargs = send, args, kwargs
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        try:
+            self._response = await self._send(*self._args, **self._kwargs)
+        except aiohttp.ClientOSError as error:
+            if not isinstance(error.__cause__, aiohttp.ClientConnectionResetError):
+                raise
+            self._response = await self._send(*self._args, **self._kwargs)
+        return self._response
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._response is not None
+        await self._response.__aexit__(*exc_info)
 
 
 def request_timeout(seconds: float) -> aiohttp.ClientTimeout:
