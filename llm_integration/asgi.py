@@ -294,8 +294,9 @@ def _parse_json(body: bytes):
 async def lifespan(scope, receive, send) -> None:
     """The ASGI lifespan protocol (Uvicorn, Hypercorn): ``"lifespan": lifespan`` in the
     project's ``ProtocolTypeRouter``. At shutdown the accounting writer commits what is
-    queued and gives unused budget allowances back; servers without it (Daphne) do the
-    same at interpreter exit."""
+    queued, gives unused budget allowances back and sends waiting rate-limit corrections;
+    servers without it (Daphne) do the same at interpreter exit."""
+    from .services.ratelimit import deferred
     from .services.writer import writer
 
     while True:
@@ -304,6 +305,7 @@ async def lifespan(scope, receive, send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await sync_to_async(writer.stop, thread_sensitive=False)()
+            deferred.flush()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -16,6 +16,7 @@ from llm_integration.services.chat import Gateway
 from llm_integration.services.clock import FakeClock
 from llm_integration.services.config import invalidate
 from llm_integration.services.providers import clear_adapter_cache
+from llm_integration.services.ratelimit import deferred
 from llm_integration.services.writer import GroupWriter
 from tests.fakes.anthropic import AnthropicFake
 from tests.fakes.ollama import OllamaFake
@@ -34,11 +35,13 @@ def _clear_cache():
     """Rate-limit windows, circuits and cached answers must not leak between tests."""
     caches["default"].clear()
     circuit.forget()
+    deferred.clear()
     invalidate()
     allowances.clear()
     yield
     caches["default"].clear()
     circuit.forget()
+    deferred.clear()
     invalidate()
     allowances.clear()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -77,6 +79,27 @@ def test_redis_counters_are_plain_integers_that_always_expire():
     limiter.release(taken)
     limiter.adjust_tokens(taken, actual=50, estimated=300)
     assert all(raw.ttl(cache.make_and_validate_key(k)) != -1 for k, _ in taken)  # -1: forever
+
+
+@pytest.mark.skipif(
+    "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
+    reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/15 (CI's second pass does)",
+)
+async def test_on_redis_token_corrections_ride_with_the_next_request():
+    cache = sharedcache.backend()
+    limiter = RateLimiter(clock=FakeClock())
+    mine = limiter.acquire([Limit("mine", tpm=1000)], tokens=800)
+    limiter.adjust_tokens(mine, actual=100, estimated=800)
+    t_key = mine[0][0]
+    assert cache.get(t_key) == 800  # waiting: no round trip of its own yet
+    limiter.acquire([Limit("other", rpm=5)], tokens=0)  # another request's round trip
+    assert cache.get(t_key) == 100
+    limiter.adjust_tokens(mine, actual=50, estimated=100)  # nobody else comes: the timer
+    for _ in range(500):
+        if cache.get(t_key) == 50:
+            break
+        await asyncio.sleep(0.01)
+    assert cache.get(t_key) == 50
 
 
 @pytest.mark.django_db(transaction=True)

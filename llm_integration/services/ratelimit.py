@@ -5,13 +5,26 @@ increment (INCRBY on Redis, pipelined: one round trip per request; a locked upda
 local memory), never a read-then-write, so limits hold across processes that share a
 Redis cache. A request refused by one limit gives back what it took from the others.
 
+After the call a request's token counters are corrected from its worst case to what it
+used. On Redis that correction waits (``Deferred``) and rides in the next request's
+pipeline, or goes on its own at most ``FLUSH_DELAY`` later when no request comes, so a
+request costs one blocking round trip on the event loop, not two. Until then a counter
+holds the worst case (it only ever refuses early, never admits too much, unless a
+provider reports more tokens than the worst case). Pending corrections are sent at
+ASGI lifespan shutdown and at exit.
+
 Limits come from the rows (provider, alias, plan, entitlement) and the
 ``RATE_LIMIT_RPM`` setting; None means no limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import logging
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 
 from django.core.cache.backends.redis import RedisCache
@@ -22,6 +35,10 @@ from . import sharedcache
 from .clock import SYSTEM_CLOCK, Clock
 
 WINDOW = 60
+#: Seconds a token correction may wait for the next request's round trip to Redis.
+FLUSH_DELAY = 0.05
+
+logger = logging.getLogger("llm_integration.ratelimit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +58,75 @@ def _redis(cache):
     if isinstance(cache, RedisCache):
         return cache._cache.get_client(write=True)  # Django's pool; ints are stored plain
     return None
+
+
+def _pipelined(cache, client, items: list[tuple[str, int]]) -> list[int]:
+    pipe = client.pipeline(transaction=False)
+    for key, amount in items:
+        full = cache.make_and_validate_key(key)
+        pipe.set(full, 0, ex=WINDOW * 2, nx=True)  # expires: never a stray counter
+        pipe.incrby(full, amount)
+    return pipe.execute()[1::2]
+
+
+class Deferred:
+    """Token corrections not yet sent to Redis, per cache object, merged by counter."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, cache, items: list[tuple[str, int]]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            pending = self._items.setdefault(cache, {})
+            for key, delta in items:
+                pending[key] = pending.get(key, 0) + delta
+            schedule = loop is not None and (
+                self._timer_loop is None or self._timer_loop.is_closed()
+            )
+            if schedule:
+                self._timer_loop = loop
+        if loop is None:  # no event loop to wait on (a command, a sync test): send now
+            self.flush()
+        elif schedule:
+            loop.call_later(FLUSH_DELAY, self.flush)
+
+    def take(self, cache) -> list[tuple[str, int]]:
+        """What waits for ``cache``, to go with a request's own counters."""
+        with self._lock:
+            pending = self._items.pop(cache, None)
+        return [(key, delta) for key, delta in pending.items() if delta] if pending else []
+
+    def clear(self) -> None:
+        """Forget what waits (tests: the cache was cleared behind it)."""
+        with self._lock:
+            self._items.clear()
+            self._timer_loop = None
+
+    def flush(self) -> None:
+        """Send everything that waits (one round trip per cache); errors are logged."""
+        with self._lock:
+            self._timer_loop = None
+            waiting = list(self._items.items())
+            self._items.clear()
+        for cache, pending in waiting:
+            items = [(key, delta) for key, delta in pending.items() if delta]
+            client = _redis(cache)
+            if not items or client is None:
+                continue
+            try:
+                _pipelined(cache, client, items)
+            except Exception:  # Redis away: the counters keep the worst case
+                logger.warning("llm.ratelimit_flush_failed", exc_info=True)
+
+
+deferred = Deferred()
+atexit.register(deferred.flush)
 
 
 class RateLimiter:
@@ -65,12 +151,7 @@ class RateLimiter:
         cache = self.cache
         client = _redis(cache)
         if client is not None:
-            pipe = client.pipeline(transaction=False)
-            for key, amount in items:
-                full = cache.make_and_validate_key(key)
-                pipe.set(full, 0, ex=WINDOW * 2, nx=True)  # expires: never a stray counter
-                pipe.incrby(full, amount)
-            return pipe.execute()[1::2]
+            return _pipelined(cache, client, items)
         values: list[int | None] = []
         for key, amount in items:
             if create:
@@ -97,7 +178,8 @@ class RateLimiter:
                 if cap is not None and amount > 0:
                     wanted.append((f"llm:rl:{limit.key}:{kind}:{window}", amount, cap, kind, limit))
         taken = [(key, amount) for key, amount, *_ in wanted]
-        values = self._add(taken)
+        waiting = deferred.take(self.cache) if taken else []  # corrections ride along
+        values = self._add(waiting + taken)[len(waiting) :]
         for (_key, _amount, cap, kind, limit), value in zip(wanted, values, strict=True):
             if value > cap:
                 self.release(taken)
@@ -116,8 +198,14 @@ class RateLimiter:
     def adjust_tokens(self, taken: list[tuple[str, int]], *, actual: int, estimated: int) -> None:
         """After the call: count the real tokens instead of the admission estimate."""
         delta = actual - estimated
-        if delta:
-            self._add([(key, delta) for key, _ in taken if key.split(":")[-2] == "t"], create=False)
+        items = [(key, delta) for key, _ in taken if key.split(":")[-2] == "t"]
+        if not delta or not items:
+            return
+        cache = self.cache
+        if _redis(cache) is None:
+            self._add(items, create=False)  # in memory: no round trip to save
+        else:
+            deferred.add(cache, items)
 
 
 def limits_for(*, user, plan, alias, provider, entitlement) -> list[Limit]:
