@@ -70,6 +70,11 @@ DEFAULTS: dict[str, Any] = {
     "CONFIG_CHECK_INTERVAL": 1.0,
     # Django cache alias used for rate limits, circuit breakers and the response cache.
     "CACHE_BACKEND": "default",
+    # After the cache fails (Redis down), seconds before it is tried again; meanwhile
+    # circuits read closed, cached answers miss and rate limits refuse (503) or, with
+    # RATE_LIMIT_FAIL_OPEN, admit uncounted.
+    "CACHE_RETRY_INTERVAL": 1.0,
+    "RATE_LIMIT_FAIL_OPEN": False,
     # Response cache: on for every alias (otherwise opt-in per alias or temperature 0).
     "CACHE_ENABLED": False,
     "CACHE_TTL": 3600,

@@ -10,6 +10,7 @@ these attributes. Messages never contain provider keys.
     ├── ModelNotAllowed                        403 model_not_allowed
     ├── ModelNotFound                          404 model_not_found
     ├── RateLimited                            429 rate_limited        (retry_after)
+    ├── RateLimitUnavailable                   503 rate_limit_unavailable (retry_after)
     ├── BudgetExceeded                         429 budget_exceeded
     ├── ConfigurationError                     503 configuration_error
     │   ├── UnknownAdapterKind
@@ -85,6 +86,14 @@ class RateLimited(LLMError):
     status_code = 429
     code = "rate_limited"
     type = "rate_limit_error"
+
+
+class RateLimitUnavailable(LLMError):
+    """Rate limits cannot be checked right now (the shared cache is unreachable)."""
+
+    status_code = 503
+    code = "rate_limit_unavailable"
+    type = "server_error"
 
 
 class BudgetExceeded(LLMError):

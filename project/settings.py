@@ -105,6 +105,10 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="llm"),
+            # redis-py waits forever by default: an unreachable Redis (no refusal, no
+            # answer) would hold the event loop. The gateway's guard then leaves the cache
+            # alone for CACHE_RETRY_INTERVAL (see README, "Redis down").
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
     }
     CHANNEL_LAYERS = {

@@ -54,7 +54,8 @@ def _cache():
 
 
 def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:
-    data = _cache().get(key)
+    cache = _cache()
+    data = sharedcache.guarded(lambda: cache.get(key), None)  # the cache down: a miss
     if not data:
         return None
     answer = CachedAnswer(
@@ -69,14 +70,13 @@ def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:
 
 
 def store(key: str, *, text: str, finish_reason: str, usage: Usage, now: float) -> None:
-    _cache().set(
-        key,
-        {
-            "text": text,
-            "finish_reason": finish_reason,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "at": now,
-        },
-        timeout=int(llm_settings.CACHE_TTL) + int(llm_settings.CACHE_STALE_TTL),
-    )
+    cache = _cache()
+    entry = {
+        "text": text,
+        "finish_reason": finish_reason,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "at": now,
+    }
+    timeout = int(llm_settings.CACHE_TTL) + int(llm_settings.CACHE_STALE_TTL)
+    sharedcache.guarded(lambda: cache.set(key, entry, timeout=timeout), None)

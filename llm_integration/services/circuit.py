@@ -65,7 +65,11 @@ class CircuitBreaker:
             or self.clock.monotonic() - view.read_at
             >= float(llm_settings.CIRCUIT_BREAKER_CHECK_INTERVAL)
         ):
-            values = cache.get_many([self._failures, self._open_until])
+            keys = [self._failures, self._open_until]
+            values = sharedcache.guarded(lambda: cache.get_many(keys), None)
+            if values is None:  # the cache is down: keep what was known (else closed)
+                view = self._remember(view.failures, view.open_until) if view else None
+                return view or self._remember(0, None)
             view = self._remember(
                 int(values.get(self._failures) or 0), values.get(self._open_until)
             )
@@ -97,40 +101,57 @@ class CircuitBreaker:
         if state == "open":
             return False
         cooldown = float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
-        return self.cache.add(self._probe, 1, timeout=max(1, int(cooldown)))
+        cache = self.cache
+        # The cache down: no probe can be claimed, so every request may probe.
+        return sharedcache.guarded(
+            lambda: cache.add(self._probe, 1, timeout=max(1, int(cooldown))), True
+        )
 
     def record_success(self) -> None:
         view = self._view()
         if view.failures or view.open_until is not None:
-            self.cache.delete_many([self._failures, self._open_until, self._probe])
-            self._remember(0, None)
+            self._forget_failures()
             CIRCUIT_OPEN.labels(self.provider).set(0)
 
     def record_failure(self) -> None:
         cache = self.cache
         cooldown = float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
-        cache.add(self._failures, 0, timeout=None)
-        failures = cache.incr(self._failures)
+
+        def count() -> int:
+            cache.add(self._failures, 0, timeout=None)
+            return cache.incr(self._failures)
+
+        failures = sharedcache.guarded(count, self._view().failures + 1)
         view = self._view(fresh=True)
         if failures >= int(llm_settings.CIRCUIT_BREAKER_THRESHOLD) or (
             self._state_of(view) == "half_open"
         ):
-            open_until = self.clock.time() + cooldown
-            cache.set(self._open_until, open_until, timeout=None)
-            cache.delete(self._probe)
-            self._remember(failures, open_until)
-            CIRCUIT_OPEN.labels(self.provider).set(1)
+            self._open(self.clock.time() + cooldown, failures)
+        else:
+            self._remember(failures, view.open_until)
 
     def force_open(self) -> None:
         """Open the circuit now (a failed health check): requests skip this provider
         until the cool-down's probe."""
         open_until = self.clock.time() + float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
-        self.cache.set(self._open_until, open_until, timeout=None)
-        self.cache.delete(self._probe)
-        self._remember(self._view().failures, open_until)
-        CIRCUIT_OPEN.labels(self.provider).set(1)
+        self._open(open_until, self._view().failures)
 
     def reset(self) -> None:
-        self.cache.delete_many([self._failures, self._open_until, self._probe])
-        self._remember(0, None)
+        self._forget_failures()
         CIRCUIT_OPEN.labels(self.provider).set(0)
+
+    def _open(self, open_until: float, failures: int) -> None:
+        cache = self.cache
+
+        def write() -> None:
+            cache.set(self._open_until, open_until, timeout=None)
+            cache.delete(self._probe)
+
+        sharedcache.guarded(write, None)
+        self._remember(failures, open_until)
+        CIRCUIT_OPEN.labels(self.provider).set(1)
+
+    def _forget_failures(self) -> None:
+        cache, keys = self.cache, [self._failures, self._open_until, self._probe]
+        sharedcache.guarded(lambda: cache.delete_many(keys), None)
+        self._remember(0, None)

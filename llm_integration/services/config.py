@@ -23,6 +23,8 @@ from ..models import AliasFallback, Budget, ModelAlias, Plan, PlanEntitlement, S
 from . import sharedcache
 
 VERSION_KEY = "llm:config:version"
+#: The version of rows loaded while the cache could not say (never equal to a real one).
+UNKNOWN = object()
 MAX_USERS = 10_000
 
 
@@ -88,7 +90,11 @@ class ConfigCache:
         now = time.monotonic()
         if snapshot is not None and now - self._checked < float(llm_settings.CONFIG_CHECK_INTERVAL):
             return snapshot
-        version = self._cache().get(VERSION_KEY)
+        cache = self._cache()
+        version = sharedcache.guarded(lambda: cache.get(VERSION_KEY), UNKNOWN)
+        if version is UNKNOWN and snapshot is not None:  # the cache down: keep the rows
+            self._checked = now
+            return snapshot
         if version is None:
             version = self._new_version()
         if snapshot is None or snapshot.version != version:
@@ -118,13 +124,19 @@ class ConfigCache:
         return entry is not None and (entry[1] is None or entry[1] > timezone.now())
 
     def _new_version(self) -> object:
-        version = time.time_ns()
-        self._cache().add(VERSION_KEY, version, timeout=None)
-        return self._cache().get(VERSION_KEY, version)
+        version, cache = time.time_ns(), self._cache()
+
+        def publish() -> object:
+            cache.add(VERSION_KEY, version, timeout=None)
+            return cache.get(VERSION_KEY, version)
+
+        return sharedcache.guarded(publish, UNKNOWN)
 
     def invalidate(self) -> None:
-        """Rows changed: every process reloads (this one at once)."""
-        self._cache().set(VERSION_KEY, time.time_ns(), timeout=None)
+        """Rows changed: every process reloads (this one at once; the others when the
+        cache can tell them)."""
+        cache = self._cache()
+        sharedcache.guarded(lambda: cache.set(VERSION_KEY, time.time_ns(), timeout=None), None)
         self._snapshot = None
         self._checked = 0.0
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import logging
+import functools
 import math
 import threading
 import weakref
@@ -30,15 +30,13 @@ from dataclasses import dataclass
 from django.core.cache.backends.redis import RedisCache
 
 from ..conf import llm_settings
-from ..exceptions import RateLimited
+from ..exceptions import RateLimited, RateLimitUnavailable
 from . import sharedcache
 from .clock import SYSTEM_CLOCK, Clock
 
 WINDOW = 60
 #: Seconds a token correction may wait for the next request's round trip to Redis.
 FLUSH_DELAY = 0.05
-
-logger = logging.getLogger("llm_integration.ratelimit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +117,8 @@ class Deferred:
             client = _redis(cache)
             if not items or client is None:
                 continue
-            try:
-                _pipelined(cache, client, items)
-            except Exception:  # Redis away: the counters keep the worst case
-                logger.warning("llm.ratelimit_flush_failed", exc_info=True)
+            # The cache down: the counters keep the worst case (logged by the guard).
+            sharedcache.guarded(functools.partial(_pipelined, cache, client, items), None)
 
 
 deferred = Deferred()
@@ -178,8 +174,20 @@ class RateLimiter:
                 if cap is not None and amount > 0:
                     wanted.append((f"llm:rl:{limit.key}:{kind}:{window}", amount, cap, kind, limit))
         taken = [(key, amount) for key, amount, *_ in wanted]
-        waiting = deferred.take(self.cache) if taken else []  # corrections ride along
-        values = self._add(waiting + taken)[len(waiting) :]
+        if not taken:
+            return taken
+        waiting = deferred.take(self.cache)  # corrections ride along
+        try:
+            values = sharedcache.attempt(lambda: self._add(waiting + taken))[len(waiting) :]
+        except sharedcache.CacheUnavailable:
+            if llm_settings.RATE_LIMIT_FAIL_OPEN:
+                return []  # admitted, uncounted
+            retry = float(llm_settings.CACHE_RETRY_INTERVAL)
+            raise RateLimitUnavailable(
+                "Rate limits cannot be checked right now (the shared cache is unreachable); "
+                f"retry in {math.ceil(retry)} s.",
+                retry_after=retry,
+            ) from None
         for (_key, _amount, cap, kind, limit), value in zip(wanted, values, strict=True):
             if value > cap:
                 self.release(taken)
@@ -193,7 +201,9 @@ class RateLimiter:
         return taken
 
     def release(self, taken: list[tuple[str, int]]) -> None:
-        self._add([(key, -amount) for key, amount in taken], create=False)
+        if taken:
+            items = [(key, -amount) for key, amount in taken]
+            sharedcache.guarded(lambda: self._add(items, create=False), None)
 
     def adjust_tokens(self, taken: list[tuple[str, int]], *, actual: int, estimated: int) -> None:
         """After the call: count the real tokens instead of the admission estimate."""
@@ -202,8 +212,8 @@ class RateLimiter:
         if not delta or not items:
             return
         cache = self.cache
-        if _redis(cache) is None:
-            self._add(items, create=False)  # in memory: no round trip to save
+        if _redis(cache) is None:  # no round trip to save
+            sharedcache.guarded(lambda: self._add(items, create=False), None)
         else:
             deferred.add(cache, items)
 
