@@ -251,6 +251,62 @@ async def test_grants_in_one_transaction_refuse_nobody_for_their_own_allowance(p
     assert (allowance.granted, allowance.held) == (2 * WORST, 2 * WORST)
 
 
+async def _a_held_allowance(limit_units: int):
+    """A budget whose row holds request A's grant (A's worst case and as much again) and
+    a second request's hold taken from it in memory: nothing free in the allowance."""
+    budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal(limit_units) / 10**8)
+    now = budgets.timezone.now()
+    a = await writer.write(_grant(budget, now, {}, {}), [budget], WORST)
+    pid = a.holds[0][1]
+    assert allowances.take([pid], [budgets.terms(budget)], WORST)  # request B, in memory
+    return budget, now, a, pid
+
+
+async def assert_consistent(budget, pid):
+    """A's cost spent; B and C held; what the row reserves is what the process holds
+    (nothing counted twice, nothing lost) and within the limit."""
+    period = await period_of(budget)
+    allowance = allowances.get(pid)
+    assert period.spent_units == COST and allowance.held == 2 * WORST
+    assert period.reserved_units == allowance.granted
+    assert period.spent_units + period.reserved_units <= 3 * WORST - 1
+
+
+def _grant(budget, now, back, held):
+    del budget  # the job's argument, given to write()
+    return functools.partial(
+        budgets.grant_job, now=now, period_ids={}, back=back, held=held, share=1.0
+    )
+
+
+async def test_a_settlement_in_the_same_transaction_frees_room_for_a_grant(priced, gated):
+    # Room left after A's cost and B's hold: 2 W - 1 - COST, enough for C. But until the
+    # batch commits, A's unused hold still sits in reserved as the process's allowance.
+    budget, now, a, pid = await _a_held_allowance(3 * WORST - 1)
+    record = UsageRecord(request_id="a", status="ok", cost_usd=Decimal(COST) / 10**8)
+    first = await gated.shut()
+    settled = gated.writer.write(budgets.record_usage, record, a.holds, record.cost_usd, True)
+    back, held = allowances.withdraw([pid])  # C: nothing free yet
+    granted = gated.writer.write(_grant(budget, now, back, held), [budget], WORST)
+    gated.open()
+    await first
+    await settled
+    assert isinstance(await granted, budgets.Reservation)  # refused before the fix
+    await assert_consistent(budget, pid)
+
+
+async def test_a_settlement_committed_after_the_request_looked_frees_room(priced):
+    budget, now, a, pid = await _a_held_allowance(3 * WORST - 1)
+    back, held = allowances.withdraw([pid])  # C looks first: nothing free
+    record = UsageRecord(request_id="a", status="ok", cost_usd=Decimal(COST) / 10**8)
+    await writer.write(budgets.record_usage, record, a.holds, record.cost_usd, True)
+    assert allowances.get(pid).granted - allowances.get(pid).held == WORST - COST  # freed
+    reservation = await writer.write(_grant(budget, now, back, held), [budget], WORST)
+    assert isinstance(reservation, budgets.Reservation)  # refused before the fix
+    assert back == {pid: WORST - COST}  # returned in C's transaction (restored if it fails)
+    await assert_consistent(budget, pid)
+
+
 def test_allowances_take_all_or_nothing_and_give_back_only_what_is_unused():
     table = Allowances()
     terms = (True, 1000)

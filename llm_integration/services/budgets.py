@@ -152,6 +152,7 @@ class Ledger:
         self.deltas: dict[int, list[int]] = {}  # pid -> [spent, reserved]
         self.waiting: list[tuple[list, list]] = []  # (holds, settled list to fill)
         self.spare: dict[int, list[list]] = {}  # allowances granted in this batch, by row
+        self.freed: dict[int, list[list]] = {}  # pooled settlements of this batch, by row
 
     def load(self, pids) -> None:
         missing = sorted({pid for pid in pids if pid not in self.rows})
@@ -236,7 +237,10 @@ class Ledger:
             row, extra = self.rows.get(pid), held.get(pid, 0) + units
             if budget.hard:
                 room = self._room(budget, row)
-                if room < units and self._reclaim(pid):  # this batch's grants first
+                # Nothing this process holds unused may refuse its request: what this
+                # batch granted or freed on the row, then what was credited in memory
+                # since the request withdrew (a commit in between).
+                if room < units and (self._reclaim(pid) | self._recall(pid, back)):
                     room = self._room(budget, row)
                 if room < units:
                     for grant in grants:
@@ -258,14 +262,29 @@ class Ledger:
         return -1 if row is None else usd_to_units(budget.limit_usd) - row[0] - row[1]
 
     def _reclaim(self, pid: int) -> bool:
-        """Take back the allowances this batch granted on the row, not yet credited: a
-        request of this process must not be refused for its own process's spare."""
+        """Take back the allowances this batch granted on the row, and the unused part of
+        the holds this batch's settlements free, neither credited yet: a request of this
+        process must not be refused for its own process's spare."""
         back = 0
         for grant in self.spare.pop(pid, ()):
             back += grant[1] - grant[2]
             grant[1] = grant[2]
+        for freed in self.freed.pop(pid, ()):  # [pid, held, spent]: all of it leaves
+            back += freed[1] - freed[2]
+            freed[2] = freed[1]
         self._change(pid, 0, -back)
         return back > 0
+
+    def _recall(self, pid: int, back: dict[int, int]) -> bool:
+        """Take back what this process's allowance on the row gained since the request
+        withdrew from it (a settlement or grant committed in between); ``back`` records
+        it, so a failed transaction restores it."""
+        more, _held = allowances.withdraw([pid])
+        free = more.get(pid, 0)
+        if free:
+            back[pid] = back.get(pid, 0) + free
+            self._change(pid, 0, -free)
+        return free > 0
 
     def settle(
         self, holds: list, cost: Decimal, *, pooled: bool = False
@@ -276,9 +295,10 @@ class Ledger:
         only the spent part leaves ``reserved``."""
         units = usd_to_units(cost)
         if pooled:
-            spent = [(pid, held, min(units, held)) for _budget, pid, held in holds]
-            for pid, _held, used in spent:
-                self._change(pid, units, -used)
+            spent = [[pid, held, min(units, held)] for _budget, pid, held in holds]
+            for entry in spent:
+                self._change(entry[0], units, -entry[2])
+                self.freed.setdefault(entry[0], []).append(entry)  # _reclaim may return it
             transaction.on_commit(functools.partial(allowances.settle, spent), robust=True)
         else:
             for _budget, pid, held in holds:
