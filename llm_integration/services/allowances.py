@@ -17,7 +17,9 @@ on a hard budget never more than ``BUDGET_ALLOWANCE_SHARE`` of the room the requ
 leaves. Near the limit grants shrink to nothing, and every request reserves exactly
 its own worst case, as it does with ``BUDGET_ALLOWANCE_SHARE = 0``. A request that
 does not fit in the allowance first gives the unused part back, in the same
-transaction, so nothing this process holds can make it refuse its own request.
+transaction, with whatever the process's other requests freed or were granted since it
+looked (``Ledger._reclaim``, ``Ledger._recall``), so nothing this process holds can make
+it refuse its own request.
 
 What a process holds unused goes back to the row after ``BUDGET_ALLOWANCE_IDLE``
 seconds without a request on it, when the budget's limit changes, and when the
