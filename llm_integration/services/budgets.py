@@ -240,7 +240,9 @@ class Ledger:
                 # Nothing this process holds unused may refuse its request: what this
                 # batch granted or freed on the row, then what was credited in memory
                 # since the request withdrew (a commit in between).
-                if room < units and (self._reclaim(pid) | self._recall(pid, back)):
+                if room < units:
+                    self._reclaim(pid)
+                    self._recall(pid, back)
                     room = self._room(budget, row)
                 if room < units:
                     for grant in grants:
@@ -261,7 +263,7 @@ class Ledger:
     def _room(budget: Budget, row: list[int] | None) -> int:
         return -1 if row is None else usd_to_units(budget.limit_usd) - row[0] - row[1]
 
-    def _reclaim(self, pid: int) -> bool:
+    def _reclaim(self, pid: int) -> None:
         """Take back the allowances this batch granted on the row, and the unused part of
         the holds this batch's settlements free, neither credited yet: a request of this
         process must not be refused for its own process's spare."""
@@ -273,9 +275,8 @@ class Ledger:
             back += freed[1] - freed[2]
             freed[2] = freed[1]
         self._change(pid, 0, -back)
-        return back > 0
 
-    def _recall(self, pid: int, back: dict[int, int]) -> bool:
+    def _recall(self, pid: int, back: dict[int, int]) -> None:
         """Take back what this process's allowance on the row gained since the request
         withdrew from it (a settlement or grant committed in between); ``back`` records
         it, so a failed transaction restores it."""
@@ -284,7 +285,6 @@ class Ledger:
         if free:
             back[pid] = back.get(pid, 0) + free
             self._change(pid, 0, -free)
-        return free > 0
 
     def settle(
         self, holds: list, cost: Decimal, *, pooled: bool = False

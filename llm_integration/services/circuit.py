@@ -68,8 +68,8 @@ class CircuitBreaker:
             keys = [self._failures, self._open_until]
             values = sharedcache.guarded(lambda: cache.get_many(keys), None)
             if values is None:  # the cache is down: keep what was known (else closed)
-                view = self._remember(view.failures, view.open_until) if view else None
-                return view or self._remember(0, None)
+                known = view or _View(0.0, 0, None)
+                values = {self._failures: known.failures, self._open_until: known.open_until}
             view = self._remember(
                 int(values.get(self._failures) or 0), values.get(self._open_until)
             )

@@ -208,8 +208,10 @@ class RateLimiter:
     def adjust_tokens(self, taken: list[tuple[str, int]], *, actual: int, estimated: int) -> None:
         """After the call: count the real tokens instead of the admission estimate."""
         delta = actual - estimated
+        if not delta or not taken:
+            return
         items = [(key, delta) for key, _ in taken if key.split(":")[-2] == "t"]
-        if not delta or not items:
+        if not items:
             return
         cache = self.cache
         if _redis(cache) is None:  # no round trip to save
