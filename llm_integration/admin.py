@@ -40,6 +40,7 @@ from .models import (
 )
 from .secrets import resolve_secret
 from .services.budgets import budget_status
+from .services.clock import SYSTEM_CLOCK
 from .services.usage import format_money
 
 
@@ -399,6 +400,7 @@ class BudgetAdmin(admin.ModelAdmin):
     autocomplete_fields = ("provider", "alias")
     raw_id_fields = ("user",)
     inlines = [BudgetPeriodInline, BudgetAlertInline]
+    clock = SYSTEM_CLOCK  # which period is "this period" (tests give a FakeClock)
 
     @admin.display(description="target")
     def target(self, obj: Budget) -> str:
@@ -406,7 +408,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="this period")
     def progress(self, obj: Budget):
-        status = budget_status(obj, now=timezone.now())
+        status = budget_status(obj, now=self.clock.now())
         used = status["spent"] + status["reserved"]
         pct = min(100, int(used * 100 / obj.limit_usd)) if obj.limit_usd else 100
         return format_html(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.contrib import admin
 from django.urls import reverse
 
 from llm_integration import models
+from llm_integration.admin import BudgetAdmin
+from llm_integration.services.clock import FakeClock
 from tests.conftest import TEST_KEY
 from tests.factories import (
     BudgetFactory,
@@ -106,6 +110,8 @@ def test_usage_is_read_only_filterable_and_totalled(admin_client, rows):
     assert record.status == "ok"
 
 
-def test_budget_list_shows_progress(admin_client, rows):
+def test_budget_list_shows_progress(admin_client, rows, monkeypatch):
+    # "This period" is November 2026 whatever the calendar says today.
+    monkeypatch.setattr(BudgetAdmin, "clock", FakeClock(dt.datetime(2026, 11, 21, tzinfo=dt.UTC)))
     page = admin_client.get(reverse("admin:llm_integration_budget_changelist")).content.decode()
     assert '<progress max="100" value="25"' in page
