@@ -440,3 +440,18 @@ class HealthCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider_id} {self.status}"
+
+
+class ConfigVersion(models.Model):
+    """One row: a number that grows whenever providers, aliases, plans, entitlements,
+    subscriptions or budgets change, so every serving process (with or without a shared
+    cache) knows when to reload its snapshot of them (``services/config.py``)."""
+
+    version = models.BigIntegerField(default=0)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "configuration version"
+
+    def __str__(self) -> str:
+        return f"configuration version {self.version}"

@@ -41,8 +41,8 @@ for _model in CONFIG_MODELS:
 @receiver(setting_changed)
 def _settings_changed(*, setting: str, **kwargs) -> None:
     if setting == "LLM_INTEGRATION":
-        from .services.config import invalidate
+        from .services.config import config
         from .services.providers import clear_adapter_cache
 
         clear_adapter_cache()
-        invalidate()
+        config.forget()  # settings are this process's own: no new version for the others

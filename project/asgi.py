@@ -1,6 +1,8 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-Serve with `daphne project.asgi:application` (or `python manage.py llm_demo`).
+Serve with `daphne project.asgi:application` (or `python manage.py llm_demo`), or
+`uvicorn project.asgi:application`. Every HTTP request goes through Django's handler,
+`MIDDLEWARE` and the URLconf; this file only adds WebSockets and the lifespan protocol.
 """
 
 import os
@@ -11,7 +13,7 @@ from django.core.asgi import get_asgi_application
 # The accounting writer is a thread: when it needs the GIL (after each SQL statement)
 # while the event loop runs Python, it waits for the loop's next switch, 5 ms by
 # default. 1 ms keeps the usage records' commits (which every answer waits for) short
-# under load; see README -> Benchmarks.
+# under load; see docs/benchmarks.md.
 sys.setswitchinterval(0.001)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -21,13 +23,12 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from llm_integration.asgi import api_fast_lane, lifespan  # noqa: E402
+from llm_integration.asgi import lifespan  # noqa: E402
 from llm_integration.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Token-authenticated /api/ and /v1/ calls skip the session/CSRF middleware.
-        "http": api_fast_lane(django_asgi_app),
+        "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

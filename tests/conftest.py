@@ -14,7 +14,7 @@ from llm_integration.services import circuit
 from llm_integration.services.allowances import allowances
 from llm_integration.services.chat import Gateway
 from llm_integration.services.clock import FakeClock
-from llm_integration.services.config import invalidate
+from llm_integration.services.config import config
 from llm_integration.services.providers import clear_adapter_cache
 from llm_integration.services.ratelimit import deferred
 from llm_integration.services.writer import GroupWriter
@@ -36,13 +36,13 @@ def _clear_cache():
     caches["default"].clear()
     circuit.forget()
     deferred.clear()
-    invalidate()
+    config.forget()
     allowances.clear()
     yield
     caches["default"].clear()
     circuit.forget()
     deferred.clear()
-    invalidate()
+    config.forget()
     allowances.clear()
 
 
@@ -120,39 +120,45 @@ async def _close_async_orm_connections():
     await sync_to_async(connections.close_all)()
 
 
+class ServedASGI:
+    """An ASGI application served by uvicorn on 127.0.0.1 in a thread (a real server:
+    real sockets, real HTTP parsing), on the test database."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        db = connections.settings["default"]
+        self.saved_max_age = db.get("CONN_MAX_AGE", 0)
+        db["CONN_MAX_AGE"] = 0  # each request closes its connection (test DB can be dropped)
+        self.thread.start()
+        for _ in range(500):
+            if self.server.started:
+                break
+            self.thread.join(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        connections.settings["default"]["CONN_MAX_AGE"] = self.saved_max_age
+
+
 @pytest.fixture
 def live_server_url(transactional_db):
-    """The project's ASGI application (HTTP, SSE and WebSockets) served by uvicorn on
-    127.0.0.1 in a thread, on the test database."""
-    import uvicorn
+    """The project's ASGI application (HTTP, SSE and WebSockets), served over loopback."""
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     from project.asgi import application
 
-    db = connections.settings["default"]
-    saved_max_age = db.get("CONN_MAX_AGE", 0)
-    db["CONN_MAX_AGE"] = 0  # each request closes its connection (test DB can be dropped)
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    server = uvicorn.Server(
-        uvicorn.Config(
-            ASGIStaticFilesHandler(application),
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        thread.join(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    db["CONN_MAX_AGE"] = saved_max_age
+    with ServedASGI(ASGIStaticFilesHandler(application)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from decimal import Decimal
 
 import httpx
@@ -30,6 +25,7 @@ from tests.factories import (
     ProviderFactory,
     UserFactory,
 )
+from tests.processes import ServerProcesses
 
 pytestmark = [
     pytest.mark.skipif(
@@ -42,79 +38,11 @@ pytestmark = [
 ]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Servers(list):
-    """The servers' base URLs; ``stop()`` ends them as a process manager does (SIGTERM)."""
-
-    def __init__(self, urls: list[str], procs: list[subprocess.Popen]) -> None:
-        super().__init__(urls)
-        self.procs = procs
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            p.wait(10)
-
-
 @pytest.fixture
 def servers(tmp_path, api_key_env):
     """Two uvicorn processes on the test database and the test Redis (and the test key)."""
-    db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "project.settings",
-        "DATABASE_URL": url,
-        "REDIS_URL": settings.REDIS_URL,
-        "LLM_LOG_LEVEL": "WARNING",
-    }
-    procs, urls = [], []
-    for i in range(2):
-        port = _port()
-        log = open(tmp_path / f"server{i}.log", "w")
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                    "project.asgi:application",
-                ],
-                cwd=settings.BASE_DIR,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        urls.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 30
-    for u in urls:
-        while True:
-            try:
-                httpx.get(f"{u}/api/v1/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError((tmp_path / "server0.log").read_text()) from None
-                time.sleep(0.1)
-    servers = Servers(urls, procs)
-    yield servers
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(10)
+    with ServerProcesses(2, tmp_path, REDIS_URL=settings.REDIS_URL) as urls:
+        yield urls
 
 
 def token_for(user) -> str:

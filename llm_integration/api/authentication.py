@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
 from rest_framework.authentication import (
@@ -109,10 +110,9 @@ class BearerOrTokenAuthentication(TokenAuthentication):
 
 class AsyncSessionAuthentication(SessionAuthentication):
     async def aauthenticate(self, request):
-        django_request = request._request
-        if not hasattr(django_request, "auser"):  # no AuthenticationMiddleware
-            return await run_db(self.authenticate, request)
-        user = await django_request.auser()
+        if not hasattr(request, "auser"):  # no AuthenticationMiddleware
+            return await sync_to_async(self.authenticate)(request)
+        user = await request.auser()
         if not user or not user.is_active:
             return None
         self.enforce_csrf(request)

@@ -145,7 +145,7 @@ class ChatCompletionsView(GatewayAPIView):
 
 async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
     """``POST /v1/chat/completions`` without its HTTP: the completion object, or the
-    stream's chunks (already past the first event). The view and the fast lane share it."""
+    stream's chunks (already past the first event)."""
     serializer = ChatCompletionRequestSerializer(data=payload)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data

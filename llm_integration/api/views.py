@@ -21,8 +21,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions as drf
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import (
+    AllowAny,
+    IsAdminUser,
+    IsAuthenticated,
+    IsAuthenticatedOrReadOnly,
+)
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 from ..conf import llm_settings
 from ..services.chat import ChatResult, Delta, achat, astream_chat, new_request_id
@@ -30,7 +36,6 @@ from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.usage import format_money, usage_report
 from . import serializers as s
-from .authentication import AsyncSessionAuthentication, BearerOrTokenAuthentication
 from .errors import envelope, error_response
 
 ERRORS = {
@@ -99,22 +104,39 @@ def usage_payload(usage, cost) -> dict:
     }
 
 
+#: DRF's permission classes that only read the already authenticated user: checked on
+#: the event loop. Any other synchronous permission may query the database, and runs
+#: in the request's thread, as Django runs synchronous code under ASGI.
+INLINE_PERMISSIONS = (AllowAny, IsAuthenticated, IsAdminUser, IsAuthenticatedOrReadOnly)
+
+
 class GatewayAPIView(APIView):
-    """Base of the API views: auth, request id, error envelope."""
+    """Base of the API views: the project's DRF authentication, permission and throttle
+    classes (``REST_FRAMEWORK`` defaults, plus ``IsAuthenticated``), a request id, the
+    error envelope.
 
-    permission_classes = [IsAuthenticated]
+    Views are async (adrf). Authenticators with an ``aauthenticate`` coroutine (this
+    app's) are awaited; any other authenticator, permission or throttle that may do I/O
+    runs in the request's thread, never on the event loop.
+    """
+
     openai_errors = False
+    #: The authenticator that accepted this request (None: anonymous).
+    authenticator = None
 
-    def get_authenticators(self):
-        return [BearerOrTokenAuthentication(), AsyncSessionAuthentication()]
+    def get_permissions(self):
+        permissions = super().get_permissions()
+        if not any(isinstance(permission, IsAuthenticated) for permission in permissions):
+            permissions.insert(0, IsAuthenticated())
+        return permissions
 
     def initialize_request(self, request, *args, **kwargs):
         request.llm_request_id = new_request_id()
         return super().initialize_request(request, *args, **kwargs)
 
     async def async_dispatch(self, request, *args, **kwargs):
-        """adrf's dispatch, with ``initial`` run in the event loop (``ainitial``) instead
-        of a thread: authentication is async, the rest is pure computation."""
+        """adrf's dispatch, with ``initial`` awaited (``ainitial``) instead of run in a
+        thread: authentication, permissions and throttles go async where they can."""
         self.args, self.kwargs = args, kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request
@@ -133,6 +155,7 @@ class GatewayAPIView(APIView):
         return self.response
 
     async def ainitial(self, request, *args, **kwargs) -> None:
+        """DRF's ``initial``, async."""
         self.format_kwarg = self.get_format_suffix(**kwargs)
         request.accepted_renderer, request.accepted_media_type = self.perform_content_negotiation(
             request
@@ -141,54 +164,90 @@ class GatewayAPIView(APIView):
             request, *args, **kwargs
         )
         await self.aperform_authentication(request)
-        self.check_permissions(request)
+        await self.acheck_permissions(request)
         await self.acheck_throttles(request)
 
+    async def aperform_authentication(self, request) -> None:
+        """DRF's authentication loop through the request's public setters."""
+        for authenticator in request.authenticators:
+            try:
+                if hasattr(authenticator, "aauthenticate"):
+                    result = await authenticator.aauthenticate(request)
+                else:
+                    result = await sync_to_async(authenticator.authenticate)(request)
+            except drf.APIException:
+                self.set_anonymous(request)
+                raise
+            if result is not None:
+                self.authenticator = authenticator
+                request.user, request.auth = result
+                return
+        self.set_anonymous(request)
+
+    @staticmethod
+    def set_anonymous(request) -> None:
+        user, token = api_settings.UNAUTHENTICATED_USER, api_settings.UNAUTHENTICATED_TOKEN
+        request.user = user() if user else None
+        request.auth = token() if token else None
+
+    def permission_denied(self, request, message=None, code=None):
+        if request.authenticators and self.authenticator is None:
+            raise drf.NotAuthenticated()
+        raise drf.PermissionDenied(detail=message, code=code)
+
+    async def acheck_permissions(self, request) -> None:
+        """The view's permissions: coroutines awaited, DRF's request-only classes
+        checked here, any other in the request's thread."""
+        elsewhere = []
+        for permission in self.get_permissions():
+            if inspect.iscoroutinefunction(permission.has_permission):
+                allowed = await permission.has_permission(request, self)
+            elif type(permission) in INLINE_PERMISSIONS:
+                allowed = permission.has_permission(request, self)
+            else:
+                elsewhere.append(permission)
+                continue
+            if not allowed:
+                self.refuse(request, permission)
+        if elsewhere:
+            await sync_to_async(self.check_sync_permissions)(request, elsewhere)
+
+    def check_sync_permissions(self, request, permissions) -> None:
+        for permission in permissions:
+            if not permission.has_permission(request, self):
+                self.refuse(request, permission)
+
+    def refuse(self, request, permission) -> None:
+        self.permission_denied(
+            request,
+            message=getattr(permission, "message", None),
+            code=getattr(permission, "code", None),
+        )
+
     async def acheck_throttles(self, request) -> None:
-        """A project's DRF throttles, sync ones in a thread (they use the cache: I/O);
-        adrf's own check would call async_to_sync from the event loop."""
+        """The view's DRF throttles: coroutines awaited, sync ones (they use the cache:
+        I/O) in the request's thread."""
         waits = []
         for throttle in self.get_throttles():
             if inspect.iscoroutinefunction(throttle.allow_request):
                 allowed = await throttle.allow_request(request, self)
             else:
-                allowed = await sync_to_async(throttle.allow_request, thread_sensitive=False)(
-                    request, self
-                )
+                allowed = await sync_to_async(throttle.allow_request)(request, self)
             if not allowed:
                 waits.append(throttle.wait())
         if waits:
             known = [wait for wait in waits if wait is not None]
             self.throttled(request, max(known, default=None))
 
-    async def aperform_authentication(self, request) -> None:
-        for authenticator in request.authenticators:
-            try:
-                if hasattr(authenticator, "aauthenticate"):
-                    result = await authenticator.aauthenticate(request)
-                else:
-                    result = await run_db(authenticator.authenticate, request)
-            except drf.APIException:
-                request._not_authenticated()
-                raise
-            if result is not None:
-                request._authenticator = authenticator
-                request.user, request.auth = result
-                return
-        request._not_authenticated()
-
     @property
     def request_id(self) -> str:
-        return self.request._request.llm_request_id
+        return self.request.llm_request_id
 
     def handle_exception(self, exc):
+        response = error_response(exc, request_id=self.request_id, openai=self.openai_errors)
         if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
             # DRF would answer 403 without a WWW-Authenticate header: it is a 401.
-            response = error_response(exc, request_id=self.request_id, openai=self.openai_errors)
             response["WWW-Authenticate"] = 'Bearer realm="api"'
-            response.exception = True
-            return response
-        response = error_response(exc, request_id=self.request_id, openai=self.openai_errors)
         response.exception = True
         return response
 
@@ -277,7 +336,7 @@ def as_response(reply: dict | AsyncIterator[bytes]):
 async def chat_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
     """``POST /api/v1/chat`` without its HTTP: the JSON answer, or the server-sent events
     of a stream (already past its first event: failures before the first token raise,
-    to get their own status). ``ChatView`` and the ASGI fast lane both answer with it."""
+    to get their own status)."""
     data = parse_chat_body(payload)
     kwargs = {
         "user": user,

@@ -41,7 +41,7 @@ from . import budgets, caching
 from .allowances import allowances
 from .circuit import CircuitBreaker
 from .clock import SYSTEM_CLOCK, Clock
-from .config import config
+from .config import Snapshot, config
 from .context import fit_to_window
 from .db import run_db
 from .entitlements import entitlement_for
@@ -179,6 +179,7 @@ class Admission:
     plan: Plan | None
     entitlement: PlanEntitlement | None
     candidates: list[ModelAlias]
+    snapshot: Snapshot
 
 
 def admit(user: Any, model: str | None) -> Admission:
@@ -203,7 +204,7 @@ def _admit_with(snapshot, user: Any, model: str | None) -> Admission:
     candidates = [c for c in candidates if c.provider.enabled]
     if not candidates:
         raise exc.NoUpstreamAvailable(f"No enabled provider serves model {alias.slug!r}.")
-    return Admission(alias, plan, entitlement, candidates)
+    return Admission(alias, plan, entitlement, candidates, snapshot)
 
 
 @dataclass(slots=True)
@@ -570,7 +571,7 @@ class Gateway:
         alias = prepared.alias
         adm = call.admission
         plan = adm.plan if adm else None
-        snapshot = config.current()
+        snapshot = adm.snapshot
         applicable = snapshot.budgets_for(
             user_id=getattr(call.user, "pk", None),
             plan_id=plan.pk if plan else None,

@@ -2,11 +2,13 @@
 
 Aliases with their providers, fallbacks, plans, entitlements, budgets and
 subscriptions change rarely and are read by every request. Each process keeps a
-snapshot of them; saving or deleting any such row (admin, ``save()``, ``delete()``)
-bumps a version number in Django's cache, so with Redis every process reloads on its
-next check (at most ``CONFIG_CHECK_INTERVAL`` seconds later; at once in the process
-that made the change). ``QuerySet.update()`` sends no signals: call ``invalidate()``
-after bulk changes.
+snapshot of them. Saving or deleting any such row (admin, ``save()``, ``delete()``,
+``llm_bootstrap`` in another process) adds one to the single ``ConfigVersion`` row, in
+the same transaction. Every process reads that row at most once per
+``CONFIG_CHECK_INTERVAL`` seconds (in a database thread, never on the event loop) and
+reloads its snapshot when the number moved: a change made anywhere applies in every
+serving process within that interval, with or without a shared cache.
+``QuerySet.update()`` sends no signals: call ``invalidate()`` after bulk changes.
 """
 
 from __future__ import annotations
@@ -16,21 +18,28 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from ..conf import llm_settings
-from ..models import AliasFallback, Budget, ModelAlias, Plan, PlanEntitlement, Subscription
-from . import sharedcache
+from ..models import (
+    AliasFallback,
+    Budget,
+    ConfigVersion,
+    ModelAlias,
+    Plan,
+    PlanEntitlement,
+    Subscription,
+)
+from .db import run_db
 
-VERSION_KEY = "llm:config:version"
-#: The version of rows loaded while the cache could not say (never equal to a real one).
-UNKNOWN = object()
 MAX_USERS = 10_000
 
 
 @dataclass
 class Snapshot:
-    version: object
+    version: int
     aliases: dict[str, ModelAlias]
     ordered: list[ModelAlias]
     fallbacks: dict[int, list[ModelAlias]]
@@ -59,7 +68,12 @@ class Snapshot:
         ]
 
 
-def _load(version: object) -> Snapshot:
+def read_version() -> int:
+    """The configuration's version number (one indexed read)."""
+    return ConfigVersion.objects.order_by("pk").values_list("version", flat=True).first() or 0
+
+
+def _load(version: int) -> Snapshot:
     ordered = list(ModelAlias.objects.filter(enabled=True).select_related("provider"))
     aliases = {a.slug: a for a in ordered}
     by_id = {a.pk: a for a in ordered}
@@ -81,33 +95,26 @@ class ConfigCache:
         self._checked = 0.0
         self._lock = threading.Lock()
 
-    def _cache(self):
-        return sharedcache.backend()
-
     def current(self) -> Snapshot:
-        """The snapshot for the current version (loads rows when they changed)."""
-        snapshot = self._snapshot
-        now = time.monotonic()
-        if snapshot is not None and now - self._checked < float(llm_settings.CONFIG_CHECK_INTERVAL):
+        """The snapshot of the current version, checked at most once per interval
+        (database I/O: call from sync code or a database thread; see ``acurrent``)."""
+        snapshot = self.peek()
+        if snapshot is not None:
             return snapshot
-        cache = self._cache()
-        version = sharedcache.guarded(lambda: cache.get(VERSION_KEY), UNKNOWN)
-        if version is UNKNOWN and snapshot is not None:  # the cache down: keep the rows
-            self._checked = now
-            return snapshot
-        if version is None:
-            version = self._new_version()
-        if snapshot is None or snapshot.version != version:
-            with self._lock:
-                if self._snapshot is None or self._snapshot.version != version:
-                    self._snapshot = _load(version)
-                snapshot = self._snapshot
-        self._checked = now
-        return snapshot
+        version = read_version()
+        with self._lock:
+            if self._snapshot is None or self._snapshot.version != version:
+                self._snapshot = _load(version)
+            self._checked = time.monotonic()
+            return self._snapshot
+
+    async def acurrent(self) -> Snapshot:
+        """``current()`` from the event loop: no I/O while the snapshot is fresh."""
+        return self.peek() or await run_db(self.current)
 
     def peek(self) -> Snapshot | None:
-        """The snapshot if it is known current without any I/O (within the check
-        interval), else None."""
+        """The snapshot if it is known current without any I/O (checked less than
+        ``CONFIG_CHECK_INTERVAL`` seconds ago), else None."""
         snapshot = self._snapshot
         if snapshot is not None and time.monotonic() - self._checked < float(
             llm_settings.CONFIG_CHECK_INTERVAL
@@ -123,20 +130,8 @@ class ConfigCache:
         entry = snapshot.user_plans.get(uid)
         return entry is not None and (entry[1] is None or entry[1] > timezone.now())
 
-    def _new_version(self) -> object:
-        version, cache = time.time_ns(), self._cache()
-
-        def publish() -> object:
-            cache.add(VERSION_KEY, version, timeout=None)
-            return cache.get(VERSION_KEY, version)
-
-        return sharedcache.guarded(publish, UNKNOWN)
-
-    def invalidate(self) -> None:
-        """Rows changed: every process reloads (this one at once; the others when the
-        cache can tell them)."""
-        cache = self._cache()
-        sharedcache.guarded(lambda: cache.set(VERSION_KEY, time.time_ns(), timeout=None), None)
+    def forget(self) -> None:
+        """Drop this process's snapshot: the next request reloads the rows."""
         self._snapshot = None
         self._checked = 0.0
 
@@ -169,4 +164,10 @@ config = ConfigCache()
 
 
 def invalidate() -> None:
-    config.invalidate()
+    """The rows changed: a new version for every process (in the caller's transaction),
+    and this process reloads at once (again once the transaction commits)."""
+    bumped = ConfigVersion.objects.update(version=F("version") + 1, changed_at=timezone.now())
+    if not bumped:
+        ConfigVersion.objects.create(version=1)
+    config.forget()
+    transaction.on_commit(config.forget)
