@@ -233,11 +233,11 @@ class PlanAdmin(admin.ModelAdmin):
     inlines = [EntitlementInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(_aliases=Count("entitlements"))
+        return super().get_queryset(request).annotate(alias_count=Count("entitlements"))
 
-    @admin.display(description="models", ordering="_aliases")
+    @admin.display(description="models", ordering="alias_count")
     def alias_count(self, obj) -> int:
-        return obj._aliases
+        return obj.alias_count
 
 
 @admin.register(PlanEntitlement)

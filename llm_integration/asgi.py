@@ -30,6 +30,6 @@ async def lifespan(scope, receive, send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await sync_to_async(writer.stop, thread_sensitive=False)()
-            deferred.flush()
+            await deferred.aflush()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -66,10 +66,14 @@ DEFAULTS: dict[str, Any] = {
     # How many server processes share this configuration (a system check warns when
     # more than one runs without a shared cache).
     "EXPECTED_PROCESSES": 1,
-    # Seconds between checks whether another process changed the configuration rows.
+    # Seconds between reads of the configuration version row: a change made by any
+    # process (admin, llm_bootstrap) applies in every process within this time.
     "CONFIG_CHECK_INTERVAL": 1.0,
     # Django cache alias used for rate limits, circuit breakers and the response cache.
     "CACHE_BACKEND": "default",
+    # Seconds one call to that cache may take (Redis stalled or unreachable) before the
+    # gateway treats the cache as down.
+    "CACHE_TIMEOUT": 0.5,
     # After the cache fails (Redis down), seconds before it is tried again; meanwhile
     # circuits read closed, cached answers miss and rate limits refuse (503) or, with
     # RATE_LIMIT_FAIL_OPEN, admit uncounted.

@@ -1,5 +1,5 @@
-"""The circuit breaker's process-local view of the shared state, and the one cache
-object per process the gateway's cache keys go through."""
+"""The circuit breaker's process-local view of the shared state, and the shared store
+the gateway's keys go through (one per process, async, never blocking the loop)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
-from llm_integration.services import sharedcache
+from llm_integration.services import sharedstate
 from llm_integration.services.circuit import CircuitBreaker
 from llm_integration.services.clock import FakeClock
+from llm_integration.services.sharedstate import DjangoStore
 
 FAILURES, OPEN_UNTIL, PROBE = "llm:cb:p:failures", "llm:cb:p:open_until", "llm:cb:p:probe"
 
@@ -58,79 +59,84 @@ def _thresholds(settings):
     }
 
 
-def breaker(cache, clock) -> CircuitBreaker:
+@pytest.fixture
+def store(cache):
+    return DjangoStore(cache)
+
+
+def breaker(store, clock) -> CircuitBreaker:
     """A new breaker object each time, as the gateway makes one per request."""
-    return CircuitBreaker("p", clock=clock, cache=cache)
+    return CircuitBreaker("p", clock=clock, store=store)
 
 
-def test_a_healthy_circuit_is_read_once_per_interval_not_per_request(cache, clock):
+async def test_a_healthy_circuit_is_read_once_per_interval_not_per_request(cache, store, clock):
     for _ in range(100):
-        b = breaker(cache, clock)
-        assert b.allow()
-        b.record_success()
+        b = breaker(store, clock)
+        assert await b.allow()
+        await b.record_success()
     assert cache.reads == 1
     clock.advance(1.0)
-    assert breaker(cache, clock).allow()
+    assert await breaker(store, clock).allow()
     assert cache.reads == 2
 
 
-def test_a_circuit_opened_elsewhere_is_seen_within_the_interval(cache, clock):
-    assert breaker(cache, clock).allow()  # this process's view: closed
+async def test_a_circuit_opened_elsewhere_is_seen_within_the_interval(cache, store, clock):
+    assert await breaker(store, clock).allow()  # this process's view: closed
     cache.set(OPEN_UNTIL, clock.time() + 30, timeout=None)  # another process opened it
-    assert breaker(cache, clock).allow()  # still trusting the view
+    assert await breaker(store, clock).allow()  # still trusting the view
     clock.advance(1.0)
-    assert not breaker(cache, clock).allow()
+    assert not await breaker(store, clock).allow()
 
 
-def test_interval_zero_reads_the_shared_state_every_time(cache, clock, settings):
+async def test_interval_zero_reads_the_shared_state_every_time(cache, store, clock, settings):
     settings.LLM_INTEGRATION = {"CIRCUIT_BREAKER_CHECK_INTERVAL": 0}
-    assert breaker(cache, clock).allow()
+    assert await breaker(store, clock).allow()
     cache.set(OPEN_UNTIL, clock.time() + 30, timeout=None)
-    assert not breaker(cache, clock).allow()
+    assert not await breaker(store, clock).allow()
 
 
-def test_own_failures_count_at_once_and_a_success_resets_them(cache, clock):
-    breaker(cache, clock).allow()
-    breaker(cache, clock).record_failure()
+async def test_own_failures_count_at_once_and_a_success_resets_them(cache, store, clock):
+    await breaker(store, clock).allow()
+    await breaker(store, clock).record_failure()
     assert cache.get(FAILURES) == 1
-    breaker(cache, clock).record_success()  # no new read needed: the view knows
+    await breaker(store, clock).record_success()  # no new read needed: the view knows
     assert cache.get(FAILURES) is None
-    breaker(cache, clock).record_failure()
-    breaker(cache, clock).record_failure()  # threshold 2
-    assert not breaker(cache, clock).allow()
-    assert breaker(cache, clock).state == "open"
+    await breaker(store, clock).record_failure()
+    await breaker(store, clock).record_failure()  # threshold 2
+    assert not await breaker(store, clock).allow()
+    assert await breaker(store, clock).state() == "open"
 
 
-def test_half_open_is_read_again_before_a_probe_is_claimed(cache, clock):
-    b = breaker(cache, clock)
-    b.force_open()
+async def test_half_open_is_read_again_before_a_probe_is_claimed(cache, store, clock):
+    b = breaker(store, clock)
+    await b.force_open()
     clock.advance(30)  # cool-down over: the view says half-open
     cache.delete_many([FAILURES, OPEN_UNTIL, PROBE])  # another process's probe closed it
-    assert breaker(cache, clock).allow()
+    assert await breaker(store, clock).allow()
     assert cache.get(PROBE) is None  # no probe claimed: the circuit is closed
 
 
-def test_one_probe_per_cool_down_and_a_failed_probe_reopens(cache, clock):
-    breaker(cache, clock).force_open()
-    assert not breaker(cache, clock).allow()
+async def test_one_probe_per_cool_down_and_a_failed_probe_reopens(cache, store, clock):
+    await breaker(store, clock).force_open()
+    assert not await breaker(store, clock).allow()
     clock.advance(30)
-    assert breaker(cache, clock).allow()  # the probe
-    assert not breaker(cache, clock).allow()  # only one
-    breaker(cache, clock).record_failure()
-    assert breaker(cache, clock).state == "open"
+    assert await breaker(store, clock).allow()  # the probe
+    assert not await breaker(store, clock).allow()  # only one
+    await breaker(store, clock).record_failure()
+    assert await breaker(store, clock).state() == "open"
     clock.advance(30)
-    assert breaker(cache, clock).allow()
-    breaker(cache, clock).record_success()
-    assert breaker(cache, clock).state == "closed" and cache.get(OPEN_UNTIL) is None
+    assert await breaker(store, clock).allow()
+    await breaker(store, clock).record_success()
+    assert await breaker(store, clock).state() == "closed" and cache.get(OPEN_UNTIL) is None
 
 
-def test_state_always_reads_the_shared_cache(cache, clock):
-    assert breaker(cache, clock).state == "closed"
+async def test_state_always_reads_the_shared_cache(cache, store, clock):
+    assert await breaker(store, clock).state() == "closed"
     cache.set(OPEN_UNTIL, clock.time() + 30, timeout=None)
-    assert breaker(cache, clock).state == "open"
+    assert await breaker(store, clock).state() == "open"
 
 
-# -- one cache object per process ----------------------------------------------------
+# -- the shared store ------------------------------------------------------------------
 
 
 def served(main):
@@ -140,9 +146,9 @@ def served(main):
         return pool.submit(asyncio.run, main()).result()
 
 
-def test_the_gateway_cache_is_one_object_across_tasks_while_djangos_is_one_per_task():
+def test_the_store_is_one_object_across_tasks_while_djangos_cache_is_one_per_task():
     async def both():
-        return sharedcache.backend(), caches["default"]
+        return sharedstate.store(), caches["default"]
 
     async def main():
         return await asyncio.gather(asyncio.create_task(both()), asyncio.create_task(both()))
@@ -152,33 +158,37 @@ def test_the_gateway_cache_is_one_object_across_tasks_while_djangos_is_one_per_t
     assert django_a is not django_b  # what made every request open a Redis connection
 
 
-def test_changed_cache_settings_build_a_new_object(settings):
-    before = sharedcache.backend()
+def test_changed_cache_settings_build_a_new_store(settings):
+    before = sharedstate.store()
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "x"}
     }
-    assert sharedcache.backend() is not before
-    assert sharedcache.backend() is sharedcache.backend()
+    assert sharedstate.store() is not before
+    assert sharedstate.store() is sharedstate.store()
 
 
 @pytest.mark.skipif(
     "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
     reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/15 (CI's second pass does)",
 )
-def test_requests_in_their_own_tasks_share_one_redis_connection():
+def test_requests_in_their_own_tasks_reuse_the_loops_redis_connections():
     import redis
 
     stats = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
-    sharedcache.backend().get("warm")  # the process's one connection
-    before = stats.info("stats")["total_connections_received"]
 
     async def request(i: int) -> None:
-        cache = sharedcache.backend()
-        cache.set(f"k{i}", i)
-        assert cache.get(f"k{i}") == i
+        store = sharedstate.store()
+        await store.set(f"k{i}", i, None)
+        assert (await store.get_many([f"k{i}"])) == {f"k{i}": i}
 
-    async def main():
+    async def twenty():
         await asyncio.gather(*(asyncio.create_task(request(i)) for i in range(20)))
 
-    served(main)
-    assert stats.info("stats")["total_connections_received"] - before == 0
+    async def main():
+        await twenty()  # the loop's pool: at most one connection per concurrent call
+        before = stats.info("stats")["total_connections_received"]
+        await twenty()
+        return before
+
+    before = served(main)
+    assert stats.info("stats")["total_connections_received"] == before  # all reused

@@ -75,7 +75,7 @@ def test_hard_budget_holds_under_60_concurrent_requests(openai_fake, api_key_env
 
 
 RATE_SCRIPT = """
-import json, os, sys
+import asyncio, json, os, sys
 import django
 django.setup()
 from llm_integration import exceptions as exc
@@ -83,14 +83,18 @@ from llm_integration.services.clock import FakeClock
 from llm_integration.services.ratelimit import Limit, RateLimiter
 limiter = RateLimiter(clock=FakeClock())
 limit = [Limit(sys.argv[1], rpm=25)]
-allowed = 0
-for _ in range(30):
+
+async def one():
     try:
-        limiter.acquire(limit, tokens=0)
-        allowed += 1
+        await limiter.acquire(limit, tokens=0)
+        return 1
     except exc.RateLimited:
-        pass
-print(json.dumps({"allowed": allowed}))
+        return 0
+
+async def main():
+    return sum(await asyncio.gather(*(one() for _ in range(30))))
+
+print(json.dumps({"allowed": asyncio.run(main())}))
 """
 
 

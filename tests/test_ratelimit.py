@@ -10,9 +10,9 @@ from django.conf import settings
 
 from llm_integration import exceptions as exc
 from llm_integration.models import UsageRecord
-from llm_integration.services import sharedcache
+from llm_integration.services import sharedstate
 from llm_integration.services.clock import FakeClock
-from llm_integration.services.ratelimit import Limit, RateLimiter
+from llm_integration.services.ratelimit import Limit, RateLimiter, deferred
 from tests.factories import (
     ModelAliasFactory,
     PlanEntitlementFactory,
@@ -23,83 +23,81 @@ from tests.factories import (
 )
 
 
-def test_fixed_window_counts_and_says_when_to_retry():
+async def test_fixed_window_counts_and_says_when_to_retry():
     clock = FakeClock()  # 12:00:00 exactly
     limiter = RateLimiter(clock=clock)
     limit = [Limit("user:1", rpm=2)]
-    limiter.acquire(limit, tokens=0)
+    await limiter.acquire(limit, tokens=0)
     clock.advance(15)
-    limiter.acquire(limit, tokens=0)
+    await limiter.acquire(limit, tokens=0)
     with pytest.raises(exc.RateLimited) as info:
-        limiter.acquire(limit, tokens=0)
+        await limiter.acquire(limit, tokens=0)
     assert info.value.retry_after == 45 and info.value.status_code == 429
     clock.advance(45)  # next window
-    limiter.acquire(limit, tokens=0)
+    await limiter.acquire(limit, tokens=0)
 
 
-def test_refusal_gives_back_what_it_took_from_other_limits():
+async def test_refusal_gives_back_what_it_took_from_other_limits():
     limiter = RateLimiter(clock=FakeClock())
     wide, narrow = Limit("a", rpm=10), Limit("b", rpm=1)
-    limiter.acquire([wide, narrow], tokens=0)
+    await limiter.acquire([wide, narrow], tokens=0)
     for _ in range(5):
         with pytest.raises(exc.RateLimited):
-            limiter.acquire([wide, narrow], tokens=0)
+            await limiter.acquire([wide, narrow], tokens=0)
     # "a" was only really used once: nine more fit.
     for _ in range(9):
-        limiter.acquire([wide], tokens=0)
+        await limiter.acquire([wide], tokens=0)
     with pytest.raises(exc.RateLimited):
-        limiter.acquire([wide], tokens=0)
+        await limiter.acquire([wide], tokens=0)
 
 
-def test_tokens_per_minute_with_adjustment_to_the_real_count():
+async def test_tokens_per_minute_with_adjustment_to_the_real_count():
     limiter = RateLimiter(clock=FakeClock())
     limit = [Limit("t", tpm=1000)]
-    taken = limiter.acquire(limit, tokens=800)
+    taken = await limiter.acquire(limit, tokens=800)
     limiter.adjust_tokens(taken, actual=100, estimated=800)
-    limiter.acquire(limit, tokens=800)  # 100 + 800 fits
+    await limiter.acquire(limit, tokens=800)  # 100 + 800 fits
     with pytest.raises(exc.RateLimited, match="1000 tokens"):
-        limiter.acquire(limit, tokens=200)
+        await limiter.acquire(limit, tokens=200)
 
 
-@pytest.mark.skipif(
-    "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
-    reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/15 (CI's second pass does)",
-)
-def test_redis_counters_are_plain_integers_that_always_expire():
-    cache = sharedcache.backend()
-    raw = cache._cache.get_client(write=True)
+async def test_token_corrections_ride_with_the_next_request_or_go_alone():
+    store = sharedstate.store()
     limiter = RateLimiter(clock=FakeClock())
-    taken = limiter.acquire([Limit("u", rpm=5, tpm=1000)], tokens=300)
-    (r_key, _), (t_key, _) = taken
-    assert (cache.get(r_key), cache.get(t_key)) == (1, 300)  # Django reads what we wrote
-    assert all(0 < raw.ttl(cache.make_and_validate_key(k)) <= 120 for k, _ in taken)
-    limiter.adjust_tokens(taken, actual=100, estimated=300)
-    assert cache.get(t_key) == 100
-    cache.delete_many([r_key, t_key])  # the window expired before the request ended
-    limiter.release(taken)
-    limiter.adjust_tokens(taken, actual=50, estimated=300)
-    assert all(raw.ttl(cache.make_and_validate_key(k)) != -1 for k, _ in taken)  # -1: forever
-
-
-@pytest.mark.skipif(
-    "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
-    reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/15 (CI's second pass does)",
-)
-async def test_on_redis_token_corrections_ride_with_the_next_request():
-    cache = sharedcache.backend()
-    limiter = RateLimiter(clock=FakeClock())
-    mine = limiter.acquire([Limit("mine", tpm=1000)], tokens=800)
+    mine = await limiter.acquire([Limit("mine", tpm=1000)], tokens=800)
     limiter.adjust_tokens(mine, actual=100, estimated=800)
-    t_key = mine[0][0]
-    assert cache.get(t_key) == 800  # waiting: no round trip of its own yet
-    limiter.acquire([Limit("other", rpm=5)], tokens=0)  # another request's round trip
-    assert cache.get(t_key) == 100
+    key = mine[0].key
+    assert await store.get_many([key]) == {key: 800}  # waiting: no round trip of its own
+    await limiter.acquire([Limit("other", rpm=5)], tokens=0)  # another request's round trip
+    assert await store.get_many([key]) == {key: 100}
     limiter.adjust_tokens(mine, actual=50, estimated=100)  # nobody else comes: the timer
     for _ in range(500):
-        if cache.get(t_key) == 50:
+        if await store.get_many([key]) == {key: 50}:
             break
         await asyncio.sleep(0.01)
-    assert cache.get(t_key) == 50
+    assert await store.get_many([key]) == {key: 50}
+
+
+@pytest.mark.skipif(
+    "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
+    reason="needs Redis: set REDIS_URL=redis://127.0.0.1:6379/15 (CI's second pass does)",
+)
+async def test_redis_counters_are_plain_integers_that_always_expire():
+    import redis.asyncio
+
+    store = sharedstate.store()
+    raw = redis.asyncio.Redis.from_url(settings.CACHES["default"]["LOCATION"])
+    limiter = RateLimiter(clock=FakeClock())
+    taken = await limiter.acquire([Limit("u", rpm=5, tpm=1000)], tokens=300)
+    keys = [store.key(c.key) for c in taken]
+    assert [int(v) for v in await raw.mget(keys)] == [1, 300]
+    assert all(0 < ttl <= 120 for ttl in [await raw.ttl(k) for k in keys])
+    await raw.delete(*keys)  # the window expired before the request ended
+    await limiter.release(taken)
+    limiter.adjust_tokens(taken, actual=50, estimated=300)
+    await deferred.aflush()
+    assert -1 not in [await raw.ttl(k) for k in keys]  # -1: forever
+    await raw.aclose()
 
 
 @pytest.mark.django_db(transaction=True)

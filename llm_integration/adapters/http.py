@@ -116,7 +116,7 @@ class SessionPool:
     def _drop_closed_loops(self) -> None:
         for loop in [loop for loop in self._sessions if loop.is_closed()]:
             self._closers.pop(loop, None)
-            _abandon(self._sessions.pop(loop))
+            _abandon(self._sessions.pop(loop), loop)
 
     async def aclose(self) -> None:
         """Close this loop's session (others are dropped as their loops close)."""
@@ -130,16 +130,22 @@ class SessionPool:
         with self._lock:
             self._closers.clear()
             while self._sessions:
-                _abandon(self._sessions.popitem()[1])
+                _abandon(*reversed(self._sessions.popitem()))
 
 
-def _abandon(session: aiohttp.ClientSession) -> None:
-    # Its loop is closed: nothing can be awaited there any more. Marked closed, the
-    # session and its connector are garbage collected (their sockets with them) without
-    # "Unclosed client session" complaints.
+def _abandon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+    """Let go of a session whose loop will never run again (its sockets go with the
+    garbage collector). ``detach()`` marks the session closed; on a closed loop the
+    connector's ``close()`` marks it closed at once and returns an awaitable with nothing
+    to wait for, run to its end here: no "Unclosed ..." complaints later."""
     connector = session.connector
-    if connector is not None:
-        connector._closed = True
+    session.detach()
+    if connector is not None and loop.is_closed():
+        steps = connector.close().__await__()
+        try:
+            steps.send(None)
+        except StopIteration:
+            pass
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -211,23 +217,14 @@ async def iter_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
     """The body's lines, without their ``\n`` / ``\r\n``.
 
     Reads whatever has arrived and splits it here: one wait per network read rather
-    than per line. When the connection breaks, aiohttp raises before it hands over the
-    bytes that came with the break; those lines are still delivered, then the error.
+    than per line.
     """
     content = response.content
     pending = b""
-    try:
-        while chunk := await content.readany():
-            lines, pending = _split(pending + chunk)
-            for line in lines:
-                yield line
-    except aiohttp.ClientPayloadError:
-        read_buffered = getattr(content, "_read_nowait", None)  # aiohttp's own drain
-        if read_buffered is not None:
-            lines, pending = _split(pending + read_buffered(-1))
-            for line in lines:
-                yield line
-        raise
+    while chunk := await content.readany():
+        lines, pending = _split(pending + chunk)
+        for line in lines:
+            yield line
     if pending:
         yield pending.removesuffix(b"\r").decode("utf-8", "replace")
 

@@ -1,4 +1,4 @@
-"""Step 5: the response cache, in Django's cache (Redis: shared by every process).
+"""Step 5: the response cache, in the shared store (Redis: shared by every process).
 
 Identical non-streaming requests to an alias that opted in (``cache_responses``), or
 any temperature-0 request while ``CACHE_ENABLED`` is on, are answered from the cache
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..adapters.base import ChatRequest, Usage
 from ..conf import llm_settings
 from ..models import ModelAlias
-from . import sharedcache
+from . import sharedstate
 
 
 @dataclass(slots=True)
@@ -49,13 +49,10 @@ def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
     return "llm:cache:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _cache():
-    return sharedcache.backend()
-
-
-def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:
-    cache = _cache()
-    data = sharedcache.guarded(lambda: cache.get(key), None)  # the cache down: a miss
+async def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:
+    store = sharedstate.store()
+    found = await sharedstate.guarded(lambda: store.get_many([key]), {})  # down: a miss
+    data = found.get(key)
     if not data:
         return None
     answer = CachedAnswer(
@@ -69,8 +66,7 @@ def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:
     return answer
 
 
-def store(key: str, *, text: str, finish_reason: str, usage: Usage, now: float) -> None:
-    cache = _cache()
+async def store(key: str, *, text: str, finish_reason: str, usage: Usage, now: float) -> None:
     entry = {
         "text": text,
         "finish_reason": finish_reason,
@@ -79,4 +75,5 @@ def store(key: str, *, text: str, finish_reason: str, usage: Usage, now: float) 
         "at": now,
     }
     timeout = int(llm_settings.CACHE_TTL) + int(llm_settings.CACHE_STALE_TTL)
-    sharedcache.guarded(lambda: cache.set(key, entry, timeout=timeout), None)
+    shared = sharedstate.store()
+    await sharedstate.guarded(lambda: shared.set(key, entry, timeout), None)

@@ -46,7 +46,7 @@ from .context import fit_to_window
 from .db import run_db
 from .entitlements import entitlement_for
 from .providers import adapter_for
-from .ratelimit import Limit, RateLimiter, limits_for
+from .ratelimit import Count, Limit, RateLimiter, limits_for
 from .retries import call_with_retries
 from .tokens import count_message_tokens, count_text_tokens, is_exact
 from .usage import cost_of, format_money
@@ -250,7 +250,7 @@ class Call:
     serving: Prepared | None = None
     reservation: budgets.Reservation = field(default_factory=budgets.Reservation)
     #: Rate-limit counts taken (caller's and serving candidate's), with the tokens counted.
-    limits_taken: list[tuple[list[tuple[str, int]], int]] = field(default_factory=list)
+    limits_taken: list[tuple[list[Count], int]] = field(default_factory=list)
     started: float = 0.0
     recorded: bool = False
     outcome: Outcome | None = None
@@ -482,7 +482,7 @@ class Gateway:
             entitlement=adm.entitlement,
         )
         caller = [limit for limit in caller if limit.key.split(":")[0] not in ("provider", "alias")]
-        taken = self.limiter.acquire(caller, tokens=first.worst_tokens)
+        taken = await self.limiter.acquire(caller, tokens=first.worst_tokens)
         call.limits_taken.append((taken, first.worst_tokens))
         return first
 
@@ -507,12 +507,12 @@ class Gateway:
         last: BaseException | None = None
         for alias in adm.candidates:
             breaker = CircuitBreaker(alias.provider.name, clock=self.clock)
-            if not breaker.allow():
+            if not await breaker.allow():
                 continue
             try:
                 prepared = first if alias.pk == first.alias.pk else prepare(alias, request)
                 adapter = adapter_for(alias)
-                taken = self.limiter.acquire(
+                taken = await self.limiter.acquire(
                     self._candidate_limits(prepared), tokens=prepared.worst_tokens
                 )
             except (
@@ -528,7 +528,7 @@ class Gateway:
             try:
                 call.reservation = await self._reserve(call, prepared)
             except exc.BudgetExceeded as error:
-                self.limiter.release(taken)
+                await self.limiter.release(taken)
                 last = error
                 continue
             call.serving = prepared
@@ -543,7 +543,7 @@ class Gateway:
                 )
             except exc.LLMError as error:
                 if isinstance(error, CIRCUIT_FAILURES):
-                    breaker.record_failure()
+                    await breaker.record_failure()
                 if not isinstance(error, FALL_THROUGH):
                     raise
                 # The release owns the holds from here, even if this task is cancelled.
@@ -563,7 +563,7 @@ class Gateway:
                     },
                 )
                 continue
-            breaker.record_success()
+            await breaker.record_success()
             return prepared, result
         raise final_error(last, adm.alias)
 
@@ -632,7 +632,7 @@ class Gateway:
             first = await self._admit(call, model=model, request=request)
             if caching.cacheable(first.alias, first.request):
                 key = caching.cache_key(first.alias, first.request)
-                hit = caching.lookup(key, now=self.clock.time())
+                hit = await caching.lookup(key, now=self.clock.time())
                 if hit is not None:
                     call.serving = first
                     await call.finish(
@@ -657,7 +657,9 @@ class Gateway:
             try:
                 prepared, completion = await self._route(call, request, first, complete)
             except exc.LLMError as error:
-                stale = caching.lookup(key, now=self.clock.time(), stale=True) if key else None
+                stale = (
+                    await caching.lookup(key, now=self.clock.time(), stale=True) if key else None
+                )
                 if stale is None:
                     raise
                 call.serving = first
@@ -693,7 +695,7 @@ class Gateway:
             UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
         )
         if key is not None and prepared.alias.pk == first.alias.pk:
-            caching.store(
+            await caching.store(
                 key,
                 text=completion.text,
                 finish_reason=completion.finish_reason,

@@ -1,15 +1,14 @@
-"""A circuit breaker per provider, kept in Django's cache so all processes agree.
+"""A circuit breaker per provider, kept in the shared store so all processes agree.
 
 closed ──N consecutive failures──> open ──cool-down over──> half-open (one probe)
   ^                                                            │
   └──────────────── probe succeeds ─────────── probe fails: open again
 
-Every request asks ``allow()`` before its call and reports ``record_success()`` or
-``record_failure()`` after it. With Redis each read is a blocking round trip on the
-event loop, so a process keeps what it last read of a circuit (its *view*) for
-``CIRCUIT_BREAKER_CHECK_INTERVAL`` seconds: a healthy provider costs one read per
-interval instead of three per request. What this process changes (failures, opening,
-closing) goes to the cache at once and into its view; a circuit opened by another
+Every request awaits ``allow()`` before its call and reports ``record_success()`` or
+``record_failure()`` after it. A process keeps what it last read of a circuit (its
+*view*) for ``CIRCUIT_BREAKER_CHECK_INTERVAL`` seconds: a healthy provider costs one
+read per interval, not one per request. What this process changes (failures, opening,
+closing) goes to the store at once and into its view; a circuit opened by another
 process is seen here within the interval; a circuit the view holds half-open is read
 again before a probe is claimed, so a probe that closed it elsewhere is not repeated.
 """
@@ -21,137 +20,126 @@ from dataclasses import dataclass
 
 from ..conf import llm_settings
 from ..metrics import CIRCUIT_OPEN
-from . import sharedcache
+from . import sharedstate
 from .clock import SYSTEM_CLOCK, Clock
+from .sharedstate import Store
 
 
 @dataclass(slots=True)
-class _View:
+class View:
+    """What a process last read of a circuit."""
+
     read_at: float  # clock.monotonic()
     failures: int
     open_until: float | None
 
 
-# cache object -> provider -> view (weak: a replaced cache object takes its views along)
+# store -> provider -> view (weak: a replaced store takes its views along)
 _views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def forget() -> None:
-    """Drop every process-local view (tests, after clearing the cache behind our back)."""
+    """Drop every process-local view (tests, after clearing the store behind our back)."""
     _views.clear()
 
 
 class CircuitBreaker:
-    def __init__(self, provider: str, *, clock: Clock = SYSTEM_CLOCK, cache=None) -> None:
+    def __init__(self, provider: str, *, clock: Clock = SYSTEM_CLOCK, store: Store | None = None):
         self.provider = provider
         self.clock = clock
-        self._cache = cache
-        self._failures = f"llm:cb:{provider}:failures"
-        self._open_until = f"llm:cb:{provider}:open_until"
-        self._probe = f"llm:cb:{provider}:probe"
-
-    @property
-    def cache(self):
-        return self._cache or sharedcache.backend()
+        self.store = store or sharedstate.store()
+        self.failures_key = f"llm:cb:{provider}:failures"
+        self.open_until_key = f"llm:cb:{provider}:open_until"
+        self.probe_key = f"llm:cb:{provider}:probe"
 
     # -- the view ----------------------------------------------------------------------
-    def _view(self, *, fresh: bool = False) -> _View:
-        cache = self.cache
-        views = _views.get(cache)
-        view = views.get(self.provider) if views is not None else None
-        if (
-            view is None
-            or fresh
-            or self.clock.monotonic() - view.read_at
-            >= float(llm_settings.CIRCUIT_BREAKER_CHECK_INTERVAL)
-        ):
-            keys = [self._failures, self._open_until]
-            values = sharedcache.guarded(lambda: cache.get_many(keys), None)
-            if values is None:  # the cache is down: keep what was known (else closed)
-                known = view or _View(0.0, 0, None)
-                values = {self._failures: known.failures, self._open_until: known.open_until}
-            view = self._remember(
-                int(values.get(self._failures) or 0), values.get(self._open_until)
-            )
+    def known(self) -> View | None:
+        views = _views.get(self.store)
+        return views.get(self.provider) if views is not None else None
+
+    async def view(self, *, fresh: bool = False) -> View:
+        view = self.known()
+        interval = float(llm_settings.CIRCUIT_BREAKER_CHECK_INTERVAL)
+        if view is not None and not fresh and self.clock.monotonic() - view.read_at < interval:
+            return view
+        keys = [self.failures_key, self.open_until_key]
+        values = await sharedstate.guarded(lambda: self.store.get_many(keys), None)
+        if values is None:  # the store is down: keep what was known (else closed)
+            known = view or View(0.0, 0, None)
+            return self.remember(known.failures, known.open_until)
+        return self.remember(
+            int(values.get(self.failures_key) or 0), values.get(self.open_until_key)
+        )
+
+    def remember(self, failures: int, open_until: float | None) -> View:
+        view = View(self.clock.monotonic(), failures, open_until)
+        _views.setdefault(self.store, {})[self.provider] = view
         return view
 
-    def _remember(self, failures: int, open_until: float | None) -> _View:
-        view = _View(self.clock.monotonic(), failures, open_until)
-        _views.setdefault(self.cache, {})[self.provider] = view
-        return view
-
-    def _state_of(self, view: _View) -> str:
+    def state_of(self, view: View) -> str:
         if view.open_until is None:
             return "closed"
         return "open" if self.clock.time() < view.open_until else "half_open"
 
     # -- the breaker -------------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        """The circuit's state as the shared cache has it now (always read)."""
-        return self._state_of(self._view(fresh=True))
+    async def state(self) -> str:
+        """The circuit's state as the shared store has it now (always read)."""
+        return self.state_of(await self.view(fresh=True))
 
-    def allow(self) -> bool:
+    async def allow(self) -> bool:
         """Whether a request may go to this provider now (claims the half-open probe)."""
-        state = self._state_of(self._view())
+        state = self.state_of(await self.view())
         if state == "half_open":  # another process's probe may have closed it
-            state = self._state_of(self._view(fresh=True))
+            state = self.state_of(await self.view(fresh=True))
         if state == "closed":
             return True
         if state == "open":
             return False
-        cooldown = float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
-        cache = self.cache
-        # The cache down: no probe can be claimed, so every request may probe.
-        return sharedcache.guarded(
-            lambda: cache.add(self._probe, 1, timeout=max(1, int(cooldown))), True
-        )
+        cooldown = max(1.0, float(llm_settings.CIRCUIT_BREAKER_COOLDOWN))
+        # The store down: no probe can be claimed, so every request may probe.
+        return await sharedstate.guarded(lambda: self.store.add(self.probe_key, 1, cooldown), True)
 
-    def record_success(self) -> None:
-        view = self._view()
+    async def record_success(self) -> None:
+        view = await self.view()
         if view.failures or view.open_until is not None:
-            self._forget_failures()
+            await self.forget_failures()
             CIRCUIT_OPEN.labels(self.provider).set(0)
 
-    def record_failure(self) -> None:
-        cache = self.cache
-        cooldown = float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
-
-        def count() -> int:
-            cache.add(self._failures, 0, timeout=None)
-            return cache.incr(self._failures)
-
-        failures = sharedcache.guarded(count, self._view().failures + 1)
-        view = self._view(fresh=True)
+    async def record_failure(self) -> None:
+        known = await self.view()
+        counted = await sharedstate.guarded(
+            lambda: self.store.incr_many([(self.failures_key, 1)], ttl=86_400), None
+        )
+        failures = counted[0] if counted else known.failures + 1
+        view = await self.view(fresh=True)
         if failures >= int(llm_settings.CIRCUIT_BREAKER_THRESHOLD) or (
-            self._state_of(view) == "half_open"
+            self.state_of(view) == "half_open"
         ):
-            self._open(self.clock.time() + cooldown, failures)
+            await self.open(self.clock.time() + float(llm_settings.CIRCUIT_BREAKER_COOLDOWN))
         else:
-            self._remember(failures, view.open_until)
+            self.remember(failures, view.open_until)
 
-    def force_open(self) -> None:
+    async def force_open(self) -> None:
         """Open the circuit now (a failed health check): requests skip this provider
         until the cool-down's probe."""
-        open_until = self.clock.time() + float(llm_settings.CIRCUIT_BREAKER_COOLDOWN)
-        self._open(open_until, self._view().failures)
+        await self.open(self.clock.time() + float(llm_settings.CIRCUIT_BREAKER_COOLDOWN))
 
-    def reset(self) -> None:
-        self._forget_failures()
+    async def reset(self) -> None:
+        await self.forget_failures()
         CIRCUIT_OPEN.labels(self.provider).set(0)
 
-    def _open(self, open_until: float, failures: int) -> None:
-        cache = self.cache
+    async def open(self, open_until: float) -> None:
+        failures = (self.known() or View(0.0, 0, None)).failures
 
-        def write() -> None:
-            cache.set(self._open_until, open_until, timeout=None)
-            cache.delete(self._probe)
+        async def write() -> None:
+            await self.store.set(self.open_until_key, open_until, None)
+            await self.store.delete_many([self.probe_key])
 
-        sharedcache.guarded(write, None)
-        self._remember(failures, open_until)
+        await sharedstate.guarded(write, None)
+        self.remember(failures, open_until)
         CIRCUIT_OPEN.labels(self.provider).set(1)
 
-    def _forget_failures(self) -> None:
-        cache, keys = self.cache, [self._failures, self._open_until, self._probe]
-        sharedcache.guarded(lambda: cache.delete_many(keys), None)
-        self._remember(0, None)
+    async def forget_failures(self) -> None:
+        keys = [self.failures_key, self.open_until_key, self.probe_key]
+        await sharedstate.guarded(lambda: self.store.delete_many(keys), None)
+        self.remember(0, None)

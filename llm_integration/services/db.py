@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 _sqlite_writer = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
@@ -41,14 +42,15 @@ def write_lock() -> AbstractContextManager:
 
 
 def _executor() -> ThreadPoolExecutor | None:
-    global _pool
+    global _pool, _pool_size
     size = int(llm_settings.DB_THREADS)
     if size <= 0:
         return None
-    if _pool is None or _pool._max_workers != size:
+    if _pool is None or _pool_size != size:
         with _pool_lock:
-            if _pool is None or _pool._max_workers != size:
+            if _pool is None or _pool_size != size:
                 _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="llm-db")
+                _pool_size = size
     return _pool
 
 
@@ -82,15 +84,14 @@ def run_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitabl
 def close_db_threads() -> None:
     """Close every pool thread's (and the writer's) database connections and stop them
     (for tests and graceful shutdowns; they start again on next use)."""
-    global _pool
+    global _pool, _pool_size
     from .writer import writer
 
     writer.stop()
     with _pool_lock:
-        pool, _pool = _pool, None
+        pool, size, _pool, _pool_size = _pool, _pool_size, None, 0
     if pool is None:
         return
-    size = pool._max_workers
     barrier = threading.Barrier(size)
 
     def close() -> None:

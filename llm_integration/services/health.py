@@ -100,12 +100,16 @@ def _store(results: list[HealthResult]) -> None:
             for r in results
         ]
     )
+
+
+async def _feed_circuits(results: list[HealthResult]) -> None:
+    """A provider found down opens its circuit; one that answers closes it."""
     for r in results:
         breaker = CircuitBreaker(r.provider.name)
         if r.status == HealthCheck.Status.DOWN:
-            breaker.force_open()
+            await breaker.force_open()
         else:
-            breaker.reset()
+            await breaker.reset()
 
 
 async def check_providers(
@@ -117,4 +121,5 @@ async def check_providers(
         *(check_provider(p, aliases, probe_timeout=probe_timeout) for p, aliases in targets)
     )
     await sync_to_async(_store)(list(results))
+    await _feed_circuits(list(results))
     return list(results)
