@@ -7,5 +7,5 @@ class LLMIntegrationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, signals  # noqa: F401  (registers checks and receivers)
+        from . import checks, consumers, signals  # noqa: F401  (checks and receivers)
         from .api import schema  # noqa: F401  (OpenAPI extensions)

@@ -21,17 +21,48 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.dispatch import receiver
 
 from . import exceptions as exc
 from .api.errors import describe
 from .services.chat import ChatStream, Delta, astream_chat, new_request_id
 from .services.usage import format_money
+from .signals import budget_alerts_fired
 
 CLOSE_UNAUTHENTICATED = 4401
 
 
 def user_group(user_id: int) -> str:
     return f"llm_user_{user_id}"
+
+
+@receiver(budget_alerts_fired, dispatch_uid="llm-alerts-to-sockets")
+async def notify_sockets(sender, *, user, alerts, **kwargs) -> None:
+    """Tell the requesting user's open pages (their WebSocket group) that a budget
+    crossed a threshold; through Redis this reaches sockets served by any process."""
+    layer = get_channel_layer()
+    if layer is None or not getattr(user, "pk", None):
+        return
+    for alert in alerts:
+        budget = alert.budget
+        spent, limit = format_money(alert.spent_usd), format_money(alert.limit_usd)
+        await layer.group_send(
+            user_group(user.pk),
+            {
+                "type": "llm.notice",
+                "payload": {
+                    "kind": "budget_alert",
+                    "budget": budget.name,
+                    "scope": budget.scope,
+                    "threshold": alert.threshold,
+                    "spent_usd": spent,
+                    "limit_usd": limit,
+                    "text": f"Budget {budget.name!r} has reached {alert.threshold}% "
+                    f"(${spent} of ${limit}).",
+                },
+            },
+        )
 
 
 @database_sync_to_async

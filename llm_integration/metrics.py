@@ -52,11 +52,11 @@ def observe(
 
 
 def observe_budgets(settled) -> None:
-    """Budget gauges from settled reservations: (budget, period id, spent units, alerted)."""
+    """Budget gauges from a request's settlement (``budgets.Settled``: budget, spent)."""
     from .models import units_to_usd
 
-    for budget, _pid, spent_units, _alerted in settled:
-        spent = units_to_usd(spent_units)
+    for entry in settled:
+        budget, spent = entry.budget, units_to_usd(entry.spent_units)
         BUDGET_SPENT.labels(budget.name).set(float(spent))
         BUDGET_LIMIT.labels(budget.name).set(float(budget.limit_usd))
         BUDGET_REMAINING.labels(budget.name).set(float(max(budget.limit_usd - spent, 0)))

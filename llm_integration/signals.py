@@ -21,6 +21,11 @@ CONFIG_MODELS = (Provider, ModelAlias, AliasFallback, Plan, PlanEntitlement, Sub
 #: Sent once per budget, period and threshold: kwargs budget, threshold, spent_usd, limit_usd.
 budget_threshold_reached = Signal()
 
+#: Sent (``asend``, from the event loop) after a request's settlement fired budget
+#: alerts: kwargs ``user`` (who made the request) and ``alerts`` (``BudgetAlert`` rows).
+#: The WebSocket consumer tells that user's open pages.
+budget_alerts_fired = Signal()
+
 
 def _config_changed(sender, **kwargs) -> None:
     from .services.config import invalidate

@@ -16,7 +16,14 @@ from asgiref.sync import sync_to_async
 from llm_integration import exceptions as exc
 from llm_integration.models import AliasFallback, BudgetPeriod, UsageRecord
 from llm_integration.services import budgets
-from llm_integration.services.allowances import Allowances, allowances
+from llm_integration.services.allowances import (
+    Allowances,
+    Grant,
+    Spend,
+    Terms,
+    Withdrawal,
+    allowances,
+)
 from llm_integration.services.tokens import count_message_tokens
 from llm_integration.services.writer import writer
 from tests.conftest import WriterGate
@@ -237,7 +244,9 @@ async def test_grants_in_one_transaction_refuse_nobody_for_their_own_allowance(p
     # the second request in the same transaction takes it back from that grant.
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal(2 * WORST) / 10**8)
     now = budgets.timezone.now()
-    job = functools.partial(budgets.grant_job, now=now, period_ids={}, back={}, held={}, share=1.0)
+    job = functools.partial(
+        budgets.grant_job, now=now, period_ids={}, withdrawal=Withdrawal(), share=1.0
+    )
     first = await gated.shut()
     pending = [gated.writer.write(job, [budget], WORST) for _ in range(3)]
     gated.open()
@@ -256,8 +265,8 @@ async def _a_held_allowance(limit_units: int):
     a second request's hold taken from it in memory: nothing free in the allowance."""
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal(limit_units) / 10**8)
     now = budgets.timezone.now()
-    a = await writer.write(_grant(budget, now, {}, {}), [budget], WORST)
-    pid = a.holds[0][1]
+    a = await writer.write(_grant(budget, now, Withdrawal()), [budget], WORST)
+    pid = a.holds[0].period_id
     assert allowances.take([pid], [budgets.terms(budget)], WORST)  # request B, in memory
     return budget, now, a, pid
 
@@ -272,10 +281,10 @@ async def assert_consistent(budget, pid):
     assert period.spent_units + period.reserved_units <= 3 * WORST - 1
 
 
-def _grant(budget, now, back, held):
+def _grant(budget, now, withdrawal):
     del budget  # the job's argument, given to write()
     return functools.partial(
-        budgets.grant_job, now=now, period_ids={}, back=back, held=held, share=1.0
+        budgets.grant_job, now=now, period_ids={}, withdrawal=withdrawal, share=1.0
     )
 
 
@@ -286,8 +295,8 @@ async def test_a_settlement_in_the_same_transaction_frees_room_for_a_grant(price
     record = UsageRecord(request_id="a", status="ok", cost_usd=Decimal(COST) / 10**8)
     first = await gated.shut()
     settled = gated.writer.write(budgets.record_usage, record, a.holds, record.cost_usd, True)
-    back, held = allowances.withdraw([pid])  # C: nothing free yet
-    granted = gated.writer.write(_grant(budget, now, back, held), [budget], WORST)
+    withdrawal = allowances.withdraw([pid])  # C: nothing free yet
+    granted = gated.writer.write(_grant(budget, now, withdrawal), [budget], WORST)
     gated.open()
     await first
     await settled
@@ -297,26 +306,27 @@ async def test_a_settlement_in_the_same_transaction_frees_room_for_a_grant(price
 
 async def test_a_settlement_committed_after_the_request_looked_frees_room(priced):
     budget, now, a, pid = await _a_held_allowance(3 * WORST - 1)
-    back, held = allowances.withdraw([pid])  # C looks first: nothing free
+    withdrawal = allowances.withdraw([pid])  # C looks first: nothing free
     record = UsageRecord(request_id="a", status="ok", cost_usd=Decimal(COST) / 10**8)
     await writer.write(budgets.record_usage, record, a.holds, record.cost_usd, True)
     assert allowances.get(pid).granted - allowances.get(pid).held == WORST - COST  # freed
-    reservation = await writer.write(_grant(budget, now, back, held), [budget], WORST)
+    reservation = await writer.write(_grant(budget, now, withdrawal), [budget], WORST)
     assert isinstance(reservation, budgets.Reservation)  # refused before the fix
-    assert back == {pid: WORST - COST}  # returned in C's transaction (restored if it fails)
+    # Returned in C's transaction (restored if it fails).
+    assert withdrawal.returned == {pid: WORST - COST}
     await assert_consistent(budget, pid)
 
 
 def test_allowances_take_all_or_nothing_and_give_back_only_what_is_unused():
     table = Allowances()
-    terms = (True, 1000)
-    table.credit([[1, 300, 100, terms], [2, 150, 100, terms]])
+    terms = Terms(hard=True, limit_units=1000)
+    table.credit([Grant(1, 300, 100, terms), Grant(2, 150, 100, terms)])
     assert not table.take([1, 2], [terms, terms], 60)  # row 2 has 50 free
     assert table.get(1).held == 100  # nothing taken from row 1 either
     assert table.take([1, 2], [terms, terms], 50)
-    assert not table.take([1], [(True, 999)], 10)  # granted under another limit
-    assert table.withdraw([1, 2]) == ({1: 150}, {1: 150, 2: 150})
-    table.settle([(1, 150, 40)])  # a request that held 150 spent 40
+    assert not table.take([1], [Terms(True, 999)], 10)  # granted under another limit
+    assert table.withdraw([1, 2]) == Withdrawal({1: 150}, {1: 150, 2: 150})
+    table.settle([Spend(1, held=150, spent=40)])  # a request that held 150 spent 40
     assert (table.get(1).granted, table.get(1).held) == (110, 0)
     table.restore({1: 5})
     assert table.idle() == {1: 115}  # row 2 is all held: nothing to give back

@@ -80,7 +80,7 @@ def test_reservation_is_all_or_nothing(priced):
     small = BudgetFactory(scope="alias", alias=priced, limit_usd=Decimal("0.10"))
     now = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
     held = budgets.reserve([big, small], Decimal("0.06"), now=now)
-    assert [h[2] for h in held.holds] == [6_000_000, 6_000_000]
+    assert [h.units for h in held.holds] == [6_000_000, 6_000_000]
     with pytest.raises(exc.BudgetExceeded, match="alias chat"):
         budgets.reserve([big, small], Decimal("0.06"), now=now)
     # The failed attempt left nothing behind on the big budget.

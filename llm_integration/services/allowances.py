@@ -18,7 +18,7 @@ leaves. Near the limit grants shrink to nothing, and every request reserves exac
 its own worst case, as it does with ``BUDGET_ALLOWANCE_SHARE = 0``. A request that
 does not fit in the allowance first gives the unused part back, in the same
 transaction, with whatever the process's other requests freed or were granted since it
-looked (``Ledger._reclaim``, ``Ledger._recall``), so nothing this process holds can make
+looked (``Ledger.reclaim``, ``Ledger.recall``), so nothing this process holds can make
 it refuse its own request.
 
 What a process holds unused goes back to the row after ``BUDGET_ALLOWANCE_IDLE``
@@ -36,9 +36,15 @@ import math
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-Terms = tuple[bool, int]  # (hard, limit units) of the budget when the allowance was granted
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What an allowance on a budget was granted under: a changed limit voids it."""
+
+    hard: bool
+    limit_units: int
 
 
 @dataclass(slots=True)
@@ -47,6 +53,35 @@ class Allowance:
     held: int = 0  # the part that requests in flight hold
     terms: Terms | None = None
     used: float = 0.0  # time.monotonic() of the last take or grant
+
+
+@dataclass(slots=True)
+class Grant:
+    """An allowance a transaction reserved on a period row, credited once it commits."""
+
+    period_id: int
+    granted: int  # units reserved on the row for this process, the request's included
+    held: int  # the part the granting request holds
+    terms: Terms
+
+
+@dataclass(slots=True)
+class Spend:
+    """A pooled request's settlement on a row: of the ``held`` units, ``spent`` became
+    spending (they leave the allowance); the rest stays the process's."""
+
+    period_id: int
+    held: int
+    spent: int
+
+
+@dataclass(slots=True)
+class Withdrawal:
+    """What ``withdraw`` took back, by period row: the unused units (for the request's
+    transaction to return to the rows) and what requests in flight still hold."""
+
+    returned: dict[int, int] = field(default_factory=dict)
+    held: dict[int, int] = field(default_factory=dict)
 
 
 class Allowances:
@@ -83,11 +118,10 @@ class Allowances:
                 row.used = now
             return True
 
-    def withdraw(self, pids: Iterable[int]) -> tuple[dict[int, int], dict[int, int]]:
+    def withdraw(self, pids: Iterable[int]) -> Withdrawal:
         """Take back the unused part of these rows' allowances, for the request's
-        transaction to return; (units returned, units still held) by row."""
-        back: dict[int, int] = {}
-        held: dict[int, int] = {}
+        transaction to return."""
+        withdrawal = Withdrawal()
         with self._lock:
             for pid in pids:
                 row = self._rows.get(pid)
@@ -95,9 +129,9 @@ class Allowances:
                     continue
                 if free := row.granted - row.held:
                     row.granted -= free
-                    back[pid] = free
-                held[pid] = row.held
-        return back, held
+                    withdrawal.returned[pid] = free
+                withdrawal.held[pid] = row.held
+        return withdrawal
 
     def release(self, holds: Iterable[tuple[int, int]]) -> None:
         """Requests that did not reach an upstream give their holds back: (row, units)."""
@@ -106,31 +140,31 @@ class Allowances:
                 if (row := self._rows.get(pid)) is not None:
                     row.held -= units
 
-    def restore(self, back: dict[int, int]) -> None:
-        """The transaction that was to return ``back`` failed: it is still reserved."""
+    def restore(self, returned: dict[int, int]) -> None:
+        """The transaction that was to return these units failed: they are still ours."""
         with self._lock:
-            for pid, units in back.items():
+            for pid, units in returned.items():
                 self._rows.setdefault(pid, Allowance()).granted += units
 
     # -- committed transactions (writer thread) ----------------------------------------
-    def credit(self, grants: list) -> None:
-        """A reservation committed: (row, units granted, units held by it, terms)."""
+    def credit(self, grants: list[Grant]) -> None:
+        """Reservations committed: the grants are this process's now."""
         now = time.monotonic()
         with self._lock:
-            for pid, granted, held, terms in grants:
-                row = self._rows.setdefault(pid, Allowance())
-                row.granted += granted
-                row.held += held
-                row.terms = terms
+            for grant in grants:
+                row = self._rows.setdefault(grant.period_id, Allowance())
+                row.granted += grant.granted
+                row.held += grant.held
+                row.terms = grant.terms
                 row.used = now
 
-    def settle(self, settled: list[tuple[int, int, int]]) -> None:
-        """A usage record committed: (row, units the request held, units it spent of them)."""
+    def settle(self, spends: list[Spend]) -> None:
+        """Usage records committed: their holds end, what they spent leaves."""
         with self._lock:
-            for pid, held, spent in settled:
-                if (row := self._rows.get(pid)) is not None:
-                    row.held -= held
-                    row.granted -= spent
+            for spend in spends:
+                if (row := self._rows.get(spend.period_id)) is not None:
+                    row.held -= spend.held
+                    row.granted -= spend.spent
 
     def idle(self, before: float = math.inf) -> dict[int, int]:
         """Take back the unused part of allowances not used since ``before`` (monotonic);

@@ -20,6 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -28,10 +30,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ..conf import llm_settings
 from ..exceptions import BudgetExceeded
 from ..models import Budget, BudgetAlert, BudgetPeriod, units_to_usd, usd_to_units
-from .allowances import Terms, allowances
+from .allowances import Grant, Spend, Terms, Withdrawal, allowances
 from .db import write_lock
+from .writer import Chore, Claim, writer
 
 logger = logging.getLogger("llm_integration.budgets")
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -61,15 +65,45 @@ def applicable_budgets(*, user, plan, alias, provider) -> list[Budget]:
     return list(Budget.objects.filter(scope, enabled=True))
 
 
+@dataclass(slots=True)
+class Hold:
+    """Units a request holds on one budget's period row until it settles."""
+
+    budget: Budget
+    period_id: int
+    units: int
+
+
+@dataclass(slots=True)
+class Settled:
+    """A budget after a request settled on it: its period row's spent units (the whole
+    batch's) and the highest alert threshold already fired this period."""
+
+    budget: Budget
+    period_id: int
+    spent_units: int
+    alerted: int
+
+
 @dataclass
 class Reservation:
     """What one request holds on its budgets until it settles."""
 
-    holds: list[tuple[Budget, int, int]] = field(default_factory=list)  # budget, period id, units
+    holds: list[Hold] = field(default_factory=list)
     #: The holds come from this process's allowances (``services/allowances.py``).
     pooled: bool = False
-    #: After settling: (budget, period id, spent units, alerted threshold) per budget.
-    settled: list[tuple[Budget, int, int, int]] = field(default_factory=list)
+    #: After settling: each budget's state.
+    settled: list[Settled] = field(default_factory=list)
+
+    def claim(self) -> Claim:
+        """The period rows a write about these holds touches."""
+        return claim_rows(hold.period_id for hold in self.holds)
+
+
+def claim_rows(pids) -> Claim:
+    """A writer job's claim on budget period rows: read and locked, in id order, before
+    any job of its transaction runs."""
+    return Claim(Ledger, tuple(pids))
 
 
 def _period_id(budget: Budget, start: dt.datetime, cache: dict | None) -> int:
@@ -119,8 +153,8 @@ def period_rows(budgets: list[Budget], *, now: dt.datetime, period_ids: dict) ->
 
 
 def terms(budget: Budget) -> Terms:
-    """What an allowance on the budget was granted under (a changed limit voids it)."""
-    return budget.hard, usd_to_units(budget.limit_usd)
+    """What an allowance on the budget is granted under (a changed limit voids it)."""
+    return Terms(budget.hard, usd_to_units(budget.limit_usd))
 
 
 def settle(reservation: Reservation, cost: Decimal) -> None:
@@ -135,8 +169,34 @@ def settle(reservation: Reservation, cost: Decimal) -> None:
     reservation.holds = []
 
 
+@dataclass(slots=True)
+class PeriodRow:
+    """A budget period row as the ledger sees it: read, plus this batch's changes."""
+
+    spent: int
+    reserved: int
+    alerted: int
+
+
+@dataclass(slots=True)
+class Change:
+    """What a batch adds to a period row's columns (written as one delta UPDATE)."""
+
+    spent: int = 0
+    reserved: int = 0
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Holds settled in this batch; ``settled`` is filled by ``flush``."""
+
+    holds: list[Hold]
+    settled: list[Settled]
+
+
 class Ledger:
-    """The budget rows of one group commit, changed in memory and written once.
+    """The budget rows of one group commit, changed in memory and written once (a
+    writer ``Part``).
 
     The rows a batch touches are read once, locked (``SELECT … FOR UPDATE`` on
     PostgreSQL; SQLite's write transaction holds the whole database), and every
@@ -148,13 +208,14 @@ class Ledger:
     """
 
     def __init__(self) -> None:
-        self.rows: dict[int, list[int]] = {}  # pid -> [spent, reserved, alerted]
-        self.deltas: dict[int, list[int]] = {}  # pid -> [spent, reserved]
-        self.waiting: list[tuple[list, list]] = []  # (holds, settled list to fill)
-        self.spare: dict[int, list[list]] = {}  # allowances granted in this batch, by row
-        self.freed: dict[int, list[list]] = {}  # pooled settlements of this batch, by row
+        self.rows: dict[int, PeriodRow] = {}
+        self.changes: dict[int, Change] = {}
+        self.settlements: list[Settlement] = []
+        self.granted: dict[int, list[Grant]] = {}  # allowances granted in this batch, by row
+        self.spent: dict[int, list[Spend]] = {}  # pooled settlements of this batch, by row
 
-    def load(self, pids) -> None:
+    def claim(self, pids) -> None:
+        """Read and lock the rows (once per batch), in id order."""
         missing = sorted({pid for pid in pids if pid not in self.rows})
         if not missing:
             return
@@ -167,17 +228,17 @@ class Ledger:
             )
             found = cursor.fetchall()
         for pid, spent, reserved, alerted in found:
-            ahead = self.deltas.get(pid, (0, 0))  # what this batch already changed
-            self.rows[pid] = [spent + ahead[0], reserved + ahead[1], alerted]
+            ahead = self.changes.get(pid, Change())  # what this batch already changed
+            self.rows[pid] = PeriodRow(spent + ahead.spent, reserved + ahead.reserved, alerted)
 
-    def _change(self, pid: int, spent: int, reserved: int) -> None:
+    def change(self, pid: int, *, spent: int = 0, reserved: int = 0) -> None:
         row = self.rows.get(pid)
         if row is not None:
-            row[0] += spent
-            row[1] += reserved
-        delta = self.deltas.setdefault(pid, [0, 0])
-        delta[0] += spent
-        delta[1] += reserved
+            row.spent += spent
+            row.reserved += reserved
+        change = self.changes.setdefault(pid, Change())
+        change.spent += spent
+        change.reserved += reserved
 
     def reserve(
         self, budgets: list[Budget], cost: Decimal, *, now: dt.datetime, period_ids: dict | None
@@ -186,21 +247,18 @@ class Ledger:
         reservation = Reservation()
         pids = [_period_id(b, period_start(b.period, now), period_ids) for b in budgets]
         # Only a hard budget's check needs the row (read and locked once per batch).
-        self.load(pid for budget, pid in zip(budgets, pids, strict=True) if budget.hard)
+        self.claim(pid for budget, pid in zip(budgets, pids, strict=True) if budget.hard)
         for budget, pid in zip(budgets, pids, strict=True):
-            row = self.rows.get(pid)
-            if budget.hard and (
-                row is None or row[0] + row[1] + units > usd_to_units(budget.limit_usd)
-            ):
-                for _budget, held_pid, held in reservation.holds:
-                    self._change(held_pid, 0, -held)
-                self._refuse(budget, row, now=now, period_ids=period_ids)
-            self._change(pid, 0, units)
-            reservation.holds.append((budget, pid, units))
+            if budget.hard and self.room(budget, self.rows.get(pid)) < units:
+                for hold in reservation.holds:
+                    self.change(hold.period_id, reserved=-hold.units)
+                self.refuse(budget, self.rows.get(pid), now=now, period_ids=period_ids)
+            self.change(pid, reserved=units)
+            reservation.holds.append(Hold(budget, pid, units))
         return reservation
 
     @staticmethod
-    def _refuse(budget: Budget, row, *, now: dt.datetime, period_ids: dict | None):
+    def refuse(budget: Budget, row: PeriodRow | None, *, now: dt.datetime, period_ids):
         if row is None and period_ids is not None:  # the period row went away
             period_ids.pop((budget.pk, period_start(budget.period, now)), None)
         raise BudgetExceeded(
@@ -215,96 +273,95 @@ class Ledger:
         *,
         now: dt.datetime,
         period_ids: dict | None,
-        back: dict[int, int],
-        held: dict[int, int],
+        withdrawal: Withdrawal,
         share: float,
     ) -> Reservation:
         """``reserve`` for a request that did not fit in this process's allowances: give
-        their unused part (``back``) back, reserve ``units``, and grant a new allowance
-        (``services/allowances.py``), credited when the transaction commits."""
+        their unused part (``withdrawal.returned``) back, reserve ``units``, and grant a
+        new allowance (``services/allowances.py``), credited when the transaction
+        commits."""
         pids = [_period_id(b, period_start(b.period, now), period_ids) for b in budgets]
-        self.load(pid for budget, pid in zip(budgets, pids, strict=True) if budget.hard)
+        self.claim(pid for budget, pid in zip(budgets, pids, strict=True) if budget.hard)
         for pid in pids:  # rows the request could not name (say, after a config change)
-            if pid not in held:
-                more, still = allowances.withdraw([pid])
-                back.update(more)  # the caller's dicts: kept if the job runs again
-                held.update(still or {pid: 0})
-        for pid, free in back.items():
-            self._change(pid, 0, -free)
+            if pid not in withdrawal.held:
+                more = allowances.withdraw([pid])
+                withdrawal.returned.update(more.returned)  # kept if the job runs again
+                withdrawal.held.update(more.held or {pid: 0})
+        for pid, free in withdrawal.returned.items():
+            self.change(pid, reserved=-free)
         reservation = Reservation(pooled=True)
-        grants: list[list] = []  # [pid, units granted, units held, terms], credited on commit
+        grants: list[Grant] = []  # credited on commit
         for budget, pid in zip(budgets, pids, strict=True):
-            row, extra = self.rows.get(pid), held.get(pid, 0) + units
+            row, extra = self.rows.get(pid), withdrawal.held.get(pid, 0) + units
             if budget.hard:
-                room = self._room(budget, row)
+                room = self.room(budget, row)
                 # Nothing this process holds unused may refuse its request: what this
                 # batch granted or freed on the row, then what was credited in memory
                 # since the request withdrew (a commit in between).
                 if room < units:
-                    self._reclaim(pid)
-                    self._recall(pid, back)
-                    room = self._room(budget, row)
+                    self.reclaim(pid)
+                    self.recall(pid, withdrawal)
+                    room = self.room(budget, row)
                 if room < units:
                     for grant in grants:
-                        spare = self.spare[grant[0]]
-                        spare[:] = [other for other in spare if other is not grant]
-                        self._change(grant[0], 0, -grant[1])
-                    self._refuse(budget, row, now=now, period_ids=period_ids)
+                        mine = self.granted[grant.period_id]
+                        mine[:] = [other for other in mine if other is not grant]
+                        self.change(grant.period_id, reserved=-grant.granted)
+                    self.refuse(budget, row, now=now, period_ids=period_ids)
                 extra = min(extra, int((room - units) * share))
-            self._change(pid, 0, units + extra)
-            grant = [pid, units + extra, units, terms(budget)]
+            self.change(pid, reserved=units + extra)
+            grant = Grant(pid, units + extra, units, terms(budget))
             grants.append(grant)
-            self.spare.setdefault(pid, []).append(grant)
-            reservation.holds.append((budget, pid, units))
+            self.granted.setdefault(pid, []).append(grant)
+            reservation.holds.append(Hold(budget, pid, units))
         transaction.on_commit(functools.partial(allowances.credit, grants), robust=True)
         return reservation
 
     @staticmethod
-    def _room(budget: Budget, row: list[int] | None) -> int:
-        return -1 if row is None else usd_to_units(budget.limit_usd) - row[0] - row[1]
+    def room(budget: Budget, row: PeriodRow | None) -> int:
+        if row is None:
+            return -1
+        return usd_to_units(budget.limit_usd) - row.spent - row.reserved
 
-    def _reclaim(self, pid: int) -> None:
+    def reclaim(self, pid: int) -> None:
         """Take back the allowances this batch granted on the row, and the unused part of
         the holds this batch's settlements free, neither credited yet: a request of this
         process must not be refused for its own process's spare."""
         back = 0
-        for grant in self.spare.pop(pid, ()):
-            back += grant[1] - grant[2]
-            grant[1] = grant[2]
-        for freed in self.freed.pop(pid, ()):  # [pid, held, spent]: all of it leaves
-            back += freed[1] - freed[2]
-            freed[2] = freed[1]
-        self._change(pid, 0, -back)
+        for grant in self.granted.pop(pid, ()):
+            back += grant.granted - grant.held
+            grant.granted = grant.held
+        for spend in self.spent.pop(pid, ()):  # all of the hold leaves the allowance
+            back += spend.held - spend.spent
+            spend.spent = spend.held
+        self.change(pid, reserved=-back)
 
-    def _recall(self, pid: int, back: dict[int, int]) -> None:
+    def recall(self, pid: int, withdrawal: Withdrawal) -> None:
         """Take back what this process's allowance on the row gained since the request
-        withdrew from it (a settlement or grant committed in between); ``back`` records
-        it, so a failed transaction restores it."""
-        more, _held = allowances.withdraw([pid])
-        free = more.get(pid, 0)
+        withdrew from it (a settlement or grant committed in between); ``withdrawal``
+        records it, so a failed transaction restores it."""
+        free = allowances.withdraw([pid]).returned.get(pid, 0)
         if free:
-            back[pid] = back.get(pid, 0) + free
-            self._change(pid, 0, -free)
+            withdrawal.returned[pid] = withdrawal.returned.get(pid, 0) + free
+            self.change(pid, reserved=-free)
 
-    def settle(
-        self, holds: list, cost: Decimal, *, pooled: bool = False
-    ) -> list[tuple[Budget, int, int, int]]:
+    def settle(self, holds: list[Hold], cost: Decimal, *, pooled: bool = False) -> list[Settled]:
         """Release ``holds`` and add ``cost``; the returned list is filled by ``flush``.
 
         Pooled holds keep what the request did not spend in the process's allowance:
         only the spent part leaves ``reserved``."""
         units = usd_to_units(cost)
         if pooled:
-            spent = [[pid, held, min(units, held)] for _budget, pid, held in holds]
-            for entry in spent:
-                self._change(entry[0], units, -entry[2])
-                self.freed.setdefault(entry[0], []).append(entry)  # _reclaim may return it
-            transaction.on_commit(functools.partial(allowances.settle, spent), robust=True)
+            spends = [Spend(h.period_id, h.units, min(units, h.units)) for h in holds]
+            for spend in spends:
+                self.change(spend.period_id, spent=units, reserved=-spend.spent)
+                self.spent.setdefault(spend.period_id, []).append(spend)  # reclaim may return it
+            transaction.on_commit(functools.partial(allowances.settle, spends), robust=True)
         else:
-            for _budget, pid, held in holds:
-                self._change(pid, units, -held)
-        settled: list[tuple[Budget, int, int, int]] = []
-        self.waiting.append((holds, settled))
+            for hold in holds:
+                self.change(hold.period_id, spent=units, reserved=-hold.units)
+        settled: list[Settled] = []
+        self.settlements.append(Settlement(holds, settled))
         return settled
 
     def flush(self) -> None:
@@ -313,14 +370,14 @@ class Ledger:
         final: dict[int, tuple[int, int]] = {}
         stamp = connection.ops.adapt_datetimefield_value(timezone.now())  # the admin shows it
         with connection.cursor() as cursor:
-            for pid, (spent, reserved) in sorted(self.deltas.items()):
-                if not spent and not reserved:
+            for pid, change in sorted(self.changes.items()):
+                if not change.spent and not change.reserved:
                     continue
                 sql = (
                     f"UPDATE {table} SET spent_units = spent_units + %s, "
                     f"reserved_units = reserved_units + %s, updated_at = %s WHERE id = %s"
                 )
-                params = [spent, reserved, stamp, pid]
+                params = [change.spent, change.reserved, stamp, pid]
                 if returning:
                     cursor.execute(sql + " RETURNING spent_units, alerted_threshold", params)
                     row = cursor.fetchone()
@@ -333,20 +390,24 @@ class Ledger:
                     )
                 if row is not None:
                     final[pid] = (int(row[0]), int(row[1]))
-        for holds, settled in self.waiting:
-            settled.extend((b, pid, *final[pid]) for b, pid, _held in holds if pid in final)
-        self.deltas.clear()
-        self.waiting.clear()
+        for settlement in self.settlements:
+            settlement.settled.extend(
+                Settled(hold.budget, hold.period_id, *final[hold.period_id])
+                for hold in settlement.holds
+                if hold.period_id in final
+            )
+        self.changes.clear()
+        self.settlements.clear()
 
 
 def reserve_job(batch, budgets: list[Budget], cost: Decimal, *, now, period_ids) -> Reservation:
     """A group-commit job: ``reserve`` on the batch's ledger."""
-    return batch.ledger.reserve(budgets, cost, now=now, period_ids=period_ids)
+    return batch.part(Ledger).reserve(budgets, cost, now=now, period_ids=period_ids)
 
 
 def grant_job(batch, budgets: list[Budget], units: int, **kwargs) -> Reservation:
     """A group-commit job: ``Ledger.grant`` on the batch's ledger."""
-    return batch.ledger.grant(budgets, units, **kwargs)
+    return batch.part(Ledger).grant(budgets, units, **kwargs)
 
 
 def return_allowances(back: dict[int, int]) -> None:
@@ -358,29 +419,45 @@ def return_allowances(back: dict[int, int]) -> None:
         with write_lock(), transaction.atomic():
             ledger = Ledger()
             for pid, units in back.items():
-                ledger._change(pid, 0, -units)
+                ledger.change(pid, reserved=-units)
             ledger.flush()
     except Exception:
         allowances.restore(back)
         raise
 
 
-def release_job(batch, holds: list) -> list:
+def return_idle_allowances(*, final: bool = False) -> None:
+    """The writer's chore: give back allowances unused for ``BUDGET_ALLOWANCE_IDLE``
+    seconds (all of them when the writer stops)."""
+    idle = float(llm_settings.BUDGET_ALLOWANCE_IDLE)
+    return_allowances(allowances.idle(math.inf if final else time.monotonic() - idle))
+
+
+writer.add_chore(
+    Chore(
+        run=return_idle_allowances,
+        interval=lambda: float(llm_settings.BUDGET_ALLOWANCE_IDLE),
+        due=lambda: bool(allowances),
+    )
+)
+
+
+def release_job(batch, holds: list[Hold]) -> list[Settled]:
     """A group-commit job: give ``holds`` back untouched."""
-    return batch.ledger.settle(holds, Decimal(0)) if holds else []
+    return batch.part(Ledger).settle(holds, Decimal(0)) if holds else []
 
 
 def record_usage(
-    batch, record, holds: list, cost: Decimal, pooled: bool = False
-) -> list[tuple[Budget, int, int, int]]:
+    batch, record, holds: list[Hold], cost: Decimal, pooled: bool = False
+) -> list[Settled]:
     """A request's last write (a group-commit job): its usage record, its settlement."""
     batch.add(record)
-    return batch.ledger.settle(holds, cost, pooled=pooled) if holds else []
+    return batch.part(Ledger).settle(holds, cost, pooled=pooled) if holds else []
 
 
-def alerts_due(settled: list[tuple[Budget, int, int, int]]) -> bool:
+def alerts_due(settled: list[Settled]) -> bool:
     """Whether ``fire_alerts`` has anything to do (no query: a threshold newly crossed)."""
-    return any(_crossed(budget, spent, alerted) for budget, _pid, spent, alerted in settled)
+    return any(_crossed(s.budget, s.spent_units, s.alerted) for s in settled)
 
 
 def _crossed(budget: Budget, spent_units: int, alerted: int) -> list:
@@ -398,8 +475,8 @@ def _crossed(budget: Budget, spent_units: int, alerted: int) -> list:
 def fire_alerts(reservation: Reservation, *, now: dt.datetime) -> list[BudgetAlert]:
     """Alerts for thresholds that the settled budgets have newly crossed."""
     alerts: list[BudgetAlert] = []
-    for budget, pid, spent, alerted in reservation.settled:
-        alerts.extend(_fire_alerts(budget, pid, spent, alerted, now=now))
+    for s in reservation.settled:
+        alerts.extend(_fire_alerts(s.budget, s.period_id, s.spent_units, s.alerted, now=now))
     return alerts
 
 

@@ -1,22 +1,26 @@
-"""Group commit: the gateway's accounting writes, many requests to a transaction.
+"""Group commit: many requests' writes to a transaction.
 
-Every request writes twice: its budget reservation before the upstream call, its usage
-record and settlement after. Done one transaction (and one thread hop) per write, the
-commits, the hops and the threads fighting over the GIL cost more than the gateway's
-own work. Here one thread, with its own connection, takes every write that is waiting,
-runs them in order inside one transaction and commits once; each request's ``await``
-returns when the transaction holding its write has committed (nothing is written
-behind a request's back: a request that got its answer is in the database).
+Every request writes at least once: its usage record (and whatever settles with it).
+Done one transaction (and one thread hop) per write, the commits, the hops and the
+threads fighting over the GIL cost more than the gateway's own work. Here one thread,
+with its own connection, takes every write that is waiting, runs them in order inside
+one transaction and commits once; each request's ``await`` returns when the
+transaction holding its write has committed (nothing is written behind a request's
+back: a request that got its answer is in the database).
 
 A job is a plain function ``fn(batch, *args)`` run inside the transaction. It returns
-its result or raises an ``LLMError`` (say, ``BudgetExceeded``) after leaving the
-database as it found it; usage records go to ``batch.add()`` and are inserted in one
-statement at the end. If the transaction fails otherwise, each job runs again alone,
-in its own transaction, so one bad write fails only its own request.
+its result or raises an ``LLMError`` (an answer such as ``BudgetExceeded``, after
+leaving the database as it found it); rows go to ``batch.add()`` and are inserted in
+one statement at the end. If the transaction fails otherwise, each job runs again
+alone, in its own transaction, so one bad write fails only its own request.
 
-Budget reservations and settlements go through the batch's ``Ledger`` (in
-``budgets``): its rows are read and locked once, in id order (so two processes' batches
-cannot deadlock on the rows they announce), changed in memory and written once.
+The writer knows nothing of what the jobs write. Jobs that share state within a
+transaction (say, budget rows read once, changed in memory, written once) use a
+``Part``: ``batch.part(Kind)`` makes one per transaction, ``flush()``ed before the
+inserts. A job's ``claim`` names the keys of a part it will touch: before any job of a
+batch runs, each part claims them all at once (budget rows are then locked in id
+order, so two processes' batches cannot deadlock). ``Chore``s are work the thread does
+between batches and when it stops (returning unused budget allowances, for one).
 ``DB_THREADS = 0`` runs each job in the caller's thread, in its own transaction.
 """
 
@@ -25,55 +29,83 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import math
 import queue
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import connection, connections, transaction
 
 from ..conf import llm_settings
 from ..exceptions import LLMError
-from .allowances import allowances
 from .db import refresh_connections, write_lock
 
 logger = logging.getLogger("llm_integration.writer")
+P = TypeVar("P")
 
 MAX_BATCH = 256
 _STOP = object()
 
 
+class Part(Protocol):
+    """State the jobs of one transaction share, written once at its end."""
+
+    def claim(self, keys: list) -> None:
+        """Before any job runs: prepare (read, lock) what the jobs will touch."""
+
+    def flush(self) -> None:
+        """Write what the jobs changed (inside the transaction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The keys of a ``Part`` that a job will touch."""
+
+    part: type
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Chore:
+    """Work of the writer's thread between batches: ``run(final=False)`` every
+    ``interval()`` seconds while ``due()``, and ``run(final=True)`` when it stops."""
+
+    run: Callable[..., None]
+    interval: Callable[[], float]
+    due: Callable[[], bool]
+
+
 class Batch:
-    """What one transaction of the writer collects: rows to insert at the end."""
+    """What one transaction collects: its parts, and rows to insert at the end."""
 
     def __init__(self) -> None:
         self.inserts: dict[type, list] = defaultdict(list)
-        self._ledger = None
+        self.parts: dict[type, Any] = {}
 
     def add(self, obj: Any) -> None:
         self.inserts[type(obj)].append(obj)
 
-    @property
-    def ledger(self):
-        """The batch's budget rows (``budgets.Ledger``), written at the end."""
-        if self._ledger is None:
-            from .budgets import Ledger
+    def part(self, kind: type[P]) -> P:
+        """This transaction's ``kind`` part, made on first use."""
+        part = self.parts.get(kind)
+        if part is None:
+            part = self.parts[kind] = kind()
+        return part
 
-            self._ledger = Ledger()
-        return self._ledger
-
-    def preload(self, rows) -> None:
-        if rows:
-            self.ledger.load(rows)
+    def claim(self, claims: Iterable[Claim]) -> None:
+        keys: dict[type, list] = defaultdict(list)
+        for claim in claims:
+            keys[claim.part].extend(claim.keys)
+        for kind, wanted in keys.items():
+            self.part(kind).claim(wanted)
 
     def flush(self) -> None:
-        if self._ledger is not None:
-            self._ledger.flush()
+        for part in self.parts.values():
+            part.flush()
         for model, objs in self.inserts.items():
             insert_rows(model, objs)
         self.inserts.clear()
@@ -107,7 +139,7 @@ def insert_rows(model, objs: list) -> None:
 class Job:
     fn: Callable
     args: tuple
-    rows: tuple[int, ...]
+    claim: Claim | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
 
@@ -127,22 +159,26 @@ class GroupWriter:
 
     def __init__(self, *, max_batch: int = MAX_BATCH) -> None:
         self.max_batch = max_batch
+        self.chores: list[Chore] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         #: Transactions committed and jobs they carried (for metrics and tests).
         self.commits = self.jobs = 0
-        self._returned = 0.0
+        self._chores_run = 0.0
         self._atexit = False
 
+    def add_chore(self, chore: Chore) -> None:
+        self.chores.append(chore)
+
     # -- the event loop's side --------------------------------------------------------
-    def write(self, fn: Callable, *args: Any, rows: Iterable[int] = ()) -> asyncio.Future:
+    def write(self, fn: Callable, *args: Any, claim: Claim | None = None) -> asyncio.Future:
         """``await writer.write(fn, ...)``: ``fn(batch, ...)``'s result once committed."""
         if int(llm_settings.DB_THREADS) <= 0:
-            return asyncio.ensure_future(sync_to_async(self._alone)(fn, args))
+            return asyncio.ensure_future(sync_to_async(self._alone)(fn, args, claim))
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(Job(fn, args, tuple(rows), loop, future))
+        self._queue.put(Job(fn, args, claim, loop, future))
         if self._thread is None:
             self._start()
         return future
@@ -152,12 +188,12 @@ class GroupWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="llm-writer", daemon=True)
                 self._thread.start()
-                if not self._atexit:  # commit what is queued, give allowances back
+                if not self._atexit:  # commit what is queued, do the chores a last time
                     self._atexit = True
                     atexit.register(self.stop)
 
     def stop(self) -> None:
-        """Commit what is queued, give unused budget allowances back, close the thread's
+        """Commit what is queued, run the chores a last time, close the thread's
         connections, end the thread (it starts again on the next write)."""
         with self._lock:
             thread, self._thread = self._thread, None
@@ -167,14 +203,19 @@ class GroupWriter:
         thread.join(timeout=30)
 
     # -- the writer thread ------------------------------------------------------------
+    def _idle_wait(self) -> float | None:
+        """How long to wait for a job before the due chores run (None: no chore due)."""
+        intervals = [max(0.01, chore.interval()) for chore in self.chores if chore.due()]
+        return min(intervals) if intervals else None
+
     def _run(self) -> None:
         try:
             while True:
-                idle = max(0.01, float(llm_settings.BUDGET_ALLOWANCE_IDLE))
+                wait = self._idle_wait()
                 try:
-                    item = self._queue.get(timeout=idle if allowances else None)
+                    item = self._queue.get(timeout=wait)
                 except queue.Empty:
-                    self._return_allowances(time.monotonic() - idle)
+                    self._do_chores()
                     continue
                 jobs, stop = [], item is _STOP
                 while not stop:
@@ -189,23 +230,22 @@ class GroupWriter:
                 if jobs:
                     self._deliver(jobs, self._commit(jobs))
                 if stop:
-                    self._return_allowances()
+                    self._do_chores(final=True)
                     return
-                if allowances and time.monotonic() - self._returned > idle:
-                    self._return_allowances(time.monotonic() - idle)
+                if wait is not None and time.monotonic() - self._chores_run > wait:
+                    self._do_chores()
         finally:
             connections.close_all()
 
-    def _return_allowances(self, before: float = math.inf) -> None:
-        """Give back allowances unused since ``before`` (``services/allowances.py``)."""
-        from .budgets import return_allowances
-
-        self._returned = time.monotonic()
+    def _do_chores(self, *, final: bool = False) -> None:
+        self._chores_run = time.monotonic()
         refresh_connections()
-        try:
-            return_allowances(allowances.idle(before))
-        except Exception:
-            logger.exception("llm.writer_failed")
+        for chore in self.chores:
+            if final or chore.due():
+                try:
+                    chore.run(final=final)
+                except Exception:
+                    logger.exception("llm.writer_chore_failed")
 
     def _deliver(self, jobs: list[Job], outcomes: list[tuple[Any, BaseException | None]]):
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
@@ -222,7 +262,7 @@ class GroupWriter:
         try:
             with write_lock(), transaction.atomic():
                 batch = Batch()
-                batch.preload([row for job in jobs for row in job.rows])  # locked in id order
+                batch.claim(job.claim for job in jobs if job.claim is not None)
                 outcomes = [_run_job(job.fn, job.args, batch) for job in jobs]
                 batch.flush()
             self.commits += 1
@@ -237,7 +277,9 @@ class GroupWriter:
             return [self._commit([job])[0] for job in jobs]
 
     @staticmethod
-    def _alone(fn: Callable, args: tuple) -> Any:
+    def _alone(fn: Callable, args: tuple, claim: Claim | None) -> Any:
+        # One job: nothing else's locks to order its own against (a part still orders
+        # its writes), so its claim is not needed.
         with write_lock(), transaction.atomic():
             batch = Batch()
             result = fn(batch, *args)

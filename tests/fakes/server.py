@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
@@ -103,12 +104,18 @@ class Exchange:
         self.handler.wfile.write(b"0\r\n\r\n")
         self.handler.wfile.flush()
 
+    #: Seconds between what a cut stream sent and the break. A real upstream's tokens
+    #: come tens of milliseconds apart; bytes that arrive in the same read as the break
+    #: are dropped by aiohttp's public API (tests/test_adapters_openai.py covers that).
+    CUT_PAUSE = 0.05
+
     def cut(self, partial: bytes = b"") -> None:
         """Close the connection abruptly (no terminating chunk, no full body)."""
         h = self.handler
         if partial:
             h.wfile.write(partial)
         h.wfile.flush()
+        time.sleep(self.CUT_PAUSE)
         h.close_connection = True
         try:
             h.connection.shutdown(socket.SHUT_RDWR)

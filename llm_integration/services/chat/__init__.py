@@ -1,0 +1,27 @@
+"""The chat service: one path for every surface (REST, ``/v1``, WebSocket, admin).
+
+gateway.py      the path, sync and async faces (achat, astream_chat, chat)
+admission.py    which alias, for which plan; the request made ready for it
+routing.py      candidates, fallbacks, circuits, limits, retries
+reservation.py  the worst case held on the budgets before the call
+settlement.py   one usage record per request, however it ends
+types.py, ids.py
+"""
+
+from .gateway import Gateway, achat, astream_chat, chat, default_gateway
+from .ids import new_request_id
+from .types import ChatResult, ChatStream, Delta, Done, Outcome
+
+__all__ = [
+    "ChatResult",
+    "ChatStream",
+    "Delta",
+    "Done",
+    "Gateway",
+    "Outcome",
+    "achat",
+    "astream_chat",
+    "chat",
+    "default_gateway",
+    "new_request_id",
+]

@@ -1,0 +1,63 @@
+"""Steps 1–3 of a request: which alias, for which plan, and the request made ready for
+a candidate (context window, ``max_tokens``, worst-case cost)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ... import exceptions as exc
+from ...adapters import ChatRequest, Usage
+from ...conf import llm_settings
+from ...models import ModelAlias
+from ..config import Snapshot, config
+from ..context import fit_to_window
+from ..entitlements import entitlement_for
+from ..tokens import is_exact
+from ..usage import cost_of
+from ..validation import check_prompt_size
+from .types import Admission, Prepared
+
+
+def admit(user: Any, model: str | None) -> Admission:
+    """The request's admission (database I/O when the snapshot is stale: a DB thread)."""
+    return admit_with(config.current(), user, model)
+
+
+def admit_cached(user: Any, model: str | None) -> Admission | None:
+    """``admit`` without touching the database, or None if it would have to."""
+    snapshot = config.peek()
+    if snapshot is None or not config.plan_known(snapshot, user):
+        return None
+    return admit_with(snapshot, user, model)
+
+
+def admit_with(snapshot: Snapshot, user: Any, model: str | None) -> Admission:
+    alias = snapshot.alias(model)
+    if alias is None:
+        raise exc.ModelNotFound(f"Unknown model {model or llm_settings.DEFAULT_MODEL!r}.")
+    plan = config.plan_for(snapshot, user)
+    entitlement = entitlement_for(alias, plan, snapshot)
+    candidates = [alias, *snapshot.fallbacks.get(alias.pk, ())]
+    candidates = [c for c in candidates if c.provider.enabled]
+    if not candidates:
+        raise exc.NoUpstreamAvailable(f"No enabled provider serves model {alias.slug!r}.")
+    return Admission(alias, plan, entitlement, candidates, snapshot)
+
+
+def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:
+    """``request`` made ready for ``alias`` (413 if it cannot fit)."""
+    model = alias.upstream_model
+    max_tokens = request.max_tokens or alias.default_max_tokens
+    prompt = check_prompt_size(request, model=model)
+    messages, prompt = fit_to_window(
+        request.messages,
+        model=model,
+        context_window=alias.context_window,
+        max_tokens=max_tokens,
+        prompt_tokens=prompt,
+    )
+    upper = prompt if is_exact(model) else int(prompt * llm_settings.ESTIMATE_SAFETY_FACTOR) + 16
+    worst = cost_of(alias, Usage(prompt_tokens=upper, completion_tokens=max_tokens))
+    request = dataclasses.replace(request, messages=messages, max_tokens=max_tokens)
+    return Prepared(alias, request, prompt, worst)

@@ -1,0 +1,261 @@
+"""The one path every chat request takes (DESIGN.md), for every surface.
+
+    1. validate input                              -> 400 / 413
+    2. resolve the alias, check the caller's plan  -> 404 / 403
+    3. fit the conversation into the context window; the caller's rate limits
+    4. response cache (non-streaming, opted in)    -> answer, no upstream cost
+    5. route: the alias, then its fallbacks (routing.py)
+    6. settle: exactly one usage record (settlement.py)
+
+    result = await achat(user=user, model="chat-default", messages=[...])
+    async for event in astream_chat(user=user, model=..., messages=[...]):
+        ...   # Delta(text) ..., then one Done(usage, cost_usd, ...)
+
+``Gateway(clock=FakeClock())`` gives tests deterministic time, waits and windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import async_to_sync
+
+from ... import exceptions as exc
+from ...adapters import ChatRequest, Completion, StreamChunk
+from ...models import UsageRecord
+from .. import caching
+from ..clock import SYSTEM_CLOCK, Clock
+from ..db import run_db
+from ..ratelimit import RateLimiter
+from ..validation import validate
+from .admission import admit, admit_cached, prepare
+from .ids import new_request_id
+from .routing import caller_limits, route
+from .settlement import Call, error_type, status_for
+from .types import ChatResult, ChatStream, Delta, Done, Prepared, Taken
+
+logger = logging.getLogger("llm_integration.services.chat")
+
+
+class Gateway:
+    """The chat service. ``clock`` drives time, waits, windows and budget periods."""
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self.limiter = RateLimiter(clock=clock)
+
+    def call(self, user: Any, request_id: str | None, *, streamed: bool = False) -> Call:
+        return Call(
+            self,
+            request_id or new_request_id(),
+            user,
+            streamed=streamed,
+            started=self.clock.monotonic(),
+        )
+
+    async def admit(self, call: Call, *, model: str | None, request: ChatRequest) -> Prepared:
+        """Steps 2–3: the admission, the request prepared for the alias, the caller's
+        rate limits counted."""
+        adm = admit_cached(call.user, model)  # no I/O when the snapshot is warm
+        call.admission = adm = adm or await run_db(admit, call.user, model)
+        first = prepare(adm.alias, request)
+        call.serving = None
+        counts = await self.limiter.acquire(caller_limits(call), tokens=first.worst_tokens)
+        call.taken.append(Taken(counts, first.worst_tokens))
+        return first
+
+    # -- non-streaming -----------------------------------------------------------------
+    async def chat(
+        self,
+        *,
+        user: Any = None,
+        model: str | None = None,
+        messages: Sequence[Any] | str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stop: Any = None,
+        request_id: str | None = None,
+    ) -> ChatResult:
+        call = self.call(user, request_id)
+        key = None
+        try:
+            request = validate(
+                messages,
+                system_prompt=system_prompt,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stop=stop,
+            )
+            first = await self.admit(call, model=model, request=request)
+            if caching.cacheable(first.alias, first.request):
+                key = caching.cache_key(first.alias, first.request)
+                hit = await caching.lookup(key, now=self.clock.time())
+                if hit is not None:
+                    return await self.cached_answer(call, first, hit)
+
+            async def complete(adapter, prepared: Prepared) -> Completion:
+                return await adapter.complete(prepared.request)
+
+            try:
+                prepared, completion = await route(call, request, first, complete)
+            except exc.LLMError as error:
+                stale = (
+                    await caching.lookup(key, now=self.clock.time(), stale=True) if key else None
+                )
+                if stale is None:
+                    raise
+                logger.warning(
+                    "llm.degraded",
+                    extra={"request_id": call.request_id, "error_type": error_type(error)},
+                )
+                return await self.cached_answer(call, first, stale, degraded=True)
+        except asyncio.CancelledError:
+            await call.finish(
+                UsageRecord.Status.CANCELLED, usage=call.consumed(""), finish_reason="cancelled"
+            )
+            raise
+        except Exception as error:
+            await call.finish(status_for(error), error=error)
+            raise
+        cost = await call.finish(
+            UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
+        )
+        if key is not None and prepared.alias.pk == first.alias.pk:
+            await caching.store(
+                key,
+                text=completion.text,
+                finish_reason=completion.finish_reason,
+                usage=completion.usage,
+                now=self.clock.time(),
+            )
+        return ChatResult(
+            completion.text,
+            prepared.alias.slug,
+            call.request_id,
+            completion.usage,
+            cost,
+            completion.finish_reason,
+        )
+
+    async def cached_answer(
+        self, call: Call, first: Prepared, hit: caching.CachedAnswer, *, degraded: bool = False
+    ) -> ChatResult:
+        """An answer from the response cache: recorded, no upstream cost."""
+        call.serving = first
+        await call.finish(
+            UsageRecord.Status.OK, usage=hit.usage, finish_reason=hit.finish_reason, cached=True
+        )
+        return ChatResult(
+            hit.text,
+            first.alias.slug,
+            call.request_id,
+            hit.usage,
+            Decimal(0),
+            hit.finish_reason,
+            cached=True,
+            degraded=degraded,
+        )
+
+    # -- streaming ---------------------------------------------------------------------
+    def stream(
+        self,
+        *,
+        user: Any = None,
+        model: str | None = None,
+        messages: Sequence[Any] | str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stop: Any = None,
+        request_id: str | None = None,
+    ) -> ChatStream:
+        """Deltas, then one Done. Closing the iterator early records ``cancelled``.
+
+        Retries and fallbacks happen only until the first chunk has arrived: after a
+        token has gone to the client, a failure ends the stream with that error.
+        """
+        call = self.call(user, request_id, streamed=True)
+        events = self.events(call, model, messages, system_prompt, temperature, max_tokens, stop)
+        return ChatStream(events, call)
+
+    async def events(
+        self, call: Call, model, messages, system_prompt, temperature, max_tokens, stop
+    ) -> AsyncIterator[Delta | Done]:
+        parts: list[str] = []
+        chunks = None
+        try:
+            request = validate(
+                messages,
+                system_prompt=system_prompt,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stop=stop,
+            )
+            first = await self.admit(call, model=model, request=request)
+
+            async def open_stream(adapter, prepared: Prepared):
+                iterator = adapter.complete_stream(prepared.request)
+                try:
+                    head = await anext(iterator)
+                except BaseException:
+                    await iterator.aclose()
+                    raise
+                return iterator, head
+
+            prepared, (chunks, head) = await route(call, request, first, open_stream)
+            chunk: StreamChunk | None = head
+            while chunk is not None:
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield Delta(chunk.text)
+                if chunk.usage is not None:
+                    finish = chunk.finish_reason or "stop"
+                    cost = await call.finish(
+                        UsageRecord.Status.OK, usage=chunk.usage, finish_reason=finish
+                    )
+                    yield Done(prepared.alias.slug, call.request_id, chunk.usage, cost, finish)
+                    return
+                chunk = await anext(chunks, None)
+            raise exc.StreamInterrupted(
+                "The upstream stream ended without usage.", provider=prepared.alias.provider.name
+            )
+        except (GeneratorExit, asyncio.CancelledError):
+            await call.finish(
+                UsageRecord.Status.CANCELLED,
+                usage=call.consumed("".join(parts)),
+                finish_reason="cancelled",
+            )
+            raise
+        except exc.UpstreamError as error:
+            usage = error.partial_usage or call.consumed("".join(parts))
+            await call.finish(UsageRecord.Status.ERROR, usage=usage, error=error)
+            raise
+        except Exception as error:
+            await call.finish(status_for(error), error=error)
+            raise
+        finally:
+            if chunks is not None:
+                await chunks.aclose()
+
+
+default_gateway = Gateway()
+
+
+async def achat(**kwargs: Any) -> ChatResult:
+    """The chat path, async face (see ``Gateway.chat`` for the arguments)."""
+    return await default_gateway.chat(**kwargs)
+
+
+def astream_chat(**kwargs: Any) -> ChatStream:
+    """The streaming chat path (see ``Gateway.stream``)."""
+    return default_gateway.stream(**kwargs)
+
+
+def chat(**kwargs: Any) -> ChatResult:
+    """The chat path, sync face, for views, commands and scripts without an event loop."""
+    return async_to_sync(default_gateway.chat)(**kwargs)

@@ -1,0 +1,94 @@
+"""Step 4: a request's worst-case cost reserved on every budget that applies, before
+its upstream call; and given back untouched when it reaches no upstream.
+
+A request reserves from this process's allowance on each budget when it can (no
+database write, ``services/allowances.py``); otherwise its reservation is a job of the
+group-commit writer (a grant of a new allowance, or with allowances off its own hold).
+A reservation whose request was cancelled while the write was under way is given back
+once the write lands: nobody else would settle it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from ... import exceptions as exc
+from ...conf import llm_settings
+from ...models import usd_to_units
+from .. import budgets
+from ..allowances import Withdrawal, allowances
+from ..writer import writer
+from .types import Prepared
+
+if TYPE_CHECKING:
+    from .settlement import Call
+
+
+async def reserve(call: Call, prepared: Prepared) -> budgets.Reservation:
+    """Hold ``prepared``'s worst case on the budgets of the request (429 if one is full)."""
+    alias, adm = prepared.alias, call.admission
+    assert adm is not None
+    plan = adm.plan
+    snapshot = adm.snapshot
+    applicable = snapshot.budgets_for(
+        user_id=getattr(call.user, "pk", None),
+        plan_id=plan.pk if plan else None,
+        alias_id=alias.pk,
+        provider_id=alias.provider_id,
+    )
+    if not applicable:
+        return budgets.Reservation()
+    now, ids = call.gateway.clock.now(), snapshot.period_ids
+    pids = budgets.period_rows(applicable, now=now, period_ids=ids)
+    rows = [pid for pid in pids if pid is not None]
+    claim = budgets.claim_rows(rows)
+    share = min(1.0, float(llm_settings.BUDGET_ALLOWANCE_SHARE))
+    if share <= 0 or int(llm_settings.DB_THREADS) <= 0:
+        job = functools.partial(budgets.reserve_job, now=now, period_ids=ids)
+        pending = writer.write(job, applicable, prepared.worst_cost, claim=claim)
+    else:
+        units = usd_to_units(prepared.worst_cost)
+        terms = [budgets.terms(budget) for budget in applicable]
+        if len(rows) == len(pids) and allowances.take(rows, terms, units):
+            holds = [budgets.Hold(b, pid, units) for b, pid in zip(applicable, rows, strict=True)]
+            return budgets.Reservation(holds, pooled=True)
+        withdrawal = allowances.withdraw(rows)
+        job = functools.partial(
+            budgets.grant_job, now=now, period_ids=ids, withdrawal=withdrawal, share=share
+        )
+        pending = writer.write(job, applicable, units, claim=claim)
+        pending.add_done_callback(functools.partial(restore_if_failed, withdrawal))
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        # Nobody will settle what this reservation holds: give it back when it lands.
+        pending.add_done_callback(release_orphan)
+        raise
+
+
+def release(reservation: budgets.Reservation) -> Awaitable | None:
+    """Give back what a request that reached no upstream holds (a write unless pooled)."""
+    holds = reservation.holds
+    if not holds:
+        return None
+    if reservation.pooled:
+        allowances.release((hold.period_id, hold.units) for hold in holds)
+        return None
+    return writer.write(budgets.release_job, holds, claim=reservation.claim())
+
+
+def release_orphan(pending: asyncio.Future) -> None:
+    if pending.cancelled() or pending.exception() is not None:
+        return
+    release(pending.result())
+
+
+def restore_if_failed(withdrawal: Withdrawal, pending: asyncio.Future) -> None:
+    """A grant's transaction failed (not a refusal): what it was to return is still ours."""
+    if not withdrawal.returned or pending.cancelled():
+        return
+    if not isinstance(pending.exception(), exc.LLMError | None):
+        allowances.restore(withdrawal.returned)

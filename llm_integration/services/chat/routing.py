@@ -1,0 +1,171 @@
+"""Steps 5–6: where a request goes. The candidates in order (the alias, then its
+fallbacks), skipping providers whose circuit is open; per candidate its own rate
+limits, a reservation of the worst case on every budget that applies, and the call
+with retries. A candidate that fails in a way another might not falls through to the
+next one; the client gets the most telling failure when none could answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ... import exceptions as exc
+from ...adapters import ChatRequest
+from ...conf import llm_settings
+from ...models import ModelAlias
+from .. import budgets
+from ..circuit import CircuitBreaker
+from ..providers import adapter_for
+from ..ratelimit import Limit, limits_for
+from ..retries import call_with_retries
+from .admission import prepare
+from .reservation import release, reserve
+from .settlement import Call, error_type
+from .types import Prepared, Taken
+
+logger = logging.getLogger("llm_integration.services.chat")
+T = TypeVar("T")
+
+#: Failures after which the next candidate is tried (the request itself is fine).
+FALL_THROUGH = (
+    exc.UpstreamAuthenticationError,
+    exc.UpstreamRateLimited,
+    exc.UpstreamServerError,
+    exc.UpstreamConnectionError,
+    exc.UpstreamTimeout,
+    exc.StreamInterrupted,
+    exc.BadUpstreamResponse,
+    exc.ConfigurationError,
+    exc.BudgetExceeded,
+    exc.RateLimited,
+)
+#: Upstream failures that count against a provider's circuit.
+CIRCUIT_FAILURES = (
+    exc.UpstreamAuthenticationError,
+    exc.UpstreamServerError,
+    exc.UpstreamConnectionError,
+    exc.UpstreamTimeout,
+    exc.StreamInterrupted,
+    exc.BadUpstreamResponse,
+)
+#: Limits that belong to a candidate (its provider, its alias), not to the caller.
+CANDIDATE_SCOPES = ("provider", "alias")
+
+
+def caller_limits(call: Call) -> list[Limit]:
+    """The limits of the caller (user, plan, entitlement, the RPM setting)."""
+    adm = call.admission
+    assert adm is not None
+    limits = limits_for(
+        user=call.user,
+        plan=adm.plan,
+        alias=adm.alias,
+        provider=adm.alias.provider,
+        entitlement=adm.entitlement,
+    )
+    return [limit for limit in limits if limit.key.split(":")[0] not in CANDIDATE_SCOPES]
+
+
+def candidate_limits(alias: ModelAlias) -> list[Limit]:
+    """The limits of a candidate alias and its provider."""
+    limits = limits_for(
+        user=None, plan=None, alias=alias, provider=alias.provider, entitlement=None
+    )
+    return [limit for limit in limits if limit.key.split(":")[0] in CANDIDATE_SCOPES]
+
+
+def final_error(error: BaseException | None, alias: ModelAlias) -> BaseException:
+    """What the client gets when no candidate could answer."""
+    if error is None:
+        return exc.NoUpstreamAvailable(
+            f"Every provider of model {alias.slug!r} is unavailable (circuit open)."
+        )
+    if isinstance(
+        error, exc.UpstreamServerError | exc.UpstreamConnectionError | exc.StreamInterrupted
+    ):
+        return exc.NoUpstreamAvailable(
+            f"No upstream could answer for model {alias.slug!r}: {error.message}"
+        )
+    return error
+
+
+async def route(
+    call: Call,
+    request: ChatRequest,
+    first: Prepared,
+    opener: Callable[[Any, Prepared], Awaitable[T]],
+) -> tuple[Prepared, T]:
+    """Try the candidates in order; ``opener(adapter, prepared)`` makes the call.
+
+    Returns the candidate that answered and what its opener returned; raises the most
+    relevant failure.
+    """
+    gateway, adm = call.gateway, call.admission
+    assert adm is not None
+    clock = gateway.clock
+    deadline = clock.monotonic() + float(llm_settings.REQUEST_DEADLINE)
+    last: BaseException | None = None
+    for alias in adm.candidates:
+        breaker = CircuitBreaker(alias.provider.name, clock=clock)
+        if not await breaker.allow():
+            continue
+        try:
+            prepared = first if alias.pk == first.alias.pk else prepare(alias, request)
+            adapter = adapter_for(alias)
+            counts = await gateway.limiter.acquire(
+                candidate_limits(alias), tokens=prepared.worst_tokens
+            )
+        except (
+            exc.ConfigurationError,
+            exc.RateLimited,
+            exc.InvalidRequest,
+            exc.ContextTooLong,
+        ) as error:
+            if alias.pk == first.alias.pk and not isinstance(error, FALL_THROUGH):
+                raise
+            last = error
+            continue
+        try:
+            call.reservation = await reserve(call, prepared)
+        except exc.BudgetExceeded as error:
+            await gateway.limiter.release(counts)
+            last = error
+            continue
+        call.serving = prepared
+        taken = Taken(counts, prepared.worst_tokens)
+        call.taken.append(taken)
+        try:
+            result = await call_with_retries(
+                lambda a=adapter, p=prepared: opener(a, p),
+                max_retries=alias.provider.max_retries,
+                deadline=deadline,
+                clock=clock,
+                provider=alias.provider.name,
+            )
+        except exc.LLMError as error:
+            if isinstance(error, CIRCUIT_FAILURES):
+                await breaker.record_failure()
+            if not isinstance(error, FALL_THROUGH):
+                raise
+            # The release owns the holds from here, even if this task is cancelled.
+            held, call.reservation = call.reservation, budgets.Reservation()
+            if (released := release(held)) is not None:
+                await released
+            call.serving = None
+            call.taken.remove(taken)
+            last = error
+            logger.warning(
+                "llm.fallback",
+                extra={
+                    "request_id": call.request_id,
+                    "alias": alias.slug,
+                    "provider": alias.provider.name,
+                    "error_type": error_type(error),
+                },
+            )
+            continue
+        await breaker.record_success()
+        return prepared, result
+    raise final_error(last, adm.alias)

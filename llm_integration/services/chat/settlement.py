@@ -1,0 +1,190 @@
+"""Step 7: a request settles exactly once, however it ends.
+
+``Call.finish`` writes the usage record and settles the budgets in one group commit,
+fires budget alerts (and sends ``budget_alerts_fired``, which the WebSocket consumer
+turns into notices), corrects the rate-limit token counts, updates the metrics and
+logs one structured line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ... import exceptions as exc
+from ... import metrics
+from ...adapters import Usage
+from ...conf import llm_settings
+from ...models import ModelAlias, UsageRecord
+from ...signals import budget_alerts_fired
+from .. import budgets
+from ..db import run_db
+from ..tokens import count_message_tokens, count_text_tokens
+from ..usage import cost_of, format_money
+from ..writer import writer
+from .types import Admission, Outcome, Prepared, Taken
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+logger = logging.getLogger("llm_integration.services.chat")
+
+#: Failures that are the gateway's refusals (recorded ``refused``), not errors.
+REFUSALS = (exc.RateLimited, exc.BudgetExceeded, exc.ModelNotAllowed)
+
+
+def error_type(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    return getattr(error, "code", "") or type(error).__name__
+
+
+def status_for(error: BaseException) -> str:
+    return UsageRecord.Status.REFUSED if isinstance(error, REFUSALS) else UsageRecord.Status.ERROR
+
+
+@dataclass
+class Call:
+    """One request on its way through; writes its usage record exactly once."""
+
+    gateway: Gateway
+    request_id: str
+    user: Any
+    streamed: bool = False
+    admission: Admission | None = None
+    serving: Prepared | None = None
+    reservation: budgets.Reservation = field(default_factory=budgets.Reservation)
+    #: Rate-limit counts taken (the caller's, the serving candidate's).
+    taken: list[Taken] = field(default_factory=list)
+    started: float = 0.0
+    recorded: bool = False
+    outcome: Outcome | None = None
+
+    @property
+    def alias(self) -> ModelAlias | None:
+        if self.serving is not None:
+            return self.serving.alias
+        return self.admission.alias if self.admission else None
+
+    def usage_record(
+        self,
+        status: str,
+        usage: Usage,
+        error: BaseException | None,
+        finish_reason: str,
+        cached: bool,
+    ) -> tuple[UsageRecord, Decimal]:
+        """The request's usage record (not saved) and its cost: no I/O."""
+        alias = self.alias
+        cost = cost_of(alias, usage) if alias is not None and not cached else Decimal(0)
+        user = self.user if getattr(self.user, "is_authenticated", False) else None
+        plan = self.admission.plan if self.admission else None
+        record = UsageRecord(
+            request_id=self.request_id,
+            user=user,
+            plan=plan.slug if plan else "",
+            alias=alias.slug if alias else "",
+            provider=alias.provider.name if alias else "",
+            upstream_model=alias.upstream_model if alias else "",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            tokens_estimated=usage.estimated,
+            cost_usd=cost,
+            latency_ms=int(self.seconds() * 1000),
+            status=status,
+            error_type=error_type(error),
+            finish_reason=finish_reason,
+            cached=cached,
+            streamed=self.streamed,
+        )
+        return record, cost
+
+    def seconds(self) -> float:
+        return max(0.0, self.gateway.clock.monotonic() - self.started)
+
+    async def record(self, status, usage, error, finish_reason, cached) -> tuple[Decimal, list]:
+        """Write the record and settle the budgets in one (group) commit; alerts after.
+        (cost, the budget alerts it fired)."""
+        record, cost = self.usage_record(status, usage, error, finish_reason, cached)
+        # The write owns the holds from here: a cancelled wait cannot settle them twice.
+        reservation = self.reservation
+        holds, reservation.holds = reservation.holds, []
+        claim = budgets.claim_rows(hold.period_id for hold in holds)
+        settled = await writer.write(
+            budgets.record_usage, record, holds, cost, reservation.pooled, claim=claim
+        )
+        reservation.settled.extend(settled)
+        alerts = []
+        if budgets.alerts_due(settled):
+            now = self.gateway.clock.now()
+            alerts = await run_db(budgets.fire_alerts, reservation, now=now)
+        return cost, alerts
+
+    async def finish(
+        self,
+        status: str,
+        *,
+        usage: Usage | None = None,
+        error: BaseException | None = None,
+        finish_reason: str = "",
+        cached: bool = False,
+    ) -> Decimal:
+        """Write the usage record, settle budgets, update metrics and log (once)."""
+        if self.recorded:
+            return Decimal(0)
+        self.recorded = True
+        usage = usage or Usage()
+        cost, alerts = await self.record(status, usage, error, finish_reason, cached)
+        self.outcome = Outcome(status, usage, cost, finish_reason)
+        for taken in self.taken:
+            self.gateway.limiter.adjust_tokens(
+                taken.counts, actual=usage.total_tokens, estimated=taken.tokens
+            )
+        alias = self.alias
+        slug, provider = (alias.slug, alias.provider.name) if alias else ("", "")
+        seconds = self.seconds()
+        metrics.observe(
+            alias=slug,
+            provider=provider,
+            status=status,
+            seconds=seconds,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost=float(cost),
+            error_type=error_type(error),
+            cached=cached,
+        )
+        metrics.observe_budgets(self.reservation.settled)
+        if alerts:
+            await budget_alerts_fired.asend(sender=type(self), user=self.user, alerts=alerts)
+        fields = {
+            "request_id": self.request_id,
+            "alias": slug,
+            "provider": provider,
+            "status": status,
+            "latency_ms": int(seconds * 1000),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": format_money(cost),
+            "cached": cached,
+            "streamed": self.streamed,
+            "error_type": error_type(error),
+        }
+        if llm_settings.LOG_PROMPTS and self.serving is not None:
+            fields["prompt"] = self.serving.request.messages[-1].content
+        logger.info("llm.request", extra=fields)
+        return cost
+
+    def consumed(self, text: str) -> Usage | None:
+        """An estimate of what a cut-short request consumed (its prompt and ``text``);
+        None once the request is recorded (a stream closed after its end, say)."""
+        if self.serving is None or self.recorded:
+            return None
+        model = self.serving.alias.upstream_model
+        return Usage(
+            prompt_tokens=count_message_tokens(self.serving.request.messages, model=model),
+            completion_tokens=count_text_tokens(text, model=model),
+            estimated=True,
+        )
