@@ -8,7 +8,7 @@ Serve with `daphne project.asgi:application` (or `python manage.py llm_demo`), o
 import os
 import sys
 
-from django.core.asgi import get_asgi_application
+from llm_integration.asgi import get_asgi_application
 
 # The accounting writer is a thread: when it needs the GIL (after each SQL statement)
 # while the event loop runs Python, it waits for the loop's next switch, 5 ms by
@@ -17,6 +17,8 @@ from django.core.asgi import get_asgi_application
 sys.setswitchinterval(0.001)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+# Django's handler, keeping the threads its requests' synchronous code runs in
+# (llm_integration.asgi.ThreadReusingASGIHandler); django.core.asgi's works the same.
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -50,36 +50,60 @@ class wait_retry_after(wait_base):
 
 
 class stop_at_deadline(stop_base):
-    """Stop after ``max_retries`` retries, at the request's deadline, or when the
-    upstream asks for a wait longer than ``retry_after_max`` or than what is left."""
+    """Stop after the call's ``max_retries`` retries, at its ``deadline``, or when the
+    upstream asks for a wait longer than ``RETRY_AFTER_MAX`` or than what is left (the
+    call's own values travel in its keyword arguments: one strategy serves them all)."""
 
-    def __init__(
-        self, *, max_retries: int, deadline: float, clock: Clock, retry_after_max: float
-    ) -> None:
-        self.max_retries = max_retries
-        self.deadline = deadline
+    def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.retry_after_max = retry_after_max
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        if retry_state.attempt_number > self.max_retries:
+        options = retry_state.kwargs
+        if retry_state.attempt_number > options["max_retries"]:
             return True
         retry_after = retry_after_of(retry_state) or 0.0
-        remaining = self.deadline - self.clock.monotonic()
-        return retry_after > self.retry_after_max or retry_after >= remaining or remaining <= 0
+        remaining = options["deadline"] - self.clock.monotonic()
+        retry_after_max = float(llm_settings.RETRY_AFTER_MAX)
+        return retry_after > retry_after_max or retry_after >= remaining or remaining <= 0
+
+
+class wait_backoff(wait_base):
+    """Exponential backoff with full jitter, from the settings at call time."""
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return wait_random_exponential(
+            multiplier=float(llm_settings.RETRY_BACKOFF_BASE),
+            max=float(llm_settings.RETRY_BACKOFF_MAX),
+        )(retry_state)
+
+
+def retry_policy(clock: Clock) -> AsyncRetrying:
+    """The gateway's retry policy on ``clock``. Its strategies read each call's own
+    limits from the call's keyword arguments, so one ``AsyncRetrying`` serves every
+    call: each call has its own ``RetryCallState``, and the strategies are plain
+    functions that never suspend, so concurrent calls never see each other's state."""
+    return AsyncRetrying(
+        stop=stop_at_deadline(clock),
+        wait=wait_retry_after(wait_backoff()),
+        retry=retry_if_exception(is_retryable),
+        sleep=clock.sleep,
+        reraise=True,
+    )
 
 
 async def call_with_retries(
     fn: Callable[[], Awaitable[T]],
     *,
+    policy: AsyncRetrying,
     max_retries: int,
     deadline: float,
     clock: Clock,
     provider: str = "",
 ) -> T:
-    """``await fn()``, retried as above; ``deadline`` is a ``clock.monotonic()`` instant."""
+    """``await fn()`` under ``policy`` (``retry_policy``), at most ``max_retries`` times
+    again; ``deadline`` is a ``clock.monotonic()`` instant."""
 
-    async def attempt() -> T:
+    async def attempt(*, deadline: float, max_retries: int) -> T:
         remaining = deadline - clock.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout("The request's deadline passed.", provider=provider)
@@ -89,19 +113,4 @@ async def call_with_retries(
         except TimeoutError:
             raise UpstreamTimeout("The request's deadline passed.", provider=provider) from None
 
-    backoff = wait_random_exponential(
-        multiplier=float(llm_settings.RETRY_BACKOFF_BASE), max=float(llm_settings.RETRY_BACKOFF_MAX)
-    )
-    retrying = AsyncRetrying(
-        stop=stop_at_deadline(
-            max_retries=max_retries,
-            deadline=deadline,
-            clock=clock,
-            retry_after_max=float(llm_settings.RETRY_AFTER_MAX),
-        ),
-        wait=wait_retry_after(backoff),
-        retry=retry_if_exception(is_retryable),
-        sleep=clock.sleep,
-        reraise=True,
-    )
-    return await retrying(attempt)
+    return await policy(attempt, deadline=deadline, max_retries=max_retries)

@@ -2,14 +2,18 @@
 
     python tests/benchmarks/bench_concurrency.py                  # Uvicorn, 50 clients
     python tests/benchmarks/bench_concurrency.py --server daphne --seconds 20
+    python tests/benchmarks/bench_concurrency.py --middleware async-only --handler django
 
 A fake OpenAI upstream answering after 200 ms (its own process, asyncio), one gateway
-server process (Uvicorn by default, as README's deployment runs it; or Daphne, as
-`llm_demo` serves), and 50 concurrent clients
-(wrk: `apt-get install wrk`) hitting POST /api/v1/chat, first plain JSON then
-`stream: true` (SSE read to the end). With 200 ms of upstream latency, 50 clients
-can at most make 250 requests/s; the target is 225/s (90 %). Prints requests/s,
-latency percentiles and errors.
+server process (Uvicorn by default, as the deployment docs run it; or Daphne, as
+`llm_demo` serves), and 50 concurrent clients (wrk: `apt-get install wrk`) hitting
+POST /api/v1/chat, first plain JSON then `stream: true` (SSE read to the end). Every
+request goes through Django's handler and the demo's full middleware: Django's standard
+stack plus the project's own async middleware, whose `X-Served-By` header is checked on
+every answer (`--middleware async-only` keeps only that one; `--handler django` serves
+with Django's stock handler instead of the thread-reusing one the demo opts into).
+With 200 ms of upstream latency, 50 clients can at most make 250 requests/s. Prints
+requests/s, latency percentiles, errors and answers missing the header.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def run_django(env: dict[str, str], code: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def server_command(server: str, port: int) -> list[str]:
+def server_command(server: str, port: int, app: str = "project.asgi:application") -> list[str]:
     """One gateway server process on 127.0.0.1:port (Daphne, as llm_demo, or Uvicorn)."""
     if server == "daphne":
         return [
@@ -99,7 +103,7 @@ def server_command(server: str, port: int) -> list[str]:
             "127.0.0.1",
             "-p",
             str(port),
-            "project.asgi:application",
+            app,
         ]
     return [
         sys.executable,
@@ -112,7 +116,7 @@ def server_command(server: str, port: int) -> list[str]:
         "--log-level",
         "warning",
         "--no-access-log",
-        "project.asgi:application",
+        app,
     ]
 
 
@@ -147,6 +151,20 @@ wrk.method = "POST"
 wrk.body = '{"message": "Say hello.", "stream": %s}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Token %s"
+
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) missing = 0 end
+function response(status, headers, body)
+  if (headers["X-Served-By"] or headers["x-served-by"]) ~= "llm-gateway-demo" then
+    missing = missing + 1
+  end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + thread:get("missing") end
+  io.write("missing-header " .. total .. "\\n")
+end
 """
 
 
@@ -198,6 +216,8 @@ def parse_wrk(out: str) -> dict:
             result["errors"] += int(parts[-1])
         elif line.strip().startswith("Socket errors"):
             result["errors"] += sum(int(p.strip(",")) for p in parts[3::2])
+        elif line.startswith("missing-header"):
+            result["missing"] = int(parts[1])
     return result
 
 
@@ -215,6 +235,18 @@ def main() -> None:
         help="only the streaming series",
     )
     parser.add_argument(
+        "--middleware",
+        choices=["default", "async-only"],
+        default="default",
+        help="the demo's full MIDDLEWARE, or only its async-native header middleware",
+    )
+    parser.add_argument(
+        "--handler",
+        choices=["reusing", "django"],
+        default="reusing",
+        help="the thread-reusing handler the demo opts into, or Django's stock one",
+    )
+    parser.add_argument(
         "--rate-limits",
         action="store_true",
         help="give the plan (never reached) RPM and TPM limits: three counters per request",
@@ -222,9 +254,17 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp())
+    settings_module = {
+        "default": "project.settings",
+        "async-only": "tests.benchmarks.settings_async_middleware",
+    }[args.middleware]
+    app = {
+        "reusing": "project.asgi:application",
+        "django": "tests.benchmarks.asgi_django:application",
+    }[args.handler]
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_SETTINGS_MODULE": settings_module,
         "DEBUG": "False",
         "SECURE_SSL_REDIRECT": "False",  # plain HTTP on loopback
         "LLM_LOG_LEVEL": "WARNING",
@@ -239,7 +279,7 @@ def main() -> None:
     upstream = fake.ready_line.split()[1]
     token = prepare(env, upstream, limits=args.rate_limits)
     port = free_port()
-    cmd = server_command(args.server, port)
+    cmd = server_command(args.server, port, app)
     server = start(cmd, env, log=workdir / "server.log")
     try:
         asyncio.run(wait_for_port(port))
@@ -250,7 +290,8 @@ def main() -> None:
             f"server: {args.server}, one process; clients: {args.clients}; upstream latency "
             f"{args.latency * 1000:.0f} ms -> ceiling {ceiling:.0f} req/s; "
             f"{args.seconds:.0f} s per series; database: {env['DATABASE_URL'].split(':')[0]}; "
-            f"cache: {'redis' if env.get('REDIS_URL') else 'local memory'}"
+            f"cache: {'redis' if env.get('REDIS_URL') else 'local memory'}; "
+            f"middleware: {args.middleware}; handler: {args.handler}"
             f"{'; plan rate limits' if args.rate_limits else ''}"
         )
         for stream in args.only or (False, True):
@@ -266,7 +307,7 @@ def main() -> None:
             print(
                 f"{kind:<16} {r['rps']:7.1f} req/s ({r['rps'] / ceiling:5.1%} of ceiling)  "
                 f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  "
-                f"ok {r['n']}  errors {r['errors']}"
+                f"ok {r['n']}  errors {r['errors']}  missing header {r.get('missing', '?')}"
             )
     finally:
         server.terminate()

@@ -31,6 +31,7 @@ from .. import caching
 from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
 from ..ratelimit import RateLimiter
+from ..retries import retry_policy
 from ..validation import validate
 from .admission import admit, admit_cached, prepare
 from .ids import new_request_id
@@ -47,6 +48,7 @@ class Gateway:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self.limiter = RateLimiter(clock=clock)
+        self.retrying = retry_policy(clock)
 
     def call(self, user: Any, request_id: str | None, *, streamed: bool = False) -> Call:
         return Call(

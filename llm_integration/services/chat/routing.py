@@ -139,6 +139,7 @@ async def route(
         try:
             result = await call_with_retries(
                 lambda a=adapter, p=prepared: opener(a, p),
+                policy=gateway.retrying,
                 max_retries=alias.provider.max_retries,
                 deadline=deadline,
                 clock=clock,
