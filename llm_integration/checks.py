@@ -23,6 +23,16 @@ E003 = "llm_integration.E003"
 E003_MSG = "Model alias {slug!r} points at disabled provider {name!r}."
 E003_HINT = "Enable the provider, point the alias at another one, or disable the alias."
 
+E010 = "llm_integration.E010"
+E010_MSG = (
+    "Model alias {slug!r} of paid provider {name!r} has no price, but budget {budget!r} "
+    "counts spending in USD: its requests would count $0 and never reach the limit."
+)
+E010_HINT = (
+    "Set its input and output prices (USD per million tokens), in admin or with "
+    "LLM_INPUT_PRICE_PER_MTOK / LLM_OUTPUT_PRICE_PER_MTOK and llm_bootstrap."
+)
+
 W004 = "llm_integration.W004"
 W004_MSG = "Model alias {slug!r} of paid provider {name!r} has no price."
 W004_HINT = "Set its input and output prices (USD per million tokens) so costs and budgets count."
@@ -101,9 +111,21 @@ def _provider_errors():
             yield Warning(W007_MSG.format(name=p.name), hint=W007_HINT, obj=p, id=W007)
 
 
-def _alias_errors():
-    from .models import ModelAlias, Provider
+def _budget_over(alias, budgets):
+    """The first enabled budget that counts this alias's spending, if any."""
+    for budget in budgets:
+        if budget.scope == budget.Scope.PROVIDER and budget.provider_id != alias.provider_id:
+            continue
+        if budget.scope == budget.Scope.ALIAS and budget.alias_id != alias.pk:
+            continue
+        return budget  # global, plan and user budgets count every alias their users call
+    return None
 
+
+def _alias_errors():
+    from .models import Budget, ModelAlias, Provider
+
+    budgets = list(Budget.objects.filter(enabled=True).order_by("name"))
     for a in ModelAlias.objects.filter(enabled=True).select_related("provider"):
         if not a.provider.enabled:
             yield Error(
@@ -114,9 +136,17 @@ def _alias_errors():
             and not a.input_price_per_mtok
             and not a.output_price_per_mtok
         ):
-            yield Warning(
-                W004_MSG.format(slug=a.slug, name=a.provider.name), hint=W004_HINT, obj=a, id=W004
-            )
+            budget = _budget_over(a, budgets)
+            if budget is not None:
+                message = E010_MSG.format(slug=a.slug, name=a.provider.name, budget=budget.name)
+                yield Error(message, hint=E010_HINT, obj=a, id=E010)
+            else:
+                yield Warning(
+                    W004_MSG.format(slug=a.slug, name=a.provider.name),
+                    hint=W004_HINT,
+                    obj=a,
+                    id=W004,
+                )
 
 
 def _budget_errors():

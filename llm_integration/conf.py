@@ -84,7 +84,10 @@ DEFAULTS: dict[str, Any] = {
     "CACHE_TTL": 3600,
     # Cached answers are kept this much longer, served only when every upstream is down.
     "CACHE_STALE_TTL": 86400,
-    "CACHE_MAX_ENTRIES": 1000,
+    # Django cache alias for cached answers (None: CACHE_BACKEND). A local-memory cache
+    # of its own bounds how many answers are kept (its OPTIONS["MAX_ENTRIES"]) without
+    # pushing rate-limit counters and circuits out.
+    "RESPONSE_CACHE_BACKEND": None,
     # --- Budgets ----------------------------------------------------------------
     # Percentages at which a budget alert fires (once per threshold and period).
     "BUDGET_ALERT_THRESHOLDS": [75, 90, 100],

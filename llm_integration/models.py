@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -111,7 +111,15 @@ class ModelAlias(models.Model):
     )
     context_window = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(1)])
     default_max_tokens = models.PositiveIntegerField(
-        default=1024, validators=[MinValueValidator(1)]
+        default=1024,
+        validators=[MinValueValidator(1)],
+        help_text="max_tokens of requests that give none (reserved on budgets, sent upstream).",
+    )
+    default_temperature = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+        help_text="Temperature of requests that give none (empty: the upstream's default).",
     )
     rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
     tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)

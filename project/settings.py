@@ -7,6 +7,7 @@ the local-memory cache.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import environ
@@ -118,13 +119,26 @@ if REDIS_URL:
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
+    if "LLM_CACHE_SIZE" in env.ENVIRON:
+        warnings.warn(
+            "LLM_CACHE_SIZE bounds the local-memory response cache; with REDIS_URL the "
+            "cached answers live in Redis, bounded by its maxmemory setting.",
+            stacklevel=1,
+        )
 else:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
             "LOCATION": "llm-integration",
             "OPTIONS": {"MAX_ENTRIES": 10_000},
-        }
+        },
+        # Cached answers in a cache of their own, LLM_CACHE_SIZE of them at most: they
+        # never push rate-limit counters or circuits out of the default cache.
+        "responses": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "llm-responses",
+            "OPTIONS": {"MAX_ENTRIES": env("LLM_CACHE_SIZE")},
+        },
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -180,7 +194,7 @@ EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.
 LLM_INTEGRATION = {
     "CACHE_ENABLED": env("LLM_ENABLE_CACHING"),
     "CACHE_TTL": env("LLM_CACHE_TTL"),
-    "CACHE_MAX_ENTRIES": env("LLM_CACHE_SIZE"),
+    "RESPONSE_CACHE_BACKEND": None if REDIS_URL else "responses",
     "LOG_PROMPTS": env("LLM_LOG_PROMPTS"),
     "SHOW_LOCKED_MODELS": env("LLM_SHOW_LOCKED_MODELS"),
 }

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.cache import caches
 from django.db import connections
 
@@ -30,20 +31,21 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+def _forget_shared_state() -> None:
+    for alias in settings.CACHES:
+        caches[alias].clear()
+    circuit.forget()
+    deferred.clear()
+    config.forget()
+    allowances.clear()
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache():
     """Rate-limit windows, circuits and cached answers must not leak between tests."""
-    caches["default"].clear()
-    circuit.forget()
-    deferred.clear()
-    config.forget()
-    allowances.clear()
+    _forget_shared_state()
     yield
-    caches["default"].clear()
-    circuit.forget()
-    deferred.clear()
-    config.forget()
-    allowances.clear()
+    _forget_shared_state()
 
 
 class WriterGate:

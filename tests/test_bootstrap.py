@@ -31,7 +31,14 @@ SEED_VARS = [
     "LLM_MAX_RETRIES",
     "LLM_RATE_LIMIT_RPM",
     "LLM_ENABLE_CACHING",
+    "LLM_ENABLE_RETRY",
     "BUDGET_LIMIT",
+    "OPENAI_MAX_TOKENS",
+    "OPENAI_TEMPERATURE",
+    "ANTHROPIC_MAX_TOKENS",
+    "CUSTOM_LLM_MAX_TOKENS",
+    "LLM_INPUT_PRICE_PER_MTOK",
+    "LLM_OUTPUT_PRICE_PER_MTOK",
 ]
 
 
@@ -276,6 +283,116 @@ def test_bad_config_is_a_command_error(env, tmp_path, text, message):
     with pytest.raises(CommandError, match=message):
         bootstrap("--config", str(path))
     assert not ModelAlias.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_seeds_variables_each_land_on_the_row_they_mean(env):
+    env(
+        LLM_BACKEND="openai",
+        OPENAI_API_KEY="sk-1",
+        OPENAI_MAX_TOKENS="512",
+        OPENAI_TEMPERATURE="0.3",
+        LLM_ENABLE_RETRY="false",
+        LLM_MAX_RETRIES="4",
+        LLM_INPUT_PRICE_PER_MTOK="0.15",
+        LLM_OUTPUT_PRICE_PER_MTOK="0.60",
+        BUDGET_LIMIT="5",
+    )
+    bootstrap()
+    alias = ModelAlias.objects.select_related("provider").get(slug="default")
+    assert (alias.default_max_tokens, alias.default_temperature) == (512, 0.3)
+    assert (alias.input_price_per_mtok, alias.output_price_per_mtok) == (
+        Decimal("0.15"),
+        Decimal("0.60"),
+    )
+    assert alias.provider.max_retries == 0  # retries off, whatever LLM_MAX_RETRIES says
+    env(LLM_BACKEND="anthropic", ANTHROPIC_MAX_TOKENS="2048", ANTHROPIC_API_KEY="k")
+    bootstrap()
+    assert ModelAlias.objects.get(slug="default").default_max_tokens == 2048
+
+
+@pytest.mark.django_db
+def test_a_money_budget_over_an_unpriced_alias_is_called_out(env):
+    env(LLM_BACKEND="openai", OPENAI_API_KEY="sk-1", BUDGET_LIMIT="5")
+    err = StringIO()
+    call_command("llm_bootstrap", stdout=StringIO(), stderr=err)
+    assert "has no price" in err.getvalue() and "LLM_INPUT_PRICE_PER_MTOK" in err.getvalue()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/chat/completions/"]
+)
+def test_custom_url_as_base_or_as_full_endpoint(env, url):
+    env(LLM_BACKEND="custom", CUSTOM_LLM_URL=url, CUSTOM_LLM_MODEL="m", CUSTOM_LLM_MAX_TOKENS="99")
+    bootstrap()
+    assert Provider.objects.get(name="custom").base_url == "http://127.0.0.1:8080/v1"
+    assert ModelAlias.objects.get(slug="default").default_max_tokens == 99
+
+
+async def test_the_adapter_takes_the_full_chat_endpoint_too(openai_fake):
+    from llm_integration.adapters.openai import OpenAICompatibleAdapter
+
+    adapter = OpenAICompatibleAdapter(
+        model="m", base_url=f"{openai_fake.base_url}/chat/completions", timeout=5
+    )
+    openai_fake.push(text="found")
+    assert (await adapter.complete("Hi")).text == "found"
+    assert openai_fake.requests[-1].path == "/v1/chat/completions"
+
+
+SEED_004_CONFIG = """
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/OPENAI_API_KEY
+      max_tokens: 800
+      temperature: 0.2
+  - model_name: claude-sonnet
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_key: os.environ/ANTHROPIC_API_KEY
+  - model_name: gemini-pro
+    litellm_params:
+      model: google/gemini-1.5-pro
+      api_key: os.environ/GOOGLE_API_KEY
+      drop_params: true
+    model_info:
+      mode: chat
+      supports_vision: true
+litellm_settings:
+  drop_params: true
+  fallbacks: [{"gpt-4o": ["claude-sonnet"]}]
+general_settings:
+  master_key: sk-1234
+  database_url: postgres://litellm@db/litellm
+"""
+
+
+@pytest.mark.django_db
+def test_a_config_as_the_seeds_write_it_imports_and_reports_what_it_does_not_use(env, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(SEED_004_CONFIG)
+    err = StringIO()
+    call_command("llm_bootstrap", "--config", str(path), stdout=StringIO(), stderr=err)
+    gemini = ModelAlias.objects.select_related("provider").get(slug="gemini-pro")
+    assert (gemini.provider.kind, gemini.provider.base_url, gemini.provider.api_key_env) == (
+        "openai_compatible",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "GOOGLE_API_KEY",
+    )
+    gpt = ModelAlias.objects.get(slug="gpt-4o")
+    assert (gpt.default_max_tokens, gpt.default_temperature) == (800, 0.2)
+    warnings = err.getvalue()
+    for unused in (
+        "config: not used: general_settings.",
+        "litellm_settings: not used: drop_params.",
+        "model_list[2].litellm_params: not used: drop_params.",
+        "model_list[2].model_info: not used: mode, supports_vision.",
+    ):
+        assert unused in warnings, warnings
+    assert list(AliasFallback.objects.values_list("fallback__slug", flat=True)) == ["claude-sonnet"]
 
 
 def test_missing_config_file_is_a_command_error(tmp_path):

@@ -7,7 +7,7 @@ from django.core.checks import Error, Warning
 
 from llm_integration import checks
 from llm_integration.models import AliasFallback
-from tests.factories import ModelAliasFactory, ProviderFactory
+from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -83,6 +83,25 @@ def test_alias_on_disabled_provider_and_missing_price():
             id="llm_integration.W004",
         ),
     ]
+
+
+def test_an_unpriced_alias_under_a_money_budget_is_an_error():
+    provider = ProviderFactory(name="openai", kind="openai", api_key_env="")
+    alias = ModelAliasFactory(
+        slug="default", provider=provider, input_price_per_mtok=0, output_price_per_mtok=0
+    )
+    BudgetFactory(name="elsewhere", scope="provider", provider=ProviderFactory(name="other"))
+    assert [e.id for e in run_row_checks()] == ["llm_integration.W007", "llm_integration.W004"]
+    BudgetFactory(name="global-monthly", limit_usd=5)
+    assert run_row_checks()[-1] == Error(
+        "Model alias 'default' of paid provider 'openai' has no price, but budget "
+        "'global-monthly' counts spending in USD: its requests would count $0 and never "
+        "reach the limit.",
+        hint="Set its input and output prices (USD per million tokens), in admin or with "
+        "LLM_INPUT_PRICE_PER_MTOK / LLM_OUTPUT_PRICE_PER_MTOK and llm_bootstrap.",
+        obj=alias,
+        id="llm_integration.E010",
+    )
 
 
 def test_fallback_cycle():

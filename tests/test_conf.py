@@ -28,3 +28,23 @@ def test_secret_resolver_is_an_import_string(settings, monkeypatch):
     assert llm_settings.SECRET_RESOLVER is environ_secret
     assert llm_settings.SECRET_RESOLVER("SOME_KEY") == "v"
     assert environ_secret("") is None
+
+
+def test_the_seeds_cache_size_bounds_the_response_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "from llm_integration.conf import llm_settings as l; "
+        "print(s.CACHES[l.RESPONSE_CACHE_BACKEND]['OPTIONS']['MAX_ENTRIES'])"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "LLM_CACHE_SIZE": "7"}
+    env.pop("REDIS_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=settings.BASE_DIR, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "7", out.stderr

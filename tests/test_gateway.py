@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.cache import caches
 
 from llm_integration import exceptions as exc
 from llm_integration.models import AliasFallback, UsageRecord
@@ -319,6 +320,27 @@ async def test_cache_is_off_unless_configured(gateway, chat_alias, openai_fake, 
     await gateway.chat(model="chat", messages="Q", temperature=0)
     await gateway.chat(model="chat", messages="Q", temperature=0.7)
     assert len(openai_fake.requests) == 4
+
+
+async def test_a_response_cache_of_its_own_keeps_at_most_its_size(
+    gateway, openai_fake, api_key_env, settings
+):
+    settings.CACHES = {
+        **settings.CACHES,
+        "few": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "few-answers",
+            "OPTIONS": {"MAX_ENTRIES": 3},
+        },
+    }
+    settings.LLM_INTEGRATION = {"RESPONSE_CACHE_BACKEND": "few"}
+    await sync_to_async(openai_alias)(openai_fake, api_key_env, cache_responses=True)
+    for n in range(10):
+        await gateway.chat(model="chat", messages=f"Question {n}")
+    assert (await gateway.chat(model="chat", messages="Question 9")).cached
+    assert not (await gateway.chat(model="chat", messages="Question 0")).cached  # pushed out
+    caches["few"].clear()  # the answers live there, and only there
+    assert not (await gateway.chat(model="chat", messages="Question 9")).cached
 
 
 async def test_stale_cache_serves_degraded_when_upstreams_are_down(

@@ -26,12 +26,22 @@ from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
 from .sse import iter_sse
 
 
+def endpoint_base(url: str) -> str:
+    """The API base of an OpenAI-protocol URL given either way: the base
+    (``https://host/v1``) or the full chat endpoint (``…/v1/chat/completions``)."""
+    return url.rstrip("/").removesuffix("/chat/completions").rstrip("/")
+
+
 class OpenAIAdapter(BaseLLMAdapter):
     kinds = ("openai",)
     default_base_url = "https://api.openai.com/v1"
     requires_api_key = True
     #: OpenAI itself wants max_completion_tokens (o-series refuse max_tokens).
     max_tokens_field = "max_completion_tokens"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base_url = endpoint_base(self.base_url)
 
     def _request_headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}

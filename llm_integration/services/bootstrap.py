@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import transaction
 
+from ..adapters.openai import endpoint_base
 from ..models import AliasFallback, Budget, ModelAlias, Provider
 
 ENV_PREFIX = "os.environ/"
@@ -59,26 +60,36 @@ BACKENDS: dict[str, dict[str, Any]] = {
         "key": "OPENAI_API_KEY",
         "model": ("OPENAI_MODEL", "gpt-4o-mini"),
         "url": ("OPENAI_BASE_URL", ""),
+        "prefix": "OPENAI",
     },
     "anthropic": {
         "kind": "anthropic",
         "key": "ANTHROPIC_API_KEY",
         "model": ("ANTHROPIC_MODEL", "claude-sonnet-4-5"),
         "url": ("ANTHROPIC_BASE_URL", ""),
+        "prefix": "ANTHROPIC",
     },
     "ollama": {
         "kind": "ollama",
         "key": None,
         "model": ("OLLAMA_MODEL", "llama3.2"),
         "url": ("OLLAMA_URL", "http://127.0.0.1:11434"),
+        "prefix": "OLLAMA",
     },
     "custom": {
         "kind": "openai_compatible",
         "key": "CUSTOM_LLM_API_KEY",
         "model": ("CUSTOM_LLM_MODEL", ""),
         "url": ("CUSTOM_LLM_URL", ""),
+        "prefix": "CUSTOM_LLM",
     },
-    "dummy": {"kind": "dummy", "key": None, "model": ("DUMMY_MODEL", "echo"), "url": ("", "")},
+    "dummy": {
+        "kind": "dummy",
+        "key": None,
+        "model": ("DUMMY_MODEL", "echo"),
+        "url": ("", ""),
+        "prefix": "DUMMY",
+    },
 }
 
 
@@ -92,8 +103,41 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         raise BootstrapError(f"{name} must be a whole number, not {value!r}.") from None
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise BootstrapError(f"{name} must be true or false, not {value!r}.")
+
+
+def _decimal(env: Mapping[str, str], name: str) -> Decimal | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = Decimal(value)
+        if not number.is_finite() or number < 0:
+            raise InvalidOperation
+    except InvalidOperation:
+        raise BootstrapError(f"{name} must be a price in USD, not {value!r}.") from None
+    return number
+
+
+def _temperature(env: Mapping[str, str], name: str) -> float | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        temperature = float(value)
+    except ValueError:
+        temperature = -1.0
+    if not 0 <= temperature <= 2:
+        raise BootstrapError(f"{name} must be a number from 0 to 2, not {value!r}.")
+    return temperature
 
 
 @transaction.atomic
@@ -111,6 +155,8 @@ def bootstrap_from_env(env: Mapping[str, str]) -> Report:
     model = (env.get(model_var) if model_var else "") or model_default
     if backend == "custom" and not base_url:
         raise BootstrapError("LLM_BACKEND=custom needs CUSTOM_LLM_URL.")
+    if spec["kind"] in ("openai", "openai_compatible"):
+        base_url = endpoint_base(base_url)  # the base URL or the full chat endpoint
     if not model:
         raise BootstrapError(f"LLM_BACKEND={backend} needs {model_var}.")
     key_var = spec["key"]
@@ -142,6 +188,8 @@ def bootstrap_from_env(env: Mapping[str, str]) -> Report:
         except ValueError:
             raise BootstrapError("CUSTOM_LLM_TIMEOUT must be a number of seconds.") from None
     retries = _int(env, "LLM_MAX_RETRIES")
+    if not _bool(env, "LLM_ENABLE_RETRY", default=True):
+        retries = 0
     if retries is not None:
         values["max_retries"] = retries
     rpm = _int(env, "LLM_RATE_LIMIT_RPM")
@@ -154,9 +202,37 @@ def bootstrap_from_env(env: Mapping[str, str]) -> Report:
         "enabled": True,
         "cache_responses": _bool(env, "LLM_ENABLE_CACHING"),
     }
-    upsert(ModelAlias, {"slug": "default"}, alias_values, report, "alias")
+    prefix = spec["prefix"]
+    max_tokens = _int(env, f"{prefix}_MAX_TOKENS")
+    if max_tokens is not None:
+        alias_values["default_max_tokens"] = max_tokens
+    temperature = _temperature(env, f"{prefix}_TEMPERATURE")
+    if temperature is not None:
+        alias_values["default_temperature"] = temperature
+    for field_name, variable in PRICE_VARIABLES.items():
+        price = _decimal(env, variable)
+        if price is not None:
+            alias_values[field_name] = price
+    alias = upsert(ModelAlias, {"slug": "default"}, alias_values, report, "alias")
     _budget(env, report)
+    if env.get("BUDGET_LIMIT", "").strip() and alias.is_paid and not _priced(alias):
+        report.warnings.append(
+            "BUDGET_LIMIT is set but the alias 'default' has no price, so the budget would "
+            f"count nothing: set {' and '.join(PRICE_VARIABLES.values())} (USD per million "
+            "tokens), or price it in admin."
+        )
     return report
+
+
+#: Alias prices from the environment (USD per million tokens).
+PRICE_VARIABLES = {
+    "input_price_per_mtok": "LLM_INPUT_PRICE_PER_MTOK",
+    "output_price_per_mtok": "LLM_OUTPUT_PRICE_PER_MTOK",
+}
+
+
+def _priced(alias: ModelAlias) -> bool:
+    return bool(alias.input_price_per_mtok or alias.output_price_per_mtok)
 
 
 def _budget(env: Mapping[str, str], report: Report) -> None:
@@ -200,9 +276,11 @@ PREFIX_KINDS = {
     "fireworks_ai": "openai_compatible",
     "openrouter": "openai_compatible",
     "gemini": "openai_compatible",
+    "google": "openai_compatible",
 }
 PUBLIC_BASES = {
     "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+    "google": "https://generativelanguage.googleapis.com/v1beta/openai",
     "deepseek": "https://api.deepseek.com/v1",
     "groq": "https://api.groq.com/openai/v1",
     "mistral": "https://api.mistral.ai/v1",
@@ -210,6 +288,54 @@ PUBLIC_BASES = {
     "fireworks_ai": "https://api.fireworks.ai/inference/v1",
     "openrouter": "https://openrouter.ai/api/v1",
 }
+
+
+#: The key variable LiteLLM reads for a provider when the config names none.
+DEFAULT_KEYS = {
+    "openai": "OPENAI_API_KEY",
+    "text-completion-openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "google": "GOOGLE_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+}
+#: What the import reads; every other key of the config is reported as not used.
+USED_TOP = {"model_list", "router_settings", "litellm_settings"}
+USED_ENTRY = {"model_name", "litellm_params", "model_info"}
+USED_PARAMS = {
+    "model",
+    "api_base",
+    "base_url",
+    "api_key",
+    "rpm",
+    "tpm",
+    "timeout",
+    "max_retries",
+    "extra_headers",
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "max_tokens",
+    "temperature",
+}
+USED_INFO = {
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "max_input_tokens",
+    "max_output_tokens",
+}
+USED_SETTINGS = {"fallbacks"}
+
+
+def _unused(report: Report, where: str, data: Any, used: set[str]) -> None:
+    if isinstance(data, dict):
+        extra = sorted(str(k) for k in data if k not in used)
+        if extra:
+            report.warnings.append(f"{where}: not used: {', '.join(extra)}.")
 
 
 def _slug(text: str) -> str:
@@ -240,8 +366,8 @@ def _provider_for(prefix: str, params: Mapping[str, Any], report: Report, where:
             f"{where}: an inline api_key was ignored; keys are never stored. "
             "Use api_key: os.environ/NAME."
         )
-    if not key_env and kind in ("openai", "anthropic"):
-        key_env = "OPENAI_API_KEY" if kind == "openai" else "ANTHROPIC_API_KEY"
+    if not key_env and kind == PREFIX_KINDS[prefix]:  # not openai/ on another server
+        key_env = DEFAULT_KEYS.get(prefix, "")
     name = prefix if not params.get("api_base") else f"{prefix}-{_slug(base_url.split('://')[-1])}"
     values: dict[str, Any] = {
         "kind": kind,
@@ -263,6 +389,9 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
     report = Report()
     if not isinstance(config, dict) or not isinstance(config.get("model_list"), list):
         raise BootstrapError("The config has no model_list.")
+    _unused(report, "config", config, USED_TOP)
+    for section in ("router_settings", "litellm_settings"):
+        _unused(report, section, config.get(section), USED_SETTINGS)
     seen: set[str] = set()
     for position, entry in enumerate(config["model_list"]):
         where = f"model_list[{position}]"
@@ -279,6 +408,9 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
             )
             continue
         seen.add(name)
+        _unused(report, where, entry, USED_ENTRY)
+        _unused(report, f"{where}.litellm_params", params, USED_PARAMS)
+        _unused(report, f"{where}.model_info", info, USED_INFO)
         prefix, _, upstream = str(params["model"]).partition("/")
         if not upstream:
             prefix, upstream = "openai", prefix
@@ -305,6 +437,10 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
         ):
             if info.get(theirs):
                 values[ours] = int(info[theirs])
+        if params.get("max_tokens"):
+            values["default_max_tokens"] = int(params["max_tokens"])
+        if params.get("temperature") is not None:
+            values["default_temperature"] = float(params["temperature"])
         upsert(
             ModelAlias, {"slug": _slug(name)[:100] or f"model-{position}"}, values, report, "alias"
         )

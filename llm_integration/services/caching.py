@@ -1,4 +1,5 @@
-"""Step 5: the response cache, in the shared store (Redis: shared by every process).
+"""Step 5: the response cache, in the shared store (Redis: shared by every process), or
+the Django cache ``RESPONSE_CACHE_BACKEND`` names.
 
 Identical non-streaming requests to an alias that opted in (``cache_responses``), or
 any temperature-0 request while ``CACHE_ENABLED`` is on, are answered from the cache
@@ -49,8 +50,12 @@ def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
     return "llm:cache:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _store() -> sharedstate.Store:
+    return sharedstate.store(llm_settings.RESPONSE_CACHE_BACKEND)
+
+
 async def lookup(key: str, *, now: float, stale: bool = False) -> CachedAnswer | None:
-    store = sharedstate.store()
+    store = _store()
     found = await sharedstate.guarded(lambda: store.get_many([key]), {})  # down: a miss
     data = found.get(key)
     if not data:
@@ -75,5 +80,5 @@ async def store(key: str, *, text: str, finish_reason: str, usage: Usage, now: f
         "at": now,
     }
     timeout = int(llm_settings.CACHE_TTL) + int(llm_settings.CACHE_STALE_TTL)
-    shared = sharedstate.store()
+    shared = _store()
     await sharedstate.guarded(lambda: shared.set(key, entry, timeout), None)

@@ -49,6 +49,9 @@ def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:
     """``request`` made ready for ``alias`` (413 if it cannot fit)."""
     model = alias.upstream_model
     max_tokens = request.max_tokens or alias.default_max_tokens
+    temperature = request.temperature
+    if temperature is None:
+        temperature = alias.default_temperature
     prompt = check_prompt_size(request, model=model)
     messages, prompt = fit_to_window(
         request.messages,
@@ -59,5 +62,7 @@ def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:
     )
     upper = prompt if is_exact(model) else int(prompt * llm_settings.ESTIMATE_SAFETY_FACTOR) + 16
     worst = cost_of(alias, Usage(prompt_tokens=upper, completion_tokens=max_tokens))
-    request = dataclasses.replace(request, messages=messages, max_tokens=max_tokens)
+    request = dataclasses.replace(
+        request, messages=messages, max_tokens=max_tokens, temperature=temperature
+    )
     return Prepared(alias, request, prompt, worst)
