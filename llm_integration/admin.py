@@ -35,6 +35,7 @@ from .models import (
     Plan,
     PlanEntitlement,
     Provider,
+    QuotaPeriod,
     Subscription,
     UsageRecord,
 )
@@ -438,3 +439,11 @@ class HealthCheckAdmin(ReadOnlyAdmin):
     list_display = ("checked_at", "provider", "status", "latency_ms", "error")
     list_filter = ("status", "provider")
     date_hierarchy = "checked_at"
+
+
+@admin.register(QuotaPeriod)
+class QuotaPeriodAdmin(ReadOnlyAdmin):
+    list_display = ("period_start", "user", "entitlement", "kind", "used", "reserved")
+    list_filter = ("kind", "entitlement__plan", "entitlement__alias")
+    date_hierarchy = "period_start"
+    raw_id_fields = ("user",)

@@ -12,6 +12,7 @@ these attributes. Messages never contain provider keys.
     ├── RateLimited                            429 rate_limited        (retry_after)
     ├── RateLimitUnavailable                   503 rate_limit_unavailable (retry_after)
     ├── BudgetExceeded                         429 budget_exceeded
+    ├── QuotaExceeded                          429 quota_exceeded      (retry_after)
     ├── ConfigurationError                     503 configuration_error
     │   ├── UnknownAdapterKind
     │   └── MissingAPIKey
@@ -55,6 +56,13 @@ class InvalidRequest(LLMError):
     status_code = 400
     code = "invalid_request"
     type = "invalid_request_error"
+
+    def __init__(
+        self, message: str = "", *, param: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        #: The request parameter at fault, when one is (OpenAI's ``error.param``).
+        self.param = param
 
 
 class PromptTooLarge(InvalidRequest):
@@ -102,6 +110,14 @@ class BudgetExceeded(LLMError):
     status_code = 429
     code = "budget_exceeded"
     type = "budget_error"
+
+
+class QuotaExceeded(LLMError):
+    """Your plan's quota on this model is used up for this period."""
+
+    status_code = 429
+    code = "quota_exceeded"
+    type = "rate_limit_error"
 
 
 class ConfigurationError(LLMError):

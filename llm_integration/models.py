@@ -195,8 +195,12 @@ class PlanEntitlement(models.Model):
     alias = models.ForeignKey(ModelAlias, on_delete=models.CASCADE, related_name="entitlements")
     rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
     tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
-    daily_request_limit = models.PositiveIntegerField(null=True, blank=True)
-    monthly_token_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    daily_request_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per user per day (in TIME_ZONE) on this alias."
+    )
+    monthly_token_limit = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per user per calendar month on this alias."
+    )
 
     class Meta:
         constraints = [
@@ -205,6 +209,34 @@ class PlanEntitlement(models.Model):
 
     def __str__(self) -> str:
         return f"{self.plan_id}: {self.alias_id}"
+
+
+class QuotaPeriod(models.Model):
+    """What one user used of one entitlement's quota in one period: requests of a day or
+    tokens of a month. ``reserved`` holds the worst case of requests in flight."""
+
+    class Kind(models.TextChoices):
+        REQUESTS_PER_DAY = "requests_day", "requests per day"
+        TOKENS_PER_MONTH = "tokens_month", "tokens per month"
+
+    entitlement = models.ForeignKey(
+        PlanEntitlement, on_delete=models.CASCADE, related_name="quota_periods"
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    period_start = models.DateTimeField()
+    used = models.PositiveBigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["entitlement", "user", "kind", "period_start"], name="llm_quota_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.kind} from {self.period_start:%Y-%m-%d}"
 
 
 class Subscription(models.Model):

@@ -73,12 +73,20 @@ class AnthropicAdapter(BaseLLMAdapter):
         }
         if request.system_prompt:
             params["system"] = request.system_prompt
+        sampling: dict[str, Any] = {}
         if request.temperature is not None:
-            # Recent SDKs dropped the typed argument; the API still takes it for models
-            # that support sampling, so it travels in the body.
-            params["extra_body"] = {"temperature": min(request.temperature, 1.0)}
+            sampling["temperature"] = min(request.temperature, 1.0)
+        if request.top_p is not None:
+            sampling["top_p"] = request.top_p
+        if sampling:
+            # Recent SDKs dropped the typed sampling arguments; the API still takes them
+            # for models that support sampling, so they travel in the body.
+            params["extra_body"] = sampling
         if request.stop:
             params["stop_sequences"] = list(request.stop)
+        self.refuse_options(request, ("seed", "presence_penalty", "frequency_penalty"))
+        if request.user is not None:
+            params["metadata"] = {"user_id": request.user}
         return params
 
     def _map_error(self, e: Exception, *, started: bool = False) -> exc.UpstreamError:

@@ -2,19 +2,19 @@
 
 An adapter turns one chat request into one upstream call. It never touches the ORM,
 never retries (the service layer does, with tenacity) and raises only the errors of
-``llm_integration.exceptions``. ``complete`` returns a ``Completion``;
-``complete_stream`` yields ``StreamChunk``s whose last one carries ``usage`` and
-``finish_reason``.
+``llm_integration.exceptions``. ``complete`` returns a ``Completion`` and
+``complete_stream`` yields ``StreamChunk``s: both are ``str`` (the seed's interface),
+carrying ``usage`` and ``finish_reason`` (the stream's last chunk).
 
     adapter = OpenAIAdapter(model="gpt-4o-mini", api_key=..., base_url=...)
-    answer = await adapter.complete("Hi")
-    async for chunk in adapter.complete_stream([{"role": "user", "content": "Hi"}]):
-        print(chunk.text, end="")
+    answer = await adapter.complete("Hi", top_p=0.9)     # a str; answer.usage
+    text = "".join([c async for c in adapter.complete_stream("Hi")])
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -53,6 +53,12 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    #: The end user, for the upstream's abuse monitoring (OpenAI's ``user``).
+    user: str | None = None
 
     @property
     def system_prompt(self) -> str | None:
@@ -75,44 +81,93 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-@dataclass(slots=True)
-class Completion:
-    text: str
+class Completion(str):
+    """An answer: its text, as a ``str`` (the seed's interface), with what came with it:
+    ``usage``, ``finish_reason``, ``model`` and the upstream's ``id``."""
+
     usage: Usage
-    finish_reason: str = "stop"
-    model: str = ""
-    id: str = ""
+    finish_reason: str
+    model: str
+    id: str
 
-    def __str__(self) -> str:
-        return self.text
+    def __new__(
+        cls,
+        text: str = "",
+        usage: Usage | None = None,
+        finish_reason: str = "stop",
+        model: str = "",
+        id: str = "",
+    ) -> Completion:
+        answer = super().__new__(cls, text)
+        answer.usage = usage or Usage()
+        answer.finish_reason = finish_reason
+        answer.model = model
+        answer.id = id
+        return answer
+
+    @property
+    def text(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Completion({self.text!r}, usage={self.usage!r}, finish={self.finish_reason!r})"
 
 
-@dataclass(slots=True)
-class StreamChunk:
-    """A piece of a streamed answer; the last chunk has ``usage`` and ``finish_reason``."""
+class StreamChunk(str):
+    """A piece of a streamed answer, as a ``str``; the last one (often empty) carries
+    ``usage`` and ``finish_reason``."""
 
-    text: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
+    finish_reason: str | None
+    usage: Usage | None
 
-    def __str__(self) -> str:
-        return self.text
+    def __new__(
+        cls, text: str = "", finish_reason: str | None = None, usage: Usage | None = None
+    ) -> StreamChunk:
+        chunk = super().__new__(cls, text)
+        chunk.finish_reason = finish_reason
+        chunk.usage = usage
+        return chunk
+
+    @property
+    def text(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"StreamChunk({self.text!r}, finish={self.finish_reason!r}, usage={self.usage!r})"
 
 
 Prompt = str | ChatRequest | Sequence[Message | Mapping[str, Any]]
 
 
-def build_request(
-    prompt: Prompt,
-    *,
-    system_prompt: str | None = None,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    stop: Iterable[str] = (),
-) -> ChatRequest:
-    """Normalise a string, a list of messages or a ChatRequest into a ChatRequest."""
+#: Options ``complete()`` and ``complete_stream()`` take besides the prompt.
+OPTIONS = (
+    "system_prompt",
+    "temperature",
+    "max_tokens",
+    "stop",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+)
+
+
+def build_request(prompt: Prompt, **options: Any) -> ChatRequest:
+    """Normalise a string, a list of messages or a ChatRequest (and ``OPTIONS``) into a
+    ChatRequest; an option it does not know is refused by name."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise exc.InvalidRequest(
+            f"Unknown option {unknown[0]!r}: the options are {', '.join(OPTIONS)}.",
+            param=unknown[0],
+        )
+    system_prompt = options.pop("system_prompt", None)
+    stop = options.pop("stop", None) or ()
+    if isinstance(stop, str):
+        stop = (stop,)
     if isinstance(prompt, ChatRequest):
-        return prompt
+        return dataclasses.replace(prompt, **options) if options else prompt
     if isinstance(prompt, str):
         messages = [Message("user", prompt)]
     else:
@@ -131,9 +186,7 @@ def build_request(
         messages.insert(0, Message("system", system_prompt))
     if not any(m.role != "system" for m in messages):
         raise exc.InvalidRequest("Send at least one user message.")
-    return ChatRequest(
-        messages=tuple(messages), temperature=temperature, max_tokens=max_tokens, stop=tuple(stop)
-    )
+    return ChatRequest(messages=tuple(messages), stop=tuple(stop), **options)
 
 
 class BaseLLMAdapter(ABC):
@@ -194,6 +247,16 @@ class BaseLLMAdapter(ABC):
         if isinstance(prompt, str):
             return count_text_tokens(prompt, model=self.model)
         return count_message_tokens(build_request(prompt).messages, model=self.model)
+
+    def refuse_options(self, request: ChatRequest, names: Iterable[str]) -> None:
+        """An option set on ``request`` that this upstream cannot take is refused by
+        name, never dropped."""
+        for name in names:
+            if getattr(request, name) is not None:
+                raise exc.InvalidRequest(
+                    f"{self.provider_name} ({', '.join(self.kinds)}) does not take {name!r}.",
+                    param=name,
+                )
 
     def _request_headers(self) -> dict[str, str]:
         """Headers of every request to the upstream (aiohttp adapters)."""

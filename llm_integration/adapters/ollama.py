@@ -50,6 +50,10 @@ class OllamaAdapter(BaseLLMAdapter):
             options["num_predict"] = max_tokens
         if request.stop:
             options["stop"] = list(request.stop)
+        self.refuse_options(request, ("user",))
+        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+            if (value := getattr(request, name)) is not None:
+                options[name] = value
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [m.as_dict() for m in request.messages],

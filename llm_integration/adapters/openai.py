@@ -25,6 +25,9 @@ from .base import (
 from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
 from .sse import iter_sse
 
+#: Options passed on as they are (OpenAI's own names).
+SAMPLING = ("top_p", "seed", "presence_penalty", "frequency_penalty", "user")
+
 
 def endpoint_base(url: str) -> str:
     """The API base of an OpenAI-protocol URL given either way: the base
@@ -62,6 +65,9 @@ class OpenAIAdapter(BaseLLMAdapter):
             body[self.max_tokens_field] = max_tokens
         if request.stop:
             body["stop"] = list(request.stop)
+        for name in SAMPLING:
+            if (value := getattr(request, name)) is not None:
+                body[name] = value
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

@@ -102,7 +102,19 @@ class BudgetStatusSerializer(serializers.Serializer):
     remaining_usd = serializers.CharField()
 
 
+class QuotaStatusSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    period = serializers.ChoiceField(choices=("day", "month"))
+    unit = serializers.ChoiceField(choices=("requests", "tokens"))
+    limit = serializers.IntegerField()
+    used = serializers.IntegerField()
+    reserved = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    resets_at = serializers.DateTimeField()
+
+
 class UsageReportSerializer(serializers.Serializer):
     day = PeriodUsageSerializer()
     month = PeriodUsageSerializer()
     budgets = BudgetStatusSerializer(many=True)
+    quotas = QuotaStatusSerializer(many=True)

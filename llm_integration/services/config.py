@@ -82,7 +82,7 @@ def _load(version: int) -> Snapshot:
         if fb.fallback_id in by_id:
             fallbacks.setdefault(fb.alias_id, []).append(by_id[fb.fallback_id])
     entitlements: dict[int, dict[int, PlanEntitlement]] = {}
-    for e in PlanEntitlement.objects.all():
+    for e in PlanEntitlement.objects.select_related("alias"):
         entitlements.setdefault(e.alias_id, {})[e.plan_id] = e
     plans = {p.slug: p for p in Plan.objects.all()}
     budgets = list(Budget.objects.filter(enabled=True).select_related("provider", "alias", "plan"))

@@ -60,6 +60,7 @@ def usage_report(user, *, now) -> dict:
     from ..models import Budget
     from .budgets import budget_status, period_start
     from .config import config
+    from .quotas import status as quota_status
 
     snapshot = config.current()
     plan = config.plan_for(snapshot, user)
@@ -84,8 +85,15 @@ def usage_report(user, *, now) -> dict:
                 "remaining_usd": format_money(status["remaining"]),
             }
         )
+    entitlements = [
+        entitlement
+        for plans in snapshot.entitlements.values()
+        for plan_id, entitlement in plans.items()
+        if plan is not None and plan_id == plan.pk
+    ]
     return {
         "day": period_usage(user.pk, period_start("day", now)),
         "month": period_usage(user.pk, period_start("month", now)),
         "budgets": statuses,
+        "quotas": quota_status(entitlements, user.pk, now=now),
     }

@@ -27,7 +27,7 @@ from asgiref.sync import async_to_sync
 from ... import exceptions as exc
 from ...adapters import ChatRequest, Completion, StreamChunk
 from ...models import UsageRecord
-from .. import caching
+from .. import caching, quotas
 from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
 from ..ratelimit import RateLimiter
@@ -35,6 +35,7 @@ from ..retries import retry_policy
 from ..validation import validate
 from .admission import admit, admit_cached, prepare
 from .ids import new_request_id
+from .reservation import reserve_quotas
 from .routing import caller_limits, route
 from .settlement import Call, error_type, status_for
 from .types import ChatResult, ChatStream, Delta, Done, Prepared, Taken
@@ -68,6 +69,8 @@ class Gateway:
         call.serving = None
         counts = await self.limiter.acquire(caller_limits(call), tokens=first.worst_tokens)
         call.taken.append(Taken(counts, first.worst_tokens))
+        if quotas.quotas_of(adm.entitlement):
+            call.quota_holds = await reserve_quotas(call, first)
         return first
 
     # -- non-streaming -----------------------------------------------------------------

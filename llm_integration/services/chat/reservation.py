@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from ... import exceptions as exc
 from ...conf import llm_settings
 from ...models import usd_to_units
-from .. import budgets
+from .. import budgets, quotas
 from ..allowances import Withdrawal, allowances
+from ..db import run_db
 from ..writer import writer
 from .types import Prepared
 
@@ -67,6 +68,32 @@ async def reserve(call: Call, prepared: Prepared) -> budgets.Reservation:
         # Nobody will settle what this reservation holds: give it back when it lands.
         pending.add_done_callback(release_orphan)
         raise
+
+
+async def reserve_quotas(call: Call, prepared: Prepared) -> list[quotas.QuotaHold]:
+    """Hold one request and the worst-case tokens on the entitlement's quotas (429
+    ``quota_exceeded`` when one is used up)."""
+    adm = call.admission
+    assert adm is not None
+    pending = asyncio.ensure_future(
+        run_db(
+            quotas.reserve,
+            adm.entitlement,
+            getattr(call.user, "pk", None),
+            tokens=prepared.worst_tokens,
+            now=call.gateway.clock.now(),
+        )
+    )
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        pending.add_done_callback(release_orphan_quotas)
+        raise
+
+
+def release_orphan_quotas(pending: asyncio.Future) -> None:
+    if not pending.cancelled() and pending.exception() is None and pending.result():
+        writer.write(quotas.release_job, pending.result())
 
 
 def release(reservation: budgets.Reservation) -> Awaitable | None:

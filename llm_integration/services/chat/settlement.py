@@ -21,6 +21,8 @@ from ...models import ModelAlias, UsageRecord
 from ...signals import budget_alerts_fired
 from .. import budgets
 from ..db import run_db
+from ..quotas import QuotaHold
+from ..quotas import settle as settle_quotas
 from ..tokens import count_message_tokens, count_text_tokens
 from ..usage import cost_of, format_money
 from ..writer import writer
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("llm_integration.services.chat")
 
 #: Failures that are the gateway's refusals (recorded ``refused``), not errors.
-REFUSALS = (exc.RateLimited, exc.BudgetExceeded, exc.ModelNotAllowed)
+REFUSALS = (exc.RateLimited, exc.BudgetExceeded, exc.QuotaExceeded, exc.ModelNotAllowed)
 
 
 def error_type(error: BaseException | None) -> str:
@@ -43,6 +45,16 @@ def error_type(error: BaseException | None) -> str:
 
 def status_for(error: BaseException) -> str:
     return UsageRecord.Status.REFUSED if isinstance(error, REFUSALS) else UsageRecord.Status.ERROR
+
+
+def record_usage(batch, record, holds, cost, pooled, quota_holds) -> list:
+    """A request's last write (a group-commit job): its usage record, its budgets and
+    quotas settled."""
+    if quota_holds:
+        counted = record.status != UsageRecord.Status.REFUSED
+        tokens = record.prompt_tokens + record.completion_tokens
+        settle_quotas(quota_holds, counted=counted, tokens=tokens)
+    return budgets.record_usage(batch, record, holds, cost, pooled)
 
 
 @dataclass
@@ -58,6 +70,8 @@ class Call:
     reservation: budgets.Reservation = field(default_factory=budgets.Reservation)
     #: Rate-limit counts taken (the caller's, the serving candidate's).
     taken: list[Taken] = field(default_factory=list)
+    #: What the request holds on its entitlement's quotas.
+    quota_holds: list[QuotaHold] = field(default_factory=list)
     started: float = 0.0
     recorded: bool = False
     outcome: Outcome | None = None
@@ -112,8 +126,9 @@ class Call:
         reservation = self.reservation
         holds, reservation.holds = reservation.holds, []
         claim = budgets.claim_rows(hold.period_id for hold in holds)
+        quota_holds, self.quota_holds = self.quota_holds, []
         settled = await writer.write(
-            budgets.record_usage, record, holds, cost, reservation.pooled, claim=claim
+            record_usage, record, holds, cost, reservation.pooled, quota_holds, claim=claim
         )
         reservation.settled.extend(settled)
         alerts = []
