@@ -58,7 +58,9 @@ async def test_worst_case_is_reserved_then_settled_to_the_real_cost(
     settings.LLM_INTEGRATION = {"BUDGET_ALLOWANCE_SHARE": 0}
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"))
     prompt = count_message_tokens([{"role": "user", "content": "Hi"}], model="gpt-4o-mini")
-    openai_fake.push(mode="slow", delay=0.5, text="ok", prompt_tokens=100, completion_tokens=20)
+    openai_fake.push(
+        mode="slow", delay=0.5, text="ok", prompt_tokens=prompt, completion_tokens=20
+    )
     task = asyncio.create_task(gateway.chat(model="chat", messages="Hi", max_tokens=50))
     reserved = 0
     for _ in range(500):  # wait (bounded) until the request is in flight
@@ -72,7 +74,7 @@ async def test_worst_case_is_reserved_then_settled_to_the_real_cost(
     result = await task
     period = await BudgetPeriod.objects.aget(budget=budget)
     assert period.reserved_units == 0
-    assert period.spent_usd == Decimal("0.00012") == result.cost_usd
+    assert period.spent_usd == Decimal(prompt + 20) / 10**6 == result.cost_usd
 
 
 def test_reservation_is_all_or_nothing(priced):
@@ -154,10 +156,12 @@ async def test_alerts_fire_once_per_threshold_and_period(
         lambda **kw: received.append(kw["threshold"]), weak=False, dispatch_uid="t"
     )
     try:
+        prompt = count_message_tokens([{"role": "user", "content": "Hi"}], model="gpt-4o-mini")
         for tokens in (500, 260, 100, 100, 10):  # cumulative: 500, 760, 860, 960, ...
-            openai_fake.push(text="x", prompt_tokens=tokens, completion_tokens=0)
+            answer = tokens - prompt  # each request costs `tokens` at $1 per million
+            openai_fake.push(text="x", prompt_tokens=prompt, completion_tokens=answer)
             try:
-                await gateway.chat(model="chat", messages="Hi", max_tokens=10)
+                await gateway.chat(model="chat", messages="Hi", max_tokens=answer)
             except exc.BudgetExceeded:
                 pass
         assert received == [75, 90]
@@ -166,8 +170,8 @@ async def test_alerts_fire_once_per_threshold_and_period(
         assert len(mail.outbox) == 2 and "reached 75%" in mail.outbox[0].subject
         # A new month is a new period: counters start at zero and alerts can fire again.
         clock.advance(11 * 86400)  # 2026-12-02
-        openai_fake.push(text="x", prompt_tokens=800, completion_tokens=0)
-        await gateway.chat(model="chat", messages="Hi", max_tokens=10)
+        openai_fake.push(text="x", prompt_tokens=prompt, completion_tokens=800 - prompt)
+        await gateway.chat(model="chat", messages="Hi", max_tokens=800 - prompt)
         assert received == [75, 90, 75]
         assert await BudgetPeriod.objects.filter(budget=budget).acount() == 2
     finally:

@@ -2,7 +2,7 @@
 
 It answers with a fixed sentence that quotes the last user message, streamed word by
 word (``delay`` seconds between words, from the provider's options). ``max_tokens``
-caps the answer in words, with ``finish_reason: "length"``.
+caps the answer in tokens, with ``finish_reason: "length"``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ class DummyAdapter(BaseLLMAdapter):
         self.delay = float(delay)
 
     def answer_words(self, request: ChatRequest) -> tuple[list[str], str]:
+        """The answer's words, as many as fit in ``max_tokens`` tokens."""
         last = next(m.content for m in reversed(request.messages) if m.role == "user")
         words = f"This is the dummy model ({self.model}). You said: {last.strip()}".split()
         limit = request.max_tokens or self.default_max_tokens
-        if limit and len(words) > limit:
-            return words[:limit], "length"
-        return words, "stop"
+        if not limit or count_text_tokens(" ".join(words), model=self.model) <= limit:
+            return words, "stop"
+        kept: list[str] = []
+        for word in words:
+            if count_text_tokens(" ".join([*kept, word]), model=self.model) > limit:
+                break
+            kept.append(word)
+        return kept, "length"
 
     def _usage(self, request: ChatRequest, text: str) -> Usage:
         return Usage(

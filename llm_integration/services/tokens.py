@@ -109,6 +109,15 @@ def count_text_tokens(text: str, *, model: str = "") -> int:
     return _count(_encoding(model), text)
 
 
+def truncate_to_tokens(text: str, limit: int, *, model: str = "") -> str:
+    """The start of ``text`` that is at most ``limit`` tokens long."""
+    if not text or limit <= 0:
+        return ""
+    enc = _encoding(model)
+    tokens = enc.encode_ordinary(text)
+    return text if len(tokens) <= limit else enc.decode(tokens[:limit])
+
+
 def count_message_tokens(messages: Iterable[Any], *, model: str = "") -> int:
     """Prompt tokens of chat messages (objects with role/content, or dicts)."""
     enc = _encoding(model)

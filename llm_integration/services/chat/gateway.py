@@ -32,6 +32,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
 from ..ratelimit import RateLimiter
 from ..retries import retry_policy
+from ..tokens import count_text_tokens, truncate_to_tokens
 from ..validation import validate
 from .admission import admit, admit_cached, prepare
 from .ids import new_request_id
@@ -127,6 +128,7 @@ class Gateway:
         except Exception as error:
             await call.finish(status_for(error), error=error)
             raise
+        completion = held_to_max_tokens(completion, prepared)
         cost = await call.finish(
             UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
         )
@@ -213,11 +215,26 @@ class Gateway:
                 return iterator, head
 
             prepared, (chunks, head) = await route(call, request, first, open_stream)
+            model, limit = prepared.alias.upstream_model, prepared.request.max_tokens
+            written = 0  # completion tokens delivered, counted as they come
             chunk: StreamChunk | None = head
             while chunk is not None:
                 if chunk.text:
-                    parts.append(chunk.text)
-                    yield Delta(chunk.text)
+                    text, tokens = chunk.text, count_text_tokens(chunk.text, model=model)
+                    if limit and written + tokens > limit:  # the upstream writes past max_tokens
+                        text = truncate_to_tokens(text, limit - written, model=model)
+                        if text:
+                            parts.append(text)
+                            yield Delta(text)
+                        usage = call.consumed("".join(parts))
+                        cost = await call.finish(
+                            UsageRecord.Status.OK, usage=usage, finish_reason="length"
+                        )
+                        yield Done(prepared.alias.slug, call.request_id, usage, cost, "length")
+                        return
+                    written += tokens
+                    parts.append(text)
+                    yield Delta(text)
                 if chunk.usage is not None:
                     finish = chunk.finish_reason or "stop"
                     cost = await call.finish(
@@ -246,6 +263,16 @@ class Gateway:
         finally:
             if chunks is not None:
                 await chunks.aclose()
+
+
+def held_to_max_tokens(completion: Completion, prepared: Prepared) -> Completion:
+    """An answer longer than the request's ``max_tokens`` (an upstream that ignored it)
+    is cut there, ``finish_reason: length``; its usage stays what the upstream said."""
+    limit = prepared.request.max_tokens
+    if not limit or completion.usage.completion_tokens <= limit:
+        return completion
+    text = truncate_to_tokens(completion.text, limit, model=prepared.alias.upstream_model)
+    return Completion(text, completion.usage, "length", completion.model, completion.id)
 
 
 default_gateway = Gateway()

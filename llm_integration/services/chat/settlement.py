@@ -93,6 +93,20 @@ class Call:
         """The request's usage record (not saved) and its cost: no I/O."""
         alias = self.alias
         cost = cost_of(alias, usage) if alias is not None and not cached else Decimal(0)
+        if self.serving is not None and cost > self.serving.worst_cost:
+            # The upstream used more than the request reserved (it wrote past max_tokens,
+            # or counted the prompt higher): the budgets were promised the worst case.
+            logger.warning(
+                "llm.upstream_overran",
+                extra={
+                    "request_id": self.request_id,
+                    "completion_tokens": usage.completion_tokens,
+                    "max_tokens": self.serving.request.max_tokens,
+                    "cost_usd": format_money(cost),
+                    "reserved_usd": format_money(self.serving.worst_cost),
+                },
+            )
+            cost = self.serving.worst_cost
         user = self.user if getattr(self.user, "is_authenticated", False) else None
         plan = self.admission.plan if self.admission else None
         record = UsageRecord(
