@@ -109,7 +109,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         try:
             frame = json.loads(text_data or "")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply
             frame = None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             if self.user is None:

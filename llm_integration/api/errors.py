@@ -123,3 +123,19 @@ def error_json(error: BaseException, *, request_id: str, openai: bool = False) -
     """The envelope as a plain Django response (outside DRF's rendering)."""
     body, status, headers = envelope(error, request_id=request_id, openai=openai)
     return JsonResponse(body, status=status, headers=headers)
+
+
+def api_not_found(request, *args, **kwargs) -> JsonResponse:
+    """An unknown path under the API's prefix: 404 in the envelope, not an HTML page."""
+    from ..services.chat import new_request_id
+
+    error = drf.NotFound(f"There is no API endpoint at {request.path}.")
+    return error_json(error, request_id=new_request_id())
+
+
+def openai_not_found(request, *args, **kwargs) -> JsonResponse:
+    """An unknown path under ``/v1``: 404 in OpenAI's error shape."""
+    from ..services.chat import new_request_id
+
+    error = drf.NotFound(f"There is no API endpoint at {request.path}.")
+    return error_json(error, request_id=new_request_id(), openai=True)

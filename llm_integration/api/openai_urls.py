@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: include under ``v1/``."""
 
-from django.urls import path
+from django.urls import path, re_path
 
+from .errors import openai_not_found
 from .openai_views import ChatCompletionsView, OpenAIModelsView
 
 app_name = "llm_openai"
@@ -9,4 +10,5 @@ app_name = "llm_openai"
 urlpatterns = [
     path("models", OpenAIModelsView.as_view(), name="models"),
     path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
+    re_path(r"", openai_not_found),  # anything else under /v1: 404, OpenAI-shaped
 ]

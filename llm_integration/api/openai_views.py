@@ -22,6 +22,7 @@ from ..services.chat import Delta, achat, astream_chat
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from .errors import envelope
+from .serializers import StrictBooleanField, StrictFloatField, StrictIntegerField
 from .views import ERRORS, GatewayAPIView, as_response
 
 CREATED = 1_700_000_000  # aliases have no creation date upstream; a fixed, honest epoch
@@ -34,19 +35,26 @@ class OpenAIMessageSerializer(serializers.Serializer):
 
 
 class StreamOptionsSerializer(serializers.Serializer):
-    include_usage = serializers.BooleanField(required=False, default=False)
+    include_usage = StrictBooleanField(required=False, default=False)
 
 
 class ChatCompletionRequestSerializer(serializers.Serializer):
+    """The chat completion parameters the gateway passes on (types as OpenAI checks
+    them: ``"100"`` is not a number)."""
+
     model = serializers.CharField(max_length=100)
     messages = OpenAIMessageSerializer(many=True, allow_empty=False)
-    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    stream = serializers.BooleanField(required=False, default=False)
+    temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    presence_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    seed = StrictIntegerField(required=False, allow_null=True)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     stop = serializers.JSONField(required=False, allow_null=True)
-    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
     user = serializers.CharField(required=False, allow_blank=True)
 
     def conversation(self) -> list[dict[str, Any]]:
@@ -157,6 +165,11 @@ async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterat
         "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
         "stop": data.get("stop"),
         "request_id": request_id,
+        "options": {
+            name: data[name]
+            for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "user")
+            if data.get(name) is not None
+        },
     }
     if data.get("stream"):
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))

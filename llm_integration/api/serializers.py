@@ -118,3 +118,31 @@ class UsageReportSerializer(serializers.Serializer):
     month = PeriodUsageSerializer()
     budgets = BudgetStatusSerializer(many=True)
     quotas = QuotaStatusSerializer(many=True)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: ``"100"`` (a string) or ``true`` is refused, as the REST API and
+    OpenAI's own API refuse them."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A JSON number, not a string of one."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true`` or ``false``, not ``"yes"`` or ``1``."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data

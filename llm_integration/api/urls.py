@@ -1,7 +1,8 @@
 """REST API routes: include under ``api/v1/``."""
 
-from django.urls import path
+from django.urls import path, re_path
 
+from .errors import api_not_found
 from .views import ChatView, ModelListView, UsageView
 
 app_name = "llm_api"
@@ -10,4 +11,5 @@ urlpatterns = [
     path("models", ModelListView.as_view(), name="models"),
     path("chat", ChatView.as_view(), name="chat"),
     path("usage", UsageView.as_view(), name="usage"),
+    re_path(r"", api_not_found),  # anything else under the prefix: 404 in the envelope
 ]

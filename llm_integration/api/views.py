@@ -37,6 +37,7 @@ from ..services.entitlements import visible_aliases
 from ..services.usage import format_money, usage_report
 from . import serializers as s
 from .errors import envelope, error_response
+from .parsers import JSONBodyParser
 
 ERRORS = {
     code: OpenApiResponse(s.ErrorSerializer)
@@ -121,6 +122,8 @@ class GatewayAPIView(APIView):
     """
 
     openai_errors = False
+    #: The API speaks JSON only; no body, however malformed, is a 500.
+    parser_classes = [JSONBodyParser]
     #: The authenticator that accepted this request (None: anonymous).
     authenticator = None
 

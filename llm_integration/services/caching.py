@@ -43,6 +43,7 @@ def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
             request.temperature,
             request.max_tokens or alias.default_max_tokens,
             list(request.stop),
+            [request.top_p, request.seed, request.presence_penalty, request.frequency_penalty],
         ],
         separators=(",", ":"),
         ensure_ascii=False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..adapters.base import ROLES, ChatRequest, Message
@@ -11,15 +11,24 @@ from ..exceptions import InvalidRequest, PromptTooLarge
 from .tokens import count_message_tokens
 
 
+def _text(value: str, where: str) -> str:
+    """``value``, if it is valid Unicode (a lone surrogate cannot be sent anywhere)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{where} is not valid Unicode (a lone surrogate).") from None
+    return value
+
+
 def _content(value: Any, index: int) -> str:
     if isinstance(value, str):
-        return value
+        return _text(value, f"messages[{index}].content")
     # OpenAI's content parts: [{"type": "text", "text": "..."}]
     if isinstance(value, list) and all(
         isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
         for p in value
     ):
-        return "".join(p["text"] for p in value)
+        return _text("".join(p["text"] for p in value), f"messages[{index}].content")
     raise InvalidRequest(f"messages[{index}].content must be text.")
 
 
@@ -44,6 +53,7 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
     if system_prompt is not None:
         if not isinstance(system_prompt, str):
             raise InvalidRequest("system_prompt must be text.")
+        _text(system_prompt, "system_prompt")
         if system_prompt.strip():
             parsed.insert(0, Message("system", system_prompt))
     if not any(m.role == "user" and m.content.strip() for m in parsed):
@@ -68,8 +78,10 @@ def validate(
     temperature: Any = None,
     max_tokens: Any = None,
     stop: Any = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ChatRequest:
-    """A ChatRequest from client input; max_tokens is checked against the alias later."""
+    """A ChatRequest from client input; max_tokens is checked against the alias later.
+    ``options``: the sampling options an adapter passes on (``adapters.base.OPTIONS``)."""
     parsed = parse_messages(messages, system_prompt=system_prompt)
     temperature = _number(temperature, "temperature", 0, 2)
     if max_tokens is not None and (
@@ -79,12 +91,49 @@ def validate(
     if stop is None:
         stops: tuple[str, ...] = ()
     elif isinstance(stop, str):
-        stops = (stop,)
+        stops = (_text(stop, "stop"),)
     elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop):
-        stops = tuple(stop)
+        stops = tuple(_text(s, "stop") for s in stop)
     else:
         raise InvalidRequest("stop must be a string or a list of at most 4 strings.")
-    return ChatRequest(messages=parsed, temperature=temperature, max_tokens=max_tokens, stop=stops)
+    return ChatRequest(
+        messages=parsed,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        stop=stops,
+        **sampling(options or {}),
+    )
+
+
+#: Sampling options and their checks: (kind, low, high).
+SAMPLING = {
+    "top_p": ("number", 0, 1),
+    "presence_penalty": ("number", -2, 2),
+    "frequency_penalty": ("number", -2, 2),
+    "seed": ("integer", None, None),
+    "user": ("text", None, None),
+}
+
+
+def sampling(options: Mapping[str, Any]) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in SAMPLING:
+            raise InvalidRequest(f"Unknown option {name!r}.", param=name)
+        kind, low, high = SAMPLING[name]
+        if value is None:
+            continue
+        if kind == "number":
+            checked[name] = _number(value, name, low, high)
+        elif kind == "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequest(f"{name} must be a whole number.", param=name)
+            checked[name] = value
+        else:
+            if not isinstance(value, str):
+                raise InvalidRequest(f"{name} must be text.", param=name)
+            checked[name] = _text(value, name)
+    return checked
 
 
 def check_prompt_size(request: ChatRequest, *, model: str) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -86,6 +86,7 @@ class Gateway:
         max_tokens: int | None = None,
         stop: Any = None,
         request_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> ChatResult:
         call = self.call(user, request_id)
         key = None
@@ -96,6 +97,7 @@ class Gateway:
                 temperature=temperature,
                 max_tokens=max_tokens,
                 stop=stop,
+                options=options,
             )
             first = await self.admit(call, model=model, request=request)
             if caching.cacheable(first.alias, first.request):
@@ -180,6 +182,7 @@ class Gateway:
         max_tokens: int | None = None,
         stop: Any = None,
         request_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> ChatStream:
         """Deltas, then one Done. Closing the iterator early records ``cancelled``.
 
@@ -187,11 +190,13 @@ class Gateway:
         token has gone to the client, a failure ends the stream with that error.
         """
         call = self.call(user, request_id, streamed=True)
-        events = self.events(call, model, messages, system_prompt, temperature, max_tokens, stop)
+        events = self.events(
+            call, model, messages, system_prompt, temperature, max_tokens, stop, options
+        )
         return ChatStream(events, call)
 
     async def events(
-        self, call: Call, model, messages, system_prompt, temperature, max_tokens, stop
+        self, call: Call, model, messages, system_prompt, temperature, max_tokens, stop, options
     ) -> AsyncIterator[Delta | Done]:
         parts: list[str] = []
         chunks = None
@@ -202,6 +207,7 @@ class Gateway:
                 temperature=temperature,
                 max_tokens=max_tokens,
                 stop=stop,
+                options=options,
             )
             first = await self.admit(call, model=model, request=request)
 
