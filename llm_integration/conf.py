@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "DB_THREADS": 8,
     # Seconds a looked-up API token stays in memory (0: look it up every request).
     "TOKEN_CACHE_TTL": 30,
+    # Seconds a WebSocket may stay open without authenticating before it is closed (4401).
+    "WEBSOCKET_AUTH_TIMEOUT": 10.0,
     # --- Rate limits, caching ---------------------------------------------------
     # Requests per minute per user when no row sets one (None: no limit).
     "RATE_LIMIT_RPM": None,

@@ -26,6 +26,7 @@ from django.dispatch import receiver
 
 from . import exceptions as exc
 from .api.errors import describe
+from .conf import llm_settings
 from .services.chat import ChatStream, Delta, astream_chat, new_request_id
 from .services.usage import format_money
 from .signals import budget_alerts_fired
@@ -76,6 +77,19 @@ def user_for_token(key: str):
     return token.user if token.user.is_active else None
 
 
+@database_sync_to_async
+def still_allowed(user_id: int, token: str | None) -> bool:
+    """Whether the socket's user may still chat: active, and (token sockets) the token
+    still exists for them. Asked before every chat: a revoked token or a deactivated user
+    does not keep chatting on a socket opened earlier."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    if token is not None:
+        return Token.objects.filter(key=token, user_id=user_id, user__is_active=True).exists()
+    return get_user_model().objects.filter(pk=user_id, is_active=True).exists()
+
+
 def usage_payload(usage, cost) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.prompt_tokens,
@@ -88,18 +102,32 @@ def usage_payload(usage, cost) -> dict[str, Any]:
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.user = None
+        self.token: str | None = None  # the DRF token a token socket authenticated with
         self.task: asyncio.Task | None = None
+        self.auth_timer: asyncio.Task | None = None
         await self.accept()
         user = self.scope.get("user")
         if getattr(user, "is_authenticated", False):
             await self.authenticated(user)
+        else:
+            self.auth_timer = asyncio.create_task(self.close_unless_authenticated())
 
-    async def authenticated(self, user) -> None:
-        self.user = user
+    async def close_unless_authenticated(self) -> None:
+        """A socket that sends no auth frame within ``WEBSOCKET_AUTH_TIMEOUT`` is closed."""
+        await asyncio.sleep(float(llm_settings.WEBSOCKET_AUTH_TIMEOUT))
+        if self.user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def authenticated(self, user, token: str | None = None) -> None:
+        self.user, self.token = user, token
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
         if self.channel_layer is not None:
             await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
 
     async def disconnect(self, code: int) -> None:
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
@@ -128,7 +156,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if user is None:
                 await self.close(code=CLOSE_UNAUTHENTICATED)
                 return
-            await self.authenticated(user)
+            await self.authenticated(user, content["token"])
             return
         if kind == "chat":
             await self.start_chat(content)
@@ -141,6 +169,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def start_chat(self, frame: dict[str, Any]) -> None:
         if self.task is not None and not self.task.done():
             await self.send_error("invalid_request", "A chat is already running on this socket.")
+            return
+        if not await still_allowed(self.user.pk, self.token):
+            await self.send_error(
+                "authentication_failed", "Your credentials are no longer valid; sign in again."
+            )
+            await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         messages = frame.get("messages")
         if messages is None and isinstance(frame.get("message"), str):

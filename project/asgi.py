@@ -23,10 +23,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from llm_integration.asgi import lifespan  # noqa: E402
-from llm_integration.routing import websocket_urlpatterns  # noqa: E402
+from llm_integration.routing import (  # noqa: E402
+    AllowedHostsOriginValidator,
+    websocket_urlpatterns,
+)
 
 application = ProtocolTypeRouter(
     {

@@ -58,9 +58,7 @@ async def test_worst_case_is_reserved_then_settled_to_the_real_cost(
     settings.LLM_INTEGRATION = {"BUDGET_ALLOWANCE_SHARE": 0}
     budget = await sync_to_async(BudgetFactory)(limit_usd=Decimal("1"))
     prompt = count_message_tokens([{"role": "user", "content": "Hi"}], model="gpt-4o-mini")
-    openai_fake.push(
-        mode="slow", delay=0.5, text="ok", prompt_tokens=prompt, completion_tokens=20
-    )
+    openai_fake.push(mode="slow", delay=0.5, text="ok", prompt_tokens=prompt, completion_tokens=20)
     task = asyncio.create_task(gateway.chat(model="chat", messages="Hi", max_tokens=50))
     reserved = 0
     for _ in range(500):  # wait (bounded) until the request is in flight

@@ -205,3 +205,65 @@ async def test_budget_alert_reaches_the_users_socket(dummy_alias):
     assert (notice["kind"], notice["budget"], notice["threshold"]) == ("budget_alert", "mine", 10)
     assert "reached 10%" in notice["text"]
     await ws.disconnect()
+
+
+async def test_a_socket_that_never_authenticates_is_closed(dummy_alias, settings):
+    settings.LLM_INTEGRATION = {"WEBSOCKET_AUTH_TIMEOUT": 0.05}
+    ws = communicator()
+    assert (await ws.connect())[0]
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+
+
+async def test_an_authenticated_socket_outlives_the_auth_timeout(dummy_alias, settings):
+    settings.LLM_INTEGRATION = {"WEBSOCKET_AUTH_TIMEOUT": 0.05}
+    user = await sync_to_async(UserFactory)()
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    await ws.send_json_to({"type": "dance"})  # its error proves the socket lives on
+    assert (await ws.receive_json_from(timeout=5))["type"] == "error"
+    assert await ws.receive_nothing(timeout=0.2)
+    await ws.disconnect()
+
+
+async def test_a_revoked_token_cannot_start_a_chat_on_an_open_socket(dummy_alias):
+    user = await sync_to_async(UserFactory)()
+    token = await token_for(user)
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": token})
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "one"}]})
+    while (await ws.receive_json_from())["type"] != "done":
+        pass
+    await Token.objects.filter(key=token).adelete()
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "two"}]})
+    frame = await ws.receive_json_from()
+    assert (frame["type"], frame["code"]) == ("error", "authentication_failed")
+    assert await ws.receive_output() == {"type": "websocket.close", "code": 4401}
+    assert await UsageRecord.objects.acount() == 1
+
+
+async def test_a_deactivated_user_cannot_start_a_chat(dummy_alias, client):
+    user = await sync_to_async(UserFactory)()
+    await sync_to_async(client.force_login)(user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    ws = communicator([(b"cookie", cookie.encode())])
+    await ws.connect()
+    user.is_active = False
+    await user.asave()
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "hey"}]})
+    assert (await ws.receive_json_from())["code"] == "authentication_failed"
+
+
+async def test_clients_without_an_origin_authenticate_with_the_token_frame(dummy_alias):
+    user = await sync_to_async(UserFactory)()
+    ws = WebsocketCommunicator(application, "/ws/llm/chat/")  # no Origin: not a browser
+    assert (await ws.connect())[0]
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    await ws.send_json_to({"type": "chat", "messages": [{"role": "user", "content": "hi"}]})
+    assert (await ws.receive_json_from())["type"] == "start"
+    await ws.disconnect()
+    foreign = WebsocketCommunicator(
+        application, "/ws/llm/chat/", headers=[(b"origin", b"https://evil.example")]
+    )
+    assert not (await foreign.connect())[0]  # an Origin that is sent is still checked

@@ -19,8 +19,12 @@ from llm_integration.models import Provider
 from llm_integration.services.chat import Gateway
 from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
 
-CANARY = "sk-CANARY-7f3a9c1e5b2d4f60"
+CANARY = "sk-CANARY-7f3a9c1e5b2dQZWX"
+#: Parts of the key an upstream may quote: its start and its end around an elision.
+PARTS = ("sk-CANAR", "QZWX")
 FAULTS = [
+    {"mode": "error", "status": 400, "message": "bad request (partial sk-CANAR...QZWX)"},
+    {"mode": "error", "status": 500, "message": "crash with key sk-CANARY-****QZWX"},
     {"mode": "error", "status": 401, "message": f"Incorrect API key provided: {CANARY}"},
     {"mode": "error", "status": 403, "message": f"key {CANARY} lacks access"},
     {"mode": "error", "status": 400, "message": f"bad request from key {CANARY}"},
@@ -115,4 +119,6 @@ async def test_canary_never_leaks(setup, openai_fake, caplog, admin_client):
     seen.extend(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
     leaks = [text[:300] for text in seen if CANARY in text]
     assert leaks == []
+    partial = [text[:300] for text in seen if any(part in text for part in PARTS)]
+    assert partial == []
     assert len(seen) > 60

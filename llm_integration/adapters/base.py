@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -345,10 +346,39 @@ class BaseLLMAdapter(ABC):
         )
 
     def _redact(self, text: str) -> str:
-        """Remove the key from any text that may leave the adapter."""
-        if self._api_key and self._api_key in text:
-            text = text.replace(self._api_key, "[redacted]")
-        return text
+        """Remove the key, and any part of it, from text that may leave the adapter."""
+        return redact_secret(text, self._api_key)
+
+
+#: Words that could be a key or part of one: elided ("sk-CANAR...3456", "sk-****abcd")
+#: or long unbroken runs of key characters.
+KEY_LIKE = re.compile(r"[\w\-]*(?:\.{2,}|\*{2,}|…)[\w\-]*|[\w\-]{20,}")
+ELISION = re.compile(r"\.{2,}|\*{2,}|…")
+KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "key-", "gsk_", "xai-", "AIza")
+
+
+def redact_secret(text: str, key: str | None) -> str:
+    """``text`` without ``key``, without words that repeat its start (5 characters or
+    more) or its end (4 or more) around an elision, and without key-shaped words (an
+    upstream may quote part of a key, ``(partial sk-CANAR...3456)``, or another one)."""
+    if key:
+        text = text.replace(key, "[redacted]")
+
+    def mask(match: re.Match) -> str:
+        word = match.group(0)
+        pieces = ELISION.split(word)
+        head, tail = pieces[0], pieces[-1]
+        if word.startswith(KEY_PREFIXES):
+            return "[redacted]"
+        if key and (
+            (len(head) >= 5 and key.startswith(head)) or (len(tail) >= 4 and key.endswith(tail))
+        ):
+            return "[redacted]"
+        if key and len(word) >= 20 and (word in key or key in word):
+            return "[redacted]"
+        return word
+
+    return KEY_LIKE.sub(mask, text)
 
 
 # -- shared HTTP error mapping ---------------------------------------------------------
