@@ -105,11 +105,17 @@ class RateLimitUnavailable(LLMError):
 
 
 class BudgetExceeded(LLMError):
-    """The budget for this period is exhausted."""
+    """The budget for this period has no room for this request."""
 
     status_code = 429
     code = "budget_exceeded"
     type = "budget_error"
+
+    def __init__(self, message: str = "", *, budget=None, period_id: int | None = None) -> None:
+        super().__init__(message)
+        #: The budget that refused, and its period row (for the refusal alert).
+        self.budget = budget
+        self.period_id = period_id
 
 
 class QuotaExceeded(LLMError):

@@ -397,6 +397,11 @@ class Budget(models.Model):
         }.get(self.scope)
         return str(target) if target is not None else "global"
 
+    @property
+    def described(self) -> str:
+        """``global``, or the scope and its target: ``provider openai``."""
+        return "global" if self.scope == self.Scope.GLOBAL else f"{self.scope} {self.target_name}"
+
 
 class BudgetPeriod(models.Model):
     """The counters of one budget in one period; a new period starts a new row.

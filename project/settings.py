@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -22,14 +23,22 @@ env = environ.Env(
     LLM_CACHE_TTL=(int, 3600),
     LLM_CACHE_SIZE=(int, 1000),
     LLM_LOG_PROMPTS=(bool, False),
-    LLM_SHOW_LOCKED_MODELS=(bool, False),
+    # The demo lists the models outside your plan, marked locked (the app's default: hidden).
+    LLM_SHOW_LOCKED_MODELS=(bool, True),
 )
 env_file = BASE_DIR / ".env"
 if env_file.exists():
     environ.Env.read_env(env_file)
 
-SECRET_KEY = env("SECRET_KEY", default="django-insecure-demo-key-change-me-in-production")
 DEBUG = env("DEBUG")
+SECRET_KEY = env("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set: with DEBUG=False the project does not start on the demo key. "
+            "Set SECRET_KEY to a long random string (see .env.example)."
+        )
+    SECRET_KEY = "django-insecure-demo-key-change-me-in-production"
 ALLOWED_HOSTS = env("ALLOWED_HOSTS")
 CSRF_TRUSTED_ORIGINS = env("CSRF_TRUSTED_ORIGINS")
 

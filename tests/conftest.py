@@ -32,6 +32,9 @@ def _fast_password_hashing(settings):
 
 
 def _forget_shared_state() -> None:
+    from llm_integration.services.chat.reservation import refusals_alerted
+
+    refusals_alerted.clear()
     for alias in settings.CACHES:
         caches[alias].clear()
     circuit.forget()

@@ -187,3 +187,42 @@ def test_budget_status_reports_spent_reserved_remaining(priced):
         "reserved": Decimal("0.5"),
         "remaining": Decimal("3.25"),
     }
+
+
+async def test_a_refusal_says_what_is_left_and_what_the_request_could_cost(
+    gateway, priced, openai_fake
+):
+    await sync_to_async(BudgetFactory)(name="team", limit_usd=Decimal("0.0005"))
+    openai_fake.push(text="x", prompt_tokens=8, completion_tokens=100)
+    await gateway.chat(model="chat", messages="Hi", max_tokens=100)  # 108 of 500 spent
+    with pytest.raises(exc.BudgetExceeded) as refused:
+        await gateway.chat(model="chat", messages="Hi", max_tokens=1000)
+    assert refused.value.message == (
+        "The month budget 'team' (global) has $0.000392 left of $0.0005, and this request "
+        "could cost up to $0.001008 (its prompt and max_tokens at the model's prices). "
+        "Lower max_tokens to fit."
+    )
+
+
+async def test_the_first_refusal_of_a_period_alerts_once(gateway, priced, openai_fake, settings):
+    settings.ADMINS = [("Ops", "ops@example.com")]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    budget = await sync_to_async(BudgetFactory)(
+        name="team", limit_usd=Decimal("0.0005"), alert_thresholds=[75, 90, 100]
+    )
+    received = []
+    budget_threshold_reached.connect(
+        lambda **kw: received.append(kw["threshold"]), weak=False, dispatch_uid="refusal"
+    )
+    try:
+        openai_fake.push(text="x", prompt_tokens=8, completion_tokens=100)
+        await gateway.chat(model="chat", messages="Hi", max_tokens=100)  # 21.6 %: no alert
+        for _ in range(3):
+            with pytest.raises(exc.BudgetExceeded):
+                await gateway.chat(model="chat", messages="Hi", max_tokens=1000)
+    finally:
+        budget_threshold_reached.disconnect(dispatch_uid="refusal")
+    assert received == [75, 90, 100]  # at the first refusal, not again
+    alerts = [a.threshold async for a in BudgetAlert.objects.filter(budget=budget)]
+    assert sorted(alerts) == [75, 90, 100]
+    assert len(mail.outbox) == 3 and "refused a request" in mail.outbox[-1].body

@@ -49,3 +49,54 @@ def test_chat_page_lists_aliases_for_logged_in_users(client, admin_user):
     client.force_login(admin_user)
     page = client.get("/").content.decode()
     assert "/api/v1/models" in page and "/ws/llm/chat/" in page
+
+
+def test_a_taken_port_is_one_clear_line_and_a_failing_exit():
+    import socket
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "manage.py", "llm_demo", "--port", str(port)],
+            cwd=settings.BASE_DIR,
+            env={**__import__("os").environ, "DATABASE_URL": "sqlite:///:memory:"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [
+        f"CommandError: Cannot serve on 127.0.0.1:{port}: Address already in use."
+    ]
+    assert "Serving on" not in run.stdout
+
+
+def test_production_profile_refuses_to_start_without_a_secret_key():
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=settings.BASE_DIR,
+        env={**env, "DEBUG": "False"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0 and "SECRET_KEY is not set" in run.stderr
+
+
+@pytest.mark.django_db(transaction=True)  # the API reads in its own database threads
+def test_the_demo_shows_a_locked_model(client, admin_user):
+    demo()
+    client.force_login(admin_user)
+    models = client.get("/api/v1/models").json()
+    assert {m["id"]: m["locked"] for m in models} == {"default": False, "dummy-premium": True}

@@ -12,16 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
-import httpx
-
-try:  # anthropic 2.x runs on the httpx2 fork; 0.x/1.x on httpx itself
-    import httpx2
-
-    TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
-    TIMEOUTS: tuple[type[Exception], ...] = (httpx.TimeoutException, httpx2.TimeoutException)
-except ImportError:  # pragma: no cover - depends on the SDK's version
-    TRANSPORT_ERRORS = (httpx.HTTPError,)
-    TIMEOUTS = (httpx.TimeoutException,)
+import httpx2  # the SDK's HTTP client (anthropic 2.x runs on this fork of httpx)
 
 from .. import exceptions as exc
 from .base import (
@@ -33,6 +24,9 @@ from .base import (
     error_for_status,
     parse_retry_after,
 )
+
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError,)
+TIMEOUTS: tuple[type[Exception], ...] = (httpx2.TimeoutException,)
 
 FINISH_REASONS = {
     "end_turn": "stop",

@@ -2,9 +2,8 @@
 
 The OpenAI-protocol and Ollama adapters talk to their upstreams through ``aiohttp``:
 its C-accelerated HTTP parser and lean connection pool cost a fraction of httpx's CPU
-per request (measured here, 2,000 requests 50 at a time against a loopback server:
-0.11 ms of CPU per request with aiohttp, 0.91 ms with httpx2, 3.8 ms with httpx), and in
-one gateway process that CPU decides how many requests a second it can carry.
+per request (``tests/benchmarks/bench_http_clients.py``: a tenth), and in one gateway
+process that CPU decides how many requests a second it can carry.
 The Anthropic adapter uses the official SDK, which runs on ``httpx2`` (the maintained
 fork of httpx), exported here as ``httpx``.
 
@@ -26,11 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
-
-try:
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover - depends on what is installed
-    import httpx  # type: ignore[no-redef]
+import httpx2 as httpx
 
 __all__ = [
     "TRANSPORT_ERRORS",

@@ -252,18 +252,27 @@ class Ledger:
             if budget.hard and self.room(budget, self.rows.get(pid)) < units:
                 for hold in reservation.holds:
                     self.change(hold.period_id, reserved=-hold.units)
-                self.refuse(budget, self.rows.get(pid), now=now, period_ids=period_ids)
+                self.refuse(
+                    budget, self.rows.get(pid), units, now=now, period_ids=period_ids, pid=pid
+                )
             self.change(pid, reserved=units)
             reservation.holds.append(Hold(budget, pid, units))
         return reservation
 
     @staticmethod
-    def refuse(budget: Budget, row: PeriodRow | None, *, now: dt.datetime, period_ids):
+    def refuse(
+        budget: Budget,
+        row: PeriodRow | None,
+        units: int,
+        *,
+        now: dt.datetime,
+        period_ids,
+        pid: int | None = None,
+    ):
         if row is None and period_ids is not None:  # the period row went away
             period_ids.pop((budget.pk, period_start(budget.period, now)), None)
         raise BudgetExceeded(
-            f"The {budget.period} budget {budget.name!r} "
-            f"({budget.scope} {budget.target_name}) is exhausted."
+            refusal(budget, row, units), budget=budget, period_id=pid if row is not None else None
         )
 
     def grant(
@@ -307,7 +316,7 @@ class Ledger:
                         mine = self.granted[grant.period_id]
                         mine[:] = [other for other in mine if other is not grant]
                         self.change(grant.period_id, reserved=-grant.granted)
-                    self.refuse(budget, row, now=now, period_ids=period_ids)
+                    self.refuse(budget, row, units, now=now, period_ids=period_ids, pid=pid)
                 extra = min(extra, int((room - units) * share))
             self.change(pid, reserved=units + extra)
             grant = Grant(pid, units + extra, units, terms(budget))
@@ -400,6 +409,24 @@ class Ledger:
         self.settlements.clear()
 
 
+def refusal(budget: Budget, row: PeriodRow | None, units: int) -> str:
+    """Why a hard budget refuses a request: what is left, and what the request could
+    cost at most (it is refused for its worst case, not for what is spent)."""
+    limit = usd_to_units(budget.limit_usd)
+    left = max(0, limit - row.spent - row.reserved) if row is not None else 0
+    where = f"The {budget.period} budget {budget.name!r} ({budget.described})"
+    from .usage import format_money
+
+    if left <= 0:
+        return f"{where} is used up for this period (${format_money(budget.limit_usd)} limit)."
+    return (
+        f"{where} has ${format_money(units_to_usd(left))} left of "
+        f"${format_money(budget.limit_usd)}, and this request could cost up to "
+        f"${format_money(units_to_usd(units))} (its prompt and max_tokens at the model's "
+        "prices). Lower max_tokens to fit."
+    )
+
+
 def reserve_job(batch, budgets: list[Budget], cost: Decimal, *, now, period_ids) -> Reservation:
     """A group-commit job: ``reserve`` on the batch's ledger."""
     return batch.part(Ledger).reserve(budgets, cost, now=now, period_ids=period_ids)
@@ -480,12 +507,35 @@ def fire_alerts(reservation: Reservation, *, now: dt.datetime) -> list[BudgetAle
     return alerts
 
 
+def alert_refusal(budget: Budget, pid: int, *, now: dt.datetime) -> list[BudgetAlert]:
+    """A hard budget's first refusal in a period fires the thresholds up to 100 % not yet
+    fired: for the refused request the budget is full, whatever a few cents left say."""
+    row = BudgetPeriod.objects.filter(pk=pid).values("spent_units", "alerted_threshold").first()
+    if row is None or row["alerted_threshold"] >= 100:
+        return []
+    return _fire_alerts(
+        budget, pid, row["spent_units"], row["alerted_threshold"], now=now, refused=True
+    )
+
+
 def _fire_alerts(
-    budget: Budget, pid: int, spent_units: int, alerted: int, *, now: dt.datetime
+    budget: Budget,
+    pid: int,
+    spent_units: int,
+    alerted: int,
+    *,
+    now: dt.datetime,
+    refused: bool = False,
 ) -> list[BudgetAlert]:
     from ..signals import budget_threshold_reached
 
-    crossed = _crossed(budget, spent_units, alerted)
+    if refused:
+        thresholds = budget.alert_thresholds or []
+        crossed = sorted(
+            t for t in thresholds if isinstance(t, int | float) and alerted < t <= 100
+        ) or [100]
+    else:
+        crossed = _crossed(budget, spent_units, alerted)
     if not crossed:
         return []
     top = int(crossed[-1])
@@ -528,11 +578,12 @@ def _fire_alerts(
             spent_usd=spent,
             limit_usd=budget.limit_usd,
         )
+        why = " and refused a request that did not fit" if refused else ""
         mail_admins(
             f"LLM budget {budget.name!r} reached {int(threshold)}%",
-            f"The {budget.period} budget {budget.name!r} ({budget.scope} "
-            f"{budget.target_name}) has spent ${spent} of ${budget.limit_usd} "
-            f"({int(threshold)}% threshold) in the period starting {period_start_:%Y-%m-%d}.",
+            f"The {budget.period} budget {budget.name!r} ({budget.described}) has spent "
+            f"${spent} of ${budget.limit_usd}{why} ({int(threshold)}% threshold) in the "
+            f"period starting {period_start_:%Y-%m-%d}.",
             fail_silently=True,
         )
     return fired

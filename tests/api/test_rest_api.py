@@ -98,6 +98,7 @@ async def test_session_auth(rows):
 
 
 async def test_models_per_plan_with_locked_behind_a_setting(rows, settings):
+    settings.LLM_INTEGRATION = {"SHOW_LOCKED_MODELS": False}  # the app's default
     client = client_for(rows["token"])
     models = (await client.get("/api/v1/models")).json()
     assert models == [

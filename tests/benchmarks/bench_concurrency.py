@@ -266,6 +266,7 @@ def main() -> None:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": settings_module,
         "DEBUG": "False",
+        "SECRET_KEY": "benchmark-only-secret-key-not-for-production-0123456789",
         "SECURE_SSL_REDIRECT": "False",  # plain HTTP on loopback
         "LLM_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),

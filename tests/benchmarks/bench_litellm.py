@@ -112,6 +112,7 @@ def main() -> None:
         "BENCH_UPSTREAM_KEY": "sk-upstream",
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DEBUG": "False",
+        "SECRET_KEY": "benchmark-only-secret-key-not-for-production-0123456789",
         "SECURE_SSL_REDIRECT": "False",
         "LLM_LOG_LEVEL": "WARNING",
         "DATABASE_URL": f"sqlite:///{workdir / 'gateway.sqlite3'}",

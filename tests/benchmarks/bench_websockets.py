@@ -73,6 +73,7 @@ def main() -> None:
         "PYTHONPATH": str(ROOT),
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DEBUG": "False",
+        "SECRET_KEY": "benchmark-only-secret-key-not-for-production-0123456789",
         "SECURE_SSL_REDIRECT": "False",
         "LLM_LOG_LEVEL": "WARNING",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from ...models import ModelAlias, Plan, PlanEntitlement, Provider
@@ -87,6 +89,12 @@ class Command(BaseCommand):
         from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
         from django.utils.module_loading import import_string
 
+        try:  # Daphne would report a taken port in its log and still exit 0
+            with socket.create_server((host, port)):
+                pass
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise CommandError(f"Cannot serve on {host}:{port}: {reason}.") from None
         application = ASGIStaticFilesHandler(import_string(settings.ASGI_APPLICATION))
         self.stdout.write(
             self.style.SUCCESS(

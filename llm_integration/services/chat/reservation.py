@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ... import exceptions as exc
 from ...conf import llm_settings
 from ...models import usd_to_units
+from ...signals import budget_alerts_fired
 from .. import budgets, quotas
 from ..allowances import Withdrawal, allowances
 from ..db import run_db
@@ -68,6 +69,25 @@ async def reserve(call: Call, prepared: Prepared) -> budgets.Reservation:
         # Nobody will settle what this reservation holds: give it back when it lands.
         pending.add_done_callback(release_orphan)
         raise
+    except exc.BudgetExceeded as refused:
+        await alert_refusal(call, refused)
+        raise
+
+
+#: (budget, period row) whose first refusal this process has alerted.
+refusals_alerted: set[tuple[int, int]] = set()
+
+
+async def alert_refusal(call: Call, refused: exc.BudgetExceeded) -> None:
+    """A period's first refusal fires the budget's alert, once (the row elects one
+    process; this process asks once per period row)."""
+    budget, pid = refused.budget, refused.period_id
+    if budget is None or pid is None or (budget.pk, pid) in refusals_alerted:
+        return
+    refusals_alerted.add((budget.pk, pid))
+    alerts = await run_db(budgets.alert_refusal, budget, pid, now=call.gateway.clock.now())
+    if alerts:
+        await budget_alerts_fired.asend(sender=type(call), user=call.user, alerts=alerts)
 
 
 async def reserve_quotas(call: Call, prepared: Prepared) -> list[quotas.QuotaHold]:
