@@ -42,7 +42,7 @@ from .models import (
 from .secrets import resolve_secret
 from .services.budgets import budget_status
 from .services.clock import SYSTEM_CLOCK
-from .services.usage import format_money
+from .services.usage import csv_row, format_money
 
 
 class _Echo:
@@ -52,7 +52,9 @@ class _Echo:
 
 class AliasTestForm(forms.Form):
     prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4, "cols": 80}), initial="Say hello in five words."
+        widget=forms.Textarea(
+            attrs={"rows": 4, "cols": 80, "placeholder": "Say hello in five words."}
+        )
     )
     max_tokens = forms.IntegerField(min_value=1, max_value=4096, initial=64)
 
@@ -267,17 +269,13 @@ class SubscriptionAdmin(admin.ModelAdmin):
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = (
         "created_at",
-        "request_id",
         "user",
         "alias",
-        "provider",
         "status",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
+        "tokens",
+        "cost",
         "latency_ms",
-        "cached",
-        "streamed",
+        "request_id",
     )
     list_filter = (
         ("created_at", admin.DateFieldListFilter),
@@ -293,6 +291,15 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
     show_full_result_count = False
     actions = ["export_csv"]
+
+    @admin.display(description="tokens", ordering="completion_tokens")
+    def tokens(self, obj: UsageRecord) -> str:
+        estimated = "~" if obj.tokens_estimated else ""
+        return f"{estimated}{obj.prompt_tokens} + {obj.completion_tokens}"
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, obj: UsageRecord) -> str:
+        return "cached" if obj.cached else f"${format_money(obj.cost_usd)}"
 
     def get_urls(self):
         return [
@@ -354,7 +361,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         def rows():
             yield writer.writerow(CSV_FIELDS)
             for row in queryset.order_by("id").values_list(*CSV_FIELDS).iterator(2000):
-                yield writer.writerow(row)
+                yield writer.writerow(csv_row(row))
 
         response = StreamingHttpResponse(rows(), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="llm-usage.csv"'

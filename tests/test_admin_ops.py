@@ -140,3 +140,78 @@ def test_budget_progress_is_the_current_period(admin_client):
     html = admin_client.get(reverse("admin:llm_integration_budget_changelist")).content.decode()
     assert '<progress max="100" value="35"' in html
     assert "spent $2.5 · reserved $1 · left $6.5" in html
+
+
+@pytest.mark.django_db
+def test_error_rates_count_only_what_the_provider_failed():
+    from llm_integration.services import reports
+
+    since = timezone.now() - dt.timedelta(days=1)
+    for status, error_type in (
+        ("ok", ""),
+        ("error", "upstream_unavailable"),  # the provider's failure
+        ("error", "prompt_too_large"),  # the client's
+        ("error", "invalid_request"),  # the client's
+        ("refused", "budget_exceeded"),  # never reached the provider
+    ):
+        UsageRecordFactory(provider="oa", status=status, error_type=error_type)
+    assert reports.provider_errors(since=since) == [
+        {"provider": "oa", "requests": 4, "errors": 1, "rate": 25.0}
+    ]
+
+
+def test_chart_labels_are_plain_money_and_nothing_when_all_is_zero():
+    from llm_integration.services.reports import axis_label, bar_chart
+
+    assert axis_label(0.00009, "$") == "$0.00009" and axis_label(12.5, "$") == "$12.5"
+    assert axis_label(0, "$") == "$0" and axis_label(1200, "tokens") == "1,200 tokens"
+    empty = bar_chart([0.0, 0.0], ["a", "b"], title="Spend", unit="$")
+    assert ">$0</text>" in empty and "$ 1" not in empty and "e-0" not in empty
+
+
+@pytest.mark.django_db
+def test_csv_money_is_plain_decimals(admin_client):
+    UsageRecordFactory(alias="chat", cost_usd=Decimal("0"))
+    UsageRecordFactory(alias="chat", cost_usd=Decimal("0.00012"))
+    ids = list(UsageRecord.objects.values_list("pk", flat=True))
+    response = admin_client.post(
+        reverse("admin:llm_integration_usagerecord_changelist"),
+        {"action": "export_csv", "_selected_action": ids},
+    )
+    table = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert sorted(row["cost_usd"] for row in table) == ["0", "0.00012"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_api_csv_export_has_plain_decimals_too(async_client, admin_user):
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(UsageRecordFactory)(alias="chat", cost_usd=Decimal("0"))
+    await sync_to_async(UsageRecordFactory)(alias="chat", cost_usd=Decimal("0.00012"))
+    await sync_to_async(async_client.force_login)(admin_user)
+    response = await async_client.get("/api/v1/usage?format=csv")
+    text = b"".join([chunk async for chunk in response.streaming_content]).decode()
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert sorted(row["cost_usd"] for row in table) == ["0", "0.00012"]
+
+
+def test_the_usage_list_leads_with_what_operators_read():
+    from django.contrib import admin
+
+    columns = admin.site.get_model_admin(UsageRecord).list_display
+    assert columns[:7] == (
+        "created_at",
+        "user",
+        "alias",
+        "status",
+        "tokens",
+        "cost",
+        "latency_ms",
+    )
+
+
+def test_the_alias_test_form_prompt_is_a_placeholder_not_text():
+    from llm_integration.admin import AliasTestForm
+
+    field = AliasTestForm().fields["prompt"]
+    assert field.initial is None and field.widget.attrs["placeholder"]

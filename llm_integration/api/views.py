@@ -34,7 +34,7 @@ from ..conf import llm_settings
 from ..services.chat import ChatResult, Delta, achat, astream_chat, new_request_id
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
-from ..services.usage import format_money, usage_report
+from ..services.usage import csv_row, format_money, usage_report
 from . import serializers as s
 from .errors import envelope, error_response
 from .parsers import JSONBodyParser
@@ -93,7 +93,7 @@ async def csv_rows(filters: dict):
     while chunk := await run_db(page, last):  # keyset pages: flat cost, bounded memory
         last = chunk[-1][0]
         for row in chunk:
-            yield writer.writerow(row[1:])
+            yield writer.writerow(csv_row(row[1:]))
 
 
 def usage_payload(usage, cost) -> dict:

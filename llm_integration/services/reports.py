@@ -62,17 +62,43 @@ def top(field: str, *, since: dt.datetime, limit: int = 10) -> list[dict]:
     return rows
 
 
+#: Failures that are the provider's (a request the client got wrong, a limit or a
+#: budget of ours, is not).
+PROVIDER_FAILURES = (
+    "upstream_error",
+    "upstream_auth",
+    "upstream_bad_request",
+    "rate_limited",  # the provider's 429 (the gateway's own limits are "refused")
+    "upstream_unavailable",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "stream_interrupted",
+    "bad_upstream_response",
+    "no_upstream",
+)
+
+
 def provider_errors(*, since: dt.datetime) -> list[dict]:
+    """Per provider: requests that reached it, and how many it failed."""
+    failed = Q(status="error", error_type__in=PROVIDER_FAILURES)
     rows = (
         UsageRecord.objects.filter(created_at__gte=since)
         .exclude(provider="")
+        .exclude(status="refused")
         .values("provider")
-        .annotate(requests=Count("id"), errors=Count("id", filter=Q(status="error")))
+        .annotate(requests=Count("id"), errors=Count("id", filter=failed))
         .order_by("provider")
     )
     return [
         {**r, "rate": (r["errors"] / r["requests"] * 100) if r["requests"] else 0.0} for r in rows
     ]
+
+
+def axis_label(value: float, unit: str) -> str:
+    """A chart value as people read it: ``$0.00009``, ``$12.5``, ``1,200 tokens``."""
+    if unit == "$":
+        return "$" + format(Decimal(repr(value)).normalize(), "f") if value else "$0"
+    return f"{value:,.0f} {unit}"
 
 
 def bar_chart(
@@ -87,24 +113,24 @@ def bar_chart(
     """A bar chart as inline SVG (server-rendered: nothing loads from anywhere)."""
     from django.utils.html import escape
 
-    top_value = max(values) if values and max(values) > 0 else 1
+    top_value = max(values) if values and max(values) > 0 else 0
     gap, left, bottom = 2, 48, 20
     bar_w = (width - left) / max(len(values), 1) - gap
     parts = [
         f'<svg class="llm-chart" role="img" aria-label="{escape(title)}" '
         f'viewBox="0 0 {width} {height}" width="100%" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
-        f'<text x="0" y="12" font-size="11">{escape(unit)} {top_value:,.4g}</text>',
+        f'<text x="0" y="12" font-size="11">{escape(axis_label(top_value, unit))}</text>',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
         'stroke="#999"/>',
     ]
     for i, (value, label) in enumerate(zip(values, labels, strict=True)):
-        h = (height - bottom - 16) * (value / top_value)
+        h = (height - bottom - 16) * (value / top_value) if top_value else 0
         x = left + i * (bar_w + gap)
         parts.append(
             f'<rect class="bar" x="{x:.1f}" y="{height - bottom - h:.1f}" '
             f'width="{bar_w:.1f}" height="{h:.1f}" fill="#417690">'
-            f"<title>{escape(label)}: {value:,.6g}</title></rect>"
+            f"<title>{escape(label)}: {escape(axis_label(value, unit))}</title></rect>"
         )
         if i % 5 == 0:
             parts.append(

@@ -25,6 +25,11 @@ def format_money(value: Decimal) -> str:
     return format(value.quantize(QUANTUM).normalize(), "f") if value else "0"
 
 
+def csv_row(row) -> list:
+    """A usage export row, money as plain decimals (``0``, ``0.00012``; never ``0E-8``)."""
+    return [format_money(v) if isinstance(v, Decimal) else v for v in row]
+
+
 def period_usage(user_id: int, since) -> dict:
     """What a user used since ``since``: totals, by status and by model (CONTRACT §4)."""
     from django.db.models import Count, Sum
