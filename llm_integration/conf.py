@@ -91,6 +91,11 @@ DEFAULTS: dict[str, Any] = {
     # pushing rate-limit counters and circuits out.
     "RESPONSE_CACHE_BACKEND": None,
     # --- Budgets ----------------------------------------------------------------
+    # Seconds a request waits for its reservation or usage record to be written before
+    # it gets 503 accounting_unavailable (the database refuses writes or is locked);
+    # after a failed write, seconds before new requests try the database again.
+    "ACCOUNTING_TIMEOUT": 5.0,
+    "ACCOUNTING_RETRY_INTERVAL": 2.0,
     # Percentages at which a budget alert fires (once per threshold and period).
     "BUDGET_ALERT_THRESHOLDS": [75, 90, 100],
     # Reservations come from an allowance each process holds on the budget's row

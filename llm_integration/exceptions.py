@@ -11,6 +11,7 @@ these attributes. Messages never contain provider keys.
     ├── ModelNotFound                          404 model_not_found
     ├── RateLimited                            429 rate_limited        (retry_after)
     ├── RateLimitUnavailable                   503 rate_limit_unavailable (retry_after)
+    ├── AccountingUnavailable                  503 accounting_unavailable (retry_after)
     ├── BudgetExceeded                         429 budget_exceeded
     ├── QuotaExceeded                          429 quota_exceeded      (retry_after)
     ├── ConfigurationError                     503 configuration_error
@@ -101,6 +102,14 @@ class RateLimitUnavailable(LLMError):
 
     status_code = 503
     code = "rate_limit_unavailable"
+    type = "server_error"
+
+
+class AccountingUnavailable(LLMError):
+    """Usage cannot be recorded right now (the database refuses writes or is locked)."""
+
+    status_code = 503
+    code = "accounting_unavailable"
     type = "server_error"
 
 

@@ -119,8 +119,14 @@ def _period_id(budget: Budget, start: dt.datetime, cache: dict | None) -> int:
         try:
             with transaction.atomic():
                 pid = BudgetPeriod.objects.create(budget=budget, period_start=start).pk
-        except IntegrityError:  # created by a concurrent request
-            pid = BudgetPeriod.objects.get(budget=budget, period_start=start).pk
+        except IntegrityError:  # created by a concurrent request (or the write refused)
+            pid = (
+                BudgetPeriod.objects.filter(budget=budget, period_start=start)
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if pid is None:
+                raise
     if cache is not None:
         cache[key] = pid
     return pid

@@ -76,8 +76,10 @@ def _period_id(entitlement: PlanEntitlement, user_id: int, kind: str, start) -> 
         try:
             with transaction.atomic():
                 pid = QuotaPeriod.objects.create(**lookup).pk
-        except IntegrityError:  # made by a concurrent request
-            pid = QuotaPeriod.objects.get(**lookup).pk
+        except IntegrityError:  # made by a concurrent request (or the write refused)
+            pid = QuotaPeriod.objects.filter(**lookup).values_list("pk", flat=True).first()
+            if pid is None:
+                raise
     return pid
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import connection, connections, transaction
+from django.db import DatabaseError, connection, connections, transaction
 
 from ..conf import llm_settings
 from ..exceptions import LLMError
@@ -140,8 +140,10 @@ class Job:
     fn: Callable
     args: tuple
     claim: Claim | None
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future | None
+    #: Kept and written again until it commits if the database fails it (a usage record).
+    keep: bool = False
 
 
 def _deliver(done: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
@@ -167,18 +169,39 @@ class GroupWriter:
         self.commits = self.jobs = 0
         self._chores_run = 0.0
         self._atexit = False
+        #: Jobs the database failed that must still be written (retried between batches).
+        self.kept: list[Job] = []
+        self._kept_lock = threading.Lock()
+        #: time.monotonic() of the last write the database failed (None: the last worked).
+        self.failed_at: float | None = None
+        self.chores.append(
+            Chore(run=self._write_kept, interval=_retry_interval, due=lambda: bool(self.kept))
+        )
+
+    def healthy(self) -> bool:
+        """False while writes the database failed are still owed (kept jobs), and for
+        ``ACCOUNTING_RETRY_INTERVAL`` seconds after a failed write (then new requests may
+        try the database again)."""
+        if self.kept:
+            return False
+        failed = self.failed_at
+        return failed is None or time.monotonic() - failed >= _retry_interval()
 
     def add_chore(self, chore: Chore) -> None:
         self.chores.append(chore)
 
     # -- the event loop's side --------------------------------------------------------
-    def write(self, fn: Callable, *args: Any, claim: Claim | None = None) -> asyncio.Future:
-        """``await writer.write(fn, ...)``: ``fn(batch, ...)``'s result once committed."""
+    def write(
+        self, fn: Callable, *args: Any, claim: Claim | None = None, keep: bool = False
+    ) -> asyncio.Future:
+        """``await writer.write(fn, ...)``: ``fn(batch, ...)``'s result once committed.
+        ``keep``: if the database fails it, the caller gets the error and the job is
+        written again between batches until it commits."""
         if int(llm_settings.DB_THREADS) <= 0:
-            return asyncio.ensure_future(sync_to_async(self._alone)(fn, args, claim))
+            return asyncio.ensure_future(sync_to_async(self._alone)(fn, args, claim, keep))
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(Job(fn, args, claim, loop, future))
+        self._queue.put(Job(fn, args, claim, loop, future, keep))
         if self._thread is None:
             self._start()
         return future
@@ -250,7 +273,10 @@ class GroupWriter:
     def _deliver(self, jobs: list[Job], outcomes: list[tuple[Any, BaseException | None]]):
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
         for job, (result, error) in zip(jobs, outcomes, strict=True):
-            by_loop[job.loop].append((job.future, result, error))
+            if isinstance(error, DatabaseError) and job.keep:
+                self._keep(job)
+            if job.loop is not None:
+                by_loop[job.loop].append((job.future, result, error))
         for loop, done in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_deliver, done)
@@ -267,8 +293,11 @@ class GroupWriter:
                 batch.flush()
             self.commits += 1
             self.jobs += len(jobs)
+            self.failed_at = None
             return outcomes
         except Exception as error:
+            if isinstance(error, DatabaseError):
+                self.failed_at = time.monotonic()
             if len(jobs) == 1:
                 logger.exception("llm.writer_failed")
                 return [(None, error)]
@@ -276,15 +305,51 @@ class GroupWriter:
             # culprit fails.
             return [self._commit([job])[0] for job in jobs]
 
-    @staticmethod
-    def _alone(fn: Callable, args: tuple, claim: Claim | None) -> Any:
+    def _alone(self, fn: Callable, args: tuple, claim: Claim | None, keep: bool) -> Any:
         # One job: nothing else's locks to order its own against (a part still orders
         # its writes), so its claim is not needed.
-        with write_lock(), transaction.atomic():
-            batch = Batch()
-            result = fn(batch, *args)
-            batch.flush()
+        try:
+            with write_lock(), transaction.atomic():
+                batch = Batch()
+                result = fn(batch, *args)
+                batch.flush()
+        except DatabaseError:
+            self.failed_at = time.monotonic()
+            if keep:
+                self._keep(Job(fn, args, claim, None, None, keep=True))
+            raise
+        self.failed_at = None
         return result
+
+    def _keep(self, job: Job) -> None:
+        logger.error("llm.write_kept", extra={"job": getattr(job.fn, "__name__", "job")})
+        with self._kept_lock:
+            self.kept.append(Job(job.fn, job.args, job.claim, None, None, keep=True))
+
+    def _write_kept(self, *, final: bool = False) -> None:
+        """Write the kept jobs again, in order, each in its own transaction; those the
+        database still fails stay kept (and requests keep being refused meanwhile)."""
+        with self._kept_lock:
+            jobs = list(self.kept)
+        for job in jobs:
+            error = self._commit([job])[0][1]
+            if isinstance(error, DatabaseError) and not final:
+                return  # still failing: keep them all, in order, for the next round
+            with self._kept_lock:
+                self.kept.remove(job)
+            if isinstance(error, DatabaseError):  # the process ends: nothing can write it
+                logger.error(
+                    "llm.write_lost",
+                    extra={"job": getattr(job.fn, "__name__", "job"), "args": repr(job.args)},
+                )
+            elif error is None:
+                logger.warning(
+                    "llm.kept_write_done", extra={"job": getattr(job.fn, "__name__", "job")}
+                )
+
+
+def _retry_interval() -> float:
+    return max(0.05, float(llm_settings.ACCOUNTING_RETRY_INTERVAL))
 
 
 def _run_job(fn: Callable, args: tuple, batch: Batch) -> tuple[Any, BaseException | None]:

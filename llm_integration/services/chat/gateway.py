@@ -34,9 +34,10 @@ from ..ratelimit import RateLimiter
 from ..retries import retry_policy
 from ..tokens import count_text_tokens, truncate_to_tokens
 from ..validation import validate
+from ..writer import writer
 from .admission import admit, admit_cached, prepare
 from .ids import new_request_id
-from .reservation import reserve_quotas
+from .reservation import reserve_quotas, unavailable
 from .routing import caller_limits, route
 from .settlement import Call, error_type, status_for
 from .types import ChatResult, ChatStream, Delta, Done, Prepared, Taken
@@ -64,6 +65,8 @@ class Gateway:
     async def admit(self, call: Call, *, model: str | None, request: ChatRequest) -> Prepared:
         """Steps 2–3: the admission, the request prepared for the alias, the caller's
         rate limits counted."""
+        if not writer.healthy():  # the database failed a write moments ago: fail fast
+            raise unavailable("failed a write moments ago")
         adm = admit_cached(call.user, model)  # no I/O when the snapshot is warm
         call.admission = adm = adm or await run_db(admit, call.user, model)
         first = prepare(adm.alias, request)

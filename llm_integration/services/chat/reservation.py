@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable
+import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+from django.db import DatabaseError
 
 from ... import exceptions as exc
 from ...conf import llm_settings
@@ -64,14 +67,38 @@ async def reserve(call: Call, prepared: Prepared) -> budgets.Reservation:
         pending = writer.write(job, applicable, units, claim=claim)
         pending.add_done_callback(functools.partial(restore_if_failed, withdrawal))
     try:
-        return await asyncio.shield(pending)
-    except asyncio.CancelledError:
-        # Nobody will settle what this reservation holds: give it back when it lands.
-        pending.add_done_callback(release_orphan)
-        raise
+        return await accounted(pending, release_orphan)
     except exc.BudgetExceeded as refused:
         await alert_refusal(call, refused)
         raise
+
+
+async def accounted(pending: asyncio.Future, orphaned: Callable[[asyncio.Future], None]):
+    """``pending``'s result, within ``ACCOUNTING_TIMEOUT``. A write the database refuses,
+    or that it keeps waiting (locked), is 503 ``accounting_unavailable`` before any
+    upstream call; a reservation that lands after its request gave up is given back
+    (``orphaned``)."""
+    timeout = float(llm_settings.ACCOUNTING_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(pending)
+    except (asyncio.CancelledError, TimeoutError) as stopped:
+        # Nobody will settle what this reservation holds: give it back when it lands.
+        pending.add_done_callback(orphaned)
+        if isinstance(stopped, TimeoutError):
+            raise unavailable("did not answer in time") from None
+        raise
+    except DatabaseError as error:
+        raise unavailable(f"refused the write: {type(error).__name__}") from error
+
+
+def unavailable(why: str) -> exc.AccountingUnavailable:
+    retry = float(llm_settings.ACCOUNTING_RETRY_INTERVAL)
+    return exc.AccountingUnavailable(
+        f"Usage cannot be recorded right now (the database {why}); nothing was charged. "
+        f"Retry in {math.ceil(retry)} s.",
+        retry_after=retry,
+    )
 
 
 #: (budget, period row) whose first refusal this process has alerted.
@@ -104,11 +131,7 @@ async def reserve_quotas(call: Call, prepared: Prepared) -> list[quotas.QuotaHol
             now=call.gateway.clock.now(),
         )
     )
-    try:
-        return await asyncio.shield(pending)
-    except asyncio.CancelledError:
-        pending.add_done_callback(release_orphan_quotas)
-        raise
+    return await accounted(pending, release_orphan_quotas)
 
 
 def release_orphan_quotas(pending: asyncio.Future) -> None:

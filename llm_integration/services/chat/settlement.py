@@ -26,6 +26,7 @@ from ..quotas import settle as settle_quotas
 from ..tokens import count_message_tokens, count_text_tokens
 from ..usage import cost_of, format_money
 from ..writer import writer
+from .reservation import accounted
 from .types import Admission, Outcome, Prepared, Taken
 
 if TYPE_CHECKING:
@@ -141,9 +142,18 @@ class Call:
         holds, reservation.holds = reservation.holds, []
         claim = budgets.claim_rows(hold.period_id for hold in holds)
         quota_holds, self.quota_holds = self.quota_holds, []
-        settled = await writer.write(
-            record_usage, record, holds, cost, reservation.pooled, quota_holds, claim=claim
+        # Kept and written again if the database fails it: the request happened.
+        pending = writer.write(
+            record_usage,
+            record,
+            holds,
+            cost,
+            reservation.pooled,
+            quota_holds,
+            claim=claim,
+            keep=True,
         )
+        settled = await accounted(pending, lambda _done: None)
         reservation.settled.extend(settled)
         alerts = []
         if budgets.alerts_due(settled):
@@ -165,7 +175,14 @@ class Call:
             return Decimal(0)
         self.recorded = True
         usage = usage or Usage()
-        cost, alerts = await self.record(status, usage, error, finish_reason, cached)
+        try:
+            cost, alerts = await self.record(status, usage, error, finish_reason, cached)
+        except exc.AccountingUnavailable:
+            if status == UsageRecord.Status.OK:
+                raise  # an answer is not handed over before its record is written
+            # A failure's record waits in the writer until the database takes it; the
+            # client hears the failure itself.
+            cost, alerts = Decimal(0), []
         self.outcome = Outcome(status, usage, cost, finish_reason)
         for taken in self.taken:
             self.gateway.limiter.adjust_tokens(
