@@ -75,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "CACHE_BACKEND": "default",
     # Seconds one call to that cache may take (Redis stalled or unreachable) before the
     # gateway treats the cache as down.
-    "CACHE_TIMEOUT": 0.5,
+    "CACHE_TIMEOUT": 1.0,
     # After the cache fails (Redis down), seconds before it is tried again; meanwhile
     # circuits read closed, cached answers miss and rate limits refuse (503) or, with
     # RATE_LIMIT_FAIL_OPEN, admit uncounted.
