@@ -293,6 +293,28 @@ async def test_all_circuits_open_is_503(gateway, chat_alias, openai_fake, settin
     assert len(openai_fake.requests) == 1 and await UsageRecord.objects.acount() == 2
 
 
+async def test_a_provider_moved_to_another_url_starts_with_a_closed_circuit(
+    gateway, chat_alias, openai_fake, backup_fake, settings
+):
+    settings.LLM_INTEGRATION = {"CIRCUIT_BREAKER_THRESHOLD": 1, "CIRCUIT_BREAKER_COOLDOWN": 30}
+    openai_fake.push(mode="error", status=500)
+    with pytest.raises(exc.NoUpstreamAvailable):
+        await gateway.chat(model="chat", messages="Hi")
+    with pytest.raises(exc.NoUpstreamAvailable, match="circuit open"):
+        await gateway.chat(model="chat", messages="Hi")
+    # The admin points the provider elsewhere: no waiting out the old endpoint's cool-down.
+    provider = chat_alias.provider
+    provider.base_url = backup_fake.base_url
+    await provider.asave()
+    assert (await gateway.chat(model="chat", messages="Hi")).model == "chat"
+    assert (len(openai_fake.requests), len(backup_fake.requests)) == (1, 1)
+    # Back to the old URL: its circuit is still open.
+    provider.base_url = openai_fake.base_url
+    await provider.asave()
+    with pytest.raises(exc.NoUpstreamAvailable, match="circuit open"):
+        await gateway.chat(model="chat", messages="Hi")
+
+
 # -- response cache ------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
 
-from llm_integration.models import HealthCheck
+from llm_integration.models import HealthCheck, Provider
 from llm_integration.services.circuit import CircuitBreaker
 from tests.factories import ModelAliasFactory, ProviderFactory
 from tests.fakes.openai import OpenAIFake
@@ -63,8 +63,8 @@ def test_up_slow_and_down_give_three_statuses_rows_and_exit_1(
     assert list(
         HealthCheck.objects.order_by("provider__name").values_list("provider__name", "status")
     ) == [("a-up", "connected"), ("b-slow", "slow"), ("c-down", "down"), ("d-dummy", "connected")]
-    assert async_to_sync(CircuitBreaker(down.name).state)() == "open"
-    assert async_to_sync(CircuitBreaker("a-up").state)() == "closed"
+    assert async_to_sync(CircuitBreaker.of(down).state)() == "open"
+    assert async_to_sync(CircuitBreaker.of(Provider.objects.get(name="a-up")).state)() == "closed"
     assert openai_fake.requests[-1].path == "/v1/models"
 
 

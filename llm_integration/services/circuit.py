@@ -15,6 +15,7 @@ again before a probe is claimed, so a probe that closed it elsewhere is not repe
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ class View:
     open_until: float | None
 
 
-# store -> provider -> view (weak: a replaced store takes its views along)
+# store -> circuit -> view (weak: a replaced store takes its views along)
 _views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -43,19 +44,43 @@ def forget() -> None:
     _views.clear()
 
 
+def endpoint_id(provider) -> str:
+    """A provider row's circuit: its name and where it sends requests. A changed kind
+    or URL (an admin fixing a wrong one) starts a fresh circuit instead of inheriting
+    the open one of the old endpoint."""
+    where = hashlib.sha256(f"{provider.kind} {provider.base_url}".encode()).hexdigest()[:12]
+    return f"{provider.name}@{where}"
+
+
 class CircuitBreaker:
-    def __init__(self, provider: str, *, clock: Clock = SYSTEM_CLOCK, store: Store | None = None):
+    """``provider``: the name metrics carry; ``circuit``: the shared keys' identity
+    (``endpoint_id``, or the name itself)."""
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        store: Store | None = None,
+        circuit: str | None = None,
+    ):
         self.provider = provider
+        self.circuit = circuit or provider
         self.clock = clock
         self.store = store or sharedstate.store()
-        self.failures_key = f"llm:cb:{provider}:failures"
-        self.open_until_key = f"llm:cb:{provider}:open_until"
-        self.probe_key = f"llm:cb:{provider}:probe"
+        self.failures_key = f"llm:cb:{self.circuit}:failures"
+        self.open_until_key = f"llm:cb:{self.circuit}:open_until"
+        self.probe_key = f"llm:cb:{self.circuit}:probe"
+
+    @classmethod
+    def of(cls, provider, *, clock: Clock = SYSTEM_CLOCK) -> CircuitBreaker:
+        """The circuit of a ``Provider`` row (see ``endpoint_id``)."""
+        return cls(provider.name, clock=clock, circuit=endpoint_id(provider))
 
     # -- the view ----------------------------------------------------------------------
     def known(self) -> View | None:
         views = _views.get(self.store)
-        return views.get(self.provider) if views is not None else None
+        return views.get(self.circuit) if views is not None else None
 
     async def view(self, *, fresh: bool = False) -> View:
         view = self.known()
@@ -73,7 +98,7 @@ class CircuitBreaker:
 
     def remember(self, failures: int, open_until: float | None) -> View:
         view = View(self.clock.monotonic(), failures, open_until)
-        _views.setdefault(self.store, {})[self.provider] = view
+        _views.setdefault(self.store, {})[self.circuit] = view
         return view
 
     def state_of(self, view: View) -> str:

@@ -105,7 +105,7 @@ def _store(results: list[HealthResult]) -> None:
 async def _feed_circuits(results: list[HealthResult]) -> None:
     """A provider found down opens its circuit; one that answers closes it."""
     for r in results:
-        breaker = CircuitBreaker(r.provider.name)
+        breaker = CircuitBreaker.of(r.provider)
         if r.status == HealthCheck.Status.DOWN:
             await breaker.force_open()
         else:

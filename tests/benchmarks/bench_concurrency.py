@@ -308,7 +308,7 @@ def main() -> None:
             print(
                 f"{kind:<16} {r['rps']:7.1f} req/s ({r['rps'] / ceiling:5.1%} of ceiling)  "
                 f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  "
-                f"ok {r['n']}  errors {r['errors']}  missing header {r.get('missing', '?')}"
+                f"requests {r['n']}  errors {r['errors']}  missing header {r.get('missing', '?')}"
             )
     finally:
         server.terminate()

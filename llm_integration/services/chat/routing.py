@@ -108,7 +108,7 @@ async def route(
     deadline = clock.monotonic() + float(llm_settings.REQUEST_DEADLINE)
     last: BaseException | None = None
     for alias in adm.candidates:
-        breaker = CircuitBreaker(alias.provider.name, clock=clock)
+        breaker = CircuitBreaker.of(alias.provider, clock=clock)
         if not await breaker.allow():
             continue
         try:
