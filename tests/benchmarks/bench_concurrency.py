@@ -3,9 +3,10 @@
     python tests/benchmarks/bench_concurrency.py                  # Uvicorn, 50 clients
     python tests/benchmarks/bench_concurrency.py --server daphne --seconds 20
     python tests/benchmarks/bench_concurrency.py --middleware async-only --handler django
+    python tests/benchmarks/bench_concurrency.py --workers 2      # one process per core
 
 A fake OpenAI upstream answering after 200 ms (its own process, asyncio), one gateway
-server process (Uvicorn by default, as the deployment docs run it; or Daphne, as
+server process by default (Uvicorn, as the deployment docs run it; or Daphne, as
 `llm_demo` serves), and 50 concurrent clients (wrk: `apt-get install wrk`) hitting
 POST /api/v1/chat, first plain JSON then `stream: true` (SSE read to the end). Every
 request goes through Django's handler and the demo's full middleware: Django's standard
@@ -13,7 +14,8 @@ stack plus the project's own async middleware, whose `X-Served-By` header is che
 every answer (`--middleware async-only` keeps only that one; `--handler django` serves
 with Django's stock handler instead of the thread-reusing one the demo opts into).
 With 200 ms of upstream latency, 50 clients can at most make 250 requests/s. Prints
-requests/s, latency percentiles, errors and answers missing the header.
+requests/s, latency percentiles, errors, answers missing the header and the server's
+CPU time per request.
 """
 
 from __future__ import annotations
@@ -92,8 +94,11 @@ def run_django(env: dict[str, str], code: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def server_command(server: str, port: int, app: str = "project.asgi:application") -> list[str]:
-    """One gateway server process on 127.0.0.1:port (Daphne, as llm_demo, or Uvicorn)."""
+def server_command(
+    server: str, port: int, app: str = "project.asgi:application", workers: int = 1
+) -> list[str]:
+    """A gateway server on 127.0.0.1:port (Daphne, as llm_demo, or Uvicorn with
+    ``workers`` processes)."""
     if server == "daphne":
         return [
             sys.executable,
@@ -116,6 +121,8 @@ def server_command(server: str, port: int, app: str = "project.asgi:application"
         "--log-level",
         "warning",
         "--no-access-log",
+        "--workers",
+        str(workers),
         app,
     ]
 
@@ -144,6 +151,18 @@ async def wait_for_port(port: int, seconds: float = 30) -> None:
         except OSError:
             await asyncio.sleep(0.1)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of a process and its live descendants, from /proc
+    (Linux); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
 
 
 WRK_SCRIPT = """
@@ -247,11 +266,16 @@ def main() -> None:
         help="the thread-reusing handler the demo opts into, or Django's stock one",
     )
     parser.add_argument(
+        "--workers", type=int, default=1, help="Uvicorn worker processes (default 1)"
+    )
+    parser.add_argument(
         "--rate-limits",
         action="store_true",
         help="give the plan (never reached) RPM and TPM limits: three counters per request",
     )
     args = parser.parse_args()
+    if args.server == "daphne" and args.workers != 1:
+        parser.error("--workers is for Uvicorn; Daphne serves one process")
 
     workdir = Path(tempfile.mkdtemp())
     settings_module = {
@@ -280,7 +304,7 @@ def main() -> None:
     upstream = fake.ready_line.split()[1]
     token = prepare(env, upstream, limits=args.rate_limits)
     port = free_port()
-    cmd = server_command(args.server, port, app)
+    cmd = server_command(args.server, port, app, args.workers)
     server = start(cmd, env, log=workdir / "server.log")
     try:
         asyncio.run(wait_for_port(port))
@@ -288,14 +312,15 @@ def main() -> None:
         load(url, token, clients=args.clients, seconds=2, stream=False, workdir=workdir)  # warm
         ceiling = args.clients / args.latency
         print(
-            f"server: {args.server}, one process; clients: {args.clients}; upstream latency "
-            f"{args.latency * 1000:.0f} ms -> ceiling {ceiling:.0f} req/s; "
+            f"server: {args.server}, {args.workers} process(es); clients: {args.clients}; "
+            f"upstream latency {args.latency * 1000:.0f} ms -> ceiling {ceiling:.0f} req/s; "
             f"{args.seconds:.0f} s per series; database: {env['DATABASE_URL'].split(':')[0]}; "
             f"cache: {'redis' if env.get('REDIS_URL') else 'local memory'}; "
             f"middleware: {args.middleware}; handler: {args.handler}"
             f"{'; plan rate limits' if args.rate_limits else ''}"
         )
         for stream in args.only or (False, True):
+            before = cpu_seconds(server.pid)
             r = load(
                 url,
                 token,
@@ -304,11 +329,14 @@ def main() -> None:
                 stream=stream,
                 workdir=workdir,
             )
+            after = cpu_seconds(server.pid)
+            cpu = "n/a" if None in (before, after) else f"{(after - before) * 1000 / r['n']:.2f} ms"
             kind = "streaming (SSE)" if stream else "non-streaming"
             print(
                 f"{kind:<16} {r['rps']:7.1f} req/s ({r['rps'] / ceiling:5.1%} of ceiling)  "
                 f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  "
-                f"requests {r['n']}  errors {r['errors']}  missing header {r.get('missing', '?')}"
+                f"requests {r['n']}  errors {r['errors']}  missing header {r.get('missing', '?')}  "
+                f"server CPU per request {cpu}"
             )
     finally:
         server.terminate()
