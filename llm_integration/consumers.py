@@ -29,9 +29,12 @@ from .api.errors import describe
 from .conf import llm_settings
 from .services.chat import ChatStream, Delta, astream_chat, new_request_id
 from .services.usage import format_money
+from .services.validation import refuse_unknown
 from .signals import budget_alerts_fired
 
 CLOSE_UNAUTHENTICATED = 4401
+#: The fields of a ``chat`` frame; any other is refused by name.
+CHAT_FRAME_FIELDS = frozenset({"type", "message", "messages", "model", "temperature", "max_tokens"})
 
 
 def user_group(user_id: int) -> str:
@@ -175,6 +178,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "authentication_failed", "Your credentials are no longer valid; sign in again."
             )
             await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            refuse_unknown(frame, CHAT_FRAME_FIELDS)
+        except exc.UnsupportedParameter as error:
+            await self.send_error(error.code, error.message)
             return
         messages = frame.get("messages")
         if messages is None and isinstance(frame.get("message"), str):

@@ -66,6 +66,12 @@ class InvalidRequest(LLMError):
         self.param = param
 
 
+class UnsupportedParameter(InvalidRequest):
+    """A request parameter the gateway does not carry: refused by name, never dropped."""
+
+    code = "unsupported_parameter"
+
+
 class PromptTooLarge(InvalidRequest):
     """The prompt is larger than the configured limit."""
 

@@ -93,6 +93,16 @@ def describe(error: BaseException) -> tuple[int, str, str, str, float | None]:
     return 500, "internal_error", "server_error", "The gateway failed unexpectedly.", None
 
 
+def error_param(error: BaseException) -> str | None:
+    """OpenAI's ``error.param``: the request parameter at fault, when there is one."""
+    param = getattr(error, "param", None)
+    if param is None and isinstance(error, drf.ValidationError):
+        if isinstance(error.detail, dict):
+            fields = [k for k in error.detail if k != "non_field_errors"]
+            param = fields[0] if fields else None
+    return param
+
+
 def envelope(
     error: BaseException, *, request_id: str, openai: bool = False
 ) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -107,7 +117,7 @@ def envelope(
         "request_id": request_id,
     }
     if openai:
-        body["param"] = None
+        body["param"] = error_param(error)
     headers = {"X-Request-ID": request_id}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))

@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from ..services.chat import Delta, achat, astream_chat
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
+from ..services.validation import refuse_unknown, refuse_unknown_in_message
 from .errors import envelope
 from .serializers import StrictBooleanField, StrictFloatField, StrictIntegerField
 from .views import ERRORS, GatewayAPIView, as_response
@@ -31,7 +32,6 @@ CREATED = 1_700_000_000  # aliases have no creation date upstream; a fixed, hone
 class OpenAIMessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=("system", "developer", "user", "assistant"))
     content = serializers.JSONField()
-    name = serializers.CharField(required=False)
 
 
 class StreamOptionsSerializer(serializers.Serializer):
@@ -62,6 +62,12 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
             {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
             for m in self.validated_data["messages"]
         ]
+
+
+#: What ``/v1/chat/completions`` carries; any other field is refused by name.
+COMPLETION_FIELDS = frozenset(ChatCompletionRequestSerializer().fields)
+#: Fields whose value here asks for what the gateway does anyway.
+COMPLETION_NOOPS = {"logprobs": False, "store": False}
 
 
 def chunk(
@@ -154,6 +160,12 @@ class ChatCompletionsView(GatewayAPIView):
 async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
     """``POST /v1/chat/completions`` without its HTTP: the completion object, or the
     stream's chunks (already past the first event)."""
+    if isinstance(payload, dict):
+        refuse_unknown(payload, COMPLETION_FIELDS, noops=COMPLETION_NOOPS)
+        messages = payload.get("messages")
+        for i, message in enumerate(messages if isinstance(messages, list) else ()):
+            if isinstance(message, dict):
+                refuse_unknown_in_message(message, i)
     serializer = ChatCompletionRequestSerializer(data=payload)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data

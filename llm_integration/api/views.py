@@ -35,6 +35,7 @@ from ..services.chat import ChatResult, Delta, achat, astream_chat, new_request_
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.usage import csv_row, format_money, usage_report
+from ..services.validation import refuse_unknown
 from . import serializers as s
 from .errors import envelope, error_response
 from .parsers import JSONBodyParser
@@ -292,6 +293,12 @@ def _typed(data: dict, name: str, types: tuple[type, ...], label: str):
     return value
 
 
+#: The fields of ``POST /api/v1/chat``; any other is refused by name.
+CHAT_FIELDS = frozenset(
+    {"message", "messages", "model", "system_prompt", "temperature", "max_tokens", "stream"}
+)
+
+
 def parse_chat_body(data) -> dict:
     """Types and shape of a chat request (the service checks ranges, roles and sizes).
 
@@ -300,6 +307,7 @@ def parse_chat_body(data) -> dict:
     """
     if not isinstance(data, dict):
         raise drf.ValidationError("Send a JSON object.")
+    refuse_unknown(data, CHAT_FIELDS)
     if ("message" in data) == ("messages" in data):
         raise drf.ValidationError("Send either `message` or `messages`.")
     if "message" in data:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ..adapters.base import ROLES, ChatRequest, Message
 from ..conf import llm_settings
-from ..exceptions import InvalidRequest, PromptTooLarge
+from ..exceptions import InvalidRequest, PromptTooLarge, UnsupportedParameter
 from .tokens import count_message_tokens
 
 
@@ -46,6 +46,7 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
             continue
         if not isinstance(m, dict):
             raise InvalidRequest(f"messages[{i}] must be an object with role and content.")
+        refuse_unknown_in_message(m, i)
         role = m.get("role")
         if role not in ROLES:
             raise InvalidRequest(f"messages[{i}].role must be one of: {', '.join(ROLES)}.")
@@ -147,3 +148,30 @@ def check_prompt_size(request: ChatRequest, *, model: str) -> int:
     if limit and tokens > limit:
         raise PromptTooLarge(f"The prompt has about {tokens} tokens; the limit is {limit}.")
     return tokens
+
+
+def refuse_unknown(
+    data: Mapping[str, Any], known: Collection[str], *, noops: Mapping[str, Any] | None = None
+) -> None:
+    """400 ``unsupported_parameter`` naming the first field of ``data`` the gateway does
+    not carry. ``null`` is the same as leaving a field out, and a field set to the value
+    in ``noops`` asks for nothing (``logprobs: false``)."""
+    for name, value in data.items():
+        if name in known or value is None or (noops and name in noops and value == noops[name]):
+            continue
+        raise UnsupportedParameter(
+            f"The parameter {name!r} is not supported by this gateway.", param=name
+        )
+
+
+def refuse_unknown_in_message(message: Mapping[str, Any], index: int) -> None:
+    """A message carries ``role`` and ``content``; anything else is refused by name."""
+    for name, value in message.items():
+        if name not in MESSAGE_FIELDS and value is not None:
+            raise UnsupportedParameter(
+                f"messages[{index}].{name} is not supported by this gateway.",
+                param=f"messages[{index}].{name}",
+            )
+
+
+MESSAGE_FIELDS = frozenset({"role", "content"})

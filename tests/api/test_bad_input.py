@@ -20,7 +20,8 @@ SURROGATE_CHAT = b'{"message": "a\\ud800b"}'
 SURROGATE_COMPLETION = (
     b'{"model": "default", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
 )
-DEEP = b"[" * 1000 + b"]" * 1000
+# Deep enough for RecursionError in json on every Python (3.13 parses 1,000 levels).
+DEEP = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"message": ' + DEEP + b"}"
 
 
@@ -94,7 +95,7 @@ async def test_a_websocket_survives_deep_json_and_invalid_unicode(rows):  # noqa
     ws = communicator()
     await ws.connect()
     await ws.send_json_to({"type": "auth", "token": rows["token"]})
-    await ws.send_to(text_data="[" * 1000 + "]" * 1000)
+    await ws.send_to(text_data="[" * 100_000 + "]" * 100_000)
     assert (await ws.receive_json_from())["type"] == "error"
     await ws.send_to(
         text_data='{"type": "chat", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
@@ -109,4 +110,36 @@ async def test_a_websocket_survives_deep_json_and_invalid_unicode(rows):  # noqa
     assert kinds[0] == "start" and "token" in kinds
     assert await charged() != []  # only the last chat cost anything
     assert await sync_to_async(UsageRecord.objects.filter(cost_usd__gt=0).count)() == 1
+    await ws.disconnect()
+
+
+async def test_rest_refuses_a_field_it_does_not_carry_by_name(rows):  # noqa: F811
+    for body, field in (
+        ({"message": "Hi", "tools": []}, "tools"),
+        ({"messages": [{"role": "user", "content": "Hi", "name": "al"}]}, "messages[0].name"),
+    ):
+        response = await post(rows["token"], "/api/v1/chat", json.dumps(body).encode())
+        assert response.status_code == 400
+        error = error_of(response)
+        assert error["code"] == "unsupported_parameter" and field in error["message"]
+    assert await charged() == []
+
+
+async def test_a_websocket_chat_refuses_a_field_it_does_not_carry_by_name(rows):  # noqa: F811
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": rows["token"]})
+    await ws.send_json_to(
+        {"type": "chat", "messages": [{"role": "user", "content": "Hi"}], "system_prompt": "x"}
+    )
+    frame = await ws.receive_json_from()
+    assert frame["type"] == "error" and frame["code"] == "unsupported_parameter"
+    assert "system_prompt" in frame["message"]
+    await ws.send_json_to(
+        {"type": "chat", "messages": [{"role": "user", "content": "Hi", "name": "al"}]}
+    )
+    frames = [await ws.receive_json_from(), await ws.receive_json_from()]
+    assert frames[-1]["code"] == "unsupported_parameter"
+    assert "messages[0].name" in frames[-1]["message"]
+    assert await charged() == []
     await ws.disconnect()

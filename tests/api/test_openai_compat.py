@@ -119,3 +119,57 @@ def test_async_sdk_streams_too(sdk, live_server_url):
 
     chunks = asyncio.run(run())
     assert chunks[-1].usage.total_tokens > 0
+
+
+TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"tools": [TOOL]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"logprobs": True}, "logprobs"),
+        ({"extra_body": {"made_up": 1}}, "made_up"),
+    ],
+)
+def test_a_parameter_the_gateway_does_not_carry_is_refused_by_name(sdk, extra, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "x"}], **extra
+        )
+    body = info.value.body
+    assert body["code"] == "unsupported_parameter" and body["param"] == param
+    assert param in body["message"]
+    assert not UsageRecord.objects.exclude(status__in=["error", "rejected"]).exists()
+
+
+def test_a_message_field_the_gateway_does_not_carry_is_refused_by_name(sdk):
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "x", "name": "alice"}]
+        )
+    assert info.value.body["param"] == "messages[0].name"
+
+
+def test_null_and_default_valued_parameters_ask_for_nothing_and_pass(sdk):
+    completion = sdk.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "hi"}],
+        logprobs=False,
+        extra_body={"store": False, "tools": None},
+    )
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_a_type_error_names_its_parameter(sdk):
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "x"}], extra_body={"top_p": "1"}
+        )
+    assert info.value.body["code"] == "invalid_request" and info.value.body["param"] == "top_p"
