@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import django
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
@@ -196,8 +197,21 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
-ADMINS = [("Admin", a) for a in env.list("ADMIN_EMAILS", default=[])]
-EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+# Budget alerts mail ADMINS. Django 6 takes plain addresses and 6.1 configures mail
+# with MAILERS; 5.2 LTS wants (name, address) pairs and EMAIL_BACKEND.
+_admin_emails = env.list("ADMIN_EMAILS", default=[])
+_email_backend = env(
+    "EMAIL_BACKEND",  # development prints mail; production sends it (Django's SMTP default)
+    default=f"django.core.mail.backends.{'console' if DEBUG else 'smtp'}.EmailBackend",
+)
+if django.VERSION >= (6, 0):
+    ADMINS = _admin_emails
+else:
+    ADMINS = [("Admin", a) for a in _admin_emails]
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": _email_backend}}
+else:
+    EMAIL_BACKEND = _email_backend
 
 # The app's own settings: one dict, documented defaults in llm_integration/conf.py.
 LLM_INTEGRATION = {

@@ -321,3 +321,25 @@ async def test_a_kept_alive_connection_closed_by_the_upstream_is_not_an_error():
     server.close()
     assert texts == ["ok"] * 6
     assert len(received) == 6
+
+
+async def test_a_new_connection_closed_without_an_answer_is_not_sent_again():
+    # Only a reused connection is sent again (the keep-alive race): an upstream that
+    # reads a request on a new connection and hangs up may have acted on it.
+    import asyncio
+
+    received = []
+
+    async def handle(reader, writer):
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    adapter = OpenAIAdapter(
+        model="gpt-4o-mini", base_url=f"http://127.0.0.1:{port}/v1", api_key=TEST_KEY, timeout=5
+    )
+    with pytest.raises(exc.UpstreamConnectionError):
+        await adapter.complete(MESSAGES)
+    server.close()
+    assert len(received) == 1

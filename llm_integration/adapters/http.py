@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import json
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "TRANSPORT_ERRORS",
     "HTTPResult",
     "PooledRequest",
+    "ReuseAwareConnector",
     "env_proxy",
     "httpx",
     "iter_lines",
@@ -145,7 +148,7 @@ def _abandon(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) ->
 
 def new_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
+        connector=ReuseAwareConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
         # Not trust_env: aiohttp would then read the environment and ~/.netrc in a
         # worker thread on every request. Adapters look their proxy up once (env_proxy).
         trust_env=False,
@@ -167,35 +170,77 @@ def env_proxy(base_url: str) -> dict:
 
 class PooledRequest:
     """``async with PooledRequest(session.request, ...) as response``: one aiohttp request, sent
-    again once on a new connection when the kept-alive connection the pool handed out was
-    already closing ("Cannot write to closing transport").
+    again once on a new connection when the kept-alive connection the pool handed out turned
+    out to be closed by the upstream before any answer came back.
 
     An upstream (or a proxy in front of it) may close a kept-alive connection right after
     an answer, or when its keep-alive limit or idle timeout is up: aiohttp checks a pooled
-    connection when it hands it out, but the close can land before the request is written
-    (against a server that closes after every answer, every second request failed). The
-    request never reached the upstream whole, so sending it again is safe even for a POST,
-    and it is not one of the provider's retries: no backoff, no circuit breaker failure.
+    connection when it hands it out, but the close can land just after that. Depending on
+    the timing the write fails ("Cannot write to closing transport") or the connection
+    ends with no response at all (``ServerDisconnectedError``) — the keep-alive race of
+    RFC 9112 §9.3.1, which HTTP clients answer by sending again on a new connection. Only
+    a reused connection (``ReuseAwareConnector``) is sent again, once, and it is not one of
+    the provider's retries: no backoff, no circuit breaker failure.
     """
 
-    __slots__ = ("_args", "_kwargs", "_response", "_send")
+    __slots__ = ("_args", "_kwargs", "_response", "_send", "reused")
 
     def __init__(self, send: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self._send, self._args, self._kwargs = send, args, kwargs
         self._response: aiohttp.ClientResponse | None = None
+        self.reused = False
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
+        token = _sending.set(self)
         try:
+            self._response = await self._send(*self._args, **self._kwargs)
+        except aiohttp.ServerDisconnectedError:
+            if not self.reused:
+                raise
             self._response = await self._send(*self._args, **self._kwargs)
         except aiohttp.ClientOSError as error:
             if not isinstance(error.__cause__, aiohttp.ClientConnectionResetError):
                 raise
             self._response = await self._send(*self._args, **self._kwargs)
+        finally:
+            _sending.reset(token)
         return self._response
 
     async def __aexit__(self, *exc_info: Any) -> None:
         assert self._response is not None
         await self._response.__aexit__(*exc_info)
+
+
+#: The ``PooledRequest`` this task is sending, told by the connector whether its
+#: connection came from the pool.
+_sending: contextvars.ContextVar[PooledRequest | None] = contextvars.ContextVar(
+    "llm_integration_pooled_request", default=None
+)
+
+
+class ReuseAwareConnector(aiohttp.TCPConnector):
+    """aiohttp's TCP connector, noting on the ``PooledRequest`` being sent whether the
+    connection it hands out has carried a request before (a handful of operations per
+    request, where aiohttp's request tracing costs a tenth of the adapter's CPU)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.used_protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def connect(
+        self,
+        req: Any,
+        traces: Any,
+        timeout: Any,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> aiohttp.connector.Connection:
+        connection = await super().connect(req, traces, timeout)
+        protocol = connection.protocol
+        if protocol is not None:
+            request = _sending.get()
+            if request is not None:
+                request.reused = protocol in self.used_protocols
+            self.used_protocols.add(protocol)
+        return connection
 
 
 def request_timeout(seconds: float) -> aiohttp.ClientTimeout:

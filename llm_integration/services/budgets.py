@@ -585,13 +585,15 @@ def _fire_alerts(
             limit_usd=budget.limit_usd,
         )
         why = " and refused a request that did not fit" if refused else ""
-        mail_admins(
-            f"LLM budget {budget.name!r} reached {int(threshold)}%",
-            f"The {budget.period} budget {budget.name!r} ({budget.described}) has spent "
-            f"${spent} of ${budget.limit_usd}{why} ({int(threshold)}% threshold) in the "
-            f"period starting {period_start_:%Y-%m-%d}.",
-            fail_silently=True,
-        )
+        try:
+            mail_admins(
+                f"LLM budget {budget.name!r} reached {int(threshold)}%",
+                f"The {budget.period} budget {budget.name!r} ({budget.described}) has spent "
+                f"${spent} of ${budget.limit_usd}{why} ({int(threshold)}% threshold) in the "
+                f"period starting {period_start_:%Y-%m-%d}.",
+            )
+        except Exception:  # a mail server down must not undo the accounting
+            logger.exception("llm.budget_alert_mail_failed", extra={"budget": budget.name})
     return fired
 
 
