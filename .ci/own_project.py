@@ -174,6 +174,14 @@ def main() -> None:
         run(str(bin_ / "pip"), "install", "-q", str(wheel), "uvicorn[standard]", cwd=work)
         host = work / "host"
         host.mkdir()
+        versions = run(
+            str(bin_ / "python"),
+            "-c",
+            "import django, platform; print(platform.python_version(), django.__version__)",
+            cwd=work,
+        )
+        python_version, django_version = versions.split()
+        print(f"own project on Python {python_version}, Django {django_version}", flush=True)
         run(str(bin_ / "django-admin"), "startproject", PROJECT, ".", cwd=host)
         apply_readme(host, blocks)
         python = str(bin_ / "python")
