@@ -227,3 +227,32 @@ async def test_the_first_refusal_of_a_period_alerts_once(gateway, priced, openai
     alerts = [a.threshold async for a in BudgetAlert.objects.filter(budget=budget)]
     assert sorted(alerts) == [75, 90, 100]
     assert len(mail.outbox) == 3 and "refused a request" in mail.outbox[-1].body
+
+
+async def test_alert_mail_that_cannot_be_sent_is_logged_and_the_accounting_holds(
+    gateway, priced, openai_fake, settings, caplog
+):
+    # A real SMTP backend pointed at a port nobody listens on.
+    from tests.processes import free_port
+
+    port = free_port()
+    settings.ADMINS = OPS_ADMINS
+    if django.VERSION >= (6, 1):
+        smtp = {"host": "127.0.0.1", "port": port, "timeout": 2}
+        settings.MAILERS = {
+            "default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": smtp}
+        }
+    else:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 2
+    budget = await sync_to_async(BudgetFactory)(
+        name="team", limit_usd=Decimal("0.001"), alert_thresholds=[50]
+    )
+    prompt = count_message_tokens([{"role": "user", "content": "Hi"}], model="gpt-4o-mini")
+    openai_fake.push(text="x", prompt_tokens=prompt, completion_tokens=600 - prompt)
+    result = await gateway.chat(model="chat", messages="Hi", max_tokens=600 - prompt)
+    assert result.answer == "x" and result.cost_usd > 0
+    assert [a.threshold async for a in BudgetAlert.objects.filter(budget=budget)] == [50]
+    assert await UsageRecord.objects.filter(status="ok").acount() == 1
+    failed = [r for r in caplog.records if r.getMessage() == "llm.budget_alert_mail_failed"]
+    assert len(failed) == 1 and failed[0].exc_info is not None

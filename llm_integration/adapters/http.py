@@ -220,8 +220,9 @@ _sending: contextvars.ContextVar[PooledRequest | None] = contextvars.ContextVar(
 
 class ReuseAwareConnector(aiohttp.TCPConnector):
     """aiohttp's TCP connector, noting on the ``PooledRequest`` being sent whether the
-    connection it hands out has carried a request before (a handful of operations per
-    request, where aiohttp's request tracing costs a tenth of the adapter's CPU)."""
+    connection it hands out has carried a request before: a set lookup per request, where
+    aiohttp's request tracing (``on_connection_reuseconn``) added 0.1–0.25 ms of CPU to
+    an adapter call of about 0.8 ms."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

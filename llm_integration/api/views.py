@@ -294,9 +294,7 @@ def _typed(data: dict, name: str, types: tuple[type, ...], label: str):
 
 
 #: The fields of ``POST /api/v1/chat``; any other is refused by name.
-CHAT_FIELDS = frozenset(
-    {"message", "messages", "model", "system_prompt", "temperature", "max_tokens", "stream"}
-)
+CHAT_FIELDS = frozenset(s.ChatRequestSerializer().fields)
 
 
 def parse_chat_body(data) -> dict:

@@ -151,27 +151,28 @@ def check_prompt_size(request: ChatRequest, *, model: str) -> int:
 
 
 def refuse_unknown(
-    data: Mapping[str, Any], known: Collection[str], *, noops: Mapping[str, Any] | None = None
+    data: Mapping[str, Any],
+    known: Collection[str],
+    *,
+    noops: Mapping[str, Any] | None = None,
+    prefix: str = "",
 ) -> None:
     """400 ``unsupported_parameter`` naming the first field of ``data`` the gateway does
-    not carry. ``null`` is the same as leaving a field out, and a field set to the value
-    in ``noops`` asks for nothing (``logprobs: false``)."""
+    not carry (``prefix`` places it: ``messages[0].``). ``null`` is the same as leaving
+    a field out, and a field set to its value in ``noops`` asks for nothing
+    (``logprobs: false``)."""
     for name, value in data.items():
         if name in known or value is None or (noops and name in noops and value == noops[name]):
             continue
         raise UnsupportedParameter(
-            f"The parameter {name!r} is not supported by this gateway.", param=name
+            f"The parameter '{prefix}{name}' is not supported by this gateway.",
+            param=f"{prefix}{name}",
         )
 
 
 def refuse_unknown_in_message(message: Mapping[str, Any], index: int) -> None:
     """A message carries ``role`` and ``content``; anything else is refused by name."""
-    for name, value in message.items():
-        if name not in MESSAGE_FIELDS and value is not None:
-            raise UnsupportedParameter(
-                f"messages[{index}].{name} is not supported by this gateway.",
-                param=f"messages[{index}].{name}",
-            )
+    refuse_unknown(message, MESSAGE_FIELDS, prefix=f"messages[{index}].")
 
 
 MESSAGE_FIELDS = frozenset({"role", "content"})
