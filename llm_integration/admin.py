@@ -173,7 +173,13 @@ class ModelAliasAdmin(admin.ModelAdmin):
         "context_window",
         "enabled",
     )
-    list_filter = ("provider", "enabled", "cache_responses")
+    list_filter = (
+        "provider",
+        "enabled",
+        "cache_responses",
+        "supports_tools",
+        "supports_response_format",
+    )
     list_editable = ("enabled",)
     search_fields = ("slug", "label", "upstream_model")
     list_select_related = ("provider",)

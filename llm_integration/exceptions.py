@@ -72,6 +72,12 @@ class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
 
 
+class UnsupportedContent(InvalidRequest):
+    """The request needs a capability (tools, structured output) its model lacks."""
+
+    code = "unsupported_content"
+
+
 class PromptTooLarge(InvalidRequest):
     """The prompt is larger than the configured limit."""
 

@@ -126,6 +126,17 @@ class ModelAlias(models.Model):
     cache_responses = models.BooleanField(
         default=False, help_text="Cache identical non-streaming answers (always at temperature 0)."
     )
+    supports_tools = models.BooleanField(
+        "tool calling",
+        default=True,
+        help_text="The model takes tools and tool calls. Requests with tools to a model "
+        "without get 400 unsupported_content, and never fall back to it.",
+    )
+    supports_response_format = models.BooleanField(
+        "structured output",
+        default=True,
+        help_text="The model takes response_format (JSON object or JSON Schema).",
+    )
     sort_order = models.IntegerField(default=0)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -146,6 +157,14 @@ class ModelAlias(models.Model):
     @property
     def is_paid(self) -> bool:
         return self.provider.kind != Provider.Kind.DUMMY
+
+    def missing_capability(self, request) -> str | None:
+        """The capability a chat request needs that this model lacks, or None."""
+        if request.uses_tools and not self.supports_tools:
+            return "tools"
+        if request.response_format is not None and not self.supports_response_format:
+            return "response_format"
+        return None
 
     def fallback_aliases(self) -> list[ModelAlias]:
         return [f.fallback for f in self.fallbacks.select_related("fallback__provider")]

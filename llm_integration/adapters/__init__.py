@@ -6,6 +6,7 @@ from django.utils.module_loading import import_string
 
 from ..exceptions import UnknownAdapterKind
 from .base import BaseLLMAdapter, ChatRequest, Completion, Message, StreamChunk, Usage
+from .tools import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
 
 BUILTIN_ADAPTERS = {
     "openai": "llm_integration.adapters.openai.OpenAIAdapter",
@@ -40,7 +41,12 @@ __all__ = [
     "ChatRequest",
     "Completion",
     "Message",
+    "ResponseFormat",
     "StreamChunk",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
     "Usage",
     "adapter_class",
     "known_kinds",

@@ -1,13 +1,17 @@
 """Anthropic Messages through the official ``anthropic`` SDK.
 
 The system prompt goes top level, ``max_tokens`` is always sent (the API requires it),
-and the SDK's own retries are off: the service layer retries. Streaming reads the raw
-events: ``message_start`` carries the input tokens, ``message_delta`` the cumulative
-output tokens (never added to those of ``message_start``).
+OpenAI-shaped tool calls and results become ``tool_use``/``tool_result`` blocks (and
+back: ``input_json_delta`` pieces become tool-call deltas), ``response_format`` is a
+forced tool whose input is the answer, and the SDK's own retries are off: the service
+layer retries. Streaming reads the raw events: ``message_start`` carries the input
+tokens, ``message_delta`` the cumulative output tokens (never added to those of
+``message_start``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,11 +23,13 @@ from .base import (
     BaseLLMAdapter,
     ChatRequest,
     Completion,
+    Message,
     StreamChunk,
     Usage,
     error_for_status,
     parse_retry_after,
 )
+from .tools import ToolCall, ToolCallDelta
 
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError,)
 TIMEOUTS: tuple[type[Exception], ...] = (httpx2.TimeoutException,)
@@ -63,13 +69,19 @@ class AnthropicAdapter(BaseLLMAdapter):
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens or self.default_max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": [m.as_dict() for m in request.conversation],
+            "messages": anthropic_messages(request.conversation),
         }
+        params.update(tool_params(request))
         if request.system_prompt:
             params["system"] = request.system_prompt
         sampling: dict[str, Any] = {}
         if request.temperature is not None:
-            sampling["temperature"] = min(request.temperature, 1.0)
+            if request.temperature > 1.0:
+                raise exc.InvalidRequest(
+                    f"{self.provider_name} (anthropic) takes a temperature from 0 to 1.",
+                    param="temperature",
+                )
+            sampling["temperature"] = request.temperature
         if request.top_p is not None:
             sampling["top_p"] = request.top_p
         if sampling:
@@ -136,6 +148,16 @@ class AnthropicAdapter(BaseLLMAdapter):
             text = "".join(
                 block.text for block in message.content if getattr(block, "type", "") == "text"
             )
+            calls = tuple(
+                ToolCall(block.id, block.name, json.dumps(block.input, ensure_ascii=False))
+                for block in message.content
+                if getattr(block, "type", "") == "tool_use"
+            )
+            stop_reason = message.stop_reason or ""
+            if request.response_format is not None:
+                # The forced tool's input is the answer.
+                text, calls = "".join(call.arguments for call in calls) or text, ()
+                stop_reason = "end_turn" if stop_reason == "tool_use" else stop_reason
             usage = _usage(message.usage)
         except (anthropic.AnthropicError, *TRANSPORT_ERRORS) as e:
             raise self._map_error(e) from None
@@ -146,9 +168,10 @@ class AnthropicAdapter(BaseLLMAdapter):
         return Completion(
             text=text,
             usage=usage or self._estimate_usage(request, text),
-            finish_reason=FINISH_REASONS.get(message.stop_reason or "", "stop"),
+            finish_reason=FINISH_REASONS.get(stop_reason, "stop"),
             model=message.model or self.model,
             id=message.id,
+            tool_calls=calls,
         )
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
@@ -157,6 +180,8 @@ class AnthropicAdapter(BaseLLMAdapter):
         output_tokens: int | None = None
         stop_reason: str | None = None
         finished = started = False
+        formatted = request.response_format is not None
+        calls: dict[int, int] = {}  # content block index -> tool call index
         try:
             stream = await self._sdk().messages.create(**self._params(request), stream=True)
             started = True
@@ -166,10 +191,30 @@ class AnthropicAdapter(BaseLLMAdapter):
                     if kind == "message_start":
                         prompt_tokens = _input_tokens(event.message.usage)
                         output_tokens = event.message.usage.output_tokens
+                    elif kind == "content_block_start":
+                        block = event.content_block
+                        if getattr(block, "type", "") == "tool_use" and not formatted:
+                            calls[event.index] = len(calls)
+                            parts.append(block.name)
+                            yield StreamChunk(
+                                tool_call=ToolCallDelta(
+                                    calls[event.index], "", block.id, block.name
+                                )
+                            )
                     elif kind == "content_block_delta":
-                        if getattr(event.delta, "type", "") == "text_delta" and event.delta.text:
+                        delta_type = getattr(event.delta, "type", "")
+                        if delta_type == "text_delta" and event.delta.text:
                             parts.append(event.delta.text)
                             yield StreamChunk(text=event.delta.text)
+                        elif delta_type == "input_json_delta" and event.delta.partial_json:
+                            piece = event.delta.partial_json
+                            parts.append(piece)
+                            if formatted:  # the forced tool's input is the answer
+                                yield StreamChunk(text=piece)
+                            elif event.index in calls:
+                                yield StreamChunk(
+                                    tool_call=ToolCallDelta(calls[event.index], piece)
+                                )
                     elif kind == "message_delta":
                         stop_reason = event.delta.stop_reason or stop_reason
                         if event.usage and event.usage.output_tokens is not None:
@@ -194,6 +239,8 @@ class AnthropicAdapter(BaseLLMAdapter):
             usage = self._estimate_usage(request, "".join(parts))
         else:
             usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=output_tokens)
+        if formatted and stop_reason == "tool_use":
+            stop_reason = "end_turn"
         yield StreamChunk(finish_reason=FINISH_REASONS.get(stop_reason or "", "stop"), usage=usage)
 
     def _partial(
@@ -203,6 +250,80 @@ class AnthropicAdapter(BaseLLMAdapter):
             error.partial_text = "".join(parts)
             error.partial_usage = self._estimate_usage(request, error.partial_text)
         return error
+
+
+def anthropic_messages(conversation: list[Message]) -> list[dict[str, Any]]:
+    """OpenAI-shaped turns as Anthropic's: an assistant's tool calls become ``tool_use``
+    blocks, tool results ``tool_result`` blocks of a user turn; consecutive turns of one
+    role merge (the API wants user and assistant to alternate)."""
+    turns: list[dict[str, Any]] = []
+    for i, m in enumerate(conversation):
+        role = "user" if m.role == "tool" else m.role
+        if m.role == "tool":
+            blocks = [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
+        else:
+            blocks = [{"type": "text", "text": m.content}] if m.content else []
+            for call in m.tool_calls:
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": call.arguments_object(f"messages[{i}].tool_calls"),
+                    }
+                )
+        if turns and turns[-1]["role"] == role:
+            previous = turns[-1]["content"]
+            if isinstance(previous, str):
+                previous = turns[-1]["content"] = [{"type": "text", "text": previous}]
+            previous.extend(blocks)
+        elif not m.tool_calls and m.role != "tool":
+            turns.append({"role": role, "content": m.content})
+        else:
+            turns.append({"role": role, "content": blocks})
+    return turns
+
+
+def tool_params(request: ChatRequest) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` in Anthropic's shape; ``response_format`` as a
+    forced tool whose input is the answer (Anthropic's way to structured output)."""
+    params: dict[str, Any] = {}
+    fmt = request.response_format
+    if fmt is not None:
+        if request.tools:
+            raise exc.UnsupportedParameter(
+                "An Anthropic upstream cannot take response_format together with tools.",
+                param="response_format",
+            )
+        params["tools"] = [
+            {
+                "name": fmt.name,
+                "description": fmt.description or "Answer with this tool's input.",
+                "input_schema": fmt.object_schema,
+            }
+        ]
+        params["tool_choice"] = {"type": "tool", "name": fmt.name}
+        return params
+    if request.tools:
+        params["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+            if t.description
+            else {"name": t.name, "input_schema": t.input_schema}
+            for t in request.tools
+        ]
+    choice = request.tool_choice
+    mode = choice.mode if choice is not None else ("auto" if request.tools else None)
+    if mode is not None:
+        spec: dict[str, Any] = {"type": ANTHROPIC_CHOICE[mode]}
+        if mode == "tool":
+            spec["name"] = choice.name
+        if request.parallel_tool_calls is False and mode != "none":
+            spec["disable_parallel_tool_use"] = True
+        params["tool_choice"] = spec
+    return params
+
+
+ANTHROPIC_CHOICE = {"auto": "auto", "none": "none", "required": "any", "tool": "tool"}
 
 
 def _input_tokens(usage: Any) -> int:

@@ -33,16 +33,41 @@ from .http import (
     request_timeout,
     sessions,
 )
+from .tools import (
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    parse_response_format,
+    parse_tool_calls,
+    parse_tool_choice,
+    parse_tools,
+)
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One turn: its text, and for tool calling an assistant's ``tool_calls`` or the
+    ``tool_call_id`` a ``tool`` message answers."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, Any]:
+        """The message in OpenAI's shape."""
+        if self.tool_calls:
+            return {
+                "role": self.role,
+                "content": self.content or None,
+                "tool_calls": [call.as_openai() for call in self.tool_calls],
+            }
+        if self.tool_call_id is not None:
+            return {"role": self.role, "content": self.content, "tool_call_id": self.tool_call_id}
         return {"role": self.role, "content": self.content}
 
 
@@ -60,6 +85,16 @@ class ChatRequest:
     frequency_penalty: float | None = None
     #: The end user, for the upstream's abuse monitoring (OpenAI's ``user``).
     user: str | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the model must understand tools: tools offered, or a conversation
+        that already holds tool calls."""
+        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
 
     @property
     def system_prompt(self) -> str | None:
@@ -84,12 +119,14 @@ class Usage:
 
 class Completion(str):
     """An answer: its text, as a ``str`` (the seed's interface), with what came with it:
-    ``usage``, ``finish_reason``, ``model`` and the upstream's ``id``."""
+    ``usage``, ``finish_reason``, ``model``, the upstream's ``id`` and the
+    ``tool_calls`` the model made."""
 
     usage: Usage
     finish_reason: str
     model: str
     id: str
+    tool_calls: tuple[ToolCall, ...]
 
     def __new__(
         cls,
@@ -98,12 +135,14 @@ class Completion(str):
         finish_reason: str = "stop",
         model: str = "",
         id: str = "",
+        tool_calls: tuple[ToolCall, ...] = (),
     ) -> Completion:
         answer = super().__new__(cls, text)
         answer.usage = usage or Usage()
         answer.finish_reason = finish_reason
         answer.model = model
         answer.id = id
+        answer.tool_calls = tuple(tool_calls)
         return answer
 
     @property
@@ -115,18 +154,24 @@ class Completion(str):
 
 
 class StreamChunk(str):
-    """A piece of a streamed answer, as a ``str``; the last one (often empty) carries
-    ``usage`` and ``finish_reason``."""
+    """A piece of a streamed answer, as a ``str`` (or a piece of a tool call, in
+    ``tool_call``); the last one (often empty) carries ``usage`` and ``finish_reason``."""
 
     finish_reason: str | None
     usage: Usage | None
+    tool_call: ToolCallDelta | None
 
     def __new__(
-        cls, text: str = "", finish_reason: str | None = None, usage: Usage | None = None
+        cls,
+        text: str = "",
+        finish_reason: str | None = None,
+        usage: Usage | None = None,
+        tool_call: ToolCallDelta | None = None,
     ) -> StreamChunk:
         chunk = super().__new__(cls, text)
         chunk.finish_reason = finish_reason
         chunk.usage = usage
+        chunk.tool_call = tool_call
         return chunk
 
     @property
@@ -151,6 +196,10 @@ OPTIONS = (
     "presence_penalty",
     "frequency_penalty",
     "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
 )
 
 
@@ -167,22 +216,36 @@ def build_request(prompt: Prompt, **options: Any) -> ChatRequest:
     stop = options.pop("stop", None) or ()
     if isinstance(stop, str):
         stop = (stop,)
+    tools = options.get("tools")
+    if tools is not None and not all(isinstance(t, Tool) for t in tools):
+        options["tools"] = tools = parse_tools(list(tools))
+    choice = options.get("tool_choice")
+    if choice is not None and not isinstance(choice, ToolChoice):
+        options["tool_choice"] = parse_tool_choice(choice, tuple(tools or ()))
+    fmt = options.get("response_format")
+    if fmt is not None and not isinstance(fmt, ResponseFormat):
+        options["response_format"] = parse_response_format(fmt)
+    if isinstance(options.get("tools"), list):
+        options["tools"] = tuple(options["tools"])
     if isinstance(prompt, ChatRequest):
         return dataclasses.replace(prompt, **options) if options else prompt
     if isinstance(prompt, str):
         messages = [Message("user", prompt)]
     else:
         messages = []
-        for m in prompt:
+        for i, m in enumerate(prompt):
             if isinstance(m, Message):
                 messages.append(m)
-            else:
-                role, content = m.get("role"), m.get("content")
-                if role not in ROLES or not isinstance(content, str):
-                    raise exc.InvalidRequest(
-                        "Each message needs a role (system, user or assistant) and text content."
-                    )
-                messages.append(Message(role, content))
+                continue
+            role, content = m.get("role"), m.get("content")
+            calls = parse_tool_calls(m.get("tool_calls"), f"messages[{i}].tool_calls")
+            if calls and content is None:
+                content = ""
+            if role not in ROLES or not isinstance(content, str):
+                raise exc.InvalidRequest(
+                    "Each message needs a role (system, user, assistant or tool) and text."
+                )
+            messages.append(Message(role, content, calls, m.get("tool_call_id")))
     if system_prompt:
         messages.insert(0, Message("system", system_prompt))
     if not any(m.role != "system" for m in messages):
@@ -247,7 +310,8 @@ class BaseLLMAdapter(ABC):
         """Tokens of a text or of a chat prompt, as this model would count them."""
         if isinstance(prompt, str):
             return count_text_tokens(prompt, model=self.model)
-        return count_message_tokens(build_request(prompt).messages, model=self.model)
+        request = build_request(prompt)
+        return count_message_tokens(request.messages, model=self.model, tools=request.tools)
 
     def refuse_options(self, request: ChatRequest, names: Iterable[str]) -> None:
         """An option set on ``request`` that this upstream cannot take is refused by
@@ -340,7 +404,9 @@ class BaseLLMAdapter(ABC):
 
     def _estimate_usage(self, request: ChatRequest, completion_text: str) -> Usage:
         return Usage(
-            prompt_tokens=count_message_tokens(request.messages, model=self.model),
+            prompt_tokens=count_message_tokens(
+                request.messages, model=self.model, tools=request.tools
+            ),
             completion_tokens=count_text_tokens(completion_text, model=self.model),
             estimated=True,
         )

@@ -2,17 +2,21 @@
 
 It answers with a fixed sentence that quotes the last user message, streamed word by
 word (``delay`` seconds between words, from the provider's options). ``max_tokens``
-caps the answer in tokens, with ``finish_reason: "length"``.
+caps the answer in tokens, with ``finish_reason: "length"``. Asked to call a tool
+(``tool_choice`` required or naming one) it calls it with ``{}``; asked for JSON
+(``response_format``) it answers ``{"answer": "<the sentence>"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ..services.tokens import count_message_tokens, count_text_tokens
 from .base import BaseLLMAdapter, ChatRequest, Completion, StreamChunk, Usage
+from .tools import ToolCall, ToolCallDelta
 
 
 class DummyAdapter(BaseLLMAdapter):
@@ -27,7 +31,10 @@ class DummyAdapter(BaseLLMAdapter):
     def answer_words(self, request: ChatRequest) -> tuple[list[str], str]:
         """The answer's words, as many as fit in ``max_tokens`` tokens."""
         last = next(m.content for m in reversed(request.messages) if m.role == "user")
-        words = f"This is the dummy model ({self.model}). You said: {last.strip()}".split()
+        sentence = f"This is the dummy model ({self.model}). You said: {last.strip()}"
+        if request.response_format is not None:
+            sentence = json.dumps({"answer": sentence})
+        words = sentence.split()
         limit = request.max_tokens or self.default_max_tokens
         if not limit or count_text_tokens(" ".join(words), model=self.model) <= limit:
             return words, "stop"
@@ -38,13 +45,30 @@ class DummyAdapter(BaseLLMAdapter):
             kept.append(word)
         return kept, "length"
 
+    def tool_call(self, request: ChatRequest) -> ToolCall | None:
+        """The call the request asks for (``tool_choice`` required or a named tool)."""
+        choice = request.tool_choice
+        if choice is None or choice.mode not in ("required", "tool"):
+            return None
+        name = choice.name if choice.mode == "tool" else request.tools[0].name
+        return ToolCall(f"call_dummy_{len(request.messages)}", name, "{}")
+
     def _usage(self, request: ChatRequest, text: str) -> Usage:
         return Usage(
-            prompt_tokens=count_message_tokens(request.messages, model=self.model),
+            prompt_tokens=count_message_tokens(
+                request.messages, model=self.model, tools=request.tools
+            ),
             completion_tokens=count_text_tokens(text, model=self.model),
         )
 
     async def _complete(self, request: ChatRequest) -> Completion:
+        if call := self.tool_call(request):
+            return Completion(
+                usage=self._usage(request, call.name + call.arguments),
+                finish_reason="tool_calls",
+                model=self.model,
+                tool_calls=(call,),
+            )
         words, finish = self.answer_words(request)
         text = " ".join(words)
         return Completion(
@@ -52,6 +76,12 @@ class DummyAdapter(BaseLLMAdapter):
         )
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        if call := self.tool_call(request):
+            yield StreamChunk(tool_call=ToolCallDelta(0, call.arguments, call.id, call.name))
+            yield StreamChunk(
+                finish_reason="tool_calls", usage=self._usage(request, call.name + call.arguments)
+            )
+            return
         words, finish = self.answer_words(request)
         for i, word in enumerate(words):
             if self.delay:

@@ -2,12 +2,15 @@
 
 The last line (``done: true``) carries ``prompt_eval_count`` and ``eval_count``; Ollama
 leaves ``prompt_eval_count`` out when the whole prompt came from its cache, and then the
-prompt side is estimated and flagged.
+prompt side is estimated and flagged. Tools go as OpenAI-shaped ``tools``; Ollama
+answers with whole ``message.tool_calls`` (arguments as objects), which become OpenAI's
+shape; ``response_format`` becomes ``format`` (``"json"`` or the schema).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,12 +20,14 @@ from .base import (
     BaseLLMAdapter,
     ChatRequest,
     Completion,
+    Message,
     StreamChunk,
     Usage,
     error_from_transport,
     finish_body,
 )
 from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
+from .tools import ToolCall, ToolCallDelta
 
 
 class OllamaAdapter(BaseLLMAdapter):
@@ -56,9 +61,26 @@ class OllamaAdapter(BaseLLMAdapter):
                 options[name] = value
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [m.as_dict() for m in request.messages],
+            "messages": ollama_messages(request.messages),
             "stream": stream,
         }
+        choice = request.tool_choice.mode if request.tool_choice else "auto"
+        if choice in ("required", "tool"):
+            raise exc.UnsupportedParameter(
+                f"{self.provider_name} (ollama) cannot be made to call a tool; "
+                "tool_choice may be auto or none.",
+                param="tool_choice",
+            )
+        if request.parallel_tool_calls is False:
+            raise exc.UnsupportedParameter(
+                f"{self.provider_name} (ollama) cannot limit itself to one tool call.",
+                param="parallel_tool_calls",
+            )
+        if request.tools and choice != "none":
+            body["tools"] = [tool.as_openai() for tool in request.tools]
+        fmt = request.response_format
+        if fmt is not None:
+            body["format"] = "json" if fmt.type == "json_object" else fmt.object_schema
         if options:
             body["options"] = options
         if self.keep_alive:
@@ -86,7 +108,8 @@ class OllamaAdapter(BaseLLMAdapter):
         completion = final.get("eval_count")
         estimated = False
         if not isinstance(prompt, int):
-            prompt, estimated = count_message_tokens(request.messages, model=self.model), True
+            prompt = count_message_tokens(request.messages, model=self.model, tools=request.tools)
+            estimated = True
         if not isinstance(completion, int):
             completion, estimated = count_text_tokens(text, model=self.model), True
         return Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
@@ -96,19 +119,35 @@ class OllamaAdapter(BaseLLMAdapter):
         try:
             data = response.json()
             text = data["message"]["content"] or ""
-        except (ValueError, KeyError, TypeError):
+            calls = self._tool_calls(data["message"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise self._bad("a malformed chat answer") from None
         return Completion(
             text=text,
-            usage=self._usage(data, request, text),
-            finish_reason=data.get("done_reason") or "stop",
+            usage=self._usage(data, request, text + "".join(c.name + c.arguments for c in calls)),
+            finish_reason="tool_calls" if calls else data.get("done_reason") or "stop",
             model=str(data.get("model") or self.model),
+            tool_calls=calls,
+        )
+
+    @staticmethod
+    def _tool_calls(message: dict[str, Any]) -> tuple[ToolCall, ...]:
+        """Ollama's ``message.tool_calls`` (arguments as an object, ids only in recent
+        versions) in OpenAI's shape; calls without an id get one."""
+        return tuple(
+            ToolCall(
+                str(call.get("id") or f"call_{uuid.uuid4().hex[:24]}"),
+                str(call["function"]["name"]),
+                json.dumps(call["function"].get("arguments") or {}, ensure_ascii=False),
+            )
+            for call in message.get("tool_calls") or ()
         )
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parts: list[str] = []
         final: dict[str, Any] | None = None
         started = False
+        called = 0
         try:
             async with self._post("/api/chat", self._payload(request, stream=True)) as response:
                 if response.status >= 400:
@@ -131,10 +170,21 @@ class OllamaAdapter(BaseLLMAdapter):
                             f"{self._redact(str(data['error']))[:300]}",
                             provider=self.provider_name,
                         )
-                    text = (data.get("message") or {}).get("content") or ""
+                    message = data.get("message") or {}
+                    text = message.get("content") or ""
                     if text:
                         parts.append(text)
                         yield StreamChunk(text=text)
+                    try:
+                        calls = self._tool_calls(message)
+                    except (KeyError, TypeError, AttributeError):
+                        raise self._bad("a malformed tool call") from None
+                    for call in calls:  # Ollama sends each call whole
+                        parts.append(call.name + call.arguments)
+                        yield StreamChunk(
+                            tool_call=ToolCallDelta(called, call.arguments, call.id, call.name)
+                        )
+                        called += 1
                     if data.get("done"):
                         final = data
                         break
@@ -155,7 +205,7 @@ class OllamaAdapter(BaseLLMAdapter):
             )
         text = "".join(parts)
         yield StreamChunk(
-            finish_reason=final.get("done_reason") or "stop",
+            finish_reason="tool_calls" if called else final.get("done_reason") or "stop",
             usage=self._usage(final, request, text),
         )
 
@@ -166,3 +216,27 @@ class OllamaAdapter(BaseLLMAdapter):
             error.partial_text = "".join(parts)
             error.partial_usage = self._estimate_usage(request, error.partial_text)
         return error
+
+
+def ollama_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """OpenAI-shaped turns as Ollama's: tool call arguments as objects, a tool result
+    named by its tool (Ollama's ``tool_name``)."""
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        turn: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "function": {
+                        "name": call.name,
+                        "arguments": call.arguments_object(f"messages[{i}].tool_calls"),
+                    }
+                }
+                for call in m.tool_calls
+            ]
+            names.update((call.id, call.name) for call in m.tool_calls)
+        if m.role == "tool" and m.tool_call_id in names:
+            turn["tool_name"] = names[m.tool_call_id]
+        out.append(turn)
+    return out

@@ -24,6 +24,7 @@ from .base import (
 )
 from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
 from .sse import iter_sse
+from .tools import ToolCall, ToolCallDelta
 
 #: Options passed on as they are (OpenAI's own names).
 SAMPLING = ("top_p", "seed", "presence_penalty", "frequency_penalty", "user")
@@ -68,6 +69,14 @@ class OpenAIAdapter(BaseLLMAdapter):
         for name in SAMPLING:
             if (value := getattr(request, name)) is not None:
                 body[name] = value
+        if request.tools:
+            body["tools"] = [tool.as_openai() for tool in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice.as_openai()
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.response_format is not None:
+            body["response_format"] = request.response_format.as_openai()
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -95,15 +104,26 @@ class OpenAIAdapter(BaseLLMAdapter):
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
             finish = choice.get("finish_reason") or "stop"
+            calls = tuple(
+                ToolCall(
+                    str(call["id"]),
+                    str(call["function"]["name"]),
+                    str(call["function"].get("arguments") or "{}"),
+                )
+                for call in choice["message"].get("tool_calls") or ()
+            )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise self._bad("a malformed chat completion") from None
-        usage = _usage(data.get("usage")) or self._estimate_usage(request, text)
+        usage = _usage(data.get("usage")) or self._estimate_usage(
+            request, text + "".join(c.name + c.arguments for c in calls)
+        )
         return Completion(
             text=text,
             usage=usage,
             finish_reason=finish,
             model=str(data.get("model") or self.model),
             id=str(data.get("id") or ""),
+            tool_calls=calls,
         )
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
@@ -129,10 +149,15 @@ class OpenAIAdapter(BaseLLMAdapter):
                     for choice in chunk.get("choices") or ():
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
-                        text = (choice.get("delta") or {}).get("content") or ""
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") or ""
                         if text:
                             parts.append(text)
                             yield StreamChunk(text=text)
+                        for piece in delta.get("tool_calls") or ():
+                            call = self._tool_call_delta(piece)
+                            parts.append((call.name or "") + call.arguments)
+                            yield StreamChunk(tool_call=call)
                 if done:
                     await finish_body(response, lines)
         except TRANSPORT_ERRORS as e:
@@ -147,6 +172,18 @@ class OpenAIAdapter(BaseLLMAdapter):
             finish_reason=finish or "stop",
             usage=usage or self._estimate_usage(request, "".join(parts)),
         )
+
+    def _tool_call_delta(self, piece: Any) -> ToolCallDelta:
+        try:
+            function = piece.get("function") or {}
+            return ToolCallDelta(
+                index=int(piece["index"]),
+                arguments=str(function.get("arguments") or ""),
+                id=piece.get("id"),
+                name=function.get("name"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise self._bad("a malformed tool call in a stream chunk") from None
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:

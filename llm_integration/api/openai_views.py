@@ -2,7 +2,8 @@
 
 Any OpenAI SDK works with ``base_url=<host>/v1`` and a DRF token as ``api_key``:
 ``GET /v1/models`` and ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with
-``data: [DONE]``; ``stream_options.include_usage`` adds the usage chunk). ``model`` is an
+``data: [DONE]``; ``stream_options.include_usage`` adds the usage chunk), with tools,
+tool calls (streamed as OpenAI streams them) and ``response_format``. ``model`` is an
 alias id. Errors are OpenAI-shaped (``error.message/type/param/code``) and carry the
 request id too.
 """
@@ -18,7 +19,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from ..services.chat import Delta, achat, astream_chat
+from ..services.chat import Delta, ToolCallDelta, achat, astream_chat
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.validation import refuse_unknown, refuse_unknown_in_message
@@ -30,8 +31,10 @@ CREATED = 1_700_000_000  # aliases have no creation date upstream; a fixed, hone
 
 
 class OpenAIMessageSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=("system", "developer", "user", "assistant"))
-    content = serializers.JSONField()
+    role = serializers.ChoiceField(choices=("system", "developer", "user", "assistant", "tool"))
+    content = serializers.JSONField(required=False, allow_null=True)
+    tool_calls = serializers.JSONField(required=False, allow_null=True)
+    tool_call_id = serializers.CharField(required=False, allow_null=True)
 
 
 class StreamOptionsSerializer(serializers.Serializer):
@@ -56,16 +59,36 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     stop = serializers.JSONField(required=False, allow_null=True)
     n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
     user = serializers.CharField(required=False, allow_blank=True)
+    tools = serializers.JSONField(required=False, allow_null=True)
+    tool_choice = serializers.JSONField(required=False, allow_null=True)
+    parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
+    response_format = serializers.JSONField(required=False, allow_null=True)
 
     def conversation(self) -> list[dict[str, Any]]:
         return [
-            {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+            {
+                **m,
+                "role": "system" if m["role"] == "developer" else m["role"],
+                "content": m.get("content"),
+            }
             for m in self.validated_data["messages"]
         ]
 
 
 #: What ``/v1/chat/completions`` carries; any other field is refused by name.
 COMPLETION_FIELDS = frozenset(ChatCompletionRequestSerializer().fields)
+#: Fields passed to the service as they are (it checks them).
+OPTIONS = (
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+)
 #: Fields whose value here asks for what the gateway does anyway.
 COMPLETION_NOOPS = {"logprobs": False, "store": False}
 
@@ -177,11 +200,7 @@ async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterat
         "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
         "stop": data.get("stop"),
         "request_id": request_id,
-        "options": {
-            name: data[name]
-            for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "user")
-            if data.get(name) is not None
-        },
+        "options": {name: data[name] for name in OPTIONS if data.get(name) is not None},
     }
     if data.get("stream"):
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
@@ -196,13 +215,21 @@ async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterat
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.answer, "refusal": None},
+                "message": assistant_message(result),
                 "logprobs": None,
                 "finish_reason": result.finish_reason,
             }
         ],
         "usage": openai_usage(result.usage),
     }
+
+
+def assistant_message(result) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.answer, "refusal": None}
+    if result.tool_calls:
+        message["content"] = result.answer or None
+        message["tool_calls"] = [call.as_openai() for call in result.tool_calls]
+    return message
 
 
 async def completion_chunks(
@@ -231,19 +258,17 @@ async def completion_chunks(
         )
         try:
             while True:
-                if isinstance(event, Delta):
+                if isinstance(event, Delta | ToolCallDelta):
+                    delta = (
+                        {"content": event.text}
+                        if isinstance(event, Delta)
+                        else {"tool_calls": [event.as_openai()]}
+                    )
                     yield chunk(
                         request_id,
                         model,
                         created,
-                        [
-                            {
-                                "index": 0,
-                                "delta": {"content": event.text},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ],
+                        [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
                         include_usage=include_usage,
                     )
                 else:

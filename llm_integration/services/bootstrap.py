@@ -327,6 +327,8 @@ USED_INFO = {
     "output_cost_per_token",
     "max_input_tokens",
     "max_output_tokens",
+    "supports_function_calling",
+    "supports_response_schema",
 }
 USED_SETTINGS = {"fallbacks"}
 
@@ -437,6 +439,12 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
         ):
             if info.get(theirs):
                 values[ours] = int(info[theirs])
+        for ours, theirs in (
+            ("supports_tools", "supports_function_calling"),
+            ("supports_response_format", "supports_response_schema"),
+        ):
+            if isinstance(info.get(theirs), bool):
+                values[ours] = info[theirs]
         if params.get("max_tokens"):
             values["default_max_tokens"] = int(params["max_tokens"])
         if params.get("temperature") is not None:

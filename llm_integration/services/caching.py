@@ -28,6 +28,10 @@ class CachedAnswer:
 
 
 def cacheable(alias: ModelAlias, request: ChatRequest) -> bool:
+    """Whether an answer to ``request`` may come from the cache (an answer that calls
+    tools is never cached: the cache keeps text)."""
+    if request.uses_tools:
+        return False
     if alias.cache_responses:
         return True
     return bool(llm_settings.CACHE_ENABLED) and request.temperature == 0
@@ -44,6 +48,7 @@ def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
             request.max_tokens or alias.default_max_tokens,
             list(request.stop),
             [request.top_p, request.seed, request.presence_penalty, request.frequency_penalty],
+            request.response_format.as_openai() if request.response_format else None,
         ],
         separators=(",", ":"),
         ensure_ascii=False,

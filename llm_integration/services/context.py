@@ -1,15 +1,18 @@
 """Step 3: fit a conversation into the alias's context window.
 
 When history plus ``max_tokens`` exceeds the window, the oldest turns that are neither
-system messages nor the latest user turn are dropped, oldest first. If even the system
-prompt and the latest user turn cannot fit, the request is refused (413).
+system messages nor the latest user turn are dropped, oldest first. An assistant's tool
+calls go with the tool results that answer them (an upstream refuses one without the
+other), and the tool calls after the latest user turn (an agent's current task) stay. If
+even the system prompt and the latest user turn cannot fit, the request is refused
+(413).
 """
 
 from __future__ import annotations
 
 from ..adapters.base import Message
 from ..exceptions import ContextTooLong, InvalidRequest
-from .tokens import TOKENS_PER_MESSAGE, count_message_tokens, count_text_tokens
+from .tokens import count_message_tokens, message_tokens
 
 
 def fit_to_window(
@@ -33,21 +36,38 @@ def fit_to_window(
     if total <= budget:
         return messages, total
     last_user = max(i for i, m in enumerate(messages) if m.role == "user")
-    droppable = [i for i, m in enumerate(messages) if m.role != "system" and i != last_user]
     dropped: set[int] = set()
-    for i in droppable:
+    for turn in droppable_turns(messages, last_user):
         if total <= budget:
             break
-        m = messages[i]
-        total -= (
-            TOKENS_PER_MESSAGE
-            + count_text_tokens(m.role, model=model)
-            + count_text_tokens(m.content, model=model)
-        )
-        dropped.add(i)
+        total -= sum(message_tokens(messages[i], model=model) for i in turn)
+        dropped.update(turn)
     if total > budget:
         raise ContextTooLong(
             f"The system prompt and latest message need about {total} tokens, more than the "
             f"{budget} left in the model's context window after max_tokens."
         )
     return tuple(m for i, m in enumerate(messages) if i not in dropped), total
+
+
+def droppable_turns(messages: tuple[Message, ...], last_user: int) -> list[list[int]]:
+    """Indices that may be dropped, oldest first, grouped into turns: an assistant
+    message with tool calls and the tool results after it are one turn."""
+    turns: list[list[int]] = []
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        turn = [i]
+        if m.tool_calls:
+            while turn[-1] + 1 < len(messages) and messages[turn[-1] + 1].role == "tool":
+                turn.append(turn[-1] + 1)
+        keep = (
+            m.role == "system"
+            or i == last_user
+            or m.role == "tool"  # a result travels with its call
+            or (i > last_user and bool(m.tool_calls))  # the current task's tool loop
+        )
+        if not keep:
+            turns.append(turn)
+        i = turn[-1] + 1
+    return turns

@@ -18,6 +18,7 @@ import base64
 import functools
 import gzip
 import hashlib
+import json
 import threading
 import types
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ PACKAGED = ("cl100k_base", "o200k_base")
 # OpenAI's chat format: every message costs 3 tokens of framing, the reply 3 more.
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
+#: Framing of a tool definition or a tool call (an estimate: providers do not say).
+TOKENS_PER_TOOL = 8
 
 
 class EncodingUnavailable(RuntimeError):
@@ -118,14 +121,34 @@ def truncate_to_tokens(text: str, limit: int, *, model: str = "") -> str:
     return text if len(tokens) <= limit else enc.decode(tokens[:limit])
 
 
-def count_message_tokens(messages: Iterable[Any], *, model: str = "") -> int:
-    """Prompt tokens of chat messages (objects with role/content, or dicts)."""
+def count_message_tokens(
+    messages: Iterable[Any], *, model: str = "", tools: Iterable[Any] = ()
+) -> int:
+    """Prompt tokens of chat messages (objects with role/content, or dicts) and of the
+    tool definitions sent with them (they travel in the prompt, and are billed so)."""
     enc = _encoding(model)
     total = TOKENS_PER_REPLY
     for m in messages:
-        role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
-        total += TOKENS_PER_MESSAGE + _count(enc, role)
-        total += _count(enc, content) if content else 0
+        total += _message_tokens(enc, m)
+    for tool in tools:
+        total += TOKENS_PER_TOOL + _count(enc, json.dumps(tool.as_openai(), ensure_ascii=False))
+    return total
+
+
+def message_tokens(message: Any, *, model: str = "") -> int:
+    """The tokens one message adds to a prompt."""
+    return _message_tokens(_encoding(model), message)
+
+
+def _message_tokens(enc: tiktoken.Encoding, m: Any) -> int:
+    if isinstance(m, dict):
+        role, content, calls = m["role"], m["content"], ()
+    else:
+        role, content, calls = m.role, m.content, m.tool_calls
+    total = TOKENS_PER_MESSAGE + _count(enc, role)
+    total += _count(enc, content) if content else 0
+    for call in calls:
+        total += TOKENS_PER_TOOL + _count(enc, call.name) + _count(enc, call.arguments)
     return total
 
 

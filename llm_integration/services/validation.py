@@ -6,6 +6,12 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from ..adapters.base import ROLES, ChatRequest, Message
+from ..adapters.tools import (
+    parse_response_format,
+    parse_tool_calls,
+    parse_tool_choice,
+    parse_tools,
+)
 from ..conf import llm_settings
 from ..exceptions import InvalidRequest, PromptTooLarge, UnsupportedParameter
 from .tokens import count_message_tokens
@@ -40,6 +46,7 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
     if len(messages) > llm_settings.MAX_MESSAGES:
         raise InvalidRequest(f"At most {llm_settings.MAX_MESSAGES} messages per request.")
     parsed: list[Message] = []
+    called: set[str] = set()  # ids of the tool calls made so far
     for i, m in enumerate(messages):
         if isinstance(m, Message):
             parsed.append(m)
@@ -50,7 +57,29 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
         role = m.get("role")
         if role not in ROLES:
             raise InvalidRequest(f"messages[{i}].role must be one of: {', '.join(ROLES)}.")
-        parsed.append(Message(role, _content(m.get("content"), i)))
+        calls = parse_tool_calls(m.get("tool_calls"), f"messages[{i}].tool_calls")
+        if m.get("tool_calls") is not None and role != "assistant":
+            raise InvalidRequest(
+                f"messages[{i}]: only assistant messages carry tool_calls.",
+                param=f"messages[{i}].tool_calls",
+            )
+        content = m.get("content")
+        text = "" if content is None and calls else _content(content, i)
+        call_id = m.get("tool_call_id")
+        if role == "tool":
+            if not isinstance(call_id, str) or call_id not in called:
+                raise InvalidRequest(
+                    f"messages[{i}] (role tool) must answer an earlier assistant tool call "
+                    "by its tool_call_id.",
+                    param=f"messages[{i}].tool_call_id",
+                )
+        elif call_id is not None:
+            raise InvalidRequest(
+                f"messages[{i}]: only tool messages carry tool_call_id.",
+                param=f"messages[{i}].tool_call_id",
+            )
+        called.update(call.id for call in calls)
+        parsed.append(Message(role, text, calls, call_id))
     if system_prompt is not None:
         if not isinstance(system_prompt, str):
             raise InvalidRequest("system_prompt must be text.")
@@ -82,7 +111,8 @@ def validate(
     options: Mapping[str, Any] | None = None,
 ) -> ChatRequest:
     """A ChatRequest from client input; max_tokens is checked against the alias later.
-    ``options``: the sampling options an adapter passes on (``adapters.base.OPTIONS``)."""
+    ``options``: the sampling, tool and output options an adapter passes on
+    (``adapters.base.OPTIONS``), in OpenAI's shapes."""
     parsed = parse_messages(messages, system_prompt=system_prompt)
     temperature = _number(temperature, "temperature", 0, 2)
     if max_tokens is not None and (
@@ -97,12 +127,24 @@ def validate(
         stops = tuple(_text(s, "stop") for s in stop)
     else:
         raise InvalidRequest("stop must be a string or a list of at most 4 strings.")
+    options = dict(options or {})
+    tools = parse_tools(options.pop("tools", None))
+    tool_choice = parse_tool_choice(options.pop("tool_choice", None), tools)
+    parallel = options.pop("parallel_tool_calls", None)
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidRequest(
+            "parallel_tool_calls must be true or false.", param="parallel_tool_calls"
+        )
     return ChatRequest(
         messages=parsed,
         temperature=temperature,
         max_tokens=max_tokens,
         stop=stops,
-        **sampling(options or {}),
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        response_format=parse_response_format(options.pop("response_format", None)),
+        **sampling(options),
     )
 
 
@@ -141,10 +183,12 @@ def check_prompt_size(request: ChatRequest, *, model: str) -> int:
     """Prompt tokens (the model's tokenizer or an estimate); over the limit is a 413."""
     limit = llm_settings.MAX_PROMPT_TOKENS
     # A cheap bound first: no tokenizer yields fewer tokens than characters / 16.
-    chars = sum(len(m.content) for m in request.messages)
+    chars = sum(
+        len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in request.messages
+    )
     if limit and chars > limit * 16:
         raise PromptTooLarge(f"The prompt is larger than the limit of {limit} tokens.")
-    tokens = count_message_tokens(request.messages, model=model)
+    tokens = count_message_tokens(request.messages, model=model, tools=request.tools)
     if limit and tokens > limit:
         raise PromptTooLarge(f"The prompt has about {tokens} tokens; the limit is {limit}.")
     return tokens
@@ -171,8 +215,9 @@ def refuse_unknown(
 
 
 def refuse_unknown_in_message(message: Mapping[str, Any], index: int) -> None:
-    """A message carries ``role`` and ``content``; anything else is refused by name."""
+    """A message carries ``role`` and ``content`` (and for tool calling ``tool_calls``
+    or ``tool_call_id``); anything else is refused by name."""
     refuse_unknown(message, MESSAGE_FIELDS, prefix=f"messages[{index}].")
 
 
-MESSAGE_FIELDS = frozenset({"role", "content"})
+MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})

@@ -130,9 +130,8 @@ TOOL = {
 @pytest.mark.parametrize(
     "extra,param",
     [
-        ({"tools": [TOOL]}, "tools"),
-        ({"tool_choice": "auto"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"extra_body": {"functions": [TOOL["function"]]}}, "functions"),
+        ({"extra_body": {"audio": {"voice": "alloy"}}}, "audio"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
         ({"logprobs": True}, "logprobs"),
         ({"extra_body": {"made_up": 1}}, "made_up"),

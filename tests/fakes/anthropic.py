@@ -15,7 +15,19 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def tool_use_blocks(b: Behaviour) -> list[dict]:
+    return [
+        {
+            "type": "tool_use",
+            "id": call["id"],
+            "name": call["name"],
+            "input": json.loads(call["arguments"]),
+        }
+        for call in b.tool_calls or ()
+    ]
 
 
 class AnthropicFake(FakeUpstream):
@@ -74,7 +86,8 @@ class AnthropicFake(FakeUpstream):
                 "type": "message",
                 "role": "assistant",
                 "model": body.get("model", "claude-fake"),
-                "content": [{"type": "text", "text": b.text}],
+                "content": ([{"type": "text", "text": b.text}] if b.text else [])
+                + tool_use_blocks(b),
                 "stop_reason": STOP_REASONS.get(b.finish_reason, "end_turn"),
                 "stop_sequence": None,
                 "usage": {"input_tokens": b.prompt_tokens, "output_tokens": b.completion_tokens},
@@ -120,17 +133,18 @@ class AnthropicFake(FakeUpstream):
                 },
             )
         )
-        ex.write(
-            event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            )
-        )
         ex.write(event("ping", {"type": "ping"}))
+        if b.text:
+            ex.write(
+                event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
         for i, word in enumerate(b.words()):
             if b.mode == "cut" and i == b.cut_after:
                 ex.cut()
@@ -160,7 +174,28 @@ class AnthropicFake(FakeUpstream):
                     },
                 )
             )
-        ex.write(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        if b.text:
+            ex.write(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        for index, call in enumerate(b.tool_calls or (), start=1 if b.text else 0):
+            block = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
+            ex.write(
+                event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": block},
+                )
+            )
+            for piece in b.pieces(call["arguments"]):
+                ex.write(
+                    event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
+                    )
+                )
+            ex.write(event("content_block_stop", {"type": "content_block_stop", "index": index}))
         ex.write(
             event(
                 "message_delta",

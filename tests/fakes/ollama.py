@@ -56,7 +56,8 @@ class OllamaFake(FakeUpstream):
             "created_at": CREATED,
             "message": {"role": "assistant", "content": ""},
             "done": True,
-            "done_reason": b.finish_reason,
+            # Ollama says "stop" when it called tools.
+            "done_reason": "stop" if b.finish_reason == "tool_calls" else b.finish_reason,
             "total_duration": 4883583458,
             "load_duration": 1334875,
             "prompt_eval_count": b.prompt_tokens,
@@ -70,7 +71,7 @@ class OllamaFake(FakeUpstream):
             if b.mode == "malformed":
                 ex.send(200, b'{"model": "llama3.2", "message": {')
                 return
-            ex.send_json(200, {**final, "message": {"role": "assistant", "content": b.text}})
+            ex.send_json(200, {**final, "message": self.message(b)})
             return
         ex.start_stream("application/x-ndjson")
         for i, word in enumerate(b.words()):
@@ -91,5 +92,19 @@ class OllamaFake(FakeUpstream):
                 ).encode()
                 + b"\n"
             )
+        if b.tool_calls:  # Ollama streams each call whole, in a chunk of its own
+            message = {**self.message(b), "content": ""}
+            chunk = {"model": model, "created_at": CREATED, "message": message, "done": False}
+            ex.write(json.dumps(chunk).encode() + b"\n")
         ex.write(json.dumps(final).encode() + b"\n")
         ex.end_stream()
+
+    @staticmethod
+    def message(b: Behaviour) -> dict:
+        message = {"role": "assistant", "content": b.text}
+        if b.tool_calls:
+            message["tool_calls"] = [
+                {"function": {"name": c["name"], "arguments": json.loads(c["arguments"])}}
+                for c in b.tool_calls
+            ]
+        return message

@@ -92,7 +92,7 @@ class OpenAIFake(FakeUpstream):
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": b.text, "refusal": None},
+                            "message": self.message(b),
                             "logprobs": None,
                             "finish_reason": b.finish_reason,
                         }
@@ -104,6 +104,21 @@ class OpenAIFake(FakeUpstream):
                     },
                 },
             )
+
+    @staticmethod
+    def message(b: Behaviour) -> dict:
+        message = {"role": "assistant", "content": b.text, "refusal": None}
+        if b.tool_calls:
+            message["content"] = b.text or None
+            message["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in b.tool_calls
+            ]
+        return message
 
     def stream(self, ex: Exchange, b: Behaviour, body: dict) -> None:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -153,6 +168,29 @@ class OpenAIFake(FakeUpstream):
                     ]
                 )
             )
+        for index, call in enumerate(b.tool_calls or ()):
+            first = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }
+            pieces = [
+                {"index": index, "function": {"arguments": p}} for p in b.pieces(call["arguments"])
+            ]
+            for piece in [first, *pieces]:
+                ex.write(
+                    event(
+                        [
+                            {
+                                "index": 0,
+                                "delta": {"tool_calls": [piece]},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+                )
         ex.write(
             event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": b.finish_reason}])
         )

@@ -41,10 +41,24 @@ class Behaviour:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     finish_reason: str = "stop"
+    #: Tool calls the model makes: [{"id", "name", "arguments": JSON text}]; each fake
+    #: sends them in its own wire format (streamed arguments in ``pieces``).
+    tool_calls: list[dict] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tool_calls and self.finish_reason == "stop":
+            self.finish_reason = "tool_calls"
 
     def words(self) -> list[str]:
+        if not self.text:
+            return []
         words = self.text.split(" ")
         return [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+
+    @staticmethod
+    def pieces(arguments: str) -> list[str]:
+        """A tool call's arguments cut as upstreams stream them (a few characters)."""
+        return [arguments[i : i + 5] for i in range(0, len(arguments), 5)]
 
 
 @dataclass

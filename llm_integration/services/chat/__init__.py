@@ -8,6 +8,7 @@ settlement.py   one usage record per request, however it ends
 types.py, ids.py
 """
 
+from ...adapters import ToolCallDelta
 from .gateway import Gateway, achat, astream_chat, chat, default_gateway
 from .ids import new_request_id
 from .types import ChatResult, ChatStream, Delta, Done, Outcome
@@ -19,6 +20,7 @@ __all__ = [
     "Done",
     "Gateway",
     "Outcome",
+    "ToolCallDelta",
     "achat",
     "astream_chat",
     "chat",

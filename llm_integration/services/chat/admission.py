@@ -46,7 +46,12 @@ def admit_with(snapshot: Snapshot, user: Any, model: str | None) -> Admission:
 
 
 def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:
-    """``request`` made ready for ``alias`` (413 if it cannot fit)."""
+    """``request`` made ready for ``alias`` (413 if it cannot fit; 400
+    ``unsupported_content`` if it needs what the model cannot do)."""
+    if (missing := alias.missing_capability(request)) is not None:
+        raise exc.UnsupportedContent(
+            f"Model {alias.slug!r} does not support {missing}.", param=missing
+        )
     model = alias.upstream_model
     max_tokens = request.max_tokens or alias.default_max_tokens
     temperature = request.temperature

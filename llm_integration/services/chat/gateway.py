@@ -9,7 +9,7 @@
 
     result = await achat(user=user, model="chat-default", messages=[...])
     async for event in astream_chat(user=user, model=..., messages=[...]):
-        ...   # Delta(text) ..., then one Done(usage, cost_usd, ...)
+        ...   # Delta(text) or ToolCallDelta ..., then one Done(usage, cost_usd, ...)
 
 ``Gateway(clock=FakeClock())`` gives tests deterministic time, waits and windows.
 """
@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
@@ -25,7 +26,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 
 from ... import exceptions as exc
-from ...adapters import ChatRequest, Completion, StreamChunk
+from ...adapters import ChatRequest, Completion, StreamChunk, ToolCallDelta
 from ...models import UsageRecord
 from .. import caching, quotas
 from ..clock import SYSTEM_CLOCK, Clock
@@ -152,6 +153,7 @@ class Gateway:
             completion.usage,
             cost,
             completion.finish_reason,
+            tool_calls=completion.tool_calls,
         )
 
     async def cached_answer(
@@ -187,7 +189,8 @@ class Gateway:
         request_id: str | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> ChatStream:
-        """Deltas, then one Done. Closing the iterator early records ``cancelled``.
+        """Deltas (text) and ToolCallDeltas (pieces of tool calls), then one Done.
+        Closing the iterator early records ``cancelled``.
 
         Retries and fallbacks happen only until the first chunk has arrived: after a
         token has gone to the client, a failure ends the stream with that error.
@@ -200,7 +203,7 @@ class Gateway:
 
     async def events(
         self, call: Call, model, messages, system_prompt, temperature, max_tokens, stop, options
-    ) -> AsyncIterator[Delta | Done]:
+    ) -> AsyncIterator[Delta | ToolCallDelta | Done]:
         parts: list[str] = []
         chunks = None
         try:
@@ -228,6 +231,25 @@ class Gateway:
             written = 0  # completion tokens delivered, counted as they come
             chunk: StreamChunk | None = head
             while chunk is not None:
+                if chunk.tool_call is not None:
+                    piece = chunk.tool_call
+                    tokens = count_text_tokens((piece.name or "") + piece.arguments, model=model)
+                    if limit and written + tokens > limit:  # written past max_tokens
+                        arguments = truncate_to_tokens(
+                            piece.arguments, limit - written, model=model
+                        )
+                        piece = dataclasses.replace(piece, arguments=arguments)
+                        parts.append((piece.name or "") + arguments)
+                        yield piece
+                        usage = call.consumed("".join(parts))
+                        cost = await call.finish(
+                            UsageRecord.Status.OK, usage=usage, finish_reason="length"
+                        )
+                        yield Done(prepared.alias.slug, call.request_id, usage, cost, "length")
+                        return
+                    written += tokens
+                    parts.append((piece.name or "") + piece.arguments)
+                    yield piece
                 if chunk.text:
                     text, tokens = chunk.text, count_text_tokens(chunk.text, model=model)
                     if limit and written + tokens > limit:  # the upstream writes past max_tokens
@@ -281,7 +303,9 @@ def held_to_max_tokens(completion: Completion, prepared: Prepared) -> Completion
     if not limit or completion.usage.completion_tokens <= limit:
         return completion
     text = truncate_to_tokens(completion.text, limit, model=prepared.alias.upstream_model)
-    return Completion(text, completion.usage, "length", completion.model, completion.id)
+    return Completion(
+        text, completion.usage, "length", completion.model, completion.id, completion.tool_calls
+    )
 
 
 default_gateway = Gateway()

@@ -108,6 +108,8 @@ async def route(
     deadline = clock.monotonic() + float(llm_settings.REQUEST_DEADLINE)
     last: BaseException | None = None
     for alias in adm.candidates:
+        if alias.pk != first.alias.pk and alias.missing_capability(request) is not None:
+            continue  # never fall back to a model that cannot do what the request needs
         breaker = CircuitBreaker.of(alias.provider, clock=clock)
         if not await breaker.allow():
             continue

@@ -230,7 +230,9 @@ class Call:
             return None
         model = self.serving.alias.upstream_model
         return Usage(
-            prompt_tokens=count_message_tokens(self.serving.request.messages, model=model),
+            prompt_tokens=count_message_tokens(
+                self.serving.request.messages, model=model, tools=self.serving.request.tools
+            ),
             completion_tokens=count_text_tokens(text, model=model),
             estimated=True,
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from ...adapters import ChatRequest, Usage
+from ...adapters import ChatRequest, ToolCall, ToolCallDelta, Usage
 from ...models import ModelAlias, Plan, PlanEntitlement
 from ..config import Snapshot
 from ..ratelimit import Count
@@ -29,6 +29,8 @@ class ChatResult:
     finish_reason: str = "stop"
     cached: bool = False
     degraded: bool = False
+    #: The tools the model called (``finish_reason: tool_calls``).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(slots=True)
@@ -61,10 +63,10 @@ class Outcome:
 
 
 class ChatStream:
-    """The events of a streamed chat (Delta..., Done) with its request id; once it has
-    ended, however it ended, ``outcome`` holds what was recorded."""
+    """The events of a streamed chat (Delta or ToolCallDelta..., Done) with its request
+    id; once it has ended, however it ended, ``outcome`` holds what was recorded."""
 
-    def __init__(self, events: AsyncIterator[Delta | Done], call: Call) -> None:
+    def __init__(self, events: AsyncIterator[Delta | ToolCallDelta | Done], call: Call) -> None:
         self.events = events
         self.call = call
 
@@ -79,7 +81,7 @@ class ChatStream:
     def __aiter__(self) -> ChatStream:
         return self
 
-    async def __anext__(self) -> Delta | Done:
+    async def __anext__(self) -> Delta | ToolCallDelta | Done:
         return await self.events.__anext__()
 
     async def aclose(self) -> None:

@@ -1,0 +1,326 @@
+"""Tool calling on /v1 with the official openai SDK, against each upstream protocol
+(OpenAI, Anthropic, Ollama) served by a loopback fake: a full round trip (the call, the
+result sent back, the answer), plain and streamed, and what each upstream received."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+from rest_framework.authtoken.models import Token
+
+from llm_integration.models import UsageRecord
+from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'
+UPSTREAM_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-fake", "ollama": "llama3.2"}
+
+
+@pytest.fixture(params=["openai", "anthropic", "ollama"])
+def upstream(request, openai_fake, anthropic_fake, ollama_fake, api_key_env):
+    """(kind, the fake) behind the alias ``tools``."""
+    kind = request.param
+    fake = {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}[kind]
+    provider = ProviderFactory(
+        name=kind, kind=kind, base_url=fake.base_url, api_key_env=api_key_env
+    )
+    ModelAliasFactory(
+        slug="tools",
+        provider=provider,
+        upstream_model=UPSTREAM_MODELS[kind],
+        input_price_per_mtok=Decimal("1"),
+        output_price_per_mtok=Decimal("2"),
+    )
+    return kind, fake
+
+
+@pytest.fixture
+def client(live_server_url):
+    token = Token.objects.create(user=UserFactory()).key
+    return openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=token, max_retries=0)
+
+
+def chat_body(fake) -> dict:
+    return [r for r in fake.requests if r.method == "POST"][-1].body
+
+
+def assert_tools_reached(kind: str, body: dict) -> None:
+    if kind == "anthropic":
+        assert body["tools"] == [
+            {
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "input_schema": WEATHER["function"]["parameters"],
+            }
+        ]
+        assert body["tool_choice"] == {"type": "auto"}
+    else:
+        assert body["tools"] == [WEATHER]
+
+
+def assert_result_reached(kind: str, body: dict, call_id: str) -> None:
+    """The assistant's call and the tool's result, in the upstream's own format."""
+    messages = body["messages"]
+    if kind == "openai":
+        assert messages[1] == {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ARGUMENTS},
+                }
+            ],
+        }
+        assert messages[2] == {"role": "tool", "content": "18 and sunny", "tool_call_id": call_id}
+    elif kind == "anthropic":
+        assert messages[1] == {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": call_id,
+                    "name": "get_weather",
+                    "input": json.loads(ARGUMENTS),
+                }
+            ],
+        }
+        assert messages[2] == {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "18 and sunny"}],
+        }
+    else:
+        assert messages[1]["tool_calls"] == [
+            {"function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}
+        ]
+        assert messages[2] == {"role": "tool", "content": "18 and sunny", "tool_name": "get_weather"}
+
+
+def follow_up(call_id: str) -> list[dict]:
+    return [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ARGUMENTS},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": "18 and sunny"},
+    ]
+
+
+def test_a_tool_round_trip(client, upstream):
+    kind, fake = upstream
+    fake.push(text="", tool_calls=[{"id": "call_w1", "name": "get_weather", "arguments": ARGUMENTS}])
+    first = client.chat.completions.create(
+        model="tools", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER]
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == json.loads(ARGUMENTS)
+    assert call.id == "call_w1" or kind == "ollama"  # Ollama gives no ids: the gateway does
+    assert_tools_reached(kind, chat_body(fake))
+
+    fake.push(text="It is 18 and sunny in Paris.")
+    second = client.chat.completions.create(
+        model="tools", messages=follow_up(call.id), tools=[WEATHER]
+    )
+    assert second.choices[0].message.content == "It is 18 and sunny in Paris."
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+    assert_result_reached(kind, chat_body(fake), call.id)
+    records = UsageRecord.objects.order_by("id")
+    assert [(r.status, r.prompt_tokens, r.completion_tokens) for r in records] == [
+        ("ok", 11, 7),
+        ("ok", 11, 7),
+    ]
+    assert records[0].finish_reason == "tool_calls" and records[0].cost_usd > 0
+
+
+def test_a_streamed_tool_round_trip(client, upstream):
+    kind, fake = upstream
+    fake.push(text="", tool_calls=[{"id": "call_w2", "name": "get_weather", "arguments": ARGUMENTS}])
+    chunks = list(
+        client.chat.completions.create(
+            model="tools",
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[WEATHER],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    pieces = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
+    head, *rest = pieces
+    # OpenAI's stream shape: the first piece names the call, the others carry arguments.
+    assert head.index == 0 and head.type == "function" and head.function.name == "get_weather"
+    assert head.id == "call_w2" or kind == "ollama"
+    assert all(p.index == 0 and p.id is None and p.function.name is None for p in rest)
+    arguments = head.function.arguments + "".join(p.function.arguments for p in rest)
+    assert json.loads(arguments) == json.loads(ARGUMENTS)
+    if kind != "ollama":  # Ollama sends each call whole
+        assert len(rest) > 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].usage.prompt_tokens == 11 and chunks[-1].usage.completion_tokens == 7
+
+    fake.push(text="It is 18 and sunny in Paris.")
+    answer = client.chat.completions.create(
+        model="tools", messages=follow_up(head.id), tools=[WEATHER], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+    assert text == "It is 18 and sunny in Paris."
+    assert_result_reached(kind, chat_body(fake), head.id)
+    assert list(
+        UsageRecord.objects.order_by("id").values_list("status", "streamed", "finish_reason")
+    ) == [
+        ("ok", True, "tool_calls"),
+        ("ok", True, "stop"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "choice,anthropic_choice",
+    [
+        ("required", {"type": "any", "disable_parallel_tool_use": True}),
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        ),
+        ("none", {"type": "none"}),
+    ],
+)
+def test_tool_choice_and_parallel_calls_are_passed_or_translated(
+    client, upstream, choice, anthropic_choice
+):
+    kind, fake = upstream
+    kwargs = {
+        "model": "tools",
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [WEATHER],
+        "tool_choice": choice,
+        "parallel_tool_calls": False,
+    }
+    if kind == "ollama" and choice != "none":
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(**kwargs)
+        assert info.value.body["code"] == "unsupported_parameter"
+        assert info.value.body["param"] in ("tool_choice", "parallel_tool_calls")
+        return
+    if kind == "ollama":
+        kwargs.pop("parallel_tool_calls")
+    client.chat.completions.create(**kwargs)
+    body = chat_body(fake)
+    if kind == "openai":
+        assert body["tool_choice"] == choice and body["parallel_tool_calls"] is False
+    elif kind == "anthropic":
+        assert body["tool_choice"] == anthropic_choice
+    else:
+        assert "tools" not in body  # tool_choice none: Ollama is not offered the tools
+
+
+def test_tool_definitions_count_in_the_prompt_estimate(client, upstream):
+    """Budgets and limits see the tools: the reservation's prompt counts them."""
+    from llm_integration.adapters import Message, Tool
+    from llm_integration.services.tokens import count_message_tokens
+
+    messages = [Message("user", "Weather?")]
+    tool = Tool("get_weather", "The weather in a city.", WEATHER["function"]["parameters"])
+    without = count_message_tokens(messages, model="gpt-4o-mini")
+    with_tools = count_message_tokens(messages, model="gpt-4o-mini", tools=[tool])
+    assert with_tools - without > len(json.dumps(WEATHER)) // 8
+
+
+@pytest.mark.parametrize(
+    "messages,param",
+    [
+        ([{"role": "tool", "tool_call_id": "nope", "content": "x"}], "messages[0].tool_call_id"),
+        (
+            [
+                {"role": "user", "content": "x"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}],
+                    "content": None,
+                },
+                {"role": "tool", "tool_call_id": "c2", "content": "x"},
+            ],
+            "messages[2].tool_call_id",
+        ),
+        (
+            [{"role": "user", "content": "x", "tool_calls": []}],
+            "messages[0].tool_calls",
+        ),
+    ],
+)
+def test_a_tool_conversation_that_does_not_hold_together_is_refused(
+    client, upstream, messages, param
+):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tools", messages=messages)
+    assert info.value.body["param"] == param
+
+
+@pytest.mark.parametrize(
+    "tools,param",
+    [
+        ([{"type": "function", "function": {"name": "bad name"}}], "tools[0].function.name"),
+        ([{"type": "code_interpreter"}], "tools[0]"),
+        ([WEATHER, WEATHER], "tools[1].function.name"),
+    ],
+)
+def test_bad_tools_are_refused_by_name(client, upstream, tools, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="tools", messages=[{"role": "user", "content": "x"}], tools=tools
+        )
+    assert info.value.body["param"] == param
+
+
+def test_a_model_without_tool_calling_refuses_tools_and_is_never_a_fallback_for_them(
+    client, upstream, openai_fake, api_key_env
+):
+    from llm_integration.models import AliasFallback, ModelAlias
+
+    kind, fake = upstream
+    plain = ModelAliasFactory(slug="plain", provider__kind="dummy", supports_tools=False)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="plain", messages=[{"role": "user", "content": "x"}], tools=[WEATHER]
+        )
+    assert info.value.body["code"] == "unsupported_content"
+    assert info.value.body["param"] == "tools"
+
+    AliasFallback.objects.create(alias=ModelAlias.objects.get(slug="tools"), fallback=plain)
+    fake.push(mode="error", status=503)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="tools", messages=[{"role": "user", "content": "x"}], tools=[WEATHER]
+        )
+    assert info.value.status_code == 503  # the dummy fallback that cannot do tools is skipped
+    fake.push(mode="error", status=503)
+    answer = client.chat.completions.create(
+        model="tools", messages=[{"role": "user", "content": "x"}]
+    )
+    assert answer.model == "plain"  # without tools, it is a fallback as before
