@@ -135,3 +135,59 @@ def test_token_counts_for_claude_are_estimates(anthropic_fake):
 
     adapter = make(anthropic_fake)
     assert adapter.count_tokens("hello world") == 2 and not is_exact(adapter.model_name)
+
+
+async def test_a_temperature_above_anthropics_range_is_refused_not_clamped(anthropic_fake):
+    with pytest.raises(exc.InvalidRequest) as info:
+        await make(anthropic_fake).complete(MESSAGES, temperature=1.5)
+    assert info.value.param == "temperature"
+    assert not anthropic_fake.requests  # nothing was sent
+
+
+async def test_tool_results_and_a_following_user_turn_merge_into_one_user_turn(anthropic_fake):
+    """Anthropic wants user and assistant to alternate: two tool results and the user's
+    next words travel as one user turn, in order."""
+    from llm_integration.adapters import Message, ToolCall
+
+    calls = (ToolCall("t1", "a", '{"x": 1}'), ToolCall("t2", "b", "{}"))
+    messages = [
+        Message("user", "Do both."),
+        Message("assistant", "On it.", calls),
+        Message("tool", "one", tool_call_id="t1"),
+        Message("tool", "two", tool_call_id="t2"),
+        Message("user", "And then?"),
+    ]
+    await make(anthropic_fake).complete(messages)
+    sent = anthropic_fake.requests[-1].body["messages"]
+    assert sent == [
+        {"role": "user", "content": "Do both."},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "On it."},
+                {"type": "tool_use", "id": "t1", "name": "a", "input": {"x": 1}},
+                {"type": "tool_use", "id": "t2", "name": "b", "input": {}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "one"},
+                {"type": "tool_result", "tool_use_id": "t2", "content": "two"},
+                {"type": "text", "text": "And then?"},
+            ],
+        },
+    ]
+
+
+async def test_tool_call_arguments_that_are_not_a_json_object_are_refused(anthropic_fake):
+    from llm_integration.adapters import Message, ToolCall
+
+    messages = [
+        Message("user", "x"),
+        Message("assistant", "", (ToolCall("t1", "a", "not json"),)),
+        Message("tool", "r", tool_call_id="t1"),
+    ]
+    with pytest.raises(exc.InvalidRequest) as info:
+        await make(anthropic_fake).complete(messages)
+    assert info.value.param == "messages[1].tool_calls"

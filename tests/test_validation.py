@@ -92,6 +92,33 @@ def test_history_is_trimmed_oldest_first_keeping_system_and_latest():
     assert kept == messages[len(messages) - 1 - len(kept) : -1]  # the newest turns survive
 
 
+def test_a_tool_call_is_dropped_with_its_results_and_the_current_tool_loop_stays():
+    from llm_integration.adapters import ToolCall
+
+    def call(n: int) -> ToolCall:
+        return ToolCall(f"c{n}", "lookup", '{"q": "' + "lorem " * 10 + '"}')
+
+    old = [
+        Message("user", "first " + "ipsum " * 30),
+        Message("assistant", "", (call(1),)),
+        Message("tool", "result one " + "ipsum " * 30, tool_call_id="c1"),
+        Message("assistant", "done " + "ipsum " * 30),
+    ]
+    current = [
+        Message("user", "now this"),
+        Message("assistant", "", (call(2),)),
+        Message("tool", "result two", tool_call_id="c2"),
+    ]
+    messages = (Message("system", "sys"), *old, *current)
+    fitted, tokens = fit_to_window(messages, model="gpt-4o", context_window=250, max_tokens=100)
+    assert tokens <= 150
+    assert fitted[0].role == "system" and list(fitted[-3:]) == current
+    calls = {c.id for m in fitted for c in m.tool_calls}
+    results = {m.tool_call_id for m in fitted if m.role == "tool"}
+    assert len(fitted) < len(messages)
+    assert calls == results  # never a call without its result, or a result without its call
+
+
 def test_fitting_conversation_is_untouched():
     messages = conversation(1)
     assert (

@@ -110,7 +110,11 @@ def assert_result_reached(kind: str, body: dict, call_id: str) -> None:
         assert messages[1]["tool_calls"] == [
             {"function": {"name": "get_weather", "arguments": json.loads(ARGUMENTS)}}
         ]
-        assert messages[2] == {"role": "tool", "content": "18 and sunny", "tool_name": "get_weather"}
+        assert messages[2] == {
+            "role": "tool",
+            "content": "18 and sunny",
+            "tool_name": "get_weather",
+        }
 
 
 def follow_up(call_id: str) -> list[dict]:
@@ -133,7 +137,9 @@ def follow_up(call_id: str) -> list[dict]:
 
 def test_a_tool_round_trip(client, upstream):
     kind, fake = upstream
-    fake.push(text="", tool_calls=[{"id": "call_w1", "name": "get_weather", "arguments": ARGUMENTS}])
+    fake.push(
+        text="", tool_calls=[{"id": "call_w1", "name": "get_weather", "arguments": ARGUMENTS}]
+    )
     first = client.chat.completions.create(
         model="tools", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER]
     )
@@ -162,7 +168,9 @@ def test_a_tool_round_trip(client, upstream):
 
 def test_a_streamed_tool_round_trip(client, upstream):
     kind, fake = upstream
-    fake.push(text="", tool_calls=[{"id": "call_w2", "name": "get_weather", "arguments": ARGUMENTS}])
+    fake.push(
+        text="", tool_calls=[{"id": "call_w2", "name": "get_weather", "arguments": ARGUMENTS}]
+    )
     chunks = list(
         client.chat.completions.create(
             model="tools",
@@ -324,3 +332,86 @@ def test_a_model_without_tool_calling_refuses_tools_and_is_never_a_fallback_for_
         model="tools", messages=[{"role": "user", "content": "x"}]
     )
     assert answer.model == "plain"  # without tools, it is a fallback as before
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+}
+ANSWER = '{"name": "Ada", "age": 36}'
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("fmt", [SCHEMA_FORMAT, {"type": "json_object"}], ids=["schema", "object"])
+def test_structured_output_reaches_each_upstream_in_its_own_form(client, upstream, fmt, stream):
+    kind, fake = upstream
+    if kind == "anthropic":  # answered through the forced tool: its input is the answer
+        name = "person" if fmt is SCHEMA_FORMAT else "response"
+        fake.push(text="", tool_calls=[{"id": "toolu_1", "name": name, "arguments": ANSWER}])
+    else:
+        fake.push(text=ANSWER)
+    messages = [{"role": "user", "content": "Who wrote the first program?"}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="tools", messages=messages, response_format=fmt, stream=True
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = chunks[-1].choices[0].finish_reason
+        assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    else:
+        answer = client.chat.completions.create(
+            model="tools", messages=messages, response_format=fmt
+        )
+        text, finish = answer.choices[0].message.content, answer.choices[0].finish_reason
+        assert answer.choices[0].message.tool_calls is None
+    assert json.loads(text) == {"name": "Ada", "age": 36} and finish == "stop"
+    body = chat_body(fake)
+    if kind == "openai":
+        assert body["response_format"] == fmt
+    elif kind == "anthropic":
+        schema = PERSON if fmt is SCHEMA_FORMAT else {"type": "object"}
+        name = "person" if fmt is SCHEMA_FORMAT else "response"
+        assert [(t["name"], t["input_schema"]) for t in body["tools"]] == [(name, schema)]
+        assert body["tool_choice"] == {"type": "tool", "name": name}
+    else:
+        assert body["format"] == (PERSON if fmt is SCHEMA_FORMAT else "json")
+    assert UsageRecord.objects.get().status == "ok"
+
+
+@pytest.mark.parametrize(
+    "fmt,param",
+    [
+        ({"type": "xml"}, "response_format"),
+        (
+            {"type": "json_schema", "json_schema": {"schema": PERSON}},
+            "response_format.json_schema.name",
+        ),
+        ({"type": "json_object", "strict": True}, "response_format.strict"),
+    ],
+)
+def test_a_bad_response_format_is_refused_by_name(client, upstream, fmt, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="tools", messages=[{"role": "user", "content": "x"}], response_format=fmt
+        )
+    assert info.value.body["param"] == param
+    assert not fmt.get("strict") or info.value.body["code"] == "unsupported_parameter"
+
+
+def test_a_model_without_structured_output_refuses_response_format(client):
+    ModelAliasFactory(slug="plain", provider__kind="dummy", supports_response_format=False)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="plain",
+            messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_object"},
+        )
+    assert info.value.body["code"] == "unsupported_content"
+    assert info.value.body["param"] == "response_format"
