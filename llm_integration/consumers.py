@@ -2,8 +2,11 @@
 
 Auth is the session cookie, or a DRF token in the first frame
 ``{"type": "auth", "token": "..."}``; otherwise the socket closes with 4401.
-Client frames: ``chat`` and ``cancel``. Server frames: ``start``, ``token`` (one per
-upstream chunk), ``done`` and ``error`` (codes of CONTRACT §4). One chat at a time per
+Client frames: ``chat`` (with ``tools``, ``tool_choice``, ``parallel_tool_calls`` and
+``response_format`` in OpenAI's shapes) and ``cancel``. Server frames: ``start``,
+``token`` (one per upstream chunk), ``tool_call`` (a piece of a tool call: ``index``,
+``id`` and ``name`` on its first piece, ``arguments`` text), ``done`` and ``error``
+(codes of CONTRACT §4). One chat at a time per
 socket; a malformed frame gets an ``error`` frame and the socket stays usable. A cancel
 (or a disconnect) stops the upstream call; the usage consumed so far is recorded and
 reported in the ``done`` frame.
@@ -27,14 +30,18 @@ from django.dispatch import receiver
 from . import exceptions as exc
 from .api.errors import describe
 from .conf import llm_settings
-from .services.chat import ChatStream, Delta, astream_chat, new_request_id
+from .services.chat import ChatStream, Delta, ToolCallDelta, astream_chat, new_request_id
 from .services.usage import format_money
 from .services.validation import refuse_unknown
 from .signals import budget_alerts_fired
 
 CLOSE_UNAUTHENTICATED = 4401
 #: The fields of a ``chat`` frame; any other is refused by name.
-CHAT_FRAME_FIELDS = frozenset({"type", "message", "messages", "model", "temperature", "max_tokens"})
+#: Tool and output options of a chat frame, in OpenAI's shapes (the service checks them).
+TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+CHAT_FRAME_FIELDS = frozenset(
+    {"type", "message", "messages", "model", "temperature", "max_tokens", *TOOL_OPTIONS}
+)
 
 
 def user_group(user_id: int) -> str:
@@ -201,6 +208,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             temperature=frame.get("temperature"),
             max_tokens=frame.get("max_tokens"),
             request_id=new_request_id(),
+            options={name: frame[name] for name in TOOL_OPTIONS if frame.get(name) is not None},
         )
         self.task = asyncio.create_task(self.run_chat(stream))
 
@@ -211,6 +219,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             async for event in stream:
                 if isinstance(event, Delta):
                     await self.send_json({"type": "token", "content": event.text})
+                elif isinstance(event, ToolCallDelta):
+                    await self.send_json({"type": "tool_call", **event.as_event()})
                 else:
                     await self.send_json(
                         {

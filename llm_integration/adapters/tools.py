@@ -163,8 +163,8 @@ def parse_tools(value: Any) -> tuple[Tool, ...]:
     """OpenAI's ``tools`` (function tools) checked and typed; ``null`` is none."""
     if value is None:
         return ()
-    if not isinstance(value, list):
-        raise _refuse("tools must be a list of function tools.", "tools")
+    if not isinstance(value, list) or not value:
+        raise _refuse("tools must be a non-empty list of function tools.", "tools")
     if len(value) > MAX_TOOLS:
         raise _refuse(f"At most {MAX_TOOLS} tools per request.", "tools")
     tools: list[Tool] = []

@@ -8,12 +8,29 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class ToolCallFunctionSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    arguments = serializers.CharField(help_text="The arguments as JSON text.")
+
+
+class ToolCallSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    type = serializers.ChoiceField(choices=("function",))
+    function = ToolCallFunctionSerializer()
 
 
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=ROLES)
-    content = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    content = serializers.CharField(allow_blank=True, allow_null=True, trim_whitespace=False)
+    tool_calls = ToolCallSerializer(
+        many=True, required=False, help_text="An assistant's tool calls, as they were answered."
+    )
+    tool_call_id = serializers.CharField(
+        required=False, help_text="For role tool: the call this message answers."
+    )
 
 
 class ChatRequestSerializer(serializers.Serializer):
@@ -33,6 +50,19 @@ class ChatRequestSerializer(serializers.Serializer):
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     stream = serializers.BooleanField(required=False, default=False)
+    tools = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        allow_null=True,
+        help_text="Function tools, in OpenAI's shape.",
+    )
+    tool_choice = serializers.JSONField(
+        required=False, allow_null=True, help_text="auto, none, required or a function."
+    )
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
+    response_format = serializers.DictField(
+        required=False, allow_null=True, help_text="json_object or json_schema, as OpenAI's."
+    )
 
     def validate(self, attrs):
         has_message, has_messages = "message" in attrs, "messages" in attrs
@@ -61,6 +91,9 @@ class ChatResponseSerializer(serializers.Serializer):
     cached = serializers.BooleanField()
     degraded = serializers.BooleanField(required=False)
     finish_reason = serializers.CharField()
+    tool_calls = ToolCallSerializer(
+        many=True, help_text="Empty unless finish_reason is tool_calls."
+    )
     usage = UsageSerializer()
 
 

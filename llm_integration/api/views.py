@@ -31,7 +31,14 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
 from ..conf import llm_settings
-from ..services.chat import ChatResult, Delta, achat, astream_chat, new_request_id
+from ..services.chat import (
+    ChatResult,
+    Delta,
+    ToolCallDelta,
+    achat,
+    astream_chat,
+    new_request_id,
+)
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.usage import csv_row, format_money, usage_report
@@ -293,6 +300,8 @@ def _typed(data: dict, name: str, types: tuple[type, ...], label: str):
     return value
 
 
+#: Tool and output options, in OpenAI's shapes (the service checks them).
+TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 #: The fields of ``POST /api/v1/chat``; any other is refused by name.
 CHAT_FIELDS = frozenset(s.ChatRequestSerializer().fields)
 
@@ -325,6 +334,7 @@ def parse_chat_body(data) -> dict:
         "temperature": _typed(data, "temperature", (int, float), "a number"),
         "max_tokens": _typed(data, "max_tokens", (int,), "a whole number"),
         "stream": bool(_typed(data, "stream", (bool,), "true or false")),
+        "options": {name: data[name] for name in TOOL_OPTIONS if data.get(name) is not None},
     }
 
 
@@ -355,6 +365,7 @@ async def chat_reply(user, payload, request_id: str) -> dict | AsyncIterator[byt
         "temperature": data.get("temperature"),
         "max_tokens": data.get("max_tokens"),
         "request_id": request_id,
+        "options": data["options"],
     }
     if data.get("stream"):
         return await chat_events(kwargs, request_id)
@@ -365,6 +376,7 @@ async def chat_reply(user, payload, request_id: str) -> dict | AsyncIterator[byt
         "request_id": result.request_id,
         "cached": result.cached,
         "finish_reason": result.finish_reason,
+        "tool_calls": [call.as_openai() for call in result.tool_calls],
         "usage": usage_payload(result.usage, result.cost_usd),
     }
     if result.degraded:
@@ -384,6 +396,8 @@ async def chat_events(kwargs: dict, request_id: str) -> AsyncIterator[bytes]:
             while True:
                 if isinstance(event, Delta):
                     yield sse({"delta": event.text})
+                elif isinstance(event, ToolCallDelta):
+                    yield sse({"tool_call": event.as_event()})
                 else:
                     yield sse(
                         {

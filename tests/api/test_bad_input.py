@@ -115,7 +115,7 @@ async def test_a_websocket_survives_deep_json_and_invalid_unicode(rows):  # noqa
 
 async def test_rest_refuses_a_field_it_does_not_carry_by_name(rows):  # noqa: F811
     for body, field in (
-        ({"message": "Hi", "tools": []}, "tools"),
+        ({"message": "Hi", "logit_bias": {"1": 5}}, "logit_bias"),
         ({"messages": [{"role": "user", "content": "Hi", "name": "al"}]}, "messages[0].name"),
     ):
         response = await post(rows["token"], "/api/v1/chat", json.dumps(body).encode())

@@ -248,7 +248,7 @@ def test_tool_choice_and_parallel_calls_are_passed_or_translated(
         assert "tools" not in body  # tool_choice none: Ollama is not offered the tools
 
 
-def test_tool_definitions_count_in_the_prompt_estimate(client, upstream):
+def test_tool_definitions_count_in_the_prompt_estimate():
     """Budgets and limits see the tools: the reservation's prompt counts them."""
     from llm_integration.adapters import Message, Tool
     from llm_integration.services.tokens import count_message_tokens
@@ -311,7 +311,7 @@ def test_a_model_without_tool_calling_refuses_tools_and_is_never_a_fallback_for_
 ):
     from llm_integration.models import AliasFallback, ModelAlias
 
-    kind, fake = upstream
+    _kind, fake = upstream
     plain = ModelAliasFactory(slug="plain", provider__kind="dummy", supports_tools=False)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
