@@ -35,8 +35,13 @@ def test_api_never_answers_500(case, fuzz_server):
     )
     assert response.status_code < 500, response.text[:500]
     if response.status_code >= 400:
-        error = response.json()["error"]
-        assert error["code"] and error["message"] and error["request_id"]
+        body = response.json()
+        if case.path.startswith("/v1/messages"):  # Anthropic's error shape
+            assert body["type"] == "error" and body["request_id"]
+            assert body["error"]["type"] and body["error"]["message"]
+        else:
+            error = body["error"]
+            assert error["code"] and error["message"] and error["request_id"]
 
 
 FRAMES = [

@@ -1,7 +1,9 @@
-"""OpenAI-compatible routes: include under ``v1/``."""
+"""The ``/v1`` routes: OpenAI-compatible, and Anthropic's Messages API. Include under
+``v1/``."""
 
 from django.urls import path, re_path
 
+from .anthropic_views import CountTokensView, MessagesView
 from .errors import openai_not_found
 from .openai_views import ChatCompletionsView, OpenAIModelsView
 
@@ -10,5 +12,7 @@ app_name = "llm_openai"
 urlpatterns = [
     path("models", OpenAIModelsView.as_view(), name="models"),
     path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
+    path("messages", MessagesView.as_view(), name="messages"),
+    path("messages/count_tokens", CountTokensView.as_view(), name="messages-count-tokens"),
     re_path(r"", openai_not_found),  # anything else under /v1: 404, OpenAI-shaped
 ]

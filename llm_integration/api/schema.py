@@ -25,3 +25,17 @@ class TokenScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "A DRF token, as `Authorization: Bearer <key>` or `Token <key>`.",
         }
+
+
+class APIKeyHeaderScheme(OpenApiAuthenticationExtension):
+    target_class = "llm_integration.api.anthropic_views.APIKeyHeaderAuthentication"
+    name = "apiKeyAuth"
+    priority = 2
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "x-api-key",
+            "description": "A DRF token, where Anthropic's SDK sends its key (/v1/messages).",
+        }
