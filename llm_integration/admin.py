@@ -171,12 +171,14 @@ class ModelAliasAdmin(admin.ModelAdmin):
         "input_price_per_mtok",
         "output_price_per_mtok",
         "context_window",
+        "mode",
         "enabled",
     )
     list_filter = (
         "provider",
         "enabled",
         "cache_responses",
+        "mode",
         "supports_tools",
         "supports_response_format",
     )

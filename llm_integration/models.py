@@ -126,6 +126,17 @@ class ModelAlias(models.Model):
     cache_responses = models.BooleanField(
         default=False, help_text="Cache identical non-streaming answers (always at temperature 0)."
     )
+
+    class Mode(models.TextChoices):
+        CHAT = "chat", "chat"
+        EMBEDDING = "embedding", "embedding"
+
+    mode = models.CharField(
+        max_length=16,
+        choices=Mode.choices,
+        default=Mode.CHAT,
+        help_text="Chat models answer /chat and /messages; embedding models /v1/embeddings.",
+    )
     supports_tools = models.BooleanField(
         "tool calling",
         default=True,
@@ -160,6 +171,8 @@ class ModelAlias(models.Model):
 
     def missing_capability(self, request) -> str | None:
         """The capability a chat request needs that this model lacks, or None."""
+        if self.mode != self.Mode.CHAT:
+            return "chat"
         if request.uses_tools and not self.supports_tools:
             return "tools"
         if request.response_format is not None and not self.supports_response_format:

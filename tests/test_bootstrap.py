@@ -190,6 +190,19 @@ model_list:
       timeout: 30
     model_info:
       max_input_tokens: 32768
+      supports_function_calling: false
+      supports_response_schema: false
+  - model_name: embed
+    litellm_params:
+      model: ollama/nomic-embed-text
+      api_base: http://127.0.0.1:11434
+    model_info:
+      mode: embedding
+  - model_name: painter
+    litellm_params:
+      model: openai/dall-e-3
+    model_info:
+      mode: image_generation
   - model_name: claude
     litellm_params:
       model: anthropic/claude-sonnet-4-5
@@ -218,6 +231,8 @@ def test_litellm_config_import(env, tmp_path):
     err = StringIO()
     call_command("llm_bootstrap", "--config", str(path), stdout=StringIO(), stderr=err)
     assert "inline api_key was ignored" in err.getvalue()
+    assert "skipped: mode 'image_generation' is not served" in err.getvalue()
+    assert not ModelAlias.objects.filter(slug="painter").exists()
 
     gpt = ModelAlias.objects.select_related("provider").get(slug="gpt-4o")
     assert (gpt.provider.kind, gpt.provider.api_key_env, gpt.upstream_model) == (
@@ -240,6 +255,9 @@ def test_litellm_config_import(env, tmp_path):
         30.0,
     )
 
+    assert (qwen.supports_tools, qwen.supports_response_format, qwen.mode) == (False, False, "chat")
+    assert (gpt.supports_tools, gpt.supports_response_format) == (True, True)
+    assert ModelAlias.objects.get(slug="embed").mode == "embedding"
     assert ModelAlias.objects.get(slug="claude").provider.kind == "anthropic"
     assert ModelAlias.objects.get(slug="llama").provider.kind == "ollama"
     proxy = ModelAlias.objects.get(slug="proxy").provider
@@ -389,7 +407,7 @@ def test_a_config_as_the_seeds_write_it_imports_and_reports_what_it_does_not_use
         "config: not used: general_settings.",
         "litellm_settings: not used: drop_params.",
         "model_list[2].litellm_params: not used: drop_params.",
-        "model_list[2].model_info: not used: mode, supports_vision.",
+        "model_list[2].model_info: not used: supports_vision.",
     ):
         assert unused in warnings, warnings
     assert list(AliasFallback.objects.values_list("fallback__slug", flat=True)) == ["claude-sonnet"]

@@ -5,7 +5,15 @@ from __future__ import annotations
 from django.utils.module_loading import import_string
 
 from ..exceptions import UnknownAdapterKind
-from .base import BaseLLMAdapter, ChatRequest, Completion, Message, StreamChunk, Usage
+from .base import (
+    BaseLLMAdapter,
+    ChatRequest,
+    Completion,
+    Embeddings,
+    Message,
+    StreamChunk,
+    Usage,
+)
 from .tools import ResponseFormat, Tool, ToolCall, ToolCallDelta, ToolChoice
 
 BUILTIN_ADAPTERS = {
@@ -40,6 +48,7 @@ __all__ = [
     "BaseLLMAdapter",
     "ChatRequest",
     "Completion",
+    "Embeddings",
     "Message",
     "ResponseFormat",
     "StreamChunk",

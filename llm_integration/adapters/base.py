@@ -182,6 +182,15 @@ class StreamChunk(str):
         return f"StreamChunk({self.text!r}, finish={self.finish_reason!r}, usage={self.usage!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """Vectors of the inputs, in order, with the tokens they cost."""
+
+    vectors: list[list[float]]
+    usage: Usage
+    model: str = ""
+
+
 Prompt = str | ChatRequest | Sequence[Message | Mapping[str, Any]]
 
 
@@ -360,6 +369,15 @@ class BaseLLMAdapter(ABC):
         if result.status_code >= 400:
             raise self._error(result, result.content)
         return result
+
+    async def embed(
+        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+    ) -> Embeddings:
+        """Vectors of ``inputs`` (an upstream without an embeddings API refuses)."""
+        raise exc.UnsupportedContent(
+            f"{self.provider_name} ({', '.join(self.kinds)}) has no embeddings API.",
+            param="model",
+        )
 
     async def list_models(self) -> list[str] | None:
         """The upstream's model ids, or None where there is no such endpoint."""

@@ -4,18 +4,20 @@ It answers with a fixed sentence that quotes the last user message, streamed wor
 word (``delay`` seconds between words, from the provider's options). ``max_tokens``
 caps the answer in tokens, with ``finish_reason: "length"``. Asked to call a tool
 (``tool_choice`` required or naming one) it calls it with ``{}``; asked for JSON
-(``response_format``) it answers ``{"answer": "<the sentence>"}``.
+(``response_format``) it answers ``{"answer": "<the sentence>"}``. Its embeddings are
+derived from each input's hash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..services.tokens import count_message_tokens, count_text_tokens
-from .base import BaseLLMAdapter, ChatRequest, Completion, StreamChunk, Usage
+from .base import BaseLLMAdapter, ChatRequest, Completion, Embeddings, StreamChunk, Usage
 from .tools import ToolCall, ToolCallDelta
 
 
@@ -44,6 +46,21 @@ class DummyAdapter(BaseLLMAdapter):
                 break
             kept.append(word)
         return kept, "length"
+
+    async def embed(
+        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+    ) -> Embeddings:
+        """Deterministic unit-free vectors (``dimensions`` long, 8 by default) from each
+        input's SHA-256: equal texts, equal vectors."""
+        size = dimensions or 8
+        vectors = []
+        for text in inputs:
+            digest = b""
+            while len(digest) < size:
+                digest += hashlib.sha256(digest + text.encode()).digest()
+            vectors.append([round(b / 127.5 - 1, 6) for b in digest[:size]])
+        tokens = sum(count_text_tokens(t, model=self.model) for t in inputs)
+        return Embeddings(vectors, Usage(prompt_tokens=tokens), self.model)
 
     def tool_call(self, request: ChatRequest) -> ToolCall | None:
         """The call the request asks for (``tool_choice`` required or a named tool)."""

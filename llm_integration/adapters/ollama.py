@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .. import exceptions as exc
@@ -20,6 +20,7 @@ from .base import (
     BaseLLMAdapter,
     ChatRequest,
     Completion,
+    Embeddings,
     Message,
     StreamChunk,
     Usage,
@@ -86,6 +87,35 @@ class OllamaAdapter(BaseLLMAdapter):
         if self.keep_alive:
             body["keep_alive"] = self.keep_alive
         return body
+
+    async def embed(
+        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+    ) -> Embeddings:
+        """``POST /api/embed``."""
+        if user is not None:
+            raise exc.UnsupportedParameter(
+                f"{self.provider_name} (ollama) does not take 'user'.", param="user"
+            )
+        body: dict[str, Any] = {"model": self.model, "input": list(inputs)}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        if self.keep_alive:
+            body["keep_alive"] = self.keep_alive
+        response = await self._call("POST", "/api/embed", json=body)
+        try:
+            data = response.json()
+            vectors = [[float(x) for x in row] for row in data["embeddings"]]
+            if len(vectors) != len(inputs):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise self._bad("a malformed embeddings answer") from None
+        tokens = data.get("prompt_eval_count")
+        if isinstance(tokens, int):
+            usage = Usage(prompt_tokens=tokens)
+        else:
+            counted = sum(count_text_tokens(t, model=self.model) for t in inputs)
+            usage = Usage(prompt_tokens=counted, estimated=True)
+        return Embeddings(vectors, usage, str(data.get("model") or self.model))
 
     async def list_models(self) -> list[str]:
         """The pulled models (``GET /api/tags``)."""

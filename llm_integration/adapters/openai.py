@@ -9,14 +9,16 @@ that ignore that option get their usage estimated and flagged.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .. import exceptions as exc
+from ..services.tokens import count_text_tokens
 from .base import (
     BaseLLMAdapter,
     ChatRequest,
     Completion,
+    Embeddings,
     StreamChunk,
     Usage,
     error_from_transport,
@@ -81,6 +83,36 @@ class OpenAIAdapter(BaseLLMAdapter):
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
+
+    async def embed(
+        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+    ) -> Embeddings:
+        """``POST {base}/embeddings`` (vectors as floats)."""
+        body: dict[str, Any] = {"model": self.model, "input": list(inputs)}
+        body["encoding_format"] = "float"
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        if user is not None:
+            body["user"] = user
+        response = await self._call("POST", "/embeddings", json=body)
+        try:
+            data = response.json()
+            rows = sorted(data["data"], key=lambda row: row["index"])
+            vectors = [[float(x) for x in row["embedding"]] for row in rows]
+            if len(vectors) != len(inputs):
+                raise ValueError
+            usage = data.get("usage") or {}
+            tokens = usage.get("prompt_tokens")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise self._bad("a malformed embeddings answer") from None
+        if isinstance(tokens, int):
+            counted = Usage(prompt_tokens=tokens)
+        else:
+            counted = Usage(
+                prompt_tokens=sum(count_text_tokens(t, model=self.model) for t in inputs),
+                estimated=True,
+            )
+        return Embeddings(vectors, counted, str(data.get("model") or self.model))
 
     async def list_models(self) -> list[str]:
         """``GET {base}/models``."""

@@ -3,14 +3,17 @@
 Any OpenAI SDK works with ``base_url=<host>/v1`` and a DRF token as ``api_key``:
 ``GET /v1/models`` and ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with
 ``data: [DONE]``; ``stream_options.include_usage`` adds the usage chunk), with tools,
-tool calls (streamed as OpenAI streams them) and ``response_format``. ``model`` is an
+tool calls (streamed as OpenAI streams them) and ``response_format``; and
+``POST /v1/embeddings`` for embedding aliases. ``model`` is an
 alias id. Errors are OpenAI-shaped (``error.message/type/param/code``) and carry the
 request id too.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +22,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from ..services.chat import Delta, ToolCallDelta, achat, astream_chat
+from ..services.chat import Delta, ToolCallDelta, achat, aembed, astream_chat
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.validation import refuse_unknown, refuse_unknown_in_message
@@ -178,6 +181,83 @@ class ChatCompletionsView(GatewayAPIView):
     )
     async def post(self, request):
         return as_response(await completion_reply(request.user, request.data, self.request_id))
+
+
+class EmbeddingRequestSerializer(serializers.Serializer):
+    """The embedding parameters the gateway carries (the service checks ``input``)."""
+
+    model = serializers.CharField(max_length=100)
+    input = serializers.JSONField()
+    dimensions = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    encoding_format = serializers.ChoiceField(
+        choices=("float", "base64"), required=False, allow_null=True
+    )
+    user = serializers.CharField(required=False, allow_blank=True)
+
+
+EMBEDDING_FIELDS = frozenset(EmbeddingRequestSerializer().fields)
+
+
+class EmbeddingsView(GatewayAPIView):
+    openai_errors = True
+
+    @extend_schema(
+        request=EmbeddingRequestSerializer,
+        responses={
+            200: inline_serializer(
+                "EmbeddingList",
+                {
+                    "object": serializers.CharField(),
+                    "data": serializers.ListField(child=serializers.DictField()),
+                    "model": serializers.CharField(),
+                    "usage": serializers.DictField(),
+                },
+            ),
+            **ERRORS,
+        },
+        summary="OpenAI-compatible embeddings",
+    )
+    async def post(self, request):
+        return Response(await embedding_reply(request.user, request.data, self.request_id))
+
+
+async def embedding_reply(user, payload, request_id: str) -> dict:
+    """``POST /v1/embeddings`` without its HTTP."""
+    if isinstance(payload, dict):
+        refuse_unknown(payload, EMBEDDING_FIELDS)
+    serializer = EmbeddingRequestSerializer(data=payload)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    result = await aembed(
+        user=user,
+        model=data["model"],
+        inputs=data["input"],
+        dimensions=data.get("dimensions"),
+        end_user=data.get("user"),
+        request_id=request_id,
+    )
+    as_base64 = data.get("encoding_format") == "base64"
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": packed(vector) if as_base64 else vector,
+            }
+            for i, vector in enumerate(result.vectors)
+        ],
+        "model": result.model,
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "total_tokens": result.usage.prompt_tokens,
+        },
+    }
+
+
+def packed(vector: list[float]) -> str:
+    """OpenAI's base64 form: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:

@@ -102,6 +102,7 @@ class ModelSerializer(serializers.Serializer):
     label = serializers.CharField()
     provider = serializers.CharField(help_text="The provider's kind (a badge for UIs).")
     context_window = serializers.IntegerField()
+    mode = serializers.ChoiceField(choices=("chat", "embedding"))
     locked = serializers.BooleanField()
 
 

@@ -283,6 +283,7 @@ class ModelListView(GatewayAPIView):
                     "label": alias.display_label,
                     "provider": alias.provider.kind,
                     "context_window": alias.context_window,
+                    "mode": alias.mode,
                     "locked": locked,
                 }
                 for alias, locked in rows

@@ -329,6 +329,7 @@ USED_INFO = {
     "max_output_tokens",
     "supports_function_calling",
     "supports_response_schema",
+    "mode",
 }
 USED_SETTINGS = {"fallbacks"}
 
@@ -409,6 +410,12 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
                 f"{where}: a second deployment of {name!r} was skipped (no load balancing)."
             )
             continue
+        mode = info.get("mode") or "chat"
+        if mode not in ModelAlias.Mode.values:
+            report.warnings.append(
+                f"{where}: skipped: mode {mode!r} is not served (chat, embedding)."
+            )
+            continue
         seen.add(name)
         _unused(report, where, entry, USED_ENTRY)
         _unused(report, f"{where}.litellm_params", params, USED_PARAMS)
@@ -422,6 +429,7 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
             "upstream_model": upstream,
             "label": name,
             "sort_order": position,
+            "mode": mode,
             "enabled": True,
             "rpm_limit": int(params["rpm"]) if params.get("rpm") else None,
             "tpm_limit": int(params["tpm"]) if params.get("tpm") else None,

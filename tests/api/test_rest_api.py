@@ -107,6 +107,7 @@ async def test_models_per_plan_with_locked_behind_a_setting(rows, settings):
             "label": "Echo",
             "provider": "dummy",
             "context_window": 4096,
+            "mode": "chat",
             "locked": False,
         }
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .openai import fake_vector
 from .server import Behaviour, Exchange, FakeUpstream, Recorded
 
 CREATED = "2026-11-21T12:00:00.000000Z"
@@ -17,7 +18,7 @@ class OllamaFake(FakeUpstream):
         return self.origin
 
     def scripted(self, request: Recorded) -> bool:
-        return request.path == "/api/chat"
+        return request.path in ("/api/chat", "/api/embed")
 
     def handle(self, ex: Exchange, b: Behaviour) -> None:
         req = ex.request
@@ -40,6 +41,22 @@ class OllamaFake(FakeUpstream):
                         }
                         for name in self.pulled
                     ]
+                },
+            )
+            return
+        if req.path == "/api/embed" and req.method == "POST":
+            body = req.body if isinstance(req.body, dict) else {}
+            inputs = body.get("input")
+            inputs = [inputs] if isinstance(inputs, str) else list(inputs or ())
+            size = body.get("dimensions") or 4
+            ex.send_json(
+                200,
+                {
+                    "model": body.get("model"),
+                    "embeddings": [fake_vector(text, size) for text in inputs],
+                    "total_duration": 14143917,
+                    "load_duration": 1019500,
+                    "prompt_eval_count": b.prompt_tokens,
                 },
             )
             return

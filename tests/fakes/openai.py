@@ -25,7 +25,7 @@ class OpenAIFake(FakeUpstream):
         return f"{self.origin}/v1"
 
     def scripted(self, request: Recorded) -> bool:
-        return request.path.endswith("/chat/completions")
+        return request.path.endswith(("/chat/completions", "/embeddings"))
 
     def handle(self, ex: Exchange, b: Behaviour) -> None:
         path = ex.request.path
@@ -41,6 +41,8 @@ class OpenAIFake(FakeUpstream):
                 },
             )
             return
+        if path.endswith("/embeddings") and ex.request.method == "POST":
+            return self.embeddings(ex, b)
         if not path.endswith("/chat/completions") or ex.request.method != "POST":
             ex.send_json(
                 404,
@@ -104,6 +106,37 @@ class OpenAIFake(FakeUpstream):
                     },
                 },
             )
+
+    def embeddings(self, ex: Exchange, b: Behaviour) -> None:
+        body = ex.request.body if isinstance(ex.request.body, dict) else {}
+        if b.mode == "error":
+            ex.send_json(
+                b.status,
+                {
+                    "error": {
+                        "message": b.message,
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
+            return
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs or ())
+        size = body.get("dimensions") or 4
+        ex.send_json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": fake_vector(text, size)}
+                    for i, text in reversed(list(enumerate(inputs)))  # any order: by index
+                ],
+                "model": body.get("model", "text-embedding-3-small"),
+                "usage": {"prompt_tokens": b.prompt_tokens, "total_tokens": b.prompt_tokens},
+            },
+        )
 
     @staticmethod
     def message(b: Behaviour) -> dict:
@@ -207,3 +240,8 @@ class OpenAIFake(FakeUpstream):
             )
         ex.write(b"data: [DONE]\n\n")
         ex.end_stream()
+
+
+def fake_vector(text: str, size: int) -> list[float]:
+    """A vector that tells the inputs apart (the tests check order and dimensions)."""
+    return [round(len(text) + i / 10, 3) for i in range(size)]

@@ -5,11 +5,13 @@ admission.py    which alias, for which plan; the request made ready for it
 routing.py      candidates, fallbacks, circuits, limits, retries
 reservation.py  the worst case held on the budgets before the call
 settlement.py   one usage record per request, however it ends
+embedding.py    embeddings on the same path
 types.py, ids.py
 """
 
 from ...adapters import ToolCallDelta
-from .gateway import Gateway, achat, astream_chat, chat, default_gateway
+from .embedding import EmbeddingResult
+from .gateway import Gateway, achat, aembed, astream_chat, chat, default_gateway
 from .ids import new_request_id
 from .types import ChatResult, ChatStream, Delta, Done, Outcome
 
@@ -18,10 +20,12 @@ __all__ = [
     "ChatStream",
     "Delta",
     "Done",
+    "EmbeddingResult",
     "Gateway",
     "Outcome",
     "ToolCallDelta",
     "achat",
+    "aembed",
     "astream_chat",
     "chat",
     "default_gateway",

@@ -50,7 +50,8 @@ def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:
     ``unsupported_content`` if it needs what the model cannot do)."""
     if (missing := alias.missing_capability(request)) is not None:
         raise exc.UnsupportedContent(
-            f"Model {alias.slug!r} does not support {missing}.", param=missing
+            f"Model {alias.slug!r} does not support {missing}.",
+            param="model" if missing == "chat" else missing,
         )
     model = alias.upstream_model
     max_tokens = request.max_tokens or alias.default_max_tokens

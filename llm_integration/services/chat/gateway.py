@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
@@ -26,7 +27,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 
 from ... import exceptions as exc
-from ...adapters import ChatRequest, Completion, StreamChunk, ToolCallDelta
+from ...adapters import Completion, Embeddings, StreamChunk, ToolCallDelta
 from ...models import UsageRecord
 from .. import caching, quotas
 from ..clock import SYSTEM_CLOCK, Clock
@@ -37,9 +38,10 @@ from ..tokens import count_text_tokens, truncate_to_tokens
 from ..validation import validate
 from ..writer import writer
 from .admission import admit, admit_cached, prepare
+from .embedding import EmbeddingResult, check_inputs, prepare_embedding
 from .ids import new_request_id
 from .reservation import reserve_quotas, unavailable
-from .routing import caller_limits, route
+from .routing import Preparer, caller_limits, route
 from .settlement import Call, error_type, status_for
 from .types import ChatResult, ChatStream, Delta, Done, Prepared, Taken
 
@@ -63,14 +65,14 @@ class Gateway:
             started=self.clock.monotonic(),
         )
 
-    async def admit(self, call: Call, *, model: str | None, request: ChatRequest) -> Prepared:
-        """Steps 2–3: the admission, the request prepared for the alias, the caller's
-        rate limits counted."""
+    async def admit(self, call: Call, *, model: str | None, preparer: Preparer) -> Prepared:
+        """Steps 2–3: the admission, the request prepared for the alias (``preparer``),
+        the caller's rate limits counted."""
         if not writer.healthy():  # the database failed a write moments ago: fail fast
             raise unavailable("failed a write moments ago")
         adm = admit_cached(call.user, model)  # no I/O when the snapshot is warm
         call.admission = adm = adm or await run_db(admit, call.user, model)
-        first = prepare(adm.alias, request)
+        first = preparer(adm.alias)
         call.serving = None
         counts = await self.limiter.acquire(caller_limits(call), tokens=first.worst_tokens)
         call.taken.append(Taken(counts, first.worst_tokens))
@@ -103,7 +105,8 @@ class Gateway:
                 stop=stop,
                 options=options,
             )
-            first = await self.admit(call, model=model, request=request)
+            preparer = functools.partial(prepare, request=request)
+            first = await self.admit(call, model=model, preparer=preparer)
             if caching.cacheable(first.alias, first.request):
                 key = caching.cache_key(first.alias, first.request)
                 hit = await caching.lookup(key, now=self.clock.time())
@@ -114,7 +117,7 @@ class Gateway:
                 return await adapter.complete(prepared.request)
 
             try:
-                prepared, completion = await route(call, request, first, complete)
+                prepared, completion = await route(call, first, complete, preparer)
             except exc.LLMError as error:
                 stale = (
                     await caching.lookup(key, now=self.clock.time(), stale=True) if key else None
@@ -175,6 +178,41 @@ class Gateway:
             degraded=degraded,
         )
 
+    # -- embeddings --------------------------------------------------------------------
+    async def embed(
+        self,
+        *,
+        user: Any = None,
+        model: str | None = None,
+        inputs: Any,
+        dimensions: int | None = None,
+        end_user: str | None = None,
+        request_id: str | None = None,
+    ) -> EmbeddingResult:
+        """Vectors of ``inputs`` from an embedding alias; one usage record, as for chat."""
+        call = self.call(user, request_id)
+        try:
+            texts = check_inputs(inputs)
+            preparer = functools.partial(prepare_embedding, inputs=texts)
+            first = await self.admit(call, model=model, preparer=preparer)
+
+            async def embed(adapter, prepared: Prepared) -> Embeddings:
+                return await adapter.embed(texts, dimensions=dimensions, user=end_user)
+
+            prepared, result = await route(call, first, embed, preparer)
+        except asyncio.CancelledError:
+            await call.finish(
+                UsageRecord.Status.CANCELLED, usage=call.consumed(""), finish_reason="cancelled"
+            )
+            raise
+        except Exception as error:
+            await call.finish(status_for(error), error=error)
+            raise
+        cost = await call.finish(UsageRecord.Status.OK, usage=result.usage, finish_reason="stop")
+        return EmbeddingResult(
+            result.vectors, prepared.alias.slug, call.request_id, result.usage, cost
+        )
+
     # -- streaming ---------------------------------------------------------------------
     def stream(
         self,
@@ -215,7 +253,8 @@ class Gateway:
                 stop=stop,
                 options=options,
             )
-            first = await self.admit(call, model=model, request=request)
+            preparer = functools.partial(prepare, request=request)
+            first = await self.admit(call, model=model, preparer=preparer)
 
             async def open_stream(adapter, prepared: Prepared):
                 iterator = adapter.complete_stream(prepared.request)
@@ -226,7 +265,7 @@ class Gateway:
                     raise
                 return iterator, head
 
-            prepared, (chunks, head) = await route(call, request, first, open_stream)
+            prepared, (chunks, head) = await route(call, first, open_stream, preparer)
             model, limit = prepared.alias.upstream_model, prepared.request.max_tokens
             written = 0  # completion tokens delivered, counted as they come
             chunk: StreamChunk | None = head
@@ -314,6 +353,11 @@ default_gateway = Gateway()
 async def achat(**kwargs: Any) -> ChatResult:
     """The chat path, async face (see ``Gateway.chat`` for the arguments)."""
     return await default_gateway.chat(**kwargs)
+
+
+async def aembed(**kwargs: Any) -> EmbeddingResult:
+    """Embeddings through the same path (see ``Gateway.embed``)."""
+    return await default_gateway.embed(**kwargs)
 
 
 def astream_chat(**kwargs: Any) -> ChatStream:

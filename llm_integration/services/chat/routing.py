@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ... import exceptions as exc
-from ...adapters import ChatRequest
 from ...conf import llm_settings
 from ...models import ModelAlias
 from .. import budgets
@@ -20,13 +19,14 @@ from ..circuit import CircuitBreaker
 from ..providers import adapter_for
 from ..ratelimit import Limit, limits_for
 from ..retries import call_with_retries
-from .admission import prepare
 from .reservation import release, reserve
 from .settlement import Call, error_type
 from .types import Prepared, Taken
 
 logger = logging.getLogger("llm_integration.services.chat")
 T = TypeVar("T")
+#: Makes a request ready for one candidate alias (413/400 if it cannot be).
+Preparer = Callable[[ModelAlias], Prepared]
 
 #: Failures after which the next candidate is tried (the request itself is fine).
 FALL_THROUGH = (
@@ -93,11 +93,13 @@ def final_error(error: BaseException | None, alias: ModelAlias) -> BaseException
 
 async def route(
     call: Call,
-    request: ChatRequest,
     first: Prepared,
     opener: Callable[[Any, Prepared], Awaitable[T]],
+    preparer: Preparer,
 ) -> tuple[Prepared, T]:
-    """Try the candidates in order; ``opener(adapter, prepared)`` makes the call.
+    """Try the candidates in order; ``preparer(alias)`` makes the request ready for a
+    candidate, ``opener(adapter, prepared)`` makes the call. A candidate that cannot do
+    what the request needs (``UnsupportedContent``) is skipped.
 
     Returns the candidate that answered and what its opener returned; raises the most
     relevant failure.
@@ -108,13 +110,20 @@ async def route(
     deadline = clock.monotonic() + float(llm_settings.REQUEST_DEADLINE)
     last: BaseException | None = None
     for alias in adm.candidates:
-        if alias.pk != first.alias.pk and alias.missing_capability(request) is not None:
-            continue  # never fall back to a model that cannot do what the request needs
+        if alias.pk != first.alias.pk:
+            try:
+                prepared = preparer(alias)
+            except exc.UnsupportedContent:
+                continue  # never fall back to a model that cannot do what the request needs
+            except (exc.InvalidRequest, exc.ContextTooLong) as error:
+                last = error
+                continue
+        else:
+            prepared = first
         breaker = CircuitBreaker.of(alias.provider, clock=clock)
         if not await breaker.allow():
             continue
         try:
-            prepared = first if alias.pk == first.alias.pk else prepare(alias, request)
             adapter = adapter_for(alias)
             counts = await gateway.limiter.acquire(
                 candidate_limits(alias), tokens=prepared.worst_tokens
