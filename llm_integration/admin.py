@@ -180,6 +180,7 @@ class ModelAliasAdmin(admin.ModelAdmin):
         "cache_responses",
         "mode",
         "supports_tools",
+        "supports_vision",
         "supports_response_format",
     )
     list_editable = ("enabled",)

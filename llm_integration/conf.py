@@ -34,6 +34,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PROMPT_TOKENS": 100_000,
     # Most messages one request may carry.
     "MAX_MESSAGES": 500,
+    # Images (content parts): the largest one, as decoded bytes of a data URL, and the
+    # most bytes and images one request may carry; over them is a 413.
+    "MAX_IMAGE_BYTES": 5 * 1024 * 1024,
+    "MAX_REQUEST_IMAGE_BYTES": 20 * 1024 * 1024,
+    "MAX_IMAGES": 20,
     # --- Upstream calls ---------------------------------------------------------
     # Used when a provider row leaves them empty.
     "DEFAULT_TIMEOUT": 60.0,

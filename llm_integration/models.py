@@ -143,6 +143,12 @@ class ModelAlias(models.Model):
         help_text="The model takes tools and tool calls. Requests with tools to a model "
         "without get 400 unsupported_content, and never fall back to it.",
     )
+    supports_vision = models.BooleanField(
+        "images",
+        default=False,
+        help_text="The model reads images (image_url parts). Requests with images to a model "
+        "without get 400 unsupported_content, and never fall back to it.",
+    )
     supports_response_format = models.BooleanField(
         "structured output",
         default=True,
@@ -175,6 +181,8 @@ class ModelAlias(models.Model):
             return "chat"
         if request.uses_tools and not self.supports_tools:
             return "tools"
+        if request.uses_images and not self.supports_vision:
+            return "images"
         if request.response_format is not None and not self.supports_response_format:
             return "response_format"
         return None

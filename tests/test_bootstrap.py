@@ -400,14 +400,15 @@ def test_a_config_as_the_seeds_write_it_imports_and_reports_what_it_does_not_use
         "https://generativelanguage.googleapis.com/v1beta/openai",
         "GOOGLE_API_KEY",
     )
+    assert gemini.supports_vision and not ModelAlias.objects.get(slug="gpt-4o").supports_vision
     gpt = ModelAlias.objects.get(slug="gpt-4o")
     assert (gpt.default_max_tokens, gpt.default_temperature) == (800, 0.2)
     warnings = err.getvalue()
+    assert "model_info: not used" not in warnings
     for unused in (
         "config: not used: general_settings.",
         "litellm_settings: not used: drop_params.",
         "model_list[2].litellm_params: not used: drop_params.",
-        "model_list[2].model_info: not used: supports_vision.",
     ):
         assert unused in warnings, warnings
     assert list(AliasFallback.objects.values_list("fallback__slug", flat=True)) == ["claude-sonnet"]

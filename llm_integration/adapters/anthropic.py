@@ -1,12 +1,12 @@
 """Anthropic Messages through the official ``anthropic`` SDK.
 
 The system prompt goes top level, ``max_tokens`` is always sent (the API requires it),
-OpenAI-shaped tool calls and results become ``tool_use``/``tool_result`` blocks (and
-back: ``input_json_delta`` pieces become tool-call deltas), ``response_format`` is a
-forced tool whose input is the answer, and the SDK's own retries are off: the service
-layer retries. Streaming reads the raw events: ``message_start`` carries the input
-tokens, ``message_delta`` the cumulative output tokens (never added to those of
-``message_start``).
+images become image blocks (base64 or URL source), OpenAI-shaped tool calls and results
+become ``tool_use``/``tool_result`` blocks (and back: ``input_json_delta`` pieces become
+tool-call deltas), ``response_format`` is a forced tool whose input is the answer, and
+the SDK's own retries are off: the service layer retries. Streaming reads the raw
+events: ``message_start`` carries the input tokens, ``message_delta`` the cumulative
+output tokens (never added to those of ``message_start``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .base import (
     error_for_status,
     parse_retry_after,
 )
+from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
 
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError,)
@@ -261,6 +262,13 @@ def anthropic_messages(conversation: list[Message]) -> list[dict[str, Any]]:
         role = "user" if m.role == "tool" else m.role
         if m.role == "tool":
             blocks = [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
+        elif m.images:
+            blocks = [
+                p.as_anthropic(f"messages[{i}].content")
+                if isinstance(p, ImagePart)
+                else {"type": "text", "text": p}
+                for p in m.parts
+            ]
         else:
             blocks = [{"type": "text", "text": m.content}] if m.content else []
             for call in m.tool_calls:
@@ -277,7 +285,7 @@ def anthropic_messages(conversation: list[Message]) -> list[dict[str, Any]]:
             if isinstance(previous, str):
                 previous = turns[-1]["content"] = [{"type": "text", "text": previous}]
             previous.extend(blocks)
-        elif not m.tool_calls and m.role != "tool":
+        elif not m.tool_calls and m.role != "tool" and not m.images:
             turns.append({"role": role, "content": m.content})
         else:
             turns.append({"role": role, "content": blocks})

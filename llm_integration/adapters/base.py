@@ -33,6 +33,7 @@ from .http import (
     request_timeout,
     sessions,
 )
+from .images import ImagePart
 from .tools import (
     ResponseFormat,
     Tool,
@@ -50,16 +51,30 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One turn: its text, and for tool calling an assistant's ``tool_calls`` or the
-    ``tool_call_id`` a ``tool`` message answers."""
+    """One turn: its text; for tool calling an assistant's ``tool_calls`` or the
+    ``tool_call_id`` a ``tool`` message answers; for a message with images, its
+    ``parts`` in order (text as ``str``, images as ``ImagePart``)."""
 
     role: str
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    parts: tuple[str | ImagePart, ...] = ()
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, ImagePart))
 
     def as_dict(self) -> dict[str, Any]:
         """The message in OpenAI's shape."""
+        if self.images:
+            return {
+                "role": self.role,
+                "content": [
+                    p.as_openai() if isinstance(p, ImagePart) else {"type": "text", "text": p}
+                    for p in self.parts
+                ],
+            }
         if self.tool_calls:
             return {
                 "role": self.role,
@@ -95,6 +110,10 @@ class ChatRequest:
         """Whether the model must understand tools: tools offered, or a conversation
         that already holds tool calls."""
         return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
+
+    @property
+    def uses_images(self) -> bool:
+        return any(m.images for m in self.messages)
 
     @property
     def system_prompt(self) -> str | None:

@@ -4,7 +4,8 @@ The last line (``done: true``) carries ``prompt_eval_count`` and ``eval_count``;
 leaves ``prompt_eval_count`` out when the whole prompt came from its cache, and then the
 prompt side is estimated and flagged. Tools go as OpenAI-shaped ``tools``; Ollama
 answers with whole ``message.tool_calls`` (arguments as objects), which become OpenAI's
-shape; ``response_format`` becomes ``format`` (``"json"`` or the schema).
+shape; ``response_format`` becomes ``format`` (``"json"`` or the schema); images go as
+base64 ``images``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .base import (
     finish_body,
 )
 from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
+from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
 
 
@@ -248,6 +250,17 @@ class OllamaAdapter(BaseLLMAdapter):
         return error
 
 
+def ollama_image(image: ImagePart, where: str) -> str:
+    """Ollama takes images as base64 bytes only (the gateway fetches no URL)."""
+    image.refuse_detail(where, "ollama")
+    if not image.inline:
+        raise exc.UnsupportedContent(
+            f"{where}: an Ollama upstream takes images as data URLs only, not links.",
+            param=where,
+        )
+    return image.data
+
+
 def ollama_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     """OpenAI-shaped turns as Ollama's: tool call arguments as objects, a tool result
     named by its tool (Ollama's ``tool_name``)."""
@@ -255,6 +268,8 @@ def ollama_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         turn: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.images:
+            turn["images"] = [ollama_image(image, f"messages[{i}].content") for image in m.images]
         if m.tool_calls:
             turn["tool_calls"] = [
                 {

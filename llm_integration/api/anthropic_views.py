@@ -3,8 +3,8 @@
 The official ``anthropic`` SDK, and tools built on it, work with ``base_url=<host>`` and
 a DRF token as the API key (``x-api-key``, or ``Authorization: Bearer``); ``model`` is
 an alias id, served by any upstream kind. Requests are translated to the gateway's
-OpenAI-shaped request (text and system, ``tool_use``/``tool_result`` blocks, tools and
-``tool_choice``); answers and streams go back as Anthropic sends them (``message_start``
+OpenAI-shaped request (text and system, images, ``tool_use``/``tool_result`` blocks,
+tools and ``tool_choice``); answers and streams go back as Anthropic sends them (``message_start``
 … ``content_block_*`` … ``message_delta``, ``message_stop``), errors in Anthropic's
 shape. ``/v1/messages/count_tokens`` counts a request's input tokens, unbilled.
 """
@@ -145,6 +145,7 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
         if not isinstance(content, list):
             raise _invalid(f"{where}.content must be text or a list of blocks.", where)
         texts: list[str] = []
+        parts: list[dict[str, Any]] = []  # text and images, in order (OpenAI's parts)
         calls: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
         for j, block in enumerate(content):
@@ -152,6 +153,9 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
                 texts.append(_text_of([block], f"{where}.content"))
+                parts.append({"type": "text", "text": texts[-1]})
+            elif kind == "image" and role == "user":
+                parts.append(image_part(block, at))
             elif kind == "tool_use" and role == "assistant":
                 refuse_unknown(block, {"type", "id", "name", "input"}, prefix=f"{at}.")
                 if not isinstance(block.get("input"), dict):
@@ -187,9 +191,35 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
             out.append(turn)
         else:
             out.extend(results)
-            if texts or not results:
+            if any(part["type"] == "image_url" for part in parts):
+                out.append({"role": "user", "content": parts})
+            elif texts or not results:
                 out.append({"role": "user", "content": "".join(texts)})
     return out
+
+
+def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """An Anthropic image block as OpenAI's ``image_url`` part (base64 as a data URL)."""
+    refuse_unknown(block, {"type", "source"}, prefix=f"{where}.")
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64":
+        refuse_unknown(source, {"type", "media_type", "data"}, prefix=f"{where}.source.")
+        media_type, data = source.get("media_type"), source.get("data")
+        if not isinstance(media_type, str) or not isinstance(data, str):
+            raise _invalid(f"{where}.source needs media_type and data.", f"{where}.source")
+        url = f"data:{media_type};base64,{data}"
+    elif kind == "url":
+        refuse_unknown(source, {"type", "url"}, prefix=f"{where}.source.")
+        url = source.get("url")
+        if not isinstance(url, str):
+            raise _invalid(f"{where}.source.url must be a URL.", f"{where}.source.url")
+    else:
+        raise exc.UnsupportedContent(
+            f"{where}.source: only base64 and url image sources are supported.",
+            param=f"{where}.source",
+        )
+    return {"type": "image_url", "image_url": {"url": url}}
 
 
 def tool_options(data: dict[str, Any]) -> dict[str, Any]:

@@ -329,6 +329,7 @@ USED_INFO = {
     "max_output_tokens",
     "supports_function_calling",
     "supports_response_schema",
+    "supports_vision",
     "mode",
 }
 USED_SETTINGS = {"fallbacks"}
@@ -450,6 +451,7 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
         for ours, theirs in (
             ("supports_tools", "supports_function_calling"),
             ("supports_response_format", "supports_response_schema"),
+            ("supports_vision", "supports_vision"),
         ):
             if isinstance(info.get(theirs), bool):
                 values[ours] = info[theirs]

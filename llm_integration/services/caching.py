@@ -43,7 +43,10 @@ def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
             alias.slug,
             alias.provider_id,
             alias.upstream_model,
-            [[m.role, m.content] for m in request.messages],
+            [
+                [m.role, m.content, *([[i.url, i.detail] for i in m.images] if m.images else [])]
+                for m in request.messages
+            ],
             request.temperature,
             request.max_tokens or alias.default_max_tokens,
             list(request.stop),

@@ -36,6 +36,9 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
 #: Framing of a tool definition or a tool call (an estimate: providers do not say).
 TOKENS_PER_TOOL = 8
+#: An image, before the provider counts it: above OpenAI's high-detail 1024 px square
+#: (765) and about Anthropic's largest unscaled image (1,600).
+TOKENS_PER_IMAGE = 1600
 
 
 class EncodingUnavailable(RuntimeError):
@@ -124,8 +127,9 @@ def truncate_to_tokens(text: str, limit: int, *, model: str = "") -> str:
 def count_message_tokens(
     messages: Iterable[Any], *, model: str = "", tools: Iterable[Any] = ()
 ) -> int:
-    """Prompt tokens of chat messages (objects with role/content, or dicts) and of the
-    tool definitions sent with them (they travel in the prompt, and are billed so)."""
+    """Prompt tokens of chat messages (objects with role/content, or dicts), their
+    images (``TOKENS_PER_IMAGE`` each) and the tool definitions sent with them (they
+    travel in the prompt, and are billed so)."""
     enc = _encoding(model)
     total = TOKENS_PER_REPLY
     for m in messages:
@@ -142,11 +146,12 @@ def message_tokens(message: Any, *, model: str = "") -> int:
 
 def _message_tokens(enc: tiktoken.Encoding, m: Any) -> int:
     if isinstance(m, dict):
-        role, content, calls = m["role"], m["content"], ()
+        role, content, calls, images = m["role"], m["content"], (), ()
     else:
-        role, content, calls = m.role, m.content, m.tool_calls
+        role, content, calls, images = m.role, m.content, m.tool_calls, m.images
     total = TOKENS_PER_MESSAGE + _count(enc, role)
     total += _count(enc, content) if content else 0
+    total += TOKENS_PER_IMAGE * len(images)
     for call in calls:
         total += TOKENS_PER_TOOL + _count(enc, call.name) + _count(enc, call.arguments)
     return total

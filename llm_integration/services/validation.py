@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..adapters.base import ROLES, ChatRequest, Message
+from ..adapters.images import ImagePart, parse_image_part
 from ..adapters.tools import (
     parse_response_format,
     parse_tool_calls,
@@ -13,7 +15,7 @@ from ..adapters.tools import (
     parse_tools,
 )
 from ..conf import llm_settings
-from ..exceptions import InvalidRequest, PromptTooLarge, UnsupportedParameter
+from ..exceptions import InvalidRequest, PromptTooLarge, UnsupportedContent, UnsupportedParameter
 from .tokens import count_message_tokens
 
 
@@ -26,16 +28,50 @@ def _text(value: str, where: str) -> str:
     return value
 
 
-def _content(value: Any, index: int) -> str:
+@dataclass(slots=True)
+class ImageTally:
+    """The images of a request so far, for its limits."""
+
+    count: int = 0
+    size: int = 0
+
+
+def _content(value: Any, index: int, images: ImageTally) -> tuple[str, tuple[str | ImagePart, ...]]:
+    """(the text, the parts when there are images). OpenAI's content parts: ``text``
+    (or ``input_text``) and ``image_url``."""
+    where = f"messages[{index}].content"
     if isinstance(value, str):
-        return _text(value, f"messages[{index}].content")
-    # OpenAI's content parts: [{"type": "text", "text": "..."}]
-    if isinstance(value, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in value
-    ):
-        return _text("".join(p["text"] for p in value), f"messages[{index}].content")
-    raise InvalidRequest(f"messages[{index}].content must be text.")
+        return _text(value, where), ()
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be text or a list of content parts.", param=where)
+    parts: list[str | ImagePart] = []
+    for j, part in enumerate(value):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text") and isinstance(part.get("text"), str):
+            refuse_unknown(part, {"type", "text"}, prefix=f"{at}.")
+            parts.append(_text(part["text"], f"{at}.text"))
+        elif kind == "image_url":
+            refuse_unknown(part, {"type", "image_url"}, prefix=f"{at}.")
+            image = parse_image_part(part, at, max_bytes=llm_settings.MAX_IMAGE_BYTES)
+            images.count += 1
+            images.size += image.size
+            if images.count > llm_settings.MAX_IMAGES:
+                raise PromptTooLarge(
+                    f"At most {llm_settings.MAX_IMAGES} images per request.", param=at
+                )
+            if images.size > llm_settings.MAX_REQUEST_IMAGE_BYTES:
+                raise PromptTooLarge(
+                    f"The images add up to more than {llm_settings.MAX_REQUEST_IMAGE_BYTES} "
+                    "bytes, the limit per request.",
+                    param=at,
+                )
+            parts.append(image)
+        else:
+            raise InvalidRequest(f"{at} must be a text or image_url part.", param=at)
+    text = "".join(p for p in parts if isinstance(p, str))
+    has_images = any(isinstance(p, ImagePart) for p in parts)
+    return text, tuple(parts) if has_images else ()
 
 
 def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message, ...]:
@@ -47,6 +83,7 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
         raise InvalidRequest(f"At most {llm_settings.MAX_MESSAGES} messages per request.")
     parsed: list[Message] = []
     called: set[str] = set()  # ids of the tool calls made so far
+    images = ImageTally()
     for i, m in enumerate(messages):
         if isinstance(m, Message):
             parsed.append(m)
@@ -64,7 +101,11 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
                 param=f"messages[{i}].tool_calls",
             )
         content = m.get("content")
-        text = "" if content is None and calls else _content(content, i)
+        text, parts = ("", ()) if content is None and calls else _content(content, i, images)
+        if parts and role != "user":
+            raise UnsupportedContent(
+                f"messages[{i}]: only user messages carry images.", param=f"messages[{i}].content"
+            )
         call_id = m.get("tool_call_id")
         if role == "tool":
             if not isinstance(call_id, str) or call_id not in called:
@@ -79,14 +120,14 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
                 param=f"messages[{i}].tool_call_id",
             )
         called.update(call.id for call in calls)
-        parsed.append(Message(role, text, calls, call_id))
+        parsed.append(Message(role, text, calls, call_id, parts))
     if system_prompt is not None:
         if not isinstance(system_prompt, str):
             raise InvalidRequest("system_prompt must be text.")
         _text(system_prompt, "system_prompt")
         if system_prompt.strip():
             parsed.insert(0, Message("system", system_prompt))
-    if not any(m.role == "user" and m.content.strip() for m in parsed):
+    if not any(m.role == "user" and (m.content.strip() or m.images) for m in parsed):
         raise InvalidRequest("Send at least one non-empty user message.")
     return tuple(parsed)
 

@@ -239,13 +239,24 @@ def test_errors_are_anthropic_shaped_and_name_the_field(client, upstream, extra,
     assert not UsageRecord.objects.filter(status="ok").exists()
 
 
-def test_an_image_block_is_refused_by_name(client, upstream):
+def test_an_image_for_a_model_without_vision_is_refused_by_name(client, upstream):
     image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(
             model="claude-like",
             max_tokens=10,
             messages=[{"role": "user", "content": [image, {"type": "text", "text": "What?"}]}],
+        )
+    assert "does not support images" in info.value.body["error"]["message"]
+
+
+def test_a_block_the_gateway_does_not_carry_is_refused_by_name(client, upstream):
+    document = {"type": "document", "source": {"type": "text", "data": "x"}}
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(
+            model="claude-like",
+            max_tokens=10,
+            messages=[{"role": "user", "content": [document, {"type": "text", "text": "What?"}]}],
         )
     assert "messages[0].content[0]" in info.value.body["error"]["message"]
 
