@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import exceptions as exc
@@ -28,14 +28,14 @@ class Tool:
 
     name: str
     description: str = ""
-    parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] | None = None
     strict: bool | None = None
 
     def as_openai(self) -> dict[str, Any]:
         function: dict[str, Any] = {"name": self.name}
         if self.description:
             function["description"] = self.description
-        if self.parameters:
+        if self.parameters is not None:
             function["parameters"] = dict(self.parameters)
         if self.strict is not None:
             function["strict"] = self.strict
@@ -44,7 +44,7 @@ class Tool:
     @property
     def input_schema(self) -> dict[str, Any]:
         """The parameters as a schema of an object (what Anthropic requires)."""
-        return dict(self.parameters) or {"type": "object", "properties": {}}
+        return dict(self.parameters or {}) or {"type": "object", "properties": {}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +188,8 @@ def parse_tools(value: Any) -> tuple[Tool, ...]:
         description = function.get("description") or ""
         if not isinstance(description, str):
             raise _refuse(f"{where}.function.description must be text.", f"{where}.function")
-        parameters = function.get("parameters") or {}
-        if not isinstance(parameters, dict):
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
             raise _refuse(
                 f"{where}.function.parameters must be a JSON Schema object.",
                 f"{where}.function.parameters",

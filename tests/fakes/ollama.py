@@ -46,6 +46,9 @@ class OllamaFake(FakeUpstream):
             return
         if req.path == "/api/embed" and req.method == "POST":
             body = req.body if isinstance(req.body, dict) else {}
+            if b.mode == "error":
+                ex.send_json(b.status, {"error": b.message})
+                return
             inputs = body.get("input")
             inputs = [inputs] if isinstance(inputs, str) else list(inputs or ())
             size = body.get("dimensions") or 4

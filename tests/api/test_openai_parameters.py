@@ -1,0 +1,90 @@
+"""Every request parameter of OpenAI's chat API, as the installed openai SDK lists them,
+is either seen by an OpenAI upstream or refused by name: none is dropped silently. A new
+parameter in a later SDK fails this test until the gateway carries or refuses it."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+from rest_framework.authtoken.models import Token
+
+from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+#: A value that asks for something, per parameter (others get "x").
+VALUES = {
+    "frequency_penalty": 0.5,
+    "presence_penalty": -0.5,
+    "seed": 7,
+    "stop": ["END"],
+    "temperature": 0.3,
+    "top_p": 0.9,
+    "user": "end-user-1",
+    "tools": [WEATHER],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "response_format": {"type": "json_object"},
+    "max_completion_tokens": 50,
+    "max_tokens": 40,
+    "n": 2,
+    "logprobs": True,
+    "top_logprobs": 2,
+    "store": True,
+    "logit_bias": {"50256": -100},
+    "metadata": {"k": "v"},
+    "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy", "format": "mp3"},
+    "functions": [WEATHER["function"]],
+    "function_call": "auto",
+    "prediction": {"type": "content", "content": "x"},
+    "reasoning_effort": "low",
+    "service_tier": "flex",
+    "verbosity": "low",
+    "web_search_options": {},
+    "stream_options": {"include_usage": True},
+}
+#: Sent upstream under another name (OpenAI wants max_completion_tokens).
+RENAMED = {"max_tokens": "max_completion_tokens"}
+#: Honoured by the gateway itself, with nothing to send upstream.
+OWN = {"stream_options"}
+
+
+@pytest.fixture
+def client(live_server_url, openai_fake, api_key_env):
+    provider = ProviderFactory(
+        kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
+    )
+    ModelAliasFactory(slug="gpt", provider=provider, upstream_model="gpt-4o-mini")
+    token = Token.objects.create(user=UserFactory()).key
+    return openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=token, max_retries=0)
+
+
+def test_every_parameter_is_carried_or_refused_by_name(client, openai_fake):
+    names = sorted(set(CompletionCreateParamsBase.__annotations__) - {"model", "messages"})
+    carried, refused = [], []
+    for name in names:
+        value = VALUES.get(name, "x")
+        before = len(openai_fake.requests)
+        try:
+            client.chat.completions.create(
+                model="gpt",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=name in OWN,
+                extra_body={name: value},
+            )
+        except openai.BadRequestError as error:
+            assert error.body["param"] == name, (name, error.body)
+            assert len(openai_fake.requests) == before  # refused before any upstream call
+            refused.append(name)
+            continue
+        body = openai_fake.requests[-1].body
+        upstream_name = RENAMED.get(name, name)
+        if name not in OWN:
+            assert body.get(upstream_name) == value, f"{name} was accepted but not sent upstream"
+        carried.append(name)
+    assert {"tools", "tool_choice", "response_format", "top_p", "seed"} <= set(carried)
+    assert {"logit_bias", "audio", "functions"} <= set(refused)
+    assert "n" in refused  # n: 2 (n: 1 asks for what the gateway does anyway)
