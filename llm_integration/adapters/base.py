@@ -203,9 +203,11 @@ class StreamChunk(str):
 
 @dataclass(frozen=True, slots=True)
 class Embeddings:
-    """Vectors of the inputs, in order, with the tokens they cost."""
+    """Vectors of the inputs, in order, with the tokens they cost: lists of floats, or
+    (asked ``encoding_format="base64"`` of an upstream that has it) OpenAI's base64 of
+    little-endian float32s, passed through undecoded."""
 
-    vectors: list[list[float]]
+    vectors: list[list[float]] | list[str]
     usage: Usage
     model: str = ""
 
@@ -390,9 +392,15 @@ class BaseLLMAdapter(ABC):
         return result
 
     async def embed(
-        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+        self,
+        inputs: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        user: str | None = None,
+        encoding_format: str = "float",
     ) -> Embeddings:
-        """Vectors of ``inputs`` (an upstream without an embeddings API refuses)."""
+        """Vectors of ``inputs`` (an upstream without an embeddings API refuses);
+        ``encoding_format`` is a wish: an upstream without base64 answers floats."""
         raise exc.UnsupportedContent(
             f"{self.provider_name} ({', '.join(self.kinds)}) has no embeddings API.",
             param="model",

@@ -48,7 +48,12 @@ class DummyAdapter(BaseLLMAdapter):
         return kept, "length"
 
     async def embed(
-        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+        self,
+        inputs: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        user: str | None = None,
+        encoding_format: str = "float",
     ) -> Embeddings:
         """Deterministic unit-free vectors (``dimensions`` long, 8 by default) from each
         input's SHA-256: equal texts, equal vectors."""

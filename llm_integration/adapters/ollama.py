@@ -91,7 +91,12 @@ class OllamaAdapter(BaseLLMAdapter):
         return body
 
     async def embed(
-        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+        self,
+        inputs: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        user: str | None = None,
+        encoding_format: str = "float",
     ) -> Embeddings:
         """``POST /api/embed``."""
         if user is not None:

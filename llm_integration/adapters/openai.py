@@ -8,7 +8,9 @@ that ignore that option get their usage estimated and flagged.
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -85,11 +87,21 @@ class OpenAIAdapter(BaseLLMAdapter):
         return body
 
     async def embed(
-        self, inputs: Sequence[str], *, dimensions: int | None = None, user: str | None = None
+        self,
+        inputs: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        user: str | None = None,
+        encoding_format: str = "float",
     ) -> Embeddings:
-        """``POST {base}/embeddings`` (vectors as floats)."""
-        body: dict[str, Any] = {"model": self.model, "input": list(inputs)}
-        body["encoding_format"] = "float"
+        """``POST {base}/embeddings``; base64 vectors stay undecoded (a client that asks
+        base64 gets the upstream's bytes, and nobody parses thousands of floats). A
+        server that ignores ``encoding_format`` is understood either way."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "input": list(inputs),
+            "encoding_format": encoding_format,
+        }
         if dimensions is not None:
             body["dimensions"] = dimensions
         if user is not None:
@@ -98,12 +110,14 @@ class OpenAIAdapter(BaseLLMAdapter):
         try:
             data = response.json()
             rows = sorted(data["data"], key=lambda row: row["index"])
-            vectors = [[float(x) for x in row["embedding"]] for row in rows]
-            if len(vectors) != len(inputs):
+            vectors = [row["embedding"] for row in rows]
+            if len(vectors) != len(inputs) or not all(isinstance(v, list | str) for v in vectors):
                 raise ValueError
+            if encoding_format == "float":  # a server that answers base64 unasked
+                vectors = [unpacked(v) if isinstance(v, str) else v for v in vectors]
             usage = data.get("usage") or {}
             tokens = usage.get("prompt_tokens")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error):
             raise self._bad("a malformed embeddings answer") from None
         if isinstance(tokens, int):
             counted = Usage(prompt_tokens=tokens)
@@ -260,3 +274,9 @@ def _usage(data: Any) -> Usage | None:
         )
     except (TypeError, ValueError):
         return None
+
+
+def unpacked(text: str) -> list[float]:
+    """OpenAI's base64 vector (little-endian float32s) as floats."""
+    raw = base64.b64decode(text, validate=True)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))

@@ -234,6 +234,7 @@ async def embedding_reply(user, payload, request_id: str) -> dict:
         inputs=data["input"],
         dimensions=data.get("dimensions"),
         end_user=data.get("user"),
+        encoding_format=data.get("encoding_format") or "float",
         request_id=request_id,
     )
     as_base64 = data.get("encoding_format") == "base64"
@@ -243,7 +244,7 @@ async def embedding_reply(user, payload, request_id: str) -> dict:
             {
                 "object": "embedding",
                 "index": i,
-                "embedding": packed(vector) if as_base64 else vector,
+                "embedding": packed(vector) if as_base64 and isinstance(vector, list) else vector,
             }
             for i, vector in enumerate(result.vectors)
         ],

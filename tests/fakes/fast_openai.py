@@ -2,8 +2,10 @@
 
 The threaded fakes (``tests/fakes/openai.py``) script every failure mode for tests; under
 hundreds of concurrent requests their thread per connection and the GIL add tens of
-milliseconds. This one serves the two happy paths of ``/chat/completions`` (JSON, and
-SSE with the usage chunk) from one event loop, after a fixed ``delay``, with keep-alive.
+milliseconds. This one serves the happy paths of ``/chat/completions`` (JSON, and SSE
+with the usage chunk; a request with ``tools`` gets a streamed tool call whose argument
+pieces match the text stream's words in number and length) and ``/embeddings`` from
+one event loop, after a fixed ``delay``, with keep-alive.
 
     python -m tests.fakes.fast_openai --delay 0.2     # prints READY <base_url>
 """
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import functools
 import json
+import struct
 import time
 
 WORDS = ["Hello", " from", " the", " fake", " upstream!"]
@@ -37,7 +42,49 @@ def completion(model: str) -> bytes:
     ).encode()
 
 
-def sse_events(model: str, include_usage: bool) -> list[bytes]:
+def tool_pieces() -> list[str]:
+    """A tool call's arguments cut into as many pieces, as long, as the text's words."""
+    text = "".join(WORDS)
+    arguments = '{"q":"' + text[: len(text) - 8] + '"}'
+    cuts, start = [], 0
+    for word in WORDS:
+        cuts.append(arguments[start : start + len(word)])
+        start += len(word)
+    cuts[-1] += arguments[start:]
+    return cuts
+
+
+def embeddings(request: dict) -> bytes:
+    inputs = request.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs or []
+    return embedding_list(
+        len(inputs),
+        request.get("dimensions") or 1536,
+        request.get("model", "fake"),
+        request.get("encoding_format") == "base64",
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def embedding_list(count: int, size: int, model: str, packed: bool) -> bytes:
+    """The answer to ``count`` inputs (made once: the fake should cost the benchmark
+    little CPU)."""
+    vector = [round(0.001 * i, 6) for i in range(size)]
+    if packed:
+        vector = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+    return json.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector} for i in range(count)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": 2 * count, "total_tokens": 2 * count},
+        }
+    ).encode()
+
+
+def sse_events(model: str, include_usage: bool, tools: bool = False) -> list[bytes]:
     base = {
         "id": "chatcmpl-fast",
         "object": "chat.completion.chunk",
@@ -54,8 +101,21 @@ def sse_events(model: str, include_usage: bool) -> list[bytes]:
     events = [
         event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     ]
-    events += [event([{"index": 0, "delta": {"content": w}, "finish_reason": None}]) for w in WORDS]
-    events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    if tools:
+        head, *rest = tool_pieces()
+        first = {"index": 0, "id": "call_1", "type": "function"}
+        pieces = [{**first, "function": {"name": "lookup", "arguments": head}}]
+        pieces += [{"index": 0, "function": {"arguments": piece}} for piece in rest]
+        events += [
+            event([{"index": 0, "delta": {"tool_calls": [p]}, "finish_reason": None}])
+            for p in pieces
+        ]
+    else:
+        events += [
+            event([{"index": 0, "delta": {"content": w}, "finish_reason": None}]) for w in WORDS
+        ]
+    finish = "tool_calls" if tools else "stop"
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
     if include_usage:
         events.append(event([], {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}))
     events.append(b"data: [DONE]\n\n")
@@ -75,13 +135,19 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
             request = json.loads(body) if body else {}
             await asyncio.sleep(delay)
             model = request.get("model", "fake")
-            if request.get("stream"):
+            if lines[0].split()[1].endswith("/embeddings"):
+                data = embeddings(request)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+                )
+            elif request.get("stream"):
                 include = bool((request.get("stream_options") or {}).get("include_usage"))
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n"
                 )
-                for data in sse_events(model, include):
+                for data in sse_events(model, include, bool(request.get("tools"))):
                     writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                 writer.write(b"0\r\n\r\n")
             else:
@@ -110,7 +176,10 @@ async def serve(delay: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--repeat", type=int, default=1, help="the answer's words, n times")
     args = parser.parse_args()
+    global WORDS
+    WORDS = WORDS * args.repeat
     try:
         asyncio.run(serve(args.delay))
     except KeyboardInterrupt:

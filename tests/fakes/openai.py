@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 
 from .server import Behaviour, Exchange, FakeUpstream, Recorded
@@ -125,12 +127,20 @@ class OpenAIFake(FakeUpstream):
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or ())
         size = body.get("dimensions") or 4
+        packed = body.get("encoding_format") == "base64"
+
+        def vector(text: str):
+            floats = fake_vector(text, size)
+            if not packed:
+                return floats
+            return base64.b64encode(struct.pack(f"<{size}f", *floats)).decode()
+
         ex.send_json(
             200,
             {
                 "object": "list",
                 "data": [
-                    {"object": "embedding", "index": i, "embedding": fake_vector(text, size)}
+                    {"object": "embedding", "index": i, "embedding": vector(text)}
                     for i, text in reversed(list(enumerate(inputs)))  # any order: by index
                 ],
                 "model": body.get("model", "text-embedding-3-small"),

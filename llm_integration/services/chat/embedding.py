@@ -26,7 +26,8 @@ MAX_INPUTS = 2048
 
 @dataclass(slots=True)
 class EmbeddingResult:
-    vectors: list[list[float]]
+    #: Lists of floats, or base64 text where the upstream sent it (see ``Embeddings``).
+    vectors: list[list[float]] | list[str]
     model: str
     request_id: str
     usage: Usage

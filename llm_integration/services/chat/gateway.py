@@ -187,9 +187,11 @@ class Gateway:
         inputs: Any,
         dimensions: int | None = None,
         end_user: str | None = None,
+        encoding_format: str = "float",
         request_id: str | None = None,
     ) -> EmbeddingResult:
-        """Vectors of ``inputs`` from an embedding alias; one usage record, as for chat."""
+        """Vectors of ``inputs`` from an embedding alias; one usage record, as for chat.
+        ``encoding_format``: as the adapter's (base64 vectors may come back as text)."""
         call = self.call(user, request_id)
         try:
             texts = check_inputs(inputs)
@@ -197,7 +199,9 @@ class Gateway:
             first = await self.admit(call, model=model, preparer=preparer)
 
             async def embed(adapter, prepared: Prepared) -> Embeddings:
-                return await adapter.embed(texts, dimensions=dimensions, user=end_user)
+                return await adapter.embed(
+                    texts, dimensions=dimensions, user=end_user, encoding_format=encoding_format
+                )
 
             prepared, result = await route(call, first, embed, preparer)
         except asyncio.CancelledError:
