@@ -27,13 +27,17 @@ def test_demo_prepares_everything_once():
     token = Token.objects.get(user=admin).key
     assert f"API token of 'admin': {token}" in out
     assert Provider.objects.get(name="dummy").kind == "dummy"
-    assert set(ModelAlias.objects.values_list("slug", flat=True)) == {"default", "dummy-premium"}
+    assert set(ModelAlias.objects.values_list("slug", flat=True)) == {
+        "default",
+        "dummy-premium",
+        "dummy-embed",
+    }
     assert set(Plan.objects.values_list("slug", flat=True)) == {"free", "pro"}
     assert PlanEntitlement.objects.count() == 3
 
     again = demo()
     assert "already there" in again and token in again
-    assert get_user_model().objects.count() == 1 and ModelAlias.objects.count() == 2
+    assert get_user_model().objects.count() == 1 and ModelAlias.objects.count() == 3
 
 
 def test_no_admin_is_created_when_users_exist(django_user_model):
@@ -99,4 +103,8 @@ def test_the_demo_shows_a_locked_model(client, admin_user):
     demo()
     client.force_login(admin_user)
     models = client.get("/api/v1/models").json()
-    assert {m["id"]: m["locked"] for m in models} == {"default": False, "dummy-premium": True}
+    assert {m["id"]: m["locked"] for m in models} == {
+        "default": False,
+        "dummy-premium": True,
+        "dummy-embed": False,
+    }

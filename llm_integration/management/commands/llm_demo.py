@@ -39,12 +39,14 @@ class Command(BaseCommand):
             name="dummy",
             defaults={"kind": Provider.Kind.DUMMY, "options": {"delay": 0.03}},
         )
+        chat, embedding = ModelAlias.Mode.CHAT, ModelAlias.Mode.EMBEDDING
         aliases = [
-            ("default", "Dummy echo", Decimal("0"), Decimal("0"), 0),
-            ("dummy-premium", "Dummy premium (priced)", Decimal("2.50"), Decimal("10.00"), 1),
+            ("default", "Dummy echo", Decimal("0"), Decimal("0"), 0, chat),
+            ("dummy-premium", "Dummy premium (priced)", Decimal("2.50"), Decimal("10.00"), 1, chat),
+            ("dummy-embed", "Dummy embeddings", Decimal("0.02"), Decimal("0"), 2, embedding),
         ]
         created = []
-        for slug, label, price_in, price_out, order in aliases:
+        for slug, label, price_in, price_out, order, mode in aliases:
             _, was_created = ModelAlias.objects.get_or_create(
                 slug=slug,
                 defaults={
@@ -55,6 +57,7 @@ class Command(BaseCommand):
                     "output_price_per_mtok": price_out,
                     "context_window": 8192,
                     "sort_order": order,
+                    "mode": mode,
                 },
             )
             if was_created:
