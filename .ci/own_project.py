@@ -5,8 +5,9 @@ Builds the wheel, installs it alone into a fresh virtualenv, creates a project w
 ``urls.py``, ``asgi.py``: read from README.md, so the README and this check cannot
 drift apart), migrates, adds a priced alias with ``llm_bootstrap`` pointed at a loopback
 OpenAI-compatible upstream, serves the project with Uvicorn, and makes one chat call
-with the ``openai`` SDK, one SSE stream, one WebSocket chat and one ``?format=csv``
-export. Any failure exits non-zero. Run from the checkout: ``python .ci/own_project.py``.
+with the ``openai`` SDK, one with the ``anthropic`` SDK, one SSE stream, one WebSocket
+chat and one ``?format=csv`` export. Any failure exits non-zero. Run from the checkout:
+``python .ci/own_project.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import websockets
+from anthropic import Anthropic
 from openai import OpenAI
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -124,6 +126,12 @@ def use(base: str, token: str) -> None:
     assert reply.usage.total_tokens > 0, reply
     print("openai SDK:", reply.choices[0].message.content, reply.usage)
 
+    message = Anthropic(base_url=base, api_key=token, max_retries=0).messages.create(
+        model="default", max_tokens=50, messages=[{"role": "user", "content": "Say hello."}]
+    )
+    assert message.content[0].text and message.usage.output_tokens > 0, message
+    print("anthropic SDK:", message.content[0].text, message.usage.input_tokens, "in")
+
     headers = {"Authorization": f"Bearer {token}"}
     events = []
     with httpx.stream(
@@ -147,7 +155,7 @@ def use(base: str, token: str) -> None:
     csv = httpx.get(f"{base}/api/v1/usage?format=csv", headers=headers, timeout=10)
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv"), csv.text
     rows = list(csv_module.DictReader(io.StringIO(csv.text)))
-    assert len(rows) == 3, rows  # the three requests above
+    assert len(rows) == 4, rows  # the four requests above
     assert all(r["status"] == "ok" and Decimal(r["cost_usd"]) > 0 for r in rows), rows
     print("CSV:", len(rows), "usage records, $", sum(Decimal(r["cost_usd"]) for r in rows))
 
