@@ -94,6 +94,32 @@ def test_alias_page_has_ordered_fallback_inline(admin_client, rows):
     assert "fallbacks-0-position" in html and "fallbacks-0-fallback" in html
 
 
+def test_alias_capabilities_are_edited_in_admin(admin_client, rows):
+    """Mode and what the model can do are fields of the alias form; a saved change is
+    what the gateway checks."""
+    from django.forms.models import model_to_dict
+
+    _, alias = rows
+    url = reverse("admin:llm_integration_modelalias_change", args=[alias.pk])
+    html = admin_client.get(url).content.decode()
+    for field in ("mode", "supports_tools", "supports_vision", "supports_response_format"):
+        assert f'name="{field}"' in html
+    data = {k: v for k, v in model_to_dict(alias).items() if v is not None}
+    data.update(
+        {
+            "supports_vision": "on",
+            "supports_response_format": "",
+            "fallbacks-TOTAL_FORMS": "0",
+            "fallbacks-INITIAL_FORMS": "0",
+        }
+    )
+    data.pop("supports_response_format")
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    alias.refresh_from_db()
+    assert alias.supports_vision and not alias.supports_response_format
+
+
 def test_usage_is_read_only_filterable_and_totalled(admin_client, rows):
     url = reverse("admin:llm_integration_usagerecord_changelist")
     assert admin_client.get(reverse("admin:llm_integration_usagerecord_add")).status_code == 403

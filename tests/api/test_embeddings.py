@@ -127,3 +127,14 @@ def test_an_upstream_failure_is_recorded(client, upstream):
     with pytest.raises(openai.APIStatusError):
         client.embeddings.create(model="embed", input="x")
     assert UsageRecord.objects.get().status == "error"
+
+
+def test_the_aliases_rate_limit_counts_embedding_requests(client, upstream):
+    from llm_integration.models import ModelAlias
+
+    ModelAlias.objects.filter(slug="embed").update(rpm_limit=1)
+    client.embeddings.create(model="embed", input="x")
+    with pytest.raises(openai.RateLimitError) as info:
+        client.embeddings.create(model="embed", input="y")
+    assert info.value.body["code"] == "rate_limited"
+    assert UsageRecord.objects.order_by("id").first().status == "ok"

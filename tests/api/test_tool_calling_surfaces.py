@@ -136,3 +136,25 @@ async def test_websocket_sends_tool_call_frames(token, anthropic_fake):
     await ws.disconnect()
     record = await sync_to_async(UsageRecord.objects.get)()
     assert record.status == "ok" and record.finish_reason == "tool_calls"
+
+
+def test_rest_carries_images_to_the_upstream(live_server_url, token, anthropic_fake):
+    from llm_integration.models import ModelAlias
+
+    ModelAlias.objects.filter(slug="claude").update(supports_vision=True)
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+    ]
+    reply = post(
+        live_server_url,
+        token,
+        {"model": "claude", "messages": [{"role": "user", "content": content}]},
+    )
+    assert reply.status_code == 200, reply.text
+    sent = anthropic_fake.requests[-1].body["messages"][0]["content"]
+    assert sent[1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": png},
+    }
