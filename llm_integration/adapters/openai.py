@@ -94,13 +94,14 @@ class OpenAIAdapter(BaseLLMAdapter):
         user: str | None = None,
         encoding_format: str = "float",
     ) -> Embeddings:
-        """``POST {base}/embeddings``; base64 vectors stay undecoded (a client that asks
-        base64 gets the upstream's bytes, and nobody parses thousands of floats). A
-        server that ignores ``encoding_format`` is understood either way."""
+        """``POST {base}/embeddings``, always asking base64 (as the openai SDK does):
+        a client that wants base64 gets the upstream's text undecoded, one that wants
+        floats gets them unpacked from it, far cheaper than parsing thousands of JSON
+        numbers. A server that ignores ``encoding_format`` is understood either way."""
         body: dict[str, Any] = {
             "model": self.model,
             "input": list(inputs),
-            "encoding_format": encoding_format,
+            "encoding_format": "base64",
         }
         if dimensions is not None:
             body["dimensions"] = dimensions
@@ -113,7 +114,7 @@ class OpenAIAdapter(BaseLLMAdapter):
             vectors = [row["embedding"] for row in rows]
             if len(vectors) != len(inputs) or not all(isinstance(v, list | str) for v in vectors):
                 raise ValueError
-            if encoding_format == "float":  # a server that answers base64 unasked
+            if encoding_format == "float":
                 vectors = [unpacked(v) if isinstance(v, str) else v for v in vectors]
             usage = data.get("usage") or {}
             tokens = usage.get("prompt_tokens")

@@ -138,3 +138,22 @@ def test_the_aliases_rate_limit_counts_embedding_requests(client, upstream):
         client.embeddings.create(model="embed", input="y")
     assert info.value.body["code"] == "rate_limited"
     assert UsageRecord.objects.order_by("id").first().status == "ok"
+
+
+@pytest.mark.parametrize("fmt", ["float", "base64"])
+def test_the_upstream_is_asked_base64_and_one_that_answers_floats_is_understood(
+    client, openai_fake, api_key_env, fmt
+):
+    provider = ProviderFactory(
+        kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
+    )
+    ModelAliasFactory(slug="e3", provider=provider, mode="embedding", upstream_model="e3")
+    for behaviour in ("ok", "floats"):
+        openai_fake.push(mode=behaviour)
+        result = client.embeddings.create(model="e3", input="hello", encoding_format=fmt)
+        assert openai_fake.requests[-1].body["encoding_format"] == "base64"
+        vector = result.data[0].embedding
+        if fmt == "base64":
+            raw = base64.b64decode(vector)
+            vector = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+        assert vector == pytest.approx(fake_vector("hello", 4))

@@ -69,7 +69,13 @@ def embeddings(request: dict) -> bytes:
 def embedding_list(count: int, size: int, model: str, packed: bool) -> bytes:
     """The answer to ``count`` inputs (made once: the fake should cost the benchmark
     little CPU)."""
-    vector = [round(0.001 * i, 6) for i in range(size)]
+    # float32 values, printed as OpenAI prints them (about 20 characters each)
+    vector = list(
+        struct.unpack(
+            f"<{size}f",
+            struct.pack(f"<{size}f", *(((i * 7919) % 2001 - 1000) / 13337.0 for i in range(size))),
+        )
+    )
     if packed:
         vector = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
     return json.dumps(

@@ -127,7 +127,8 @@ class OpenAIFake(FakeUpstream):
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs or ())
         size = body.get("dimensions") or 4
-        packed = body.get("encoding_format") == "base64"
+        # mode "floats": a server that ignores encoding_format (some compatible ones)
+        packed = body.get("encoding_format") == "base64" and b.mode != "floats"
 
         def vector(text: str):
             floats = fake_vector(text, size)
