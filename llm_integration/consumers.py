@@ -32,13 +32,11 @@ from .api.errors import describe
 from .conf import llm_settings
 from .services.chat import ChatStream, Delta, ToolCallDelta, astream_chat, new_request_id
 from .services.usage import format_money
-from .services.validation import refuse_unknown
+from .services.validation import TOOL_OPTIONS, refuse_unknown
 from .signals import budget_alerts_fired
 
 CLOSE_UNAUTHENTICATED = 4401
 #: The fields of a ``chat`` frame; any other is refused by name.
-#: Tool and output options of a chat frame, in OpenAI's shapes (the service checks them).
-TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 CHAT_FRAME_FIELDS = frozenset(
     {"type", "message", "messages", "model", "temperature", "max_tokens", *TOOL_OPTIONS}
 )

@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from ..services.chat import Delta, ToolCallDelta, achat, aembed, astream_chat
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
-from ..services.validation import refuse_unknown, refuse_unknown_in_message
+from ..services.validation import OPTIONS, refuse_unknown, refuse_unknown_in_message
 from .errors import envelope
 from .serializers import StrictBooleanField, StrictFloatField, StrictIntegerField
 from .views import ERRORS, GatewayAPIView, as_response
@@ -80,18 +80,6 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
 
 #: What ``/v1/chat/completions`` carries; any other field is refused by name.
 COMPLETION_FIELDS = frozenset(ChatCompletionRequestSerializer().fields)
-#: Fields passed to the service as they are (it checks them).
-OPTIONS = (
-    "top_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "user",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-)
 #: Fields whose value here asks for what the gateway does anyway.
 COMPLETION_NOOPS = {"logprobs": False, "store": False}
 

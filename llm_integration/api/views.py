@@ -42,7 +42,7 @@ from ..services.chat import (
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.usage import csv_row, format_money, usage_report
-from ..services.validation import refuse_unknown
+from ..services.validation import TOOL_OPTIONS, refuse_unknown
 from . import serializers as s
 from .errors import envelope, error_response
 from .parsers import JSONBodyParser
@@ -301,8 +301,6 @@ def _typed(data: dict, name: str, types: tuple[type, ...], label: str):
     return value
 
 
-#: Tool and output options, in OpenAI's shapes (the service checks them).
-TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 #: The fields of ``POST /api/v1/chat``; any other is refused by name.
 CHAT_FIELDS = frozenset(s.ChatRequestSerializer().fields)
 

@@ -199,6 +199,12 @@ SAMPLING = {
 }
 
 
+#: Tool and output options, in OpenAI's shapes.
+TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+#: Every option ``validate`` takes in ``options``.
+OPTIONS = (*SAMPLING, *TOOL_OPTIONS)
+
+
 def sampling(options: Mapping[str, Any]) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for name, value in options.items():

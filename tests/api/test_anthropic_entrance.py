@@ -12,7 +12,8 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from llm_integration.models import UsageRecord
-from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
+from tests.api.conftest import KINDS
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,24 +27,12 @@ WEATHER = {
     },
 }
 ARGUMENTS = '{"city": "Paris"}'
-UPSTREAM_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-fake", "ollama": "llama3.2"}
 
 
-@pytest.fixture(params=["openai", "anthropic", "ollama"])
-def upstream(request, openai_fake, anthropic_fake, ollama_fake, api_key_env):
-    kind = request.param
-    fake = {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}[kind]
-    provider = ProviderFactory(
-        name=kind, kind=kind, base_url=fake.base_url, api_key_env=api_key_env
-    )
-    ModelAliasFactory(
-        slug="claude-like",
-        provider=provider,
-        upstream_model=UPSTREAM_MODELS[kind],
-        input_price_per_mtok=Decimal("3"),
-        output_price_per_mtok=Decimal("15"),
-    )
-    return kind, fake
+@pytest.fixture(params=KINDS)
+def upstream(request, alias_on):
+    prices = {"input_price_per_mtok": Decimal("3"), "output_price_per_mtok": Decimal("15")}
+    return request.param, alias_on(request.param, "claude-like", **prices)
 
 
 @pytest.fixture

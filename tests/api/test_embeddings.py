@@ -26,21 +26,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(params=["openai", "openai_compatible", "ollama"])
-def upstream(request, openai_fake, ollama_fake, api_key_env):
+def upstream(request, alias_on):
     kind = request.param
-    fake = ollama_fake if kind == "ollama" else openai_fake
-    provider = ProviderFactory(
-        name=kind, kind=kind, base_url=fake.base_url, api_key_env=api_key_env
-    )
-    ModelAliasFactory(
-        slug="embed",
-        provider=provider,
-        mode="embedding",
-        upstream_model="nomic-embed-text" if kind == "ollama" else "text-embedding-3-small",
-        input_price_per_mtok=Decimal("0.02"),
-        output_price_per_mtok=Decimal("0"),
-    )
-    return kind, fake
+    model = "nomic-embed-text" if kind == "ollama" else "text-embedding-3-small"
+    prices = {"input_price_per_mtok": Decimal("0.02"), "output_price_per_mtok": Decimal("0")}
+    return kind, alias_on(kind, "embed", mode="embedding", upstream_model=model, **prices)
 
 
 @pytest.fixture

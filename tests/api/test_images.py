@@ -5,7 +5,6 @@ vision flag of aliases, and the size limits (413)."""
 from __future__ import annotations
 
 import base64
-from decimal import Decimal
 
 import anthropic
 import openai
@@ -13,31 +12,22 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from llm_integration.models import AliasFallback, ModelAlias, UsageRecord
-from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
+from tests.api.conftest import KINDS
+from tests.factories import ModelAliasFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="  # noqa: E501  (a 1x1 PNG)
 DATA_URL = f"data:image/png;base64,{PNG}"
 LINK = "https://images.example.com/cat.jpg"
-UPSTREAM_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-fake", "ollama": "llava"}
 
 
-@pytest.fixture(params=["openai", "anthropic", "ollama"])
-def upstream(request, openai_fake, anthropic_fake, ollama_fake, api_key_env):
-    kind = request.param
-    fake = {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}[kind]
-    provider = ProviderFactory(
-        name=kind, kind=kind, base_url=fake.base_url, api_key_env=api_key_env
-    )
-    ModelAliasFactory(
-        slug="vision",
-        provider=provider,
-        upstream_model=UPSTREAM_MODELS[kind],
-        supports_vision=True,
-        input_price_per_mtok=Decimal("1"),
-    )
-    return kind, fake
+@pytest.fixture(params=KINDS)
+def upstream(request, alias_on):
+    model = "llava" if request.param == "ollama" else None
+    fields = {"upstream_model": model} if model else {}
+    fake = alias_on(request.param, "vision", supports_vision=True, **fields)
+    return request.param, fake
 
 
 @pytest.fixture

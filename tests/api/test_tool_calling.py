@@ -12,7 +12,8 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from llm_integration.models import UsageRecord
-from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
+from tests.api.conftest import KINDS
+from tests.factories import ModelAliasFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,25 +30,13 @@ WEATHER = {
     },
 }
 ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'
-UPSTREAM_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-fake", "ollama": "llama3.2"}
 
 
-@pytest.fixture(params=["openai", "anthropic", "ollama"])
-def upstream(request, openai_fake, anthropic_fake, ollama_fake, api_key_env):
+@pytest.fixture(params=KINDS)
+def upstream(request, alias_on):
     """(kind, the fake) behind the alias ``tools``."""
-    kind = request.param
-    fake = {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}[kind]
-    provider = ProviderFactory(
-        name=kind, kind=kind, base_url=fake.base_url, api_key_env=api_key_env
-    )
-    ModelAliasFactory(
-        slug="tools",
-        provider=provider,
-        upstream_model=UPSTREAM_MODELS[kind],
-        input_price_per_mtok=Decimal("1"),
-        output_price_per_mtok=Decimal("2"),
-    )
-    return kind, fake
+    prices = {"input_price_per_mtok": Decimal("1"), "output_price_per_mtok": Decimal("2")}
+    return request.param, alias_on(request.param, "tools", **prices)
 
 
 @pytest.fixture

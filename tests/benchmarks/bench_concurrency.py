@@ -94,6 +94,29 @@ def run_django(env: dict[str, str], code: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+SETTINGS = {
+    "default": "project.settings",
+    "async-only": "tests.benchmarks.settings_async_middleware",
+}
+
+
+def server_env(middleware: str, workdir: Path) -> dict[str, str]:
+    """The gateway server's environment: production settings on plain loopback HTTP,
+    the demo's full middleware or only its async one, SQLite in ``workdir`` unless
+    ``DATABASE_URL`` is set."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": SETTINGS[middleware],
+        "DEBUG": "False",
+        "SECRET_KEY": "benchmark-only-secret-key-not-for-production-0123456789",
+        "SECURE_SSL_REDIRECT": "False",  # plain HTTP on loopback
+        "LLM_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
+    return env
+
+
 def server_command(
     server: str, port: int, app: str = "project.asgi:application", workers: int = 1
 ) -> list[str]:
@@ -278,24 +301,11 @@ def main() -> None:
         parser.error("--workers is for Uvicorn; Daphne serves one process")
 
     workdir = Path(tempfile.mkdtemp())
-    settings_module = {
-        "default": "project.settings",
-        "async-only": "tests.benchmarks.settings_async_middleware",
-    }[args.middleware]
     app = {
         "reusing": "project.asgi:application",
         "django": "tests.benchmarks.asgi_django:application",
     }[args.handler]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": settings_module,
-        "DEBUG": "False",
-        "SECRET_KEY": "benchmark-only-secret-key-not-for-production-0123456789",
-        "SECURE_SSL_REDIRECT": "False",  # plain HTTP on loopback
-        "LLM_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
+    env = server_env(args.middleware, workdir)
     fake = start(
         [sys.executable, "-m", "tests.fakes.fast_openai", "--delay", str(args.latency)],
         env,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from tests.benchmarks.bench_concurrency import (  # noqa: E402
     parse_wrk,
     prepare,
     server_command,
+    server_env,
     start,
     wait_for_port,
 )
@@ -95,19 +95,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp())
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": {
-            "default": "project.settings",
-            "async-only": "tests.benchmarks.settings_async_middleware",
-        }[args.middleware],
-        "DEBUG": "False",
-        "SECRET_KEY": "benchmark-only-secret-key-not-for-production-0123456789",
-        "SECURE_SSL_REDIRECT": "False",
-        "LLM_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
+    env = server_env(args.middleware, workdir)
     fake = start(
         [sys.executable, "-m", "tests.fakes.fast_openai", "--repeat", str(args.repeat)],
         env,

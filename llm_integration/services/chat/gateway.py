@@ -129,13 +129,8 @@ class Gateway:
                     extra={"request_id": call.request_id, "error_type": error_type(error)},
                 )
                 return await self.cached_answer(call, first, stale, degraded=True)
-        except asyncio.CancelledError:
-            await call.finish(
-                UsageRecord.Status.CANCELLED, usage=call.consumed(""), finish_reason="cancelled"
-            )
-            raise
-        except Exception as error:
-            await call.finish(status_for(error), error=error)
+        except (asyncio.CancelledError, Exception) as error:
+            await call.fail(error)
             raise
         completion = held_to_max_tokens(completion, prepared)
         cost = await call.finish(
@@ -204,13 +199,8 @@ class Gateway:
                 )
 
             prepared, result = await route(call, first, embed, preparer)
-        except asyncio.CancelledError:
-            await call.finish(
-                UsageRecord.Status.CANCELLED, usage=call.consumed(""), finish_reason="cancelled"
-            )
-            raise
-        except Exception as error:
-            await call.finish(status_for(error), error=error)
+        except (asyncio.CancelledError, Exception) as error:
+            await call.fail(error)
             raise
         cost = await call.finish(UsageRecord.Status.OK, usage=result.usage, finish_reason="stop")
         return EmbeddingResult(

@@ -8,6 +8,7 @@ logs one structured line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -160,6 +161,16 @@ class Call:
             now = self.gateway.clock.now()
             alerts = await run_db(budgets.fire_alerts, reservation, now=now)
         return cost, alerts
+
+    async def fail(self, error: BaseException) -> None:
+        """Record a request that ended before an answer: cancelled (with what its
+        prompt consumed), refused or failed."""
+        if isinstance(error, asyncio.CancelledError):
+            await self.finish(
+                UsageRecord.Status.CANCELLED, usage=self.consumed(""), finish_reason="cancelled"
+            )
+        else:
+            await self.finish(status_for(error), error=error)
 
     async def finish(
         self,
