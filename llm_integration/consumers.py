@@ -1,15 +1,15 @@
 """WebSocket chat (CONTRACT §5): ``ws/llm/chat/``.
 
-Auth is the session cookie, or a DRF token in the first frame
-``{"type": "auth", "token": "..."}``; otherwise the socket closes with 4401.
-Client frames: ``chat`` (with ``tools``, ``tool_choice``, ``parallel_tool_calls`` and
-``response_format`` in OpenAI's shapes) and ``cancel``. Server frames: ``start``,
-``token`` (one per upstream chunk), ``tool_call`` (a piece of a tool call: ``index``,
-``id`` and ``name`` on its first piece, ``arguments`` text), ``done`` and ``error``
-(codes of CONTRACT §4). One chat at a time per
-socket; a malformed frame gets an ``error`` frame and the socket stays usable. A cancel
-(or a disconnect) stops the upstream call; the usage consumed so far is recorded and
-reported in the ``done`` frame.
+Auth is the session cookie, or a DRF token in the first frame ``{"type": "auth",
+"token": "..."}``; otherwise the socket closes with 4401. Client frames: ``chat`` (with
+``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` in OpenAI's
+shapes) and ``cancel``. Server frames: ``start``, ``token`` (one per upstream chunk),
+``tool_call`` (a piece of a tool call: ``index``, ``id`` and ``name`` on its first
+piece, ``arguments`` text), ``done`` and ``error`` (codes of CONTRACT §4; ``param``
+names the request field at fault, when one is). One chat at a time per socket; a
+malformed frame gets an ``error`` frame and the socket stays usable. A cancel (or a
+disconnect) stops the upstream call; the usage consumed so far is recorded and reported
+in the ``done`` frame.
 
 Each authenticated socket joins the group ``llm_user_<id>``: anything sent there as
 ``{"type": "llm.notice", "payload": {...}}`` reaches the browser as a ``notice`` frame
@@ -187,7 +187,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             refuse_unknown(frame, CHAT_FRAME_FIELDS)
         except exc.UnsupportedParameter as error:
-            await self.send_error(error.code, error.message)
+            await self.send_error(error.code, error.message, param=error.param)
             return
         messages = frame.get("messages")
         if messages is None and isinstance(frame.get("message"), str):
@@ -243,6 +243,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except exc.LLMError as error:
             _status, code, _kind, message, retry_after = describe(error)
             frame = {"type": "error", "code": code, "message": message, "request_id": request_id}
+            if getattr(error, "param", None) is not None:
+                frame["param"] = error.param  # the request field at fault
             if retry_after is not None:
                 frame["retry_after"] = retry_after
             await self.send_json(frame)

@@ -158,3 +158,45 @@ def test_rest_carries_images_to_the_upstream(live_server_url, token, anthropic_f
         "type": "image",
         "source": {"type": "base64", "media_type": "image/png", "data": png},
     }
+
+
+async def test_a_websocket_error_names_the_field_at_fault(token):
+    ws = WebsocketCommunicator(
+        application, "/ws/llm/chat/", headers=[(b"origin", b"http://testserver")]
+    )
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": token})
+    await ws.send_json_to(
+        {
+            "type": "chat",
+            "model": "claude",
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "bad name"}}],
+        }
+    )
+    frames = [await ws.receive_json_from(), await ws.receive_json_from()]
+    assert frames[0]["type"] == "start"
+    assert frames[1]["type"] == "error" and frames[1]["param"] == "tools[0].function.name"
+    await ws.disconnect()
+
+
+def test_tool_definitions_are_reserved_on_budgets(live_server_url, token, anthropic_fake):
+    """A budget with room for the question but not for the tools it carries refuses the
+    request before the upstream: the reservation counts the tool definitions."""
+    from decimal import Decimal
+
+    from llm_integration.models import Budget, ModelAlias
+
+    ModelAlias.objects.filter(slug="claude").update(
+        input_price_per_mtok=Decimal("1000"), output_price_per_mtok=Decimal("0")
+    )
+    Budget.objects.create(name="tight", limit_usd=Decimal("0.5"))
+    big = {
+        "type": "function",
+        "function": {"name": "lookup", "description": "a long description " * 200},
+    }
+    body = {"model": "claude", "message": "Hi", "max_tokens": 10}
+    assert post(live_server_url, token, body).status_code == 200
+    refused = post(live_server_url, token, {**body, "tools": [big]})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert len([r for r in anthropic_fake.requests if r.method == "POST"]) == 1
