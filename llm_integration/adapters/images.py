@@ -69,12 +69,9 @@ def parse_image_part(part: dict[str, Any], where: str, *, max_bytes: int) -> Ima
         raise exc.InvalidRequest(
             f'{where} must be {{"type": "image_url", "image_url": {{"url": ...}}}}.', param=where
         )
-    for name, value in image.items():
-        if name not in ("url", "detail") and value is not None:
-            raise exc.UnsupportedParameter(
-                f"The parameter '{where}.image_url.{name}' is not supported by this gateway.",
-                param=f"{where}.image_url.{name}",
-            )
+    from ..services.validation import refuse_unknown  # it imports the adapters
+
+    refuse_unknown(image, {"url", "detail"}, prefix=f"{where}.image_url.")
     detail = image.get("detail")
     if detail is not None and detail not in DETAILS:
         raise exc.InvalidRequest(

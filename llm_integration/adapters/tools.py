@@ -151,12 +151,10 @@ def _refuse(message: str, param: str) -> exc.InvalidRequest:
 
 
 def _check_fields(data: Mapping[str, Any], known: set[str], where: str) -> None:
-    for name, value in data.items():
-        if name not in known and value is not None:
-            raise exc.UnsupportedParameter(
-                f"The parameter '{where}.{name}' is not supported by this gateway.",
-                param=f"{where}.{name}",
-            )
+    """A field of ``data`` outside ``known`` is refused by name (``where.field``)."""
+    from ..services.validation import refuse_unknown  # it imports the adapters
+
+    refuse_unknown(data, known, prefix=f"{where}.")
 
 
 def parse_tools(value: Any) -> tuple[Tool, ...]:

@@ -103,13 +103,19 @@ def test_rest_refuses_a_bad_tool_by_name(live_server_url, token):
     assert not UsageRecord.objects.filter(status="ok").exists()
 
 
-async def test_websocket_sends_tool_call_frames(token, anthropic_fake):
-    anthropic_fake.push(text="", tool_calls=[CALL])
+async def signed_in_socket(token: str) -> WebsocketCommunicator:
+    """A chat socket, connected and authenticated with ``token``."""
     ws = WebsocketCommunicator(
         application, "/ws/llm/chat/", headers=[(b"origin", b"http://testserver")]
     )
     await ws.connect()
     await ws.send_json_to({"type": "auth", "token": token})
+    return ws
+
+
+async def test_websocket_sends_tool_call_frames(token, anthropic_fake):
+    anthropic_fake.push(text="", tool_calls=[CALL])
+    ws = await signed_in_socket(token)
     await ws.send_json_to(
         {
             "type": "chat",
@@ -161,11 +167,7 @@ def test_rest_carries_images_to_the_upstream(live_server_url, token, anthropic_f
 
 
 async def test_a_websocket_error_names_the_field_at_fault(token):
-    ws = WebsocketCommunicator(
-        application, "/ws/llm/chat/", headers=[(b"origin", b"http://testserver")]
-    )
-    await ws.connect()
-    await ws.send_json_to({"type": "auth", "token": token})
+    ws = await signed_in_socket(token)
     await ws.send_json_to(
         {
             "type": "chat",
