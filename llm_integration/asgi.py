@@ -10,10 +10,11 @@ waiting rate-limit corrections. Servers without it (Daphne) do the same at exit.
         "lifespan": lifespan,
     })
 
-``get_asgi_application()`` is Django's, with a handler that keeps the threads its
-requests' synchronous code runs in (``ThreadReusingASGIHandler``), for hosts that opt
-in. Nothing here changes how HTTP requests are routed: every request goes through
-Django's handler, the project's ``MIDDLEWARE`` and URLconf.
+``get_asgi_application()`` is Django's, with a handler a host opts into: it keeps the
+threads its requests' synchronous code runs in (``ThreadReusingASGIHandler``) and runs
+the project's ``MIDDLEWARE`` in that thread in one hand-off, as WSGI runs it
+(``ThreadedMiddlewareASGIHandler``). Nothing here changes how HTTP requests are routed:
+every request goes through Django's handler, the project's ``MIDDLEWARE`` and URLconf.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class ThreadReusingASGIHandler(ASGIHandler):
     response, and that later calls thread-sensitive ``sync_to_async`` code, gets
     asgiref's ``RuntimeError`` (under Django's handler it would get a new thread).
 
-    Opt in from your ``asgi.py``: ``"http": llm_integration.asgi.get_asgi_application()``
+    Opt in from your ``asgi.py``:
+    ``"http": llm_integration.asgi.get_asgi_application(ThreadReusingASGIHandler)``
     instead of Django's. ``tests/api/test_handler_parity.py`` holds it to Django's.
     """
 
@@ -104,7 +106,38 @@ class ThreadReusingASGIHandler(ASGIHandler):
             self.threads.release(executor)
 
 
-def get_asgi_application() -> ThreadReusingASGIHandler:
-    """``django.core.asgi.get_asgi_application``, with the thread-reusing handler."""
+class ThreadedMiddlewareASGIHandler(ThreadReusingASGIHandler):
+    """``ThreadReusingASGIHandler`` that runs the project's ``MIDDLEWARE`` in the
+    request's thread in one hand-off, as Django's WSGI handler runs it; async views
+    still run on the event loop (Django's ``async_to_sync``, as under WSGI).
+
+    Django's built-in middleware (``MiddlewareMixin``) is synchronous: under Django's
+    own ASGI handler each of its ``process_request``/``process_view``/``process_response``
+    hooks is a separate ``sync_to_async`` hand-off to the request's thread and back, a
+    dozen for the standard stack, and each costs CPU and GIL hand-overs. Here the whole
+    chain runs in that thread at once: the same middleware, in the same order and the
+    same thread, with the same hooks; a middleware that is async-only is adapted by
+    Django (``async_to_sync``). A client that disconnects still cancels the async view
+    (asgiref carries the cancellation into it).
+
+    For a project whose ``MIDDLEWARE`` is all async-native, ``ThreadReusingASGIHandler``
+    (or Django's own) saves the two hand-offs this one makes.
+    ``tests/api/test_handler_parity.py`` and ``tests/api/test_host_pipeline.py`` hold it
+    to Django's handler.
+    """
+
+    def load_middleware(self, is_async=False):
+        """Build the chain in Django's synchronous mode, whatever the caller asks."""
+        super().load_middleware(is_async=False)
+
+    async def get_response_async(self, request):
+        """Django's ``get_response`` (the synchronous chain) in the request's thread."""
+        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+
+def get_asgi_application(
+    handler_class: type[ASGIHandler] = ThreadedMiddlewareASGIHandler,
+) -> ASGIHandler:
+    """``django.core.asgi.get_asgi_application``, with one of this module's handlers."""
     django.setup(set_prefix=False)
-    return ThreadReusingASGIHandler()
+    return handler_class()

@@ -17,8 +17,9 @@ from llm_integration.asgi import get_asgi_application
 sys.setswitchinterval(0.001)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-# Django's handler, keeping the threads its requests' synchronous code runs in
-# (llm_integration.asgi.ThreadReusingASGIHandler); django.core.asgi's works the same.
+# Django's handler, running the project's (synchronous) middleware in each request's
+# thread in one hand-off and keeping those threads
+# (llm_integration.asgi.ThreadedMiddlewareASGIHandler); django.core.asgi's works the same.
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -1,9 +1,11 @@
-"""``ThreadReusingASGIHandler`` behaves as Django's own ``ASGIHandler``.
+"""The opt-in handlers (``ThreadReusingASGIHandler``, ``ThreadedMiddlewareASGIHandler``)
+behave as Django's own ``ASGIHandler``.
 
-The same requests go through both (each built from the same settings, called as an
-ASGI server calls them): the same status, headers and body; the project's middleware
-and request signals run for each request, off the event loop, once; no two requests
-in flight ever share a thread; and the opt-in handler keeps its threads.
+The same requests go through each (built from the same settings, called as an ASGI
+server calls them): the same status, headers and body; the project's middleware and
+request signals run for each request, off the event loop, once; no two requests in
+flight ever share a thread; a client that goes away cancels the async view; and the
+opt-in handlers keep their threads.
 """
 
 from __future__ import annotations
@@ -17,13 +19,29 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.asgi import get_asgi_application as django_application
 from django.core.signals import request_finished, request_started
+from django.urls import path as route
 from rest_framework.authtoken.models import Token
 
-from llm_integration.asgi import ThreadReusingASGIHandler
-from llm_integration.asgi import get_asgi_application as reusing_application
+from llm_integration.asgi import (
+    ThreadedMiddlewareASGIHandler,
+    ThreadReusingASGIHandler,
+    get_asgi_application,
+)
 from tests.factories import ModelAliasFactory, PlanFactory, ProviderFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def reusing_application():
+    return get_asgi_application(ThreadReusingASGIHandler)
+
+
+def threaded_middleware_application():
+    return get_asgi_application(ThreadedMiddlewareASGIHandler)
+
+
+OPT_IN = [reusing_application, threaded_middleware_application]
+EVERY = [django_application, *OPT_IN]
 
 
 @pytest.fixture
@@ -114,16 +132,17 @@ def requests_for(token: str) -> list[tuple]:
     ]
 
 
-async def test_the_same_requests_get_the_same_answers(token):
+@pytest.mark.parametrize("factory", OPT_IN)
+async def test_the_same_requests_get_the_same_answers(token, factory):
     stock = await sync_to_async(django_application)()
-    reusing = await sync_to_async(reusing_application)()
+    opted = await sync_to_async(factory)()
     for method, path, body, headers in requests_for(token):
         expected = comparable(await exchange(stock, method, path, body, headers))
-        got = comparable(await exchange(reusing, method, path, body, headers))
+        got = comparable(await exchange(opted, method, path, body, headers))
         assert got == expected, (method, path)
 
 
-@pytest.mark.parametrize("factory", [django_application, reusing_application])
+@pytest.mark.parametrize("factory", EVERY)
 async def test_request_signals_run_once_per_request_off_the_event_loop(token, factory):
     app = await sync_to_async(factory)()
     seen: list[tuple[str, str]] = []
@@ -165,7 +184,7 @@ class ThreadLog:
         return response
 
 
-@pytest.mark.parametrize("factory", [django_application, reusing_application])
+@pytest.mark.parametrize("factory", EVERY)
 async def test_requests_in_flight_never_share_a_thread(token, settings, factory):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, f"{__name__}.ThreadLog"]
     ThreadLog.entries = []
@@ -178,10 +197,68 @@ async def test_requests_in_flight_never_share_a_thread(token, settings, factory)
         busy[name] = busy.get(name, 0) + (1 if kind == "in" else -1)
         assert busy[name] <= 1, f"two requests at once in {name}"
     assert len(ThreadLog.entries) == 32
+    loop_thread = threading.current_thread().name
+    assert all(name != loop_thread for _, name, _ in ThreadLog.entries)
 
 
-async def test_the_reusing_handler_keeps_its_threads(token):
-    app = await sync_to_async(reusing_application)()
+class Waiting:
+    """An async view that waits until cancelled, and says that it was."""
+
+    started: asyncio.Event
+    cancelled = False
+
+    @classmethod
+    async def view(cls, request):
+        cls.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cls.cancelled = True
+            raise
+
+
+urlpatterns = [route("waiting", Waiting.view)]
+
+
+@pytest.mark.parametrize("factory", EVERY)
+async def test_a_client_that_goes_away_cancels_the_async_view(settings, factory):
+    settings.ROOT_URLCONF = __name__
+    Waiting.started, Waiting.cancelled = asyncio.Event(), False
+    app = await sync_to_async(factory)()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/waiting",
+        "raw_path": b"/waiting",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    received = 0
+
+    async def receive():
+        nonlocal received
+        received += 1
+        if received == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await Waiting.started.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        raise AssertionError(f"nothing is sent to a client that went away: {message}")
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=30)
+    assert Waiting.cancelled
+
+
+@pytest.mark.parametrize("factory", OPT_IN)
+async def test_the_opt_in_handlers_keep_their_threads(token, factory):
+    app = await sync_to_async(factory)()
     assert isinstance(app, ThreadReusingASGIHandler)
     bearer = (("authorization", f"Bearer {token}"),)
     for _ in range(20):
@@ -191,7 +268,8 @@ async def test_the_reusing_handler_keeps_its_threads(token):
     assert app.threads.made <= 5 and len(app.threads.idle) == app.threads.made
 
 
-async def test_websocket_scopes_are_refused_as_django_refuses_them():
-    app = await sync_to_async(reusing_application)()
+@pytest.mark.parametrize("factory", OPT_IN)
+async def test_websocket_scopes_are_refused_as_django_refuses_them(factory):
+    app = await sync_to_async(factory)()
     with pytest.raises(ValueError, match="websocket"):
         await app({"type": "websocket"}, None, None)

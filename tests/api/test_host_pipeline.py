@@ -2,7 +2,7 @@
 SecurityMiddleware and DRF's configured classes, for token and session callers alike.
 
 Every request here goes through a real server (uvicorn on loopback) into Django's own
-ASGI handler, built from the settings of the test.
+ASGI handler and into the one the demo opts into, built from the settings of the test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 from django.conf import settings as django_settings
-from django.core.asgi import get_asgi_application
+from django.core.asgi import get_asgi_application as django_application
 from django.http import HttpResponseForbidden
 from django.test import Client
 from rest_framework.authentication import TokenAuthentication
@@ -24,6 +24,7 @@ from rest_framework.throttling import BaseThrottle
 
 from llm_integration.api.openai_views import ChatCompletionsView
 from llm_integration.api.views import ChatView, ModelListView
+from llm_integration.asgi import get_asgi_application as threaded_middleware_application
 from llm_integration.models import Provider, UsageRecord
 from project.middleware import SERVED_BY
 from tests.conftest import ServedASGI
@@ -63,6 +64,15 @@ CALLS = [
 CALL_IDS = ["chat", "chat-sse", "completions", "completions-sse", "models", "usage"]
 
 
+@pytest.fixture(
+    params=[django_application, threaded_middleware_application],
+    ids=["django-handler", "threaded-middleware"],
+)
+def asgi_app(request):
+    """Builds the HTTP application (after the test has changed its settings)."""
+    return request.param
+
+
 @pytest.fixture
 def caller():
     ModelAliasFactory(slug="default", provider=ProviderFactory(name="dummy", kind="dummy"))
@@ -97,10 +107,10 @@ def call(url: str, method: str, path: str, body, **kwargs) -> httpx.Response:
 @pytest.mark.parametrize("kind", ["token", "session"])
 @pytest.mark.parametrize("method,path,body", CALLS, ids=CALL_IDS)
 def test_a_host_middleware_that_refuses_refuses_the_apps_views(
-    caller, settings, kind, method, path, body
+    asgi_app, caller, settings, kind, method, path, body
 ):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, f"{__name__}.RefuseEverything"]
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         response = call(url, method, path, body, **credentials(kind, *caller))
     assert (response.status_code, response.content) == (403, REFUSAL)
     assert not UsageRecord.objects.exists()  # never reached the gateway
@@ -108,9 +118,11 @@ def test_a_host_middleware_that_refuses_refuses_the_apps_views(
 
 @pytest.mark.parametrize("kind", ["token", "session"])
 @pytest.mark.parametrize("method,path,body", CALLS, ids=CALL_IDS)
-def test_a_host_middleware_header_is_on_every_answer(caller, settings, kind, method, path, body):
+def test_a_host_middleware_header_is_on_every_answer(
+    asgi_app, caller, settings, kind, method, path, body
+):
     assert "project.middleware.ServedByMiddleware" in settings.MIDDLEWARE
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         response = call(url, method, path, body, **credentials(kind, *caller))
         anonymous = call(url, method, path, body)
     assert response.status_code == 200, response.text
@@ -135,10 +147,12 @@ def production(settings):
 
 
 @pytest.mark.parametrize("method,path,body", CALLS, ids=CALL_IDS)
-def test_the_production_profile_applies_to_token_calls(caller, production, method, path, body):
+def test_the_production_profile_applies_to_token_calls(
+    asgi_app, caller, production, method, path, body
+):
     _user, token = caller
     auth = {"Authorization": f"Bearer {token}"}
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         plain = call(url, method, path, body, headers=auth)
         secure = call(url, method, path, body, headers={**auth, "X-Forwarded-Proto": "https"})
         foreign = call(
@@ -165,12 +179,12 @@ def test_the_production_profile_applies_to_token_calls(caller, production, metho
     assert UsageRecord.objects.count() == (1 if path.endswith(("chat", "completions")) else 0)
 
 
-def test_drf_configured_authentication_classes_are_the_ones_used(caller, monkeypatch):
+def test_drf_configured_authentication_classes_are_the_ones_used(asgi_app, caller, monkeypatch):
     # A project whose DRF authentication is plain TokenAuthentication: "Bearer" is
     # not one of its schemes, "Token" is.
     monkeypatch.setattr(ModelListView, "authentication_classes", [TokenAuthentication])
     _user, token = caller
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         bearer = call(
             url, "GET", "/api/v1/models", None, headers={"Authorization": f"Bearer {token}"}
         )
@@ -190,11 +204,11 @@ class HostPermission(BasePermission):
         return Token.objects.filter(user=request.user, user__is_staff=True).exists()
 
 
-def test_drf_configured_permission_classes_apply_with_authentication(caller, monkeypatch):
+def test_drf_configured_permission_classes_apply_with_authentication(asgi_app, caller, monkeypatch):
     monkeypatch.setattr(ChatView, "permission_classes", [HostPermission])
     user, token = caller
     auth = {"Authorization": f"Bearer {token}"}
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         refused = call(url, "POST", "/api/v1/chat", {"message": "Hi"}, headers=auth)
         anonymous = call(url, "POST", "/api/v1/chat", {"message": "Hi"})
         user.is_staff = True
@@ -215,23 +229,23 @@ class Refusing(BaseThrottle):
 
 
 @pytest.mark.parametrize("view", [ChatView, ChatCompletionsView])
-def test_drf_throttles_apply_to_the_async_views(caller, monkeypatch, view):
+def test_drf_throttles_apply_to_the_async_views(asgi_app, caller, monkeypatch, view):
     monkeypatch.setattr(view, "throttle_classes", [Refusing])
     _user, token = caller
     path, body = ("/api/v1/chat", {"message": "Hi"}) if view is ChatView else CALLS[2][1:]
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         response = call(url, "POST", path, body, headers={"Authorization": f"Bearer {token}"})
     assert (response.status_code, response.headers["Retry-After"]) == (429, "7")
     assert response.json()["error"]["code"] == "rate_limited"
 
 
-def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(caller):
+def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(asgi_app, caller):
     # A disconnect seen by Django's handler cancels the view; the upstream stream stops
     # and the request is recorded as cancelled, with what it consumed.
     Provider.objects.filter(name="dummy").update(options={"delay": 0.05})
     _user, token = caller
     body = {"message": " ".join(["word"] * 200), "stream": True}
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         with httpx.Client(base_url=url, timeout=20) as http:
             headers = {"Authorization": f"Bearer {token}"}
             with http.stream("POST", "/api/v1/chat", json=body, headers=headers) as response:
@@ -248,9 +262,9 @@ def test_a_client_that_goes_away_cancels_its_stream_and_it_is_recorded(caller):
     assert 3 <= record.completion_tokens < 150  # stopped early: what was consumed
 
 
-def test_sse_answers_through_the_host_middleware_are_whole(caller):
+def test_sse_answers_through_the_host_middleware_are_whole(asgi_app, caller):
     _user, token = caller
-    with ServedASGI(get_asgi_application()) as url:
+    with ServedASGI(asgi_app()) as url:
         response = call(
             url,
             "POST",

@@ -11,8 +11,10 @@ server process by default (Uvicorn, as the deployment docs run it; or Daphne, as
 POST /api/v1/chat, first plain JSON then `stream: true` (SSE read to the end). Every
 request goes through Django's handler and the demo's full middleware: Django's standard
 stack plus the project's own async middleware, whose `X-Served-By` header is checked on
-every answer (`--middleware async-only` keeps only that one; `--handler django` serves
-with Django's stock handler instead of the thread-reusing one the demo opts into).
+every answer (`--middleware async-only` keeps only that one). `--handler` chooses the
+HTTP handler: `threaded` (the demo's: middleware in one hand-off to the request's
+thread, threads kept), `reusing` (threads kept, each middleware hook handed over as
+Django does) or `django` (Django's stock handler).
 With 200 ms of upstream latency, 50 clients can at most make 250 requests/s. Prints
 requests/s, latency percentiles, errors, answers missing the header and the server's
 CPU time per request.
@@ -284,9 +286,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--handler",
-        choices=["reusing", "django"],
-        default="reusing",
-        help="the thread-reusing handler the demo opts into, or Django's stock one",
+        choices=["threaded", "reusing", "django"],
+        default="threaded",
+        help="the demo's handler (ThreadedMiddlewareASGIHandler), ThreadReusingASGIHandler, "
+        "or Django's stock one",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="Uvicorn worker processes (default 1)"
@@ -301,11 +304,10 @@ def main() -> None:
         parser.error("--workers is for Uvicorn; Daphne serves one process")
 
     workdir = Path(tempfile.mkdtemp())
-    app = {
-        "reusing": "project.asgi:application",
-        "django": "tests.benchmarks.asgi_django:application",
-    }[args.handler]
+    app = "project.asgi:application"
     env = server_env(args.middleware, workdir)
+    if args.handler != "threaded":
+        app, env["BENCH_HANDLER"] = "tests.benchmarks.asgi_handlers:application", args.handler
     fake = start(
         [sys.executable, "-m", "tests.fakes.fast_openai", "--delay", str(args.latency)],
         env,
