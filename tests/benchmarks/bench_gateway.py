@@ -31,6 +31,9 @@ def setup_django() -> None:
         path = Path(tempfile.mkdtemp()) / "bench.sqlite3"
         os.environ["DATABASE_URL"] = f"sqlite:///{path}"
     os.environ.setdefault("LLM_LOG_LEVEL", "WARNING")
+    # The production profile, as servers run it (DEBUG logs every SQL statement).
+    os.environ.setdefault("DEBUG", "False")
+    os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-not-for-production-0123456789")
     os.environ["BENCH_TEST_KEY"] = "sk-bench"
     import django
 

@@ -1,7 +1,7 @@
 """What tool calls and embeddings cost on the server, through the whole HTTP stack.
 
     python tests/benchmarks/bench_surfaces.py                     # 10 s per series
-    python tests/benchmarks/bench_surfaces.py --seconds 20 --dimensions 1536
+    python tests/benchmarks/bench_surfaces.py --seconds 20 --dimensions 1536 --rounds 5
 
 One Uvicorn process serving the demo project (its full middleware, or
 ``--middleware async-only``), a zero-latency
@@ -9,7 +9,9 @@ fast fake OpenAI upstream in its own process, wrk as the client:
 
 - streamed chat on ``/v1/chat/completions``: a text answer, then a tool call whose
   argument pieces match the text's chunks in number and length (``--repeat`` × 5
-  chunks); the server's CPU time per request of each, and the tool call's extra cost;
+  chunks), alternating for ``--rounds`` rounds; the server's CPU time per request of
+  each, and the tool call's extra cost per round and its median (on a shared virtual
+  machine one series may differ from the next by 20 %);
 - ``/v1/embeddings`` with 100 inputs per request (``--dimensions`` per vector), as
   floats and as base64 (the openai SDK's default): requests/s and CPU per request.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="chunks of a stream, in fives")
     parser.add_argument("--inputs", type=int, default=100)
     parser.add_argument("--dimensions", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3, help="text and tool call series")
     parser.add_argument(
         "--middleware",
         choices=["default", "async-only"],
@@ -137,12 +141,15 @@ def main() -> None:
             f"embeddings of {args.inputs} inputs x {args.dimensions} dimensions"
         )
         series(url, "/v1/chat/completions", token, chat, **{**common, "seconds": 2})  # warm up
-        text = series(url, "/v1/chat/completions", token, chat, **common)
-        tools = series(url, "/v1/chat/completions", token, {**chat, "tools": [TOOL]}, **common)
-        print(line("streamed text", text))
-        print(line("streamed tool call (same length)", tools))
-        extra = (tools["cpu_ms"] / text["cpu_ms"] - 1) * 100
-        print(f"tool call's extra CPU per request: {extra:+.1f} %")
+        extras = []
+        for _ in range(args.rounds):
+            text = series(url, "/v1/chat/completions", token, chat, **common)
+            tools = series(url, "/v1/chat/completions", token, {**chat, "tools": [TOOL]}, **common)
+            print(line("streamed text", text))
+            print(line("streamed tool call (same length)", tools))
+            extras.append((tools["cpu_ms"] / text["cpu_ms"] - 1) * 100)
+            print(f"tool call's extra CPU per request: {extras[-1]:+.1f} %")
+        print(f"median of {args.rounds} rounds: {statistics.median(extras):+.1f} %")
         inputs = [f"document number {i} about gateways" for i in range(args.inputs)]
         embed = {"model": "embed", "input": inputs, "dimensions": args.dimensions}
         for fmt in ("float", "base64"):
