@@ -51,10 +51,10 @@ def token(db):
     return Token.objects.create(user=UserFactory(username="parity")).key
 
 
-async def exchange(app, method: str, path: str, body: bytes = b"", headers=()) -> dict:
-    """One request through an ASGI app, as a server makes it."""
+def http_scope(method: str, path: str, headers=()) -> dict:
+    """An HTTP request's ASGI scope, as a server makes it."""
     path, _, query = path.partition("?")
-    scope = {
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -66,12 +66,16 @@ async def exchange(app, method: str, path: str, body: bytes = b"", headers=()) -
         "root_path": "",
         "headers": [
             (b"host", b"testserver"),
-            (b"content-length", str(len(body)).encode()),
             *((k.encode(), v.encode()) for k, v in headers),
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
+
+
+async def exchange(app, method: str, path: str, body: bytes = b"", headers=()) -> dict:
+    """One request through an ASGI app, as a server makes it."""
+    scope = http_scope(method, path, [("content-length", str(len(body))), *headers])
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     done = asyncio.Event()
     sent: list[dict] = []
@@ -225,20 +229,7 @@ async def test_a_client_that_goes_away_cancels_the_async_view(settings, factory)
     settings.ROOT_URLCONF = __name__
     Waiting.started, Waiting.cancelled = asyncio.Event(), False
     app = await sync_to_async(factory)()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/waiting",
-        "raw_path": b"/waiting",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope("GET", "/waiting")
     received = 0
 
     async def receive():
