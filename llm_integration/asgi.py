@@ -126,13 +126,18 @@ class ThreadedMiddlewareASGIHandler(ThreadReusingASGIHandler):
     to Django's handler.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Built once: the wrapper holds no state of a call.
+        self.get_response_in_thread = sync_to_async(self.get_response, thread_sensitive=True)
+
     def load_middleware(self, is_async=False):
         """Build the chain in Django's synchronous mode, whatever the caller asks."""
         super().load_middleware(is_async=False)
 
     async def get_response_async(self, request):
         """Django's ``get_response`` (the synchronous chain) in the request's thread."""
-        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+        return await self.get_response_in_thread(request)
 
 
 def get_asgi_application(

@@ -106,9 +106,10 @@ VARYING = re.compile(
 
 
 def comparable(response: dict) -> dict:
-    """A response without what differs between any two requests (ids, clocks, cookies)."""
+    """A response without what differs between any two requests (ids, clocks — `Date`,
+    `Expires`, `created` —, cookies)."""
     headers = [
-        (k, v if k not in ("x-request-id", "set-cookie", "date") else "…")
+        (k, v if k not in ("x-request-id", "set-cookie", "date", "expires") else "…")
         for k, v in response["headers"]
     ]
     return {**response, "headers": headers, "body": VARYING.sub(b"...", response["body"])}
