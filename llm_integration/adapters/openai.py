@@ -8,9 +8,10 @@ that ignore that option get their usage estimated and flagged.
 
 from __future__ import annotations
 
-import base64
+import array
+import binascii
 import json
-import struct
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -118,7 +119,7 @@ class OpenAIAdapter(BaseLLMAdapter):
                 vectors = [unpacked(v) if isinstance(v, str) else v for v in vectors]
             usage = data.get("usage") or {}
             tokens = usage.get("prompt_tokens")
-        except (ValueError, KeyError, TypeError, AttributeError, struct.error):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise self._bad("a malformed embeddings answer") from None
         if isinstance(tokens, int):
             counted = Usage(prompt_tokens=tokens)
@@ -278,6 +279,9 @@ def _usage(data: Any) -> Usage | None:
 
 
 def unpacked(text: str) -> list[float]:
-    """OpenAI's base64 vector (little-endian float32s) as floats."""
-    raw = base64.b64decode(text, validate=True)
-    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    """OpenAI's base64 vector (little-endian float32s) as floats; ``ValueError`` if it
+    is not one."""
+    vector = array.array("f", binascii.a2b_base64(text, strict_mode=True))
+    if sys.byteorder == "big":
+        vector.byteswap()
+    return vector.tolist()

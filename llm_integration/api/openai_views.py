@@ -27,6 +27,7 @@ from ..services.db import run_db
 from ..services.entitlements import visible_aliases
 from ..services.validation import OPTIONS, refuse_unknown, refuse_unknown_in_message
 from .errors import envelope
+from .renderers import with_numbers_json
 from .serializers import StrictBooleanField, StrictFloatField, StrictIntegerField
 from .views import ERRORS, GatewayAPIView, as_response
 
@@ -207,6 +208,10 @@ class EmbeddingsView(GatewayAPIView):
     )
     async def post(self, request):
         return Response(await embedding_reply(request.user, request.data, self.request_id))
+
+    def get_renderers(self):
+        """The project's renderers, JSON written by orjson: tens of thousands of floats."""
+        return with_numbers_json(super().get_renderers())
 
 
 async def embedding_reply(user, payload, request_id: str) -> dict:

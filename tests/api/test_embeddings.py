@@ -147,3 +147,17 @@ def test_the_upstream_is_asked_base64_and_one_that_answers_floats_is_understood(
             raw = base64.b64decode(vector)
             vector = list(struct.unpack(f"<{len(raw) // 4}f", raw))
         assert vector == pytest.approx(fake_vector("hello", 4))
+
+
+def test_a_malformed_base64_vector_from_the_upstream_is_a_recorded_upstream_error(
+    client, openai_fake, api_key_env
+):
+    provider = ProviderFactory(
+        kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
+    )
+    ModelAliasFactory(slug="e3", provider=provider, mode="embedding", upstream_model="e3")
+    openai_fake.push(mode="malformed")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.embeddings.create(model="e3", input="hello", encoding_format="float")
+    assert info.value.status_code == 502
+    assert UsageRecord.objects.get().status == "error"

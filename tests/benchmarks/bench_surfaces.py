@@ -89,7 +89,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="chunks of a stream, in fives")
     parser.add_argument("--inputs", type=int, default=100)
     parser.add_argument("--dimensions", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="text and tool call series")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="text and tool call series (0: embeddings only)"
+    )
     parser.add_argument(
         "--middleware",
         choices=["default", "async-only"],
@@ -149,7 +151,8 @@ def main() -> None:
             print(line("streamed tool call (same length)", tools))
             extras.append((tools["cpu_ms"] / text["cpu_ms"] - 1) * 100)
             print(f"tool call's extra CPU per request: {extras[-1]:+.1f} %")
-        print(f"median of {args.rounds} rounds: {statistics.median(extras):+.1f} %")
+        if extras:
+            print(f"median of {args.rounds} rounds: {statistics.median(extras):+.1f} %")
         inputs = [f"document number {i} about gateways" for i in range(args.inputs)]
         embed = {"model": "embed", "input": inputs, "dimensions": args.dimensions}
         for fmt in ("float", "base64"):
