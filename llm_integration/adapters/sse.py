@@ -1,4 +1,4 @@
-"""Server-sent events, as the WHATWG spec parses them, over httpx's line iterator."""
+"""Server-sent events, as the WHATWG spec parses them, from an iterator of lines."""
 
 from __future__ import annotations
 
