@@ -42,7 +42,7 @@ from .models import (
 from .secrets import resolve_secret
 from .services.budgets import budget_status
 from .services.clock import SYSTEM_CLOCK
-from .services.usage import csv_row, format_money
+from .services.usage import CSV_FIELDS, csv_row, format_money
 
 
 class _Echo:
@@ -363,8 +363,6 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected usage as CSV")
     def export_csv(self, request, queryset):
-        from .api.views import CSV_FIELDS
-
         writer = csv.writer(_Echo())
 
         def rows():

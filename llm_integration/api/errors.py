@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -53,8 +54,25 @@ def flatten_detail(detail: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {detail}" if prefix else str(detail)
 
 
+#: A UTF-16 surrogate: alone, it is no text UTF-8 can carry.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with any lone surrogate as U+FFFD: messages echo what a client sent (a
+    field name, a role), and must render."""
+    return SURROGATE.sub("\ufffd", text)
+
+
 def describe(error: BaseException) -> tuple[int, str, str, str, float | None]:
-    """(HTTP status, code, type, message, retry_after) for any exception."""
+    """(HTTP status, code, type, message, retry_after) for any exception; the message
+    always renders (see ``printable``)."""
+    status, code, kind, message, retry_after = classify(error)
+    return status, code, kind, printable(str(message)), retry_after
+
+
+def classify(error: BaseException) -> tuple[int, str, str, str, float | None]:
+    """``describe`` before the message is made printable."""
     if isinstance(error, exc.LLMError):
         return error.status_code, error.code, error.type, error.message, error.retry_after
     if isinstance(error, Http404):
@@ -100,7 +118,7 @@ def error_param(error: BaseException) -> str | None:
         if isinstance(error.detail, dict):
             fields = [k for k in error.detail if k != "non_field_errors"]
             param = fields[0] if fields else None
-    return param
+    return None if param is None else printable(str(param))
 
 
 def envelope(

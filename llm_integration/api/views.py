@@ -11,11 +11,15 @@ import csv
 import datetime
 import inspect
 import json
+import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connections, router
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -41,44 +45,18 @@ from ..services.chat import (
 )
 from ..services.db import run_db
 from ..services.entitlements import visible_aliases
-from ..services.usage import csv_row, format_money, usage_report
+from ..services.usage import CSV_FIELDS, csv_row, format_money, usage_report
 from ..services.validation import TOOL_OPTIONS, refuse_unknown
 from . import serializers as s
 from .errors import envelope, error_response
 from .parsers import JSONBodyParser
 
+logger = logging.getLogger("llm_integration.api")
+
 ERRORS = {
     code: OpenApiResponse(s.ErrorSerializer)
     for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)
 }
-
-
-CSV_FIELDS = [
-    "created_at",
-    "request_id",
-    "user_id",
-    "plan",
-    "alias",
-    "provider",
-    "upstream_model",
-    "status",
-    "error_type",
-    "prompt_tokens",
-    "completion_tokens",
-    "tokens_estimated",
-    "cost_usd",
-    "latency_ms",
-    "cached",
-    "streamed",
-    "finish_reason",
-]
-
-
-def _date_start(text: str):
-    day = parse_date(text)
-    if day is None:
-        return None
-    return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min))
 
 
 class _Echo:
@@ -87,7 +65,10 @@ class _Echo:
 
 
 async def csv_rows(filters: dict):
-    """CSV lines of the matching usage records, fetched in chunks (never all in memory)."""
+    """CSV lines of the matching usage records, fetched in chunks (never all in memory).
+
+    The 200 has gone out with the first line: a failure after it is logged and ends the
+    export, so that the download ends rather than hangs."""
     from ..models import UsageRecord
 
     writer = csv.writer(_Echo())
@@ -98,10 +79,13 @@ async def csv_rows(filters: dict):
         return list(rows.filter(id__gt=after).values_list("id", *CSV_FIELDS)[:2000])
 
     last = 0
-    while chunk := await run_db(page, last):  # keyset pages: flat cost, bounded memory
-        last = chunk[-1][0]
-        for row in chunk:
-            yield writer.writerow(csv_row(row[1:]))
+    try:
+        while chunk := await run_db(page, last):  # keyset pages: flat cost, bounded memory
+            last = chunk[-1][0]
+            for row in chunk:
+                yield writer.writerow(csv_row(row[1:]))
+    except Exception:
+        logger.exception("llm.usage_export_failed", extra={"after_id": last})
 
 
 def usage_payload(usage, cost) -> dict:
@@ -428,9 +412,86 @@ class ChatView(GatewayAPIView):
         return as_response(await chat_reply(request.user, request.data, self.request_id))
 
 
+def user_id_range() -> tuple[int, int]:
+    """The ids the user model's key can hold in its database (PostgreSQL's ``integer``
+    up to 2**31 - 1, SQLite's up to 2**63 - 1): one beyond is refused, not sent."""
+    model = get_user_model()
+    key = model._meta.pk
+    while key.is_relation:  # a user model that extends another by its key
+        key = key.target_field
+    try:
+        return connections[router.db_for_read(model)].ops.integer_field_range(
+            key.get_internal_type()
+        )
+    except KeyError:  # not an integer key
+        return (0, 2**31 - 1)
+
+
+def user_id(text: str) -> int:
+    """A user id given as a query parameter: ASCII digits, in the key's range."""
+    low, high = user_id_range()
+    if text.isascii() and text.isdigit() and len(text) <= 20 and low <= int(text) <= high:
+        return int(text)
+    raise drf.ValidationError({"user": [f"Give a user id (a whole number up to {high})."]})
+
+
+def moment(name: str, text: str) -> datetime.datetime:
+    """A ``since``/``until`` bound: an ISO date (midnight) or date-time that exists, in
+    the current time zone unless it names one."""
+    when = None
+    if text.isascii() and len(text) <= 64:
+        try:
+            when = parse_datetime(text)
+            if when is None and (day := parse_date(text)) is not None:
+                when = datetime.datetime.combine(day, datetime.time.min)
+            if when is not None and settings.USE_TZ:
+                if timezone.is_naive(when):
+                    when = timezone.make_aware(when)
+                when.astimezone(datetime.UTC)  # the database stores UTC: must exist there
+            elif when is not None and timezone.is_aware(when):
+                when = timezone.make_naive(when)
+        except (ValueError, OverflowError):  # 2026-02-30, +25:00, a year past 9999 in UTC
+            when = None
+    if when is None:
+        raise drf.ValidationError({name: ["Give a real ISO date or date-time."]})
+    return when
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """The query parameters of ``GET /api/v1/usage``, checked."""
+
+    csv: bool = False
+    user_id: int | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+
+    @classmethod
+    def parse(cls, params) -> UsageQuery:
+        """Every parameter the endpoint reads, or a 400 naming the first that is wrong,
+        before anything is answered (a CSV export streams: too late then)."""
+        kind = params.get("format") or "json"
+        if kind not in ("json", "csv"):
+            raise drf.ValidationError({"format": ["Give json or csv."]})
+        user, since, until = (params.get(name) for name in ("user", "since", "until"))
+        return cls(
+            csv=kind == "csv",
+            user_id=user_id(user) if user else None,
+            since=moment("since", since) if since else None,
+            until=moment("until", until) if until else None,
+        )
+
+
 class UsageView(GatewayAPIView):
     @extend_schema(
-        parameters=[OpenApiParameter("user", int, description="Staff only: another user's id.")],
+        parameters=[
+            OpenApiParameter("user", int, description="Staff only: another user's id."),
+            OpenApiParameter(
+                "format", str, enum=["json", "csv"], description="Staff only: csv exports."
+            ),
+            OpenApiParameter("since", str, description="CSV: from this ISO date or date-time."),
+            OpenApiParameter("until", str, description="CSV: before this ISO date or date-time."),
+        ],
         responses={
             200: s.UsageReportSerializer,
             401: ERRORS[401],
@@ -440,38 +501,29 @@ class UsageView(GatewayAPIView):
         summary="The caller's usage today and this month, and their budgets",
     )
     async def get(self, request):
-        if request.query_params.get("format") == "csv":
-            return await self.csv(request)
+        if request.query_params.get("user") and not request.user.is_staff:
+            raise drf.PermissionDenied("Only staff may read another user's usage.")
+        if request.query_params.get("format") == "csv" and not request.user.is_staff:
+            raise drf.PermissionDenied("Only staff may export usage.")
+        query = UsageQuery.parse(request.query_params)
+        if query.csv:
+            return self.csv(query)
         user = request.user
-        other = request.query_params.get("user")
-        if other not in (None, ""):
-            if not user.is_staff:
-                raise drf.PermissionDenied("Only staff may read another user's usage.")
-            if not other.isdigit():
-                raise drf.ValidationError({"user": "Give a user id."})
-            user = await get_user_model().objects.filter(pk=int(other)).afirst()
+        if query.user_id is not None:
+            user = await get_user_model().objects.filter(pk=query.user_id).afirst()
             if user is None:
                 raise drf.NotFound("No such user.")
         return Response(await run_db(usage_report, user, now=timezone.now()))
 
-    async def csv(self, request) -> StreamingHttpResponse:
+    def csv(self, query: UsageQuery) -> StreamingHttpResponse:
         """Staff only: usage records as CSV, streamed (filters: user, since, until)."""
-        if not request.user.is_staff:
-            raise drf.PermissionDenied("Only staff may export usage.")
         filters = {}
-        params = request.query_params
-        if params.get("user"):
-            if not params["user"].isdigit():
-                raise drf.ValidationError({"user": "Give a user id."})
-            filters["user_id"] = int(params["user"])
-        for name, lookup in (("since", "created_at__gte"), ("until", "created_at__lt")):
-            if params.get(name):
-                when = parse_datetime(params[name]) or _date_start(params[name])
-                if when is None:
-                    raise drf.ValidationError({name: "Give an ISO date or date-time."})
-                if timezone.is_naive(when):
-                    when = timezone.make_aware(when)
-                filters[lookup] = when
+        if query.user_id is not None:
+            filters["user_id"] = query.user_id
+        if query.since is not None:
+            filters["created_at__gte"] = query.since
+        if query.until is not None:
+            filters["created_at__lt"] = query.until
         response = StreamingHttpResponse(csv_rows(filters), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="llm-usage.csv"'
         return response

@@ -1,7 +1,9 @@
-"""Cost arithmetic and usage records. Money is Decimal; prices are per million tokens."""
+"""Cost arithmetic, usage records and their CSV export rows. Money is Decimal; prices are
+per million tokens."""
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..adapters import Usage
@@ -25,9 +27,49 @@ def format_money(value: Decimal) -> str:
     return format(value.quantize(QUANTUM).normalize(), "f") if value else "0"
 
 
+#: The columns of both usage exports (the API's ``?format=csv`` and admin's action).
+CSV_FIELDS = [
+    "created_at",
+    "request_id",
+    "user_id",
+    "plan",
+    "alias",
+    "provider",
+    "upstream_model",
+    "status",
+    "error_type",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_estimated",
+    "cost_usd",
+    "latency_ms",
+    "cached",
+    "streamed",
+    "finish_reason",
+]
+
+#: What a spreadsheet reads as the start of a formula (OWASP's list, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def csv_cell(value):
+    """``value`` as an export cell a spreadsheet shows as text, never runs as a formula:
+    text from an upstream or a client (a ``finish_reason`` of ``=HYPERLINK(...)``) that
+    starts like a formula gets a leading ``'``; a plain number (``-1.5``) stays one."""
+    if (
+        isinstance(value, str)
+        and value.startswith(FORMULA_STARTS)
+        and not PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
+
+
 def csv_row(row) -> list:
-    """A usage export row, money as plain decimals (``0``, ``0.00012``; never ``0E-8``)."""
-    return [format_money(v) if isinstance(v, Decimal) else v for v in row]
+    """A usage export row: money as plain decimals (``0``, ``0.00012``; never ``0E-8``),
+    text neutralised by ``csv_cell``."""
+    return [format_money(v) if isinstance(v, Decimal) else csv_cell(v) for v in row]
 
 
 def period_usage(user_id: int, since) -> dict:
