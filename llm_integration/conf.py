@@ -67,6 +67,11 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_CACHE_TTL": 30,
     # Seconds a WebSocket may stay open without authenticating before it is closed (4401).
     "WEBSOCKET_AUTH_TIMEOUT": 10.0,
+    # Seconds one call to the channel layer (a socket joining or leaving its user's
+    # group, a notice sent to it) may take before the layer counts as down; after a
+    # failure, seconds before this process tries the layer again. Chats never need it.
+    "CHANNEL_LAYER_TIMEOUT": 1.0,
+    "CHANNEL_LAYER_RETRY_INTERVAL": 5.0,
     # --- Rate limits, caching ---------------------------------------------------
     # Requests per minute per user when no row sets one (None: no limit).
     "RATE_LIMIT_RPM": None,

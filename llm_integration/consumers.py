@@ -14,17 +14,30 @@ in the ``done`` frame.
 Each authenticated socket joins the group ``llm_user_<id>``: anything sent there as
 ``{"type": "llm.notice", "payload": {...}}`` reaches the browser as a ``notice`` frame
 (through Redis, from any process, when ``REDIS_URL`` is set).
+
+The channel layer carries these notices only, never a chat, and a layer that fails
+(Redis down or stalled) costs notices, not sockets or chats. Channels' dispatch loop is
+not given the layer (a layer error there ends the socket with 1011): a side task of each
+authenticated socket receives from it. Every other layer call (group join, leave, send)
+is bounded by ``CHANNEL_LAYER_TIMEOUT``; a failure is logged
+(``llm.channel_layer_unavailable``) and the process then leaves the layer alone for
+``CHANNEL_LAYER_RETRY_INTERVAL``, after which sockets out of their group join it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from . import exceptions as exc
@@ -34,6 +47,8 @@ from .services.chat import ChatStream, Delta, ToolCallDelta, astream_chat, new_r
 from .services.usage import format_money
 from .services.validation import TOOL_OPTIONS, refuse_unknown
 from .signals import budget_alerts_fired
+
+logger = logging.getLogger("llm_integration.consumers")
 
 CLOSE_UNAUTHENTICATED = 4401
 #: The fields of a ``chat`` frame; any other is refused by name.
@@ -46,32 +61,76 @@ def user_group(user_id: int) -> str:
     return f"llm_user_{user_id}"
 
 
+_layer_down_until = 0.0  # time.monotonic() before which the layer is not tried again
+
+
+def layer_available() -> bool:
+    """False within ``CHANNEL_LAYER_RETRY_INTERVAL`` of the layer's last failure."""
+    return time.monotonic() >= _layer_down_until
+
+
+def layer_failed(operation: str, error: Exception) -> None:
+    """Note a failure of the layer: logged, unless it is down already (one warning per
+    outage and retry interval, not one per socket)."""
+    global _layer_down_until
+    if layer_available():
+        logger.warning(
+            "llm.channel_layer_unavailable",
+            extra={"operation": operation, "error_type": type(error).__name__},
+            exc_info=not isinstance(error, TimeoutError),
+        )
+    _layer_down_until = time.monotonic() + float(llm_settings.CHANNEL_LAYER_RETRY_INTERVAL)
+
+
+async def layer_call(operation: str, call: Callable[[], Awaitable[object]]) -> bool:
+    """Whether ``await call()`` on the layer succeeded within ``CHANNEL_LAYER_TIMEOUT``;
+    False at once while the layer is known down."""
+    if not layer_available():
+        return False
+    try:
+        async with asyncio.timeout(float(llm_settings.CHANNEL_LAYER_TIMEOUT)):
+            await call()
+    except Exception as error:
+        layer_failed(operation, error)
+        return False
+    return True
+
+
+@receiver(setting_changed)
+def _forget_layer_failure(*, setting: str, **kwargs) -> None:
+    global _layer_down_until
+    if setting in ("CHANNEL_LAYERS", "LLM_INTEGRATION"):
+        _layer_down_until = 0.0  # a new layer (Channels rebuilds it), or new intervals
+
+
 @receiver(budget_alerts_fired, dispatch_uid="llm-alerts-to-sockets")
 async def notify_sockets(sender, *, user, alerts, **kwargs) -> None:
     """Tell the requesting user's open pages (their WebSocket group) that a budget
-    crossed a threshold; through Redis this reaches sockets served by any process."""
+    crossed a threshold; through Redis this reaches sockets served by any process. The
+    request that fired the alert (HTTP or WebSocket) waits at most
+    ``CHANNEL_LAYER_TIMEOUT`` for this, and a failing layer only loses the notices."""
     layer = get_channel_layer()
     if layer is None or not getattr(user, "pk", None):
         return
     for alert in alerts:
         budget = alert.budget
         spent, limit = format_money(alert.spent_usd), format_money(alert.limit_usd)
-        await layer.group_send(
-            user_group(user.pk),
-            {
-                "type": "llm.notice",
-                "payload": {
-                    "kind": "budget_alert",
-                    "budget": budget.name,
-                    "scope": budget.scope,
-                    "threshold": alert.threshold,
-                    "spent_usd": spent,
-                    "limit_usd": limit,
-                    "text": f"Budget {budget.name!r} has reached {alert.threshold}% "
-                    f"(${spent} of ${limit}).",
-                },
+        notice = {
+            "type": "llm.notice",
+            "payload": {
+                "kind": "budget_alert",
+                "budget": budget.name,
+                "scope": budget.scope,
+                "threshold": alert.threshold,
+                "spent_usd": spent,
+                "limit_usd": limit,
+                "text": f"Budget {budget.name!r} has reached {alert.threshold}% "
+                f"(${spent} of ${limit}).",
             },
-        )
+        }
+        send = functools.partial(layer.group_send, user_group(user.pk), notice)
+        if not await layer_call("group_send", send):
+            return  # the layer is down: the other alerts' notices are lost with this one
 
 
 @database_sync_to_async
@@ -108,6 +167,20 @@ def usage_payload(usage, cost) -> dict[str, Any]:
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
+    #: Not a configured alias: Channels gives the dispatch loop no layer (see the module
+    #: docstring); ``relay_notices`` receives from the default one instead.
+    channel_layer_alias = None
+    layer = None  # the default channel layer, once the socket is authenticated
+    layer_channel: str | None = None  # this socket's channel on it
+    joined = False  # whether that channel is in the user's group
+    listener: asyncio.Task | None = None  # relay_notices
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:  # however the socket ends, its side task and group membership end too
+            await self.leave_group()
+
     async def connect(self) -> None:
         self.user = None
         self.token: str | None = None  # the DRF token a token socket authenticated with
@@ -130,8 +203,53 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user, self.token = user, token
         if self.auth_timer is not None:
             self.auth_timer.cancel()
-        if self.channel_layer is not None:
-            await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
+        self.layer = get_channel_layer()
+        if self.layer is not None:
+            await self.join_group()  # before the next frame: a notice sent after it arrives
+            self.listener = asyncio.create_task(self.relay_notices())
+
+    async def join_group(self) -> None:
+        """Put this socket's channel (named on the first try) in the user's group."""
+
+        async def join() -> None:
+            if self.layer_channel is None:
+                self.layer_channel = await self.layer.new_channel()
+            await self.layer.group_add(user_group(self.user.pk), self.layer_channel)
+
+        self.joined = await layer_call("group_add", join)
+
+    async def relay_notices(self) -> None:
+        """The socket's side task: the group's ``llm.notice`` messages, sent as frames.
+        Receiving waits for a message, so it is not bounded; when it fails, or the
+        socket could not join, the task waits ``CHANNEL_LAYER_RETRY_INTERVAL`` and joins
+        again (a restarted Redis has lost the group)."""
+        while True:
+            if self.joined:
+                try:
+                    message = await self.layer.receive(self.layer_channel)
+                except Exception as error:
+                    layer_failed("receive", error)
+                    self.joined = False
+                else:
+                    if message.get("type") == "llm.notice":
+                        await self.llm_notice(message)
+                    continue
+            await asyncio.sleep(float(llm_settings.CHANNEL_LAYER_RETRY_INTERVAL))
+            await self.join_group()
+
+    async def leave_group(self) -> None:
+        if self.listener is not None:
+            self.listener.cancel()
+            await asyncio.gather(self.listener, return_exceptions=True)
+            self.listener = None
+        if self.joined:
+            self.joined = False
+            await layer_call(
+                "group_discard",
+                functools.partial(
+                    self.layer.group_discard, user_group(self.user.pk), self.layer_channel
+                ),
+            )
 
     async def disconnect(self, code: int) -> None:
         if self.auth_timer is not None:
@@ -139,8 +257,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.user is not None and self.channel_layer is not None:
-            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         try:
