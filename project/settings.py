@@ -102,9 +102,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     # A file, not shared-cache memory, so that concurrent test threads wait for the
-    # write lock (busy timeout) instead of failing with "database table is locked".
+    # write lock (busy timeout) instead of failing with "database table is locked";
+    # beside the database it stands in for (db.sqlite3: test_db.sqlite3).
+    database = Path(DATABASES["default"]["NAME"])
     DATABASES["default"].setdefault("TEST", {}).setdefault(
-        "NAME", str(BASE_DIR / "test_db.sqlite3")
+        "NAME", str(database.with_name(f"test_{database.name}"))
     )
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
