@@ -50,6 +50,14 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_DEADLINE": 120.0,
     # A Retry-After longer than this is not waited for: the next fallback is tried.
     "RETRY_AFTER_MAX": 10.0,
+    # The most bytes read of one upstream answer, or of one stream event or line; over
+    # it is a 502 bad_upstream_response (memory stays bounded).
+    "MAX_UPSTREAM_BYTES": 32 * 1024 * 1024,
+    # A stream that delivers no content (keep-alive comments and empty deltas are not
+    # content) for this many seconds, or runs longer than MAX_STREAM_SECONDS in all,
+    # ends with an upstream_timeout error and is recorded.
+    "STREAM_IDLE_TIMEOUT": 60.0,
+    "MAX_STREAM_SECONDS": 900.0,
     # Worst-case prompt tokens for models counted by estimate: estimate * factor + 16.
     "ESTIMATE_SAFETY_FACTOR": 1.5,
     # Circuit breaker: open after this many consecutive failures, probe after cooldown.

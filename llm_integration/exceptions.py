@@ -32,6 +32,8 @@ these attributes. Messages never contain provider keys.
 
 from __future__ import annotations
 
+from .redaction import scrub
+
 
 class LLMError(Exception):
     """Base class of every error of the app."""
@@ -185,7 +187,8 @@ class UpstreamError(LLMError):
         status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, retry_after=retry_after)
+        # Upstream text may quote the key: no piece of a registered key gets through.
+        super().__init__(scrub(message), retry_after=retry_after)
         self.provider = provider
         self.status = status
         #: For an interrupted stream: what was consumed before the cut (an estimate).

@@ -6,7 +6,12 @@ become ``tool_use``/``tool_result`` blocks (and back: ``input_json_delta`` piece
 tool-call deltas), ``response_format`` is a forced tool whose input is the answer, and
 the SDK's own retries are off: the service layer retries. Streaming reads the raw
 events: ``message_start`` carries the input tokens, ``message_delta`` the cumulative
-output tokens (never added to those of ``message_start``).
+output tokens (never added to those of ``message_start``; a stream without one has its
+output estimated).
+
+The SDK's HTTP client gets a transport of ours (``BoundedTransport``, httpx's public
+transport API) that holds every answer to ``MAX_UPSTREAM_BYTES``, every stream event
+too; answers are asked uncompressed, so what is counted is what is kept.
 """
 
 from __future__ import annotations
@@ -25,23 +30,19 @@ from .base import (
     Completion,
     Message,
     StreamChunk,
-    Usage,
     error_for_status,
+    error_from_transport,
+    max_upstream_bytes,
     parse_retry_after,
 )
+from .http import ResponseTooLarge, env_proxy
 from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
+from .untrusted import MAX_TOKEN_COUNT, clean, finish_reason, log_bad_count, token_count
 
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError,)
 TIMEOUTS: tuple[type[Exception], ...] = (httpx2.TimeoutException,)
 
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 DEFAULT_MAX_TOKENS = 1024
 
 
@@ -56,14 +57,23 @@ class AnthropicAdapter(BaseLLMAdapter):
         self.base_url = self.base_url.removesuffix("/v1")
 
     def _sdk(self) -> anthropic.AsyncAnthropic:
-        return self._client_for_loop(
-            lambda: anthropic.AsyncAnthropic(
-                api_key=self._api_key or "",
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=0,
-                default_headers=self.headers or None,
-            )
+        return self._client_for_loop(self._new_sdk)
+
+    def _new_sdk(self) -> anthropic.AsyncAnthropic:
+        proxy = env_proxy(self.base_url)
+        transport = httpx2.AsyncHTTPTransport(
+            limits=anthropic.DEFAULT_CONNECTION_LIMITS,
+            proxy=httpx_proxy(proxy) if proxy.get("proxy") else None,
+        )
+        return anthropic.AsyncAnthropic(
+            api_key=self._api_key or "",
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            default_headers={"Accept-Encoding": "identity", **self.headers},
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                transport=BoundedTransport(transport), timeout=self.timeout
+            ),
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
@@ -98,6 +108,14 @@ class AnthropicAdapter(BaseLLMAdapter):
 
     def _map_error(self, e: Exception, *, started: bool = False) -> exc.UpstreamError:
         name, provider = type(e).__name__, self.provider_name
+        if isinstance(e.__cause__, ResponseTooLarge | CompressedAnswer):
+            e = e.__cause__
+        if isinstance(e, ResponseTooLarge):
+            return error_from_transport(e, provider=provider)
+        if isinstance(e, CompressedAnswer):
+            return exc.BadUpstreamResponse(
+                f"{provider} sent a compressed answer though asked for none.", provider=provider
+            )
         if isinstance(e, (anthropic.APITimeoutError, *TIMEOUTS)):
             return exc.UpstreamTimeout(
                 f"{provider} did not answer in time ({name}).", provider=provider
@@ -111,7 +129,8 @@ class AnthropicAdapter(BaseLLMAdapter):
             message = self._redact(message)[:500] or "no message"
             status = e.status_code
             if status == 200:  # an `error` event inside a stream
-                kind = body.get("error", {}).get("type", "") if isinstance(body, dict) else ""
+                err = body.get("error") if isinstance(body, dict) else None
+                kind = err.get("type", "") if isinstance(err, dict) else ""
                 status = 529 if kind == "overloaded_error" else 500
             return error_for_status(
                 status,
@@ -139,18 +158,24 @@ class AnthropicAdapter(BaseLLMAdapter):
         """The Models API (``GET /v1/models``)."""
         try:
             page = await self._sdk().models.list(limit=1000)
-            return [m.id for m in page.data]
-        except (anthropic.AnthropicError, *TRANSPORT_ERRORS) as e:
+            return [clean(str(m.id)) for m in page.data]
+        except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
             raise self._map_error(e) from None
 
     async def _complete(self, request: ChatRequest) -> Completion:
         try:
             message = await self._sdk().messages.create(**self._params(request))
-            text = "".join(
-                block.text for block in message.content if getattr(block, "type", "") == "text"
+            text = clean(
+                "".join(
+                    block.text for block in message.content if getattr(block, "type", "") == "text"
+                )
             )
             calls = tuple(
-                ToolCall(block.id, block.name, json.dumps(block.input, ensure_ascii=False))
+                ToolCall(
+                    clean(str(block.id)),
+                    clean(str(block.name)),
+                    clean(json.dumps(block.input, ensure_ascii=False)),
+                )
                 for block in message.content
                 if getattr(block, "type", "") == "tool_use"
             )
@@ -159,8 +184,15 @@ class AnthropicAdapter(BaseLLMAdapter):
                 # The forced tool's input is the answer.
                 text, calls = "".join(call.arguments for call in calls) or text, ()
                 stop_reason = "end_turn" if stop_reason == "tool_use" else stop_reason
-            usage = _usage(message.usage)
-        except (anthropic.AnthropicError, *TRANSPORT_ERRORS) as e:
+            usage = message.usage
+            usage = self._reported_usage(
+                _input_tokens(usage, self.provider_name),
+                getattr(usage, "output_tokens", None),
+                request,
+                text + "".join(c.name + c.arguments for c in calls),
+            )
+            model, message_id = clean(str(message.model or self.model)), clean(str(message.id))
+        except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
             raise self._map_error(e) from None
         except (AttributeError, TypeError, ValueError):
             raise exc.BadUpstreamResponse(
@@ -168,17 +200,17 @@ class AnthropicAdapter(BaseLLMAdapter):
             ) from None
         return Completion(
             text=text,
-            usage=usage or self._estimate_usage(request, text),
-            finish_reason=FINISH_REASONS.get(stop_reason, "stop"),
-            model=message.model or self.model,
-            id=message.id,
+            usage=usage,
+            finish_reason=finish_reason(stop_reason, self.provider_name),
+            model=model,
+            id=message_id,
             tool_calls=calls,
         )
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parts: list[str] = []
-        prompt_tokens: int | None = None
-        output_tokens: int | None = None
+        prompt_tokens: Any = None
+        output_tokens: Any = None
         stop_reason: str | None = None
         finished = started = False
         formatted = request.response_format is not None
@@ -190,25 +222,26 @@ class AnthropicAdapter(BaseLLMAdapter):
                 async for event in stream:
                     kind = event.type
                     if kind == "message_start":
-                        prompt_tokens = _input_tokens(event.message.usage)
-                        output_tokens = event.message.usage.output_tokens
+                        prompt_tokens = _input_tokens(event.message.usage, self.provider_name)
                     elif kind == "content_block_start":
                         block = event.content_block
                         if getattr(block, "type", "") == "tool_use" and not formatted:
                             calls[event.index] = len(calls)
-                            parts.append(block.name)
+                            name = clean(str(block.name))
+                            parts.append(name)
                             yield StreamChunk(
                                 tool_call=ToolCallDelta(
-                                    calls[event.index], "", block.id, block.name
+                                    calls[event.index], "", clean(str(block.id)), name
                                 )
                             )
                     elif kind == "content_block_delta":
                         delta_type = getattr(event.delta, "type", "")
                         if delta_type == "text_delta" and event.delta.text:
-                            parts.append(event.delta.text)
-                            yield StreamChunk(text=event.delta.text)
+                            text = clean(event.delta.text)
+                            parts.append(text)
+                            yield StreamChunk(text=text)
                         elif delta_type == "input_json_delta" and event.delta.partial_json:
-                            piece = event.delta.partial_json
+                            piece = clean(event.delta.partial_json)
                             parts.append(piece)
                             if formatted:  # the forced tool's input is the answer
                                 yield StreamChunk(text=piece)
@@ -221,10 +254,10 @@ class AnthropicAdapter(BaseLLMAdapter):
                         if event.usage and event.usage.output_tokens is not None:
                             output_tokens = event.usage.output_tokens  # cumulative
                         if getattr(event.usage, "input_tokens", None):
-                            prompt_tokens = _input_tokens(event.usage)
+                            prompt_tokens = _input_tokens(event.usage, self.provider_name)
                     elif kind == "message_stop":
                         finished = True
-        except (anthropic.AnthropicError, *TRANSPORT_ERRORS) as e:
+        except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
             raise self._partial(self._map_error(e, started=started), request, parts) from None
         except (AttributeError, TypeError, ValueError):
             error = exc.BadUpstreamResponse(
@@ -236,13 +269,11 @@ class AnthropicAdapter(BaseLLMAdapter):
                 f"{self.provider_name} ended the stream early.", provider=self.provider_name
             )
             raise self._partial(error, request, parts)
-        if prompt_tokens is None or output_tokens is None:
-            usage = self._estimate_usage(request, "".join(parts))
-        else:
-            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=output_tokens)
+        usage = self._reported_usage(prompt_tokens, output_tokens, request, "".join(parts))
         if formatted and stop_reason == "tool_use":
             stop_reason = "end_turn"
-        yield StreamChunk(finish_reason=FINISH_REASONS.get(stop_reason or "", "stop"), usage=usage)
+        finish = finish_reason(stop_reason, self.provider_name)
+        yield StreamChunk(finish_reason=finish, usage=usage)
 
     def _partial(
         self, error: exc.UpstreamError, request: ChatRequest, parts: list[str]
@@ -334,17 +365,89 @@ def tool_params(request: ChatRequest) -> dict[str, Any]:
 ANTHROPIC_CHOICE = {"auto": "auto", "none": "none", "required": "any", "tool": "tool"}
 
 
-def _input_tokens(usage: Any) -> int:
-    return (
-        int(usage.input_tokens or 0)
-        + int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
-        + int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+def _input_tokens(usage: Any, provider: str) -> int | None:
+    """The prompt's tokens: input, cache writes and cache reads together (None if the
+    input count is missing or is not a count)."""
+    total = 0
+    for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+        raw = getattr(usage, name, None)
+        if raw is None and name != "input_tokens":
+            continue
+        value = token_count(raw)
+        if value is None:
+            if raw is not None:
+                log_bad_count(provider, name, raw)
+            return None
+        total += value
+    return total if total <= MAX_TOKEN_COUNT else None
+
+
+class CompressedAnswer(Exception):
+    """An upstream answered compressed though asked for no content coding."""
+
+
+class BoundedTransport(httpx2.AsyncBaseTransport):
+    """httpx's transport with every answer held to ``MAX_UPSTREAM_BYTES``: a body in all,
+    a server-sent event (the bytes since the last blank line) in a stream."""
+
+    def __init__(self, transport: httpx2.AsyncBaseTransport) -> None:
+        self.transport = transport
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.transport.handle_async_request(request)
+        limit = max_upstream_bytes()
+        coding = response.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            await response.aclose()
+            raise CompressedAnswer(coding)
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await response.aclose()
+            raise ResponseTooLarge(limit)
+        events = response.headers.get("content-type", "").startswith("text/event-stream")
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=BoundedStream(response, limit, events=events),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+class BoundedStream(httpx2.AsyncByteStream):
+    """The raw bytes of ``response``; ``ResponseTooLarge`` past ``limit`` in all or, for
+    an event stream, since the last blank line."""
+
+    def __init__(self, response: httpx2.Response, limit: int, *, events: bool) -> None:
+        self.response, self.limit, self.events = response, limit, events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size, tail = 0, b""
+        async for chunk in self.response.aiter_raw():
+            if self.events:
+                seen = tail + chunk
+                end = max(seen.rfind(b"\n\n"), seen.rfind(b"\r\r"), seen.rfind(b"\n\r\n"))
+                size = len(seen) - end if end >= 0 else size + len(chunk)
+                tail = seen[-3:]
+            else:
+                size += len(chunk)
+            if size > self.limit:
+                raise ResponseTooLarge(self.limit)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+def httpx_proxy(proxy: dict[str, Any]) -> httpx2.Proxy:
+    """``env_proxy``'s aiohttp arguments as httpx's proxy."""
+    auth = proxy.get("proxy_auth")
+    return httpx2.Proxy(
+        str(proxy["proxy"]), auth=(auth.login, auth.password) if auth is not None else None
     )
 
 
-def _usage(usage: Any) -> Usage | None:
-    if usage is None:
-        return None
-    return Usage(
-        prompt_tokens=_input_tokens(usage), completion_tokens=int(usage.output_tokens or 0)
-    )
+#: Our own failures raised from inside the SDK's reads.
+OURS: tuple[type[Exception], ...] = (ResponseTooLarge, CompressedAnswer)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
+import logging
+import traceback
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -23,13 +24,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .. import exceptions as exc
+from ..conf import llm_settings
+from ..redaction import keys, redact_secret
 from ..services.tokens import count_message_tokens, count_text_tokens
 from .http import (
     TRANSPORT_ERRORS,
     HTTPResult,
     PooledRequest,
+    ResponseTooLarge,
     env_proxy,
     httpx,
+    read_body,
+    read_error_body,
     request_timeout,
     sessions,
 )
@@ -45,6 +51,9 @@ from .tools import (
     parse_tool_choice,
     parse_tools,
 )
+from .untrusted import clean, log_bad_count, token_count
+
+logger = logging.getLogger("llm_integration.adapters")
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -309,6 +318,7 @@ class BaseLLMAdapter(ABC):
         self.model = model
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         self._api_key = api_key
+        keys.register([api_key])
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.provider_name = provider_name or (self.kinds[0] if self.kinds else "upstream")
@@ -329,12 +339,40 @@ class BaseLLMAdapter(ABC):
 
     # -- public API -------------------------------------------------------------------
     async def complete(self, prompt: Prompt, **options: Any) -> Completion:
-        return await self._complete(build_request(prompt, **options))
+        request = build_request(prompt, **options)
+        try:
+            return await self._complete(request)
+        except (exc.LLMError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            raise self._unreadable(error) from None
 
     async def complete_stream(self, prompt: Prompt, **options: Any) -> AsyncIterator[StreamChunk]:
         request = build_request(prompt, **options)
-        async for chunk in self._stream(request):
-            yield chunk
+        try:
+            async for chunk in self._stream(request):
+                yield chunk
+        except (exc.LLMError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as error:
+            raise self._unreadable(error) from None
+
+    def _unreadable(self, error: Exception) -> exc.BadUpstreamResponse:
+        """What an answer the adapter failed to read becomes: a 502, never a 500. The
+        failure is logged with where it happened (it may be the adapter's own), not with
+        its message, which may quote the upstream."""
+        logger.error(
+            "llm.adapter_failed",
+            extra={
+                "provider": self.provider_name,
+                "error_type": type(error).__name__,
+                "where": "".join(traceback.format_tb(error.__traceback__)[-3:]),
+            },
+        )
+        return exc.BadUpstreamResponse(
+            f"{self.provider_name} sent an answer the gateway could not read.",
+            provider=self.provider_name,
+        )
 
     def count_tokens(self, prompt: str | Prompt) -> int:
         """Tokens of a text or of a chat prompt, as this model would count them."""
@@ -381,14 +419,16 @@ class BaseLLMAdapter(ABC):
         )
 
     async def _call(self, method: str, path: str, *, json: Any = None) -> HTTPResult:
-        """One non-streaming HTTP request; transport failures and 4xx/5xx become our errors."""
+        """One non-streaming HTTP request; transport failures, 4xx/5xx and bodies over
+        ``MAX_UPSTREAM_BYTES`` become our errors."""
         try:
             async with self._request(method, path, json) as r:
-                result = HTTPResult.of(r, await r.read())
-        except TRANSPORT_ERRORS as e:
+                if r.status >= 400:
+                    body = await read_error_body(r)
+                    raise self._error(HTTPResult.of(r, body), body)
+                result = HTTPResult.of(r, await read_body(r, max_upstream_bytes()))
+        except (*TRANSPORT_ERRORS, ResponseTooLarge) as e:
             raise error_from_transport(e, provider=self.provider_name) from None
-        if result.status_code >= 400:
-            raise self._error(result, result.content)
         return result
 
     async def embed(
@@ -458,41 +498,33 @@ class BaseLLMAdapter(ABC):
 
     def _redact(self, text: str) -> str:
         """Remove the key, and any part of it, from text that may leave the adapter."""
-        return redact_secret(text, self._api_key)
+        return redact_secret(clean(text), self._api_key)
 
-
-#: Words that could be a key or part of one: elided ("sk-CANAR...3456", "sk-****abcd")
-#: or long unbroken runs of key characters.
-KEY_LIKE = re.compile(r"[\w\-]*(?:\.{2,}|\*{2,}|…)[\w\-]*|[\w\-]{20,}")
-ELISION = re.compile(r"\.{2,}|\*{2,}|…")
-KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "key-", "gsk_", "xai-", "AIza")
-
-
-def redact_secret(text: str, key: str | None) -> str:
-    """``text`` without ``key``, without words that repeat its start (5 characters or
-    more) or its end (4 or more) around an elision, and without key-shaped words (an
-    upstream may quote part of a key, ``(partial sk-CANAR...3456)``, or another one)."""
-    if key:
-        text = text.replace(key, "[redacted]")
-
-    def mask(match: re.Match) -> str:
-        word = match.group(0)
-        pieces = ELISION.split(word)
-        head, tail = pieces[0], pieces[-1]
-        if word.startswith(KEY_PREFIXES):
-            return "[redacted]"
-        if key and (
-            (len(head) >= 5 and key.startswith(head)) or (len(tail) >= 4 and key.endswith(tail))
-        ):
-            return "[redacted]"
-        if key and len(word) >= 20 and (word in key or key in word):
-            return "[redacted]"
-        return word
-
-    return KEY_LIKE.sub(mask, text)
+    def _reported_usage(
+        self, prompt: Any, completion: Any, request: ChatRequest, text: str
+    ) -> Usage:
+        """The upstream's counts where they are counts (``untrusted.token_count``); an
+        estimate in place of each that is missing or is not, flagged as such."""
+        p, c = token_count(prompt), token_count(completion)
+        if p is not None and c is not None:
+            return Usage(prompt_tokens=p, completion_tokens=c)
+        for field, raw, value in (("prompt", prompt, p), ("completion", completion, c)):
+            if raw is not None and value is None:
+                log_bad_count(self.provider_name, field, raw)
+        guess = self._estimate_usage(request, text)
+        return Usage(
+            prompt_tokens=guess.prompt_tokens if p is None else p,
+            completion_tokens=guess.completion_tokens if c is None else c,
+            estimated=True,
+        )
 
 
 # -- shared HTTP error mapping ---------------------------------------------------------
+
+
+def max_upstream_bytes() -> int:
+    """The most bytes of one answer, or of one stream event, read from an upstream."""
+    return int(llm_settings.MAX_UPSTREAM_BYTES)
 
 
 def parse_retry_after(headers: httpx.Headers | Mapping[str, str]) -> float | None:
@@ -578,7 +610,7 @@ def error_from_http_response(
             message = err
     except ValueError:
         message = body[:200].decode("utf-8", "replace")
-    message = redact(message.strip())[:500] or response.reason_phrase
+    message = redact(message.strip())[:500] or clean(response.reason_phrase)
     return error_for_status(
         response.status_code,
         message,
@@ -590,9 +622,14 @@ def error_from_http_response(
 def error_from_transport(
     error: Exception, *, provider: str, streaming_started: bool = False
 ) -> exc.UpstreamError:
-    """Map an aiohttp/httpx transport exception to the taxonomy (its text may hold URLs:
-    not used)."""
+    """Map an aiohttp/httpx transport exception (or an answer over
+    ``MAX_UPSTREAM_BYTES``) to the taxonomy (its text may hold URLs: not used)."""
     name = type(error).__name__
+    if isinstance(error, ResponseTooLarge):
+        return exc.BadUpstreamResponse(
+            f"{provider} sent an answer over {error.limit} bytes (MAX_UPSTREAM_BYTES).",
+            provider=provider,
+        )
     if isinstance(error, httpx.TimeoutException | TimeoutError):
         return exc.UpstreamTimeout(
             f"{provider} did not answer in time ({name}).", provider=provider

@@ -33,16 +33,18 @@ __all__ = [
     "TRANSPORT_ERRORS",
     "HTTPResult",
     "PooledRequest",
+    "ResponseTooLarge",
     "ReuseAwareConnector",
     "env_proxy",
     "httpx",
     "iter_lines",
+    "read_body",
+    "read_error_body",
     "request_timeout",
     "sessions",
 ]
 
-#: What a failed exchange with an upstream raises (timeouts are TimeoutError; a line
-#: over MAX_LINE is an HttpProcessingError).
+#: What a failed exchange with an upstream raises (timeouts are TimeoutError).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     aiohttp.http_exceptions.HttpProcessingError,
@@ -51,8 +53,17 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 #: Concurrent upstream connections per process (all upstreams together).
 MAX_CONNECTIONS = 1024
-#: Longest line a streaming upstream may send (one SSE ``data:`` line, one NDJSON object).
-MAX_LINE = 4 * 1024 * 1024
+#: The part of an error body that is read (its message is all the gateway uses).
+MAX_ERROR_BODY = 64 * 1024
+
+
+class ResponseTooLarge(Exception):
+    """An upstream sent a body, a line or a stream event over ``limit`` bytes
+    (``MAX_UPSTREAM_BYTES``): nothing more of it is read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
 
 
 class HTTPResult:
@@ -254,25 +265,68 @@ sessions = SessionPool(new_session)
 atexit.register(sessions.abandon_all)
 
 
-async def iter_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The body's lines, without their ``\n`` / ``\r\n``.
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or ``ResponseTooLarge`` once it passes ``limit`` bytes (a
+    ``Content-Length`` over it is refused before anything is read)."""
+    length = response.content_length
+    if length is not None:
+        if length > limit:
+            raise ResponseTooLarge(limit)
+        return await response.read()
+    pieces, size = [], 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(limit)
+        pieces.append(chunk)
+    return b"".join(pieces)
+
+
+async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    """The first ``MAX_ERROR_BODY`` bytes of an error answer; the rest is not read
+    (the connection is closed instead)."""
+    length = response.content_length
+    if length is not None and length <= MAX_ERROR_BODY:
+        return await response.read()
+    pieces, size = [], 0
+    while size < MAX_ERROR_BODY and (chunk := await response.content.readany()):
+        pieces.append(chunk)
+        size += len(chunk)
+    if not response.content.at_eof():
+        response.close()
+    return b"".join(pieces)[:MAX_ERROR_BODY]
+
+
+async def iter_lines(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[str]:
+    """The body's lines, without their ``\n`` / ``\r\n``; ``ResponseTooLarge`` for a
+    line over ``limit`` bytes.
 
     Reads whatever has arrived and splits it here: one wait per network read rather
-    than per line.
+    than per line. An unfinished line is kept as pieces, joined once its end arrives.
     """
     content = response.content
-    pending = b""
+    pending: list[bytes] = []
+    size = 0
     while chunk := await content.readany():
-        lines, pending = _split(pending + chunk)
+        if b"\n" not in chunk:
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(limit)
+            pending.append(chunk)
+            continue
+        if pending:
+            pending.append(chunk)
+            chunk = b"".join(pending)
+            pending.clear()
+        *lines, rest = chunk.split(b"\n")
         for line in lines:
-            yield line
+            if len(line) > limit:
+                raise ResponseTooLarge(limit)
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+        size = len(rest)
+        if size > limit:
+            raise ResponseTooLarge(limit)
+        if rest:
+            pending.append(rest)
     if pending:
-        yield pending.removesuffix(b"\r").decode("utf-8", "replace")
-
-
-def _split(data: bytes) -> tuple[list[str], bytes]:
-    """(the complete lines in ``data``, decoded; the unfinished rest)."""
-    *lines, rest = data.split(b"\n")
-    if len(rest) > MAX_LINE:
-        raise aiohttp.http_exceptions.LineTooLong(rest[:100], MAX_LINE)
-    return [line.removesuffix(b"\r").decode("utf-8", "replace") for line in lines], rest
+        yield b"".join(pending).removesuffix(b"\r").decode("utf-8", "replace")

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .. import exceptions as exc
-from ..services.tokens import count_message_tokens, count_text_tokens
+from ..services.tokens import count_text_tokens
 from .base import (
     BaseLLMAdapter,
     ChatRequest,
@@ -27,10 +27,12 @@ from .base import (
     Usage,
     error_from_transport,
     finish_body,
+    max_upstream_bytes,
 )
-from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
+from .http import TRANSPORT_ERRORS, HTTPResult, ResponseTooLarge, iter_lines, read_error_body
 from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
+from .untrusted import finish_reason, loads, log_bad_count, token_count
 
 
 class OllamaAdapter(BaseLLMAdapter):
@@ -110,16 +112,19 @@ class OllamaAdapter(BaseLLMAdapter):
             body["keep_alive"] = self.keep_alive
         response = await self._call("POST", "/api/embed", json=body)
         try:
-            data = response.json()
+            data = loads(response.content)
             vectors = [[float(x) for x in row] for row in data["embeddings"]]
             if len(vectors) != len(inputs):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed embeddings answer") from None
-        tokens = data.get("prompt_eval_count")
-        if isinstance(tokens, int):
+        reported = data.get("prompt_eval_count")
+        tokens = token_count(reported)
+        if tokens is not None:
             usage = Usage(prompt_tokens=tokens)
         else:
+            if reported is not None:
+                log_bad_count(self.provider_name, "prompt", reported)
             counted = sum(count_text_tokens(t, model=self.model) for t in inputs)
             usage = Usage(prompt_tokens=counted, estimated=True)
         return Embeddings(vectors, usage, str(data.get("model") or self.model))
@@ -128,7 +133,7 @@ class OllamaAdapter(BaseLLMAdapter):
         """The pulled models (``GET /api/tags``)."""
         response = await self._call("GET", "/api/tags")
         try:
-            return [str(m["name"]) for m in response.json()["models"]]
+            return [str(m["name"]) for m in loads(response.content)["models"]]
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed model list") from None
 
@@ -141,28 +146,26 @@ class OllamaAdapter(BaseLLMAdapter):
         )
 
     def _usage(self, final: dict[str, Any], request: ChatRequest, text: str) -> Usage:
-        prompt = final.get("prompt_eval_count")
-        completion = final.get("eval_count")
-        estimated = False
-        if not isinstance(prompt, int):
-            prompt = count_message_tokens(request.messages, model=self.model, tools=request.tools)
-            estimated = True
-        if not isinstance(completion, int):
-            completion, estimated = count_text_tokens(text, model=self.model), True
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
+        return self._reported_usage(
+            final.get("prompt_eval_count"), final.get("eval_count"), request, text
+        )
 
     async def _complete(self, request: ChatRequest) -> Completion:
         response = await self._call("POST", "/api/chat", json=self._payload(request, stream=False))
         try:
-            data = response.json()
+            data = loads(response.content)
             text = data["message"]["content"] or ""
+            if not isinstance(text, str):
+                raise TypeError
             calls = self._tool_calls(data["message"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise self._bad("a malformed chat answer") from None
         return Completion(
             text=text,
             usage=self._usage(data, request, text + "".join(c.name + c.arguments for c in calls)),
-            finish_reason="tool_calls" if calls else data.get("done_reason") or "stop",
+            finish_reason="tool_calls"
+            if calls
+            else finish_reason(data.get("done_reason"), self.provider_name),
             model=str(data.get("model") or self.model),
             tool_calls=calls,
         )
@@ -188,15 +191,15 @@ class OllamaAdapter(BaseLLMAdapter):
         try:
             async with self._post("/api/chat", self._payload(request, stream=True)) as response:
                 if response.status >= 400:
-                    body = await response.read()
+                    body = await read_error_body(response)
                     raise self._error(HTTPResult.of(response, body), body)
                 started = True
-                lines = iter_lines(response)
+                lines = iter_lines(response, max_upstream_bytes())
                 async for line in lines:
                     if not line.strip():
                         continue
                     try:
-                        data = json.loads(line)
+                        data = loads(line)
                         if not isinstance(data, dict):
                             raise ValueError
                     except ValueError:
@@ -208,7 +211,9 @@ class OllamaAdapter(BaseLLMAdapter):
                             provider=self.provider_name,
                         )
                     message = data.get("message") or {}
-                    text = message.get("content") or ""
+                    text = message.get("content") or "" if isinstance(message, dict) else None
+                    if not isinstance(text, str):
+                        raise self._bad("a malformed stream line")
                     if text:
                         parts.append(text)
                         yield StreamChunk(text=text)
@@ -227,7 +232,7 @@ class OllamaAdapter(BaseLLMAdapter):
                         break
                 if final is not None:
                     await finish_body(response, lines)
-        except TRANSPORT_ERRORS as e:
+        except (*TRANSPORT_ERRORS, ResponseTooLarge) as e:
             error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
             raise self._partial(error, request, parts) from None
         except exc.UpstreamError as error:
@@ -242,7 +247,9 @@ class OllamaAdapter(BaseLLMAdapter):
             )
         text = "".join(parts)
         yield StreamChunk(
-            finish_reason="tool_calls" if called else final.get("done_reason") or "stop",
+            finish_reason="tool_calls"
+            if called
+            else finish_reason(final.get("done_reason"), self.provider_name),
             usage=self._usage(final, request, text),
         )
 

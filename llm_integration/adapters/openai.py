@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import binascii
-import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -26,10 +25,12 @@ from .base import (
     Usage,
     error_from_transport,
     finish_body,
+    max_upstream_bytes,
 )
-from .http import TRANSPORT_ERRORS, HTTPResult, iter_lines
+from .http import TRANSPORT_ERRORS, HTTPResult, ResponseTooLarge, iter_lines, read_error_body
 from .sse import iter_sse
 from .tools import ToolCall, ToolCallDelta
+from .untrusted import finish_reason, loads, log_bad_count, token_count
 
 #: Options passed on as they are (OpenAI's own names).
 SAMPLING = ("top_p", "seed", "presence_penalty", "frequency_penalty", "user")
@@ -110,7 +111,7 @@ class OpenAIAdapter(BaseLLMAdapter):
             body["user"] = user
         response = await self._call("POST", "/embeddings", json=body)
         try:
-            data = response.json()
+            data = loads(response.content)
             rows = sorted(data["data"], key=lambda row: row["index"])
             vectors = [row["embedding"] for row in rows]
             if len(vectors) != len(inputs) or not all(isinstance(v, list | str) for v in vectors):
@@ -118,12 +119,15 @@ class OpenAIAdapter(BaseLLMAdapter):
             if encoding_format == "float":
                 vectors = [unpacked(v) if isinstance(v, str) else v for v in vectors]
             usage = data.get("usage") or {}
-            tokens = usage.get("prompt_tokens")
+            reported = usage.get("prompt_tokens")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise self._bad("a malformed embeddings answer") from None
-        if isinstance(tokens, int):
+        tokens = token_count(reported)
+        if tokens is not None:
             counted = Usage(prompt_tokens=tokens)
         else:
+            if reported is not None:
+                log_bad_count(self.provider_name, "prompt", reported)
             counted = Usage(
                 prompt_tokens=sum(count_text_tokens(t, model=self.model) for t in inputs),
                 estimated=True,
@@ -134,7 +138,7 @@ class OpenAIAdapter(BaseLLMAdapter):
         """``GET {base}/models``."""
         response = await self._call("GET", "/models")
         try:
-            return [str(m["id"]) for m in response.json()["data"]]
+            return [str(m["id"]) for m in loads(response.content)["data"]]
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed model list") from None
 
@@ -148,10 +152,12 @@ class OpenAIAdapter(BaseLLMAdapter):
             "POST", "/chat/completions", json=self._payload(request, stream=False)
         )
         try:
-            data = response.json()
+            data = loads(response.content)
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason") or "stop"
+            if not isinstance(text, str):
+                raise TypeError
+            finish = finish_reason(choice.get("finish_reason"), self.provider_name)
             calls = tuple(
                 ToolCall(
                     str(call["id"]),
@@ -162,8 +168,8 @@ class OpenAIAdapter(BaseLLMAdapter):
             )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise self._bad("a malformed chat completion") from None
-        usage = _usage(data.get("usage")) or self._estimate_usage(
-            request, text + "".join(c.name + c.arguments for c in calls)
+        usage = self._usage(
+            data.get("usage"), request, text + "".join(c.name + c.arguments for c in calls)
         )
         return Completion(
             text=text,
@@ -176,29 +182,34 @@ class OpenAIAdapter(BaseLLMAdapter):
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parts: list[str] = []
-        usage: Usage | None = None
+        usage: Any = None
         finish: str | None = None
         done = started = False
+        limit = max_upstream_bytes()
         try:
             payload = self._payload(request, stream=True)
             async with self._post("/chat/completions", payload) as response:
                 if response.status >= 400:
-                    body = await response.read()
+                    body = await read_error_body(response)
                     raise self._error(HTTPResult.of(response, body), body)
                 started = True
-                lines = iter_lines(response)
-                async for event in iter_sse(lines):
+                lines = iter_lines(response, limit)
+                async for event in iter_sse(lines, limit):
                     if event.data.strip() == "[DONE]":
                         done = True
                         break
                     chunk = self._parse_chunk(event.data)
                     if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
+                        usage = chunk["usage"]
                     for choice in chunk.get("choices") or ():
+                        if not isinstance(choice, dict):
+                            raise self._bad("a malformed stream chunk")
                         if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
+                            finish = finish_reason(choice["finish_reason"], self.provider_name)
                         delta = choice.get("delta") or {}
                         text = delta.get("content") or ""
+                        if not isinstance(text, str):
+                            raise self._bad("a malformed stream chunk")
                         if text:
                             parts.append(text)
                             yield StreamChunk(text=text)
@@ -208,9 +219,11 @@ class OpenAIAdapter(BaseLLMAdapter):
                             yield StreamChunk(tool_call=call)
                 if done:
                     await finish_body(response, lines)
-        except TRANSPORT_ERRORS as e:
+        except (*TRANSPORT_ERRORS, ResponseTooLarge) as e:
             error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
             raise (self._with_partial(error, request, parts) if started else error) from None
+        except exc.BadUpstreamResponse as error:
+            raise self._with_partial(error, request, parts) from None
         if not done and finish is None:
             error = exc.StreamInterrupted(
                 f"{self.provider_name} ended the stream early.", provider=self.provider_name
@@ -218,7 +231,15 @@ class OpenAIAdapter(BaseLLMAdapter):
             raise self._with_partial(error, request, parts)
         yield StreamChunk(
             finish_reason=finish or "stop",
-            usage=usage or self._estimate_usage(request, "".join(parts)),
+            usage=self._usage(usage, request, "".join(parts)),
+        )
+
+    def _usage(self, data: Any, request: ChatRequest, text: str) -> Usage:
+        """The answer's ``usage`` object, checked; estimated when it is missing."""
+        if not isinstance(data, dict):
+            return self._estimate_usage(request, text)
+        return self._reported_usage(
+            data.get("prompt_tokens"), data.get("completion_tokens"), request, text
         )
 
     def _tool_call_delta(self, piece: Any) -> ToolCallDelta:
@@ -235,7 +256,7 @@ class OpenAIAdapter(BaseLLMAdapter):
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:
-            chunk = json.loads(data)
+            chunk = loads(data)
         except ValueError:
             raise self._bad("a malformed stream chunk") from None
         if not isinstance(chunk, dict):
@@ -264,18 +285,6 @@ class OpenAICompatibleAdapter(OpenAIAdapter):
     default_base_url = ""
     requires_api_key = False
     max_tokens_field = "max_tokens"
-
-
-def _usage(data: Any) -> Usage | None:
-    if not isinstance(data, dict):
-        return None
-    try:
-        return Usage(
-            prompt_tokens=int(data.get("prompt_tokens") or 0),
-            completion_tokens=int(data.get("completion_tokens") or 0),
-        )
-    except (TypeError, ValueError):
-        return None
 
 
 def unpacked(text: str) -> list[float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .http import ResponseTooLarge
+
 
 @dataclass(slots=True)
 class ServerSentEvent:
@@ -12,20 +14,24 @@ class ServerSentEvent:
     data: str
 
 
-async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[ServerSentEvent]:
-    """Events from SSE lines: ``event:``/``data:`` fields, dispatched on a blank line."""
-    event, data = "", []
+async def iter_sse(lines: AsyncIterator[str], limit: int) -> AsyncIterator[ServerSentEvent]:
+    """Events from SSE lines: ``event:``/``data:`` fields, dispatched on a blank line;
+    ``ResponseTooLarge`` for an event whose data passes ``limit`` characters."""
+    event, data, size = "", [], 0
     async for line in lines:
         if not line:
             if data:
                 yield ServerSentEvent(event or "message", "\n".join(data))
-            event, data = "", []
+            event, data, size = "", [], 0
             continue
         if line.startswith(":"):
             continue  # comment / keep-alive
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "data":
+            size += len(value) + 1
+            if size > limit:
+                raise ResponseTooLarge(limit)
             data.append(value)
         elif name == "event":
             event = value

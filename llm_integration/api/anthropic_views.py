@@ -21,6 +21,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from .. import exceptions as exc
+from ..adapters.untrusted import loads
 from ..services.chat import Delta, ToolCallDelta, achat, astream_chat
 from ..services.chat.admission import admit
 from ..services.db import run_db
@@ -296,6 +297,8 @@ def chat_arguments(user, data: Any, request_id: str) -> dict[str, Any]:
         "stop": data.get("stop_sequences"),
         "request_id": request_id,
         "options": options,
+        # Tool calls go back as tool_use objects: arguments that are not one are a 502.
+        "json_tool_arguments": True,
     }
 
 
@@ -309,7 +312,7 @@ def message_body(result, request_id: str) -> dict[str, Any]:
                 "type": "tool_use",
                 "id": call.id,
                 "name": call.name,
-                "input": json.loads(call.arguments or "{}"),
+                "input": loads(call.arguments or "{}"),
             }
         )
     return {

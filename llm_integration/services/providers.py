@@ -20,6 +20,7 @@ from ..adapters.base import Prompt
 from ..conf import llm_settings
 from ..exceptions import MissingAPIKey, ModelNotFound, NoUpstreamAvailable
 from ..models import ModelAlias, Provider
+from ..redaction import keys
 from ..secrets import resolve_secret
 
 ENV_PREFIX = "os.environ/"
@@ -34,6 +35,7 @@ def resolve_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     for name, value in (headers or {}).items():
         if isinstance(value, str) and value.startswith(ENV_PREFIX):
             value = resolve_secret(value.removeprefix(ENV_PREFIX)) or ""
+            keys.register([value])  # a secret: scrubbed from upstream text like a key
         resolved[str(name)] = str(value)
     return resolved
 

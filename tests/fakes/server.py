@@ -8,6 +8,7 @@ Protocol fakes (OpenAI, Anthropic, Ollama) subclass ``FakeUpstream`` and impleme
     fake.push(mode="slow", delay=5)          # headers only after 5 s (or stop())
     fake.push(mode="malformed")              # a body that is not the protocol's JSON
     fake.push(mode="reset")                  # connection reset, no answer at all
+    fake.push(raw=answer)                    # answer(exchange) writes whatever it likes
 
 Responses are written byte for byte: Content-Length bodies, chunked streams, and an
 abrupt close for cuts, so the client library sees what it would see in production.
@@ -44,6 +45,8 @@ class Behaviour:
     #: Tool calls the model makes: [{"id", "name", "arguments": JSON text}]; each fake
     #: sends them in its own wire format (streamed arguments in ``pieces``).
     tool_calls: list[dict] | None = None
+    #: Writes the whole answer itself, byte for byte (a hostile upstream's).
+    raw: Any = None
 
     def __post_init__(self) -> None:
         if self.tool_calls and self.finish_reason == "stop":
@@ -171,7 +174,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
-            fake.handle(exchange, behaviour)
+            if behaviour.raw is not None:
+                behaviour.raw(exchange)
+            else:
+                fake.handle(exchange, behaviour)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 

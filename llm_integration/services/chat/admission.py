@@ -9,7 +9,7 @@ from typing import Any
 from ... import exceptions as exc
 from ...adapters import ChatRequest, Usage
 from ...conf import llm_settings
-from ...models import ModelAlias
+from ...models import ModelAlias, Plan
 from ..config import Snapshot, config
 from ..context import fit_to_window
 from ..entitlements import entitlement_for
@@ -38,11 +38,18 @@ def admit_with(snapshot: Snapshot, user: Any, model: str | None) -> Admission:
         raise exc.ModelNotFound(f"Unknown model {model or llm_settings.DEFAULT_MODEL!r}.")
     plan = config.plan_for(snapshot, user)
     entitlement = entitlement_for(alias, plan, snapshot)
-    candidates = [alias, *snapshot.fallbacks.get(alias.pk, ())]
-    candidates = [c for c in candidates if c.provider.enabled]
+    fallbacks = [f for f in snapshot.fallbacks.get(alias.pk, ()) if in_plan(snapshot, f, plan)]
+    candidates = [c for c in (alias, *fallbacks) if c.provider.enabled]
     if not candidates:
         raise exc.NoUpstreamAvailable(f"No enabled provider serves model {alias.slug!r}.")
     return Admission(alias, plan, entitlement, candidates, snapshot)
+
+
+def in_plan(snapshot: Snapshot, alias: ModelAlias, plan: Plan | None) -> bool:
+    """Whether ``plan`` may use ``alias``: a fallback never serves a model the caller
+    could not ask for by name."""
+    plans = snapshot.entitlements.get(alias.pk)
+    return not plans or (plan is not None and plan.pk in plans)
 
 
 def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:

@@ -38,11 +38,14 @@ from ..tokens import count_text_tokens, truncate_to_tokens
 from ..validation import validate
 from ..writer import writer
 from .admission import admit, admit_cached, prepare
+from .deadline import StreamDeadline
 from .embedding import EmbeddingResult, check_inputs, prepare_embedding
 from .ids import new_request_id
+from .metering import metered, metered_completion
 from .reservation import reserve_quotas, unavailable
 from .routing import Preparer, caller_limits, route
 from .settlement import Call, error_type, status_for
+from .tool_arguments import not_json, not_json_pieces
 from .types import ChatResult, ChatStream, Delta, Done, Prepared, Taken
 
 logger = logging.getLogger("llm_integration.services.chat")
@@ -93,7 +96,11 @@ class Gateway:
         stop: Any = None,
         request_id: str | None = None,
         options: Mapping[str, Any] | None = None,
+        json_tool_arguments: bool = False,
     ) -> ChatResult:
+        """One answer. ``json_tool_arguments``: the caller passes tool calls on as
+        objects (Anthropic's ``tool_use``), so arguments that are not a JSON object are
+        an upstream failure (502), not an answer."""
         call = self.call(user, request_id)
         key = None
         try:
@@ -132,7 +139,10 @@ class Gateway:
         except (asyncio.CancelledError, Exception) as error:
             await call.fail(error)
             raise
-        completion = held_to_max_tokens(completion, prepared)
+        completion = held_to_max_tokens(metered_completion(completion, prepared), prepared)
+        if json_tool_arguments and (bad := not_json(completion.tool_calls)) is not None:
+            await call.finish(UsageRecord.Status.ERROR, usage=completion.usage, error=bad)
+            raise bad
         cost = await call.finish(
             UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
         )
@@ -202,10 +212,9 @@ class Gateway:
         except (asyncio.CancelledError, Exception) as error:
             await call.fail(error)
             raise
-        cost = await call.finish(UsageRecord.Status.OK, usage=result.usage, finish_reason="stop")
-        return EmbeddingResult(
-            result.vectors, prepared.alias.slug, call.request_id, result.usage, cost
-        )
+        usage = metered(result.usage, prepared, delivered=0, provider=prepared.alias.provider.name)
+        cost = await call.finish(UsageRecord.Status.OK, usage=usage, finish_reason="stop")
+        return EmbeddingResult(result.vectors, prepared.alias.slug, call.request_id, usage, cost)
 
     # -- streaming ---------------------------------------------------------------------
     def stream(
@@ -220,24 +229,47 @@ class Gateway:
         stop: Any = None,
         request_id: str | None = None,
         options: Mapping[str, Any] | None = None,
+        json_tool_arguments: bool = False,
     ) -> ChatStream:
         """Deltas (text) and ToolCallDeltas (pieces of tool calls), then one Done.
         Closing the iterator early records ``cancelled``.
 
         Retries and fallbacks happen only until the first chunk has arrived: after a
-        token has gone to the client, a failure ends the stream with that error.
+        token has gone to the client, a failure ends the stream with that error. A
+        stream with no content for ``STREAM_IDLE_TIMEOUT`` seconds, or running past
+        ``MAX_STREAM_SECONDS``, ends with ``UpstreamTimeout``. ``json_tool_arguments``:
+        as for ``chat``, checked when the stream ends.
         """
         call = self.call(user, request_id, streamed=True)
         events = self.events(
-            call, model, messages, system_prompt, temperature, max_tokens, stop, options
+            call,
+            model,
+            messages,
+            system_prompt,
+            temperature,
+            max_tokens,
+            stop,
+            options,
+            json_tool_arguments,
         )
         return ChatStream(events, call)
 
     async def events(
-        self, call: Call, model, messages, system_prompt, temperature, max_tokens, stop, options
+        self,
+        call: Call,
+        model,
+        messages,
+        system_prompt,
+        temperature,
+        max_tokens,
+        stop,
+        options,
+        json_tool_arguments,
     ) -> AsyncIterator[Delta | ToolCallDelta | Done]:
         parts: list[str] = []
         chunks = None
+        deadline = StreamDeadline()
+        arguments: dict[int, list[str]] = {}  # tool call index -> [name, *argument pieces]
         try:
             request = validate(
                 messages,
@@ -253,7 +285,7 @@ class Gateway:
             async def open_stream(adapter, prepared: Prepared):
                 iterator = adapter.complete_stream(prepared.request)
                 try:
-                    head = await anext(iterator)
+                    head = await deadline.next(iterator, prepared.alias.provider.name)
                 except BaseException:
                     await iterator.aclose()
                     raise
@@ -261,6 +293,7 @@ class Gateway:
 
             prepared, (chunks, head) = await route(call, first, open_stream, preparer)
             model, limit = prepared.alias.upstream_model, prepared.request.max_tokens
+            provider = prepared.alias.provider.name
             written = 0  # completion tokens delivered, counted as they come
             chunk: StreamChunk | None = head
             while chunk is not None:
@@ -282,6 +315,9 @@ class Gateway:
                         return
                     written += tokens
                     parts.append((piece.name or "") + piece.arguments)
+                    if json_tool_arguments:
+                        named = arguments.setdefault(piece.index, [piece.name or ""])
+                        named.append(piece.arguments)
                     yield piece
                 if chunk.text:
                     text, tokens = chunk.text, count_text_tokens(chunk.text, model=model)
@@ -301,12 +337,16 @@ class Gateway:
                     yield Delta(text)
                 if chunk.usage is not None:
                     finish = chunk.finish_reason or "stop"
+                    usage = metered(chunk.usage, prepared, delivered=written, provider=provider)
+                    if json_tool_arguments and (bad := not_json_pieces(arguments)) is not None:
+                        await call.finish(UsageRecord.Status.ERROR, usage=usage, error=bad)
+                        raise bad
                     cost = await call.finish(
-                        UsageRecord.Status.OK, usage=chunk.usage, finish_reason=finish
+                        UsageRecord.Status.OK, usage=usage, finish_reason=finish
                     )
-                    yield Done(prepared.alias.slug, call.request_id, chunk.usage, cost, finish)
+                    yield Done(prepared.alias.slug, call.request_id, usage, cost, finish)
                     return
-                chunk = await anext(chunks, None)
+                chunk = await deadline.next(chunks, provider, None)
             raise exc.StreamInterrupted(
                 "The upstream stream ended without usage.", provider=prepared.alias.provider.name
             )

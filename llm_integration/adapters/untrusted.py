@@ -1,0 +1,109 @@
+"""An upstream's answer is untrusted input: the checks every adapter applies where
+what it sends enters the gateway.
+
+- **Token counts** are integers from 0 to ``MAX_TOKEN_COUNT`` (what every database's
+  integer column holds); a negative, fractional, infinite or non-numeric count is not a
+  count, and the adapter estimates instead (flagged, logged).
+- **finish_reason** is one of ``FINISH_REASONS``; other values are mapped to the nearest
+  one (``stop`` when nothing fits) and the raw value is logged.
+- **Text** never holds a lone UTF-16 surrogate (JSON's ``"\\ud800"``): no surface could
+  encode it, so it becomes U+FFFD where it enters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from ..redaction import scrub
+
+logger = logging.getLogger("llm_integration.adapters")
+
+#: The largest token count taken from an upstream (a signed 32-bit integer).
+MAX_TOKEN_COUNT = 2**31 - 1
+
+#: The finish reasons clients are told (OpenAI's; ``cancelled`` is the gateway's own).
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
+#: Other providers' words for them.
+FINISH_SYNONYMS = {
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "eos": "stop",
+    "max_tokens": "length",
+    "model_length": "length",
+    "refusal": "content_filter",
+    "safety": "content_filter",
+}
+
+#: A JSON escape of a surrogate, or a surrogate's UTF-8 bytes (which ``json.loads``
+#: lets through): only then is a parsed answer walked for lone surrogates.
+SURROGATE_IN_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+SURROGATE_IN_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def token_count(value: Any) -> int | None:
+    """``value`` as a token count, or None if it is not one."""
+    if type(value) is int:  # not bool
+        return value if 0 <= value <= MAX_TOKEN_COUNT else None
+    if type(value) is float and value.is_integer() and 0 <= value <= MAX_TOKEN_COUNT:
+        return int(value)
+    return None
+
+
+def log_bad_count(provider: str, field: str, value: Any) -> None:
+    logger.warning(
+        "llm.upstream_usage_invalid",
+        extra={"provider": provider, "field": field, "value": repr(value)[:64]},
+    )
+
+
+def finish_reason(value: Any, provider: str) -> str:
+    """One of ``FINISH_REASONS`` for what the upstream said (None or empty: ``stop``)."""
+    if not isinstance(value, str):
+        value = None if value is None else repr(value)
+    if value in FINISH_REASONS:
+        return value
+    if not value:
+        return "stop"
+    mapped = FINISH_SYNONYMS.get(value)
+    if mapped is None:
+        logger.warning(
+            "llm.upstream_finish_reason",
+            extra={"provider": provider, "finish_reason": scrub(repr(value)[:64])},
+        )
+        return "stop"
+    return mapped
+
+
+def clean(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (a split pair is joined)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def repaired(value: Any) -> Any:
+    """A parsed JSON value with every string (keys included) ``clean``."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else k: repaired(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repaired(v) for v in value]
+    return value
+
+
+def loads(raw: bytes | str) -> Any:
+    """``json.loads``, its strings free of lone surrogates (walked only when the text
+    holds a surrogate at all, which ordinary answers do not)."""
+    data = json.loads(raw)
+    hint = SURROGATE_IN_BYTES if isinstance(raw, bytes | bytearray) else SURROGATE_IN_TEXT
+    if hint.search(raw):
+        data = repaired(data)
+    return data
