@@ -320,6 +320,12 @@ class UsageRecord(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=False)
     cost_usd = models.DecimalField(default=ZERO, **MONEY)
+    unbilled_cost_usd = models.DecimalField(
+        default=ZERO,
+        help_text="What the upstream charged for an answer the gateway withheld "
+        "(refused because its record could not be written in time): not counted on budgets.",
+        **MONEY,
+    )
     latency_ms = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices)
     error_type = models.CharField(max_length=64, blank=True)

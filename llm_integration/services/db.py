@@ -56,13 +56,11 @@ def _executor() -> ThreadPoolExecutor | None:
 
 def refresh_connections() -> None:
     """Pool threads keep their connection (whatever CONN_MAX_AGE says: no request ends
-    in them); one that failed is replaced if it no longer works."""
+    in them); one that saw an error is replaced (a connection still open may still be
+    what fails: SQLite's opened read-only, a server's in recovery)."""
     for conn in connections.all(initialized_only=True):
         if conn.connection is not None and conn.errors_occurred:
-            if conn.is_usable():
-                conn.errors_occurred = False
-            else:
-                conn.close()
+            conn.close()
 
 
 def _fresh(fn: Callable[P, T]) -> Callable[P, T]:

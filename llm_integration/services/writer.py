@@ -14,6 +14,18 @@ leaving the database as it found it); rows go to ``batch.add()`` and are inserte
 one statement at the end. If the transaction fails otherwise, each job runs again
 alone, in its own transaction, so one bad write fails only its own request.
 
+A write can fail two ways. The database may be *unavailable* (locked, down, gone):
+then the accounting is unhealthy (``healthy()``) and a job marked ``keep`` is written
+again between batches until it commits. Or the database may refuse the write's
+*content* (a constraint, a value out of range): that says nothing of the database, so
+it never makes the accounting unhealthy and is never retried as it was; a job with a
+``repair`` is written once more in the safe form it makes, and otherwise fails alone.
+
+A caller that stops waiting may ``give_up`` its write while no transaction holds it
+(queued, or kept after a failure): the job then runs with the arguments its
+``on_give_up`` makes (a usage record turned into a refusal, say). Whether it could is
+what the caller may tell its client.
+
 The writer knows nothing of what the jobs write. Jobs that share state within a
 transaction (say, budget rows read once, changed in memory, written once) use a
 ``Part``: ``batch.part(Kind)`` makes one per transaction, ``flush()``ed before the
@@ -38,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, connections, transaction
 
 from ..conf import llm_settings
 from ..exceptions import LLMError
@@ -135,6 +147,19 @@ def insert_rows(model, objs: list) -> None:
             )
 
 
+class Ticket:
+    """Where a job is: queued (or kept), in a transaction, or done; and whether its
+    caller gave up on it. Shared by the caller and the writer's thread."""
+
+    __slots__ = ("given_up", "state")
+
+    QUEUED, RUNNING, DONE = range(3)
+
+    def __init__(self) -> None:
+        self.state = Ticket.QUEUED
+        self.given_up = False
+
+
 @dataclass(slots=True)
 class Job:
     fn: Callable
@@ -142,8 +167,19 @@ class Job:
     claim: Claim | None
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future | None
-    #: Kept and written again until it commits if the database fails it (a usage record).
+    #: Kept and written again until it commits if the database is unavailable.
     keep: bool = False
+    #: ``repair(args)``: the arguments in a form the database cannot refuse.
+    repair: Callable[[tuple], tuple] | None = None
+    #: ``on_give_up(args)``: the arguments to write if the caller gives up first.
+    on_give_up: Callable[[tuple], tuple] | None = None
+    ticket: Ticket | None = None
+
+
+def content_error(error: BaseException) -> bool:
+    """Whether the database refused a write for what it holds (not for being
+    unavailable): a constraint, a value out of range, a value the driver cannot send."""
+    return isinstance(error, IntegrityError | DataError) or not isinstance(error, DatabaseError)
 
 
 def _deliver(done: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
@@ -179,9 +215,9 @@ class GroupWriter:
         )
 
     def healthy(self) -> bool:
-        """False while writes the database failed are still owed (kept jobs), and for
-        ``ACCOUNTING_RETRY_INTERVAL`` seconds after a failed write (then new requests may
-        try the database again)."""
+        """False while writes an unavailable database failed are still owed (kept
+        jobs), and for ``ACCOUNTING_RETRY_INTERVAL`` seconds after it failed one (then new
+        requests may try the database again). A refused row says nothing of health."""
         if self.kept:
             return False
         failed = self.failed_at
@@ -192,19 +228,55 @@ class GroupWriter:
 
     # -- the event loop's side --------------------------------------------------------
     def write(
-        self, fn: Callable, *args: Any, claim: Claim | None = None, keep: bool = False
+        self,
+        fn: Callable,
+        *args: Any,
+        claim: Claim | None = None,
+        keep: bool = False,
+        repair: Callable[[tuple], tuple] | None = None,
+        on_give_up: Callable[[tuple], tuple] | None = None,
+        ticket: Ticket | None = None,
     ) -> asyncio.Future:
         """``await writer.write(fn, ...)``: ``fn(batch, ...)``'s result once committed.
-        ``keep``: if the database fails it, the caller gets the error and the job is
-        written again between batches until it commits."""
+        ``keep``: if the database is unavailable, the caller gets the error and the job
+        is written again between batches until it commits. ``repair``: what to write
+        instead if the database refuses the content. ``on_give_up`` and ``ticket``: see
+        ``give_up``."""
+        job = Job(fn, args, claim, None, None, keep, repair, on_give_up, ticket)
         if int(llm_settings.DB_THREADS) <= 0:
-            return asyncio.ensure_future(sync_to_async(self._alone)(fn, args, claim, keep))
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put(Job(fn, args, claim, loop, future, keep))
+            return asyncio.ensure_future(sync_to_async(self._alone)(job))
+        job.loop = asyncio.get_running_loop()
+        job.future = job.loop.create_future()
+        self._queue.put(job)
         if self._thread is None:
             self._start()
-        return future
+        return job.future
+
+    def give_up(self, ticket: Ticket) -> bool:
+        """The caller no longer waits: True if no transaction holds the job (it will
+        be written as its ``on_give_up`` makes it), False if one does (its outcome
+        stands)."""
+        with self._kept_lock:
+            if ticket.state != Ticket.QUEUED:
+                return False
+            ticket.given_up = True
+            return True
+
+    def _take(self, jobs: list[Job]) -> None:
+        """The jobs enter a transaction: those given up take their other form."""
+        with self._kept_lock:
+            for job in jobs:
+                ticket = job.ticket
+                if ticket is None:
+                    continue
+                if ticket.given_up and job.on_give_up is not None:
+                    job.args, job.on_give_up = job.on_give_up(job.args), None
+                ticket.state = Ticket.RUNNING
+
+    def _settle(self, job: Job, error: BaseException | None) -> None:
+        if job.ticket is not None:
+            kept = error is not None and job.keep and not content_error(error)
+            job.ticket.state = Ticket.QUEUED if kept else Ticket.DONE
 
     def _start(self) -> None:
         with self._lock:
@@ -273,8 +345,10 @@ class GroupWriter:
     def _deliver(self, jobs: list[Job], outcomes: list[tuple[Any, BaseException | None]]):
         by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
         for job, (result, error) in zip(jobs, outcomes, strict=True):
-            if isinstance(error, DatabaseError) and job.keep:
+            if error is not None and job.keep and not content_error(error):
                 self._keep(job)
+            with self._kept_lock:
+                self._settle(job, error)
             if job.loop is not None:
                 by_loop[job.loop].append((job.future, result, error))
         for loop, done in by_loop.items():
@@ -285,6 +359,7 @@ class GroupWriter:
 
     def _commit(self, jobs: list[Job]) -> list[tuple[Any, BaseException | None]]:
         refresh_connections()
+        self._take(jobs)
         try:
             with write_lock(), transaction.atomic():
                 batch = Batch()
@@ -296,35 +371,81 @@ class GroupWriter:
             self.failed_at = None
             return outcomes
         except Exception as error:
-            if isinstance(error, DatabaseError):
+            if not content_error(error):
                 self.failed_at = time.monotonic()
-            if len(jobs) == 1:
-                logger.exception("llm.writer_failed")
-                return [(None, error)]
-            # Something in the batch broke the transaction: each job alone, so only the
-            # culprit fails.
-            return [self._commit([job])[0] for job in jobs]
+            if len(jobs) > 1:
+                # Something in the batch broke the transaction: each job alone, so only
+                # the culprit fails.
+                return [self._commit([job])[0] for job in jobs]
+            job = jobs[0]
+            if content_error(error) and self._repair(job, error):
+                return self._commit([job])
+            logger.exception("llm.writer_failed", extra={"job": _name(job)})
+            return [(None, error)]
 
-    def _alone(self, fn: Callable, args: tuple, claim: Claim | None, keep: bool) -> Any:
+    def _repair(self, job: Job, error: BaseException) -> bool:
+        """Give ``job`` its safe form (once); False if it has none."""
+        repair, job.repair = job.repair, None
+        if repair is None:
+            return False
+        logger.error(
+            "llm.write_repaired",
+            extra={"job": _name(job), "error": f"{type(error).__name__}: {error}"[:300]},
+        )
+        try:
+            job.args = repair(job.args)
+        except Exception:
+            logger.exception("llm.write_repair_failed", extra={"job": _name(job)})
+            return False
+        return True
+
+    def _alone(self, job: Job) -> Any:
         # One job: nothing else's locks to order its own against (a part still orders
         # its writes), so its claim is not needed.
+        result, error = self._commit_alone(job)
+        if error is not None and job.keep and not content_error(error):
+            self._keep(job)
+        self._settle(job, error)
+        if error is not None:
+            raise error
+        return result
+
+    def _commit_alone(self, job: Job) -> tuple[Any, BaseException | None]:
+        self._take([job])
         try:
             with write_lock(), transaction.atomic():
                 batch = Batch()
-                result = fn(batch, *args)
+                result = job.fn(batch, *job.args)
                 batch.flush()
-        except DatabaseError:
-            self.failed_at = time.monotonic()
-            if keep:
-                self._keep(Job(fn, args, claim, None, None, keep=True))
-            raise
+        except LLMError as error:
+            return None, error
+        except Exception as error:
+            if not content_error(error):
+                self.failed_at = time.monotonic()
+                return None, error
+            if not self._repair(job, error):
+                logger.exception("llm.writer_failed", extra={"job": _name(job)})
+                return None, error
+            return self._commit_alone(job)
         self.failed_at = None
-        return result
+        return result, None
 
     def _keep(self, job: Job) -> None:
-        logger.error("llm.write_kept", extra={"job": getattr(job.fn, "__name__", "job")})
+        logger.error("llm.write_kept", extra={"job": _name(job)})
         with self._kept_lock:
-            self.kept.append(Job(job.fn, job.args, job.claim, None, None, keep=True))
+            self.kept.append(
+                Job(
+                    job.fn,
+                    job.args,
+                    job.claim,
+                    None,
+                    None,
+                    keep=True,
+                    repair=job.repair,
+                    on_give_up=job.on_give_up,
+                    ticket=job.ticket,
+                )
+            )
 
     def _write_kept(self, *, final: bool = False) -> None:
         """Write the kept jobs again, in order, each in its own transaction; those the
@@ -333,19 +454,24 @@ class GroupWriter:
             jobs = list(self.kept)
         for job in jobs:
             error = self._commit([job])[0][1]
-            if isinstance(error, DatabaseError) and not final:
+            unavailable = error is not None and not content_error(error)
+            if unavailable and not final:
+                with self._kept_lock:
+                    self._settle(job, error)
                 return  # still failing: keep them all, in order, for the next round
             with self._kept_lock:
                 self.kept.remove(job)
-            if isinstance(error, DatabaseError):  # the process ends: nothing can write it
-                logger.error(
-                    "llm.write_lost",
-                    extra={"job": getattr(job.fn, "__name__", "job"), "args": repr(job.args)},
-                )
-            elif error is None:
-                logger.warning(
-                    "llm.kept_write_done", extra={"job": getattr(job.fn, "__name__", "job")}
-                )
+                job.keep = False
+                self._settle(job, error)
+            if error is not None:  # refused even repaired, or the process ends
+                lost = {"job": _name(job), "arguments": repr(job.args)}
+                logger.error("llm.write_lost", extra=lost)
+            else:
+                logger.warning("llm.kept_write_done", extra={"job": _name(job)})
+
+
+def _name(job: Job) -> str:
+    return getattr(job.fn, "__name__", "job")
 
 
 def _retry_interval() -> float:

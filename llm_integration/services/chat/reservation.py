@@ -88,7 +88,10 @@ async def accounted(pending: asyncio.Future, orphaned: Callable[[asyncio.Future]
         if isinstance(stopped, TimeoutError):
             raise unavailable("did not answer in time") from None
         raise
-    except DatabaseError as error:
+    except exc.LLMError:
+        raise
+    except (DatabaseError, ArithmeticError, ValueError, TypeError) as error:
+        # The writer's failure, sent here: the database (or its driver) refused the write.
         raise unavailable(f"refused the write: {type(error).__name__}") from error
 
 

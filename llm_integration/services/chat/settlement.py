@@ -4,19 +4,33 @@
 fires budget alerts (and sends ``budget_alerts_fired``, which the WebSocket consumer
 turns into notices), corrects the rate-limit token counts, updates the metrics and
 logs one structured line.
+
+An answer is handed over only once its record has committed. When the record cannot be
+written in time, what the client is told is true: a non-streamed answer is withheld
+and its record, still queued, is written as a refusal (``unbilled_cost_usd`` keeps what
+the upstream charged, budgets and quotas count nothing), so "nothing was charged"
+holds; if a transaction already holds the record, its outcome is awaited once more,
+and if it is still undecided the client is told the cost that will be charged. A
+streamed answer is the client's already: its record stays as it is, and the error says
+what it costs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from django.contrib.auth import get_user_model
+from django.db import models
+
 from ... import exceptions as exc
 from ... import metrics
 from ...adapters import Usage
+from ...adapters.untrusted import MAX_TOKEN_COUNT, clean
 from ...conf import llm_settings
 from ...models import ModelAlias, UsageRecord
 from ...signals import budget_alerts_fired
@@ -26,7 +40,7 @@ from ..quotas import QuotaHold
 from ..quotas import settle as settle_quotas
 from ..tokens import count_message_tokens, count_text_tokens
 from ..usage import cost_of, format_money
-from ..writer import writer
+from ..writer import Ticket, writer
 from .reservation import accounted
 from .types import Admission, Outcome, Prepared, Taken
 
@@ -57,6 +71,40 @@ def record_usage(batch, record, holds, cost, pooled, quota_holds) -> list:
         tokens = record.prompt_tokens + record.completion_tokens
         settle_quotas(quota_holds, counted=counted, tokens=tokens)
     return budgets.record_usage(batch, record, holds, cost, pooled)
+
+
+def unbilled(args: tuple) -> tuple:
+    """``record_usage``'s arguments for an answer withheld because its record could not
+    be written in time: a refusal, charged to nobody, the upstream's cost kept aside."""
+    record, holds, _cost, pooled, quota_holds = args
+    record.status = UsageRecord.Status.REFUSED
+    record.error_type = exc.AccountingUnavailable.code
+    record.unbilled_cost_usd, record.cost_usd = record.cost_usd, Decimal(0)
+    return record, holds, Decimal(0), pooled, quota_holds
+
+
+def repaired(args: tuple) -> tuple:
+    """``record_usage``'s arguments with a record the database cannot refuse for its
+    content: text cut to its column and free of lone surrogates, numbers within their
+    column's range, a user that no longer exists dropped."""
+    record, holds, _cost, pooled, quota_holds = args
+    for f in UsageRecord._meta.concrete_fields:
+        value = getattr(record, f.attname)
+        if isinstance(f, models.CharField) and isinstance(value, str):
+            setattr(record, f.attname, clean(value)[: f.max_length])
+        elif isinstance(f, models.IntegerField) and not f.primary_key:
+            whole = value if isinstance(value, int) else 0
+            setattr(record, f.attname, min(max(whole, 0), MAX_TOKEN_COUNT))
+        elif isinstance(f, models.DecimalField):
+            ceiling = Decimal(10) ** (f.max_digits - f.decimal_places) - 1
+            finite = isinstance(value, Decimal) and value.is_finite()
+            setattr(
+                record, f.attname, min(max(value, Decimal(0)), ceiling) if finite else Decimal(0)
+            )
+    users = get_user_model().objects
+    if record.user_id is not None and not users.filter(pk=record.user_id).exists():
+        record.user_id = None
+    return record, holds, record.cost_usd, pooled, quota_holds
 
 
 @dataclass
@@ -143,7 +191,9 @@ class Call:
         holds, reservation.holds = reservation.holds, []
         claim = budgets.claim_rows(hold.period_id for hold in holds)
         quota_holds, self.quota_holds = self.quota_holds, []
-        # Kept and written again if the database fails it: the request happened.
+        # Kept and written again if the database is unavailable: the request happened.
+        withheld = status == UsageRecord.Status.OK and not self.streamed
+        ticket = Ticket()
         pending = writer.write(
             record_usage,
             record,
@@ -153,14 +203,51 @@ class Call:
             quota_holds,
             claim=claim,
             keep=True,
+            repair=repaired,
+            on_give_up=unbilled if withheld else None,
+            ticket=ticket,
         )
-        settled = await accounted(pending, lambda _done: None)
+        try:
+            settled = await accounted(pending, lambda _done: None)
+        except exc.AccountingUnavailable as refused:
+            if status != UsageRecord.Status.OK:
+                raise
+            settled = await self.undecided(pending, ticket, refused, cost)
         reservation.settled.extend(settled)
         alerts = []
         if budgets.alerts_due(settled):
             now = self.gateway.clock.now()
             alerts = await run_db(budgets.fire_alerts, reservation, now=now)
         return cost, alerts
+
+    async def undecided(
+        self, pending: asyncio.Future, ticket: Ticket, refused: exc.AccountingUnavailable, cost
+    ) -> list:
+        """An answer whose record did not commit in time: what its client may be told.
+        Returns what settled if the record lands after all."""
+        if self.streamed:
+            raise self.charged_later(cost)
+        if writer.give_up(ticket):
+            raise refused  # "nothing was charged": the record is written as a refusal
+        # A transaction holds the record: wait for its outcome once more.
+        try:
+            async with asyncio.timeout(float(llm_settings.ACCOUNTING_TIMEOUT)):
+                return await asyncio.shield(pending)
+        except exc.LLMError:
+            raise
+        except Exception:
+            if writer.give_up(ticket):
+                raise refused from None
+            raise self.charged_later(cost) from None
+
+    def charged_later(self, cost) -> exc.AccountingUnavailable:
+        retry = float(llm_settings.ACCOUNTING_RETRY_INTERVAL)
+        what = "This answer, already delivered," if self.streamed else "This answer"
+        return exc.AccountingUnavailable(
+            f"Usage cannot be recorded right now. {what} cost ${format_money(cost)}, "
+            f"which is charged when its record is written. Retry in {math.ceil(retry)} s.",
+            retry_after=retry,
+        )
 
     async def fail(self, error: BaseException) -> None:
         """Record a request that ended before an answer: cancelled (with what its
