@@ -78,7 +78,7 @@ def accept_writes() -> None:
 
 @pytest.fixture
 def faults(settings):
-    settings.LLM_INTEGRATION = {"ACCOUNTING_TIMEOUT": 0.5, "ACCOUNTING_RETRY_INTERVAL": 0.1}
+    settings.LLM_INTEGRATION = {"ACCOUNTING_TIMEOUT": 1.0, "ACCOUNTING_RETRY_INTERVAL": 0.1}
     yield
     accept_writes()
     writer.kept.clear()

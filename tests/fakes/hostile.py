@@ -258,7 +258,8 @@ def flood(kind: str, *, size: int, shape: str) -> Answer:
 
 def idle(kind: str, *, keepalive: bytes | None = None, every: float = 0.05) -> Answer:
     """A stream that starts, then sends only keep-alives (or empty deltas, or content
-    when ``keepalive`` is content) until the client goes away or the fake stops."""
+    when ``keepalive`` is content) at once and every ``every`` seconds, until the client
+    goes away or the fake stops."""
 
     def respond(ex: Exchange) -> None:
         ex.start_stream("text/event-stream")
@@ -266,6 +267,7 @@ def idle(kind: str, *, keepalive: bytes | None = None, every: float = 0.05) -> A
         beat = keepalive if keepalive is not None else KEEPALIVES[kind]
         if kind == "anthropic":
             ex.write(AnthropicAnswer(js("Hi"), "11", "7", None, None, True).stream()[0])
+        ex.write(beat)
         while not fake_stopping.wait(every):
             ex.write(beat)
 
