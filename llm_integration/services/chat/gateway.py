@@ -20,14 +20,14 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
 
 from ... import exceptions as exc
-from ...adapters import Completion, Embeddings, StreamChunk, ToolCallDelta
+from ...adapters import ChatRequest, Completion, Embeddings, StreamChunk, ToolCallDelta
 from ...models import UsageRecord
 from .. import caching, quotas
 from ..clock import SYSTEM_CLOCK, Clock
@@ -241,44 +241,32 @@ class Gateway:
         as for ``chat``, checked when the stream ends.
         """
         call = self.call(user, request_id, streamed=True)
-        events = self.events(
-            call,
-            model,
+        checked = functools.partial(
+            validate,
             messages,
-            system_prompt,
-            temperature,
-            max_tokens,
-            stop,
-            options,
-            json_tool_arguments,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=stop,
+            options=options,
         )
-        return ChatStream(events, call)
+        return ChatStream(self.events(call, model, checked, json_tool_arguments), call)
 
     async def events(
         self,
         call: Call,
-        model,
-        messages,
-        system_prompt,
-        temperature,
-        max_tokens,
-        stop,
-        options,
-        json_tool_arguments,
+        model: str | None,
+        checked: Callable[[], ChatRequest],
+        json_tool_arguments: bool,
     ) -> AsyncIterator[Delta | ToolCallDelta | Done]:
+        """``stream``'s events; ``checked()`` validates the request (inside, so that a
+        refusal is recorded like any other end)."""
         parts: list[str] = []
         chunks = None
         deadline = StreamDeadline()
         arguments: dict[int, list[str]] = {}  # tool call index -> [name, *argument pieces]
         try:
-            request = validate(
-                messages,
-                system_prompt=system_prompt,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                stop=stop,
-                options=options,
-            )
+            request = checked()
             preparer = functools.partial(prepare, request=request)
             first = await self.admit(call, model=model, preparer=preparer)
 
