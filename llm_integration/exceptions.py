@@ -28,6 +28,7 @@ these attributes. Messages never contain provider keys.
         ├── UpstreamTimeout                    504 upstream_timeout    (retryable)
         ├── StreamInterrupted                  502 stream_interrupted
         └── BadUpstreamResponse                502 bad_upstream_response
+            └── AdapterFailure
 """
 
 from __future__ import annotations
@@ -259,3 +260,8 @@ class BadUpstreamResponse(UpstreamError):
     """The upstream provider's answer could not be understood."""
 
     code = "bad_upstream_response"
+
+
+class AdapterFailure(BadUpstreamResponse):
+    """An adapter failed unexpectedly while building a request or reading an answer:
+    a 502 like any unreadable answer, but not held against the provider's circuit."""

@@ -6,7 +6,8 @@ of 8 or more characters taken from any registered key out of ``text``: each key'
 8-character pieces are kept in a set and looked up at every position of the text, and
 any run of 8+ key characters starts with such a piece, so no elision, quoting or cut of
 the key gets a piece through. Upstream error text passes through here before it reaches
-a client or a log (``UpstreamError`` scrubs its message).
+a client or a log (``UpstreamError`` scrubs its message). Keys shorter than 8
+characters are placeholders, not secrets, and are left alone.
 
 ``redact_secret`` adds what a scrub cannot know: key-shaped words of other keys (an
 upstream quoting ``sk-…`` of some other account) and short pieces around an elision.
@@ -32,7 +33,9 @@ class KeyScrubber:
         self._lock = threading.Lock()
 
     def register(self, secrets: Iterable[str | None]) -> None:
-        new = {s for s in secrets if s} - self._keys
+        """Add keys. One shorter than ``MIN_PIECE`` is no secret to scrub (placeholders
+        such as ``ollama`` or ``EMPTY``: cutting them would mangle every message)."""
+        new = {s for s in secrets if s and len(s) >= MIN_PIECE} - self._keys
         if not new:
             return
         with self._lock:
@@ -43,14 +46,9 @@ class KeyScrubber:
             self._keys = keys
 
     def scrub(self, text: str) -> str:
-        """``text`` with every run of 8+ characters of a registered key (and every
-        whole shorter key) replaced by ``[redacted]``."""
-        pieces, keys = self._pieces, self._keys
-        if not keys or not text:
-            return text
-        for key in keys:
-            if len(key) < MIN_PIECE and key in text:
-                text = text.replace(key, REDACTED)
+        """``text`` with every run of 8+ characters of a registered key replaced by
+        ``[redacted]``."""
+        pieces = self._pieces
         if not pieces or len(text) < MIN_PIECE:
             return text
         spans: list[list[int]] = []
@@ -96,6 +94,8 @@ def redact_secret(text: str, key: str | None) -> str:
     ``(partial sk-CANAR...3456)``, or another one)."""
     if key:
         keys.register([key])
+        if len(key) < MIN_PIECE:
+            text = text.replace(key, REDACTED)  # this adapter's own, however short
     text = scrub(text)
 
     def mask(match: re.Match) -> str:

@@ -79,11 +79,21 @@ class ServerProcesses(list):
         return self
 
     def stop(self) -> None:
+        """SIGTERM, then up to 30 s for each to finish its requests and its lifespan
+        shutdown; one that does not is killed, and its log shown."""
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
-        for p in self.procs:
-            p.wait(10)
+        stuck = []
+        for i, p in enumerate(self.procs):
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+                stuck.append(f"server{i}: {(self.logs / f'server{i}.log').read_text()[-3000:]}")
+        if stuck:
+            raise AssertionError("a server did not stop on SIGTERM:\n" + "\n".join(stuck))
 
     def __exit__(self, *exc_info) -> None:
         self.stop()

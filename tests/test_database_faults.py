@@ -204,10 +204,13 @@ async def test_an_answer_withheld_is_charged_to_nobody(gateway, faults, dummy):
     assert (period.spent_units, period.reserved_units) == (usd_to_units(warm.cost_usd), 0)
 
 
-async def test_an_answer_whose_record_is_being_written_is_told_its_cost(gateway, faults, dummy):
-    """Its record in a transaction that waits on a lock: the client is told what the
-    answer costs and that it is charged once written, and it is; a stream, already
-    delivered, likewise."""
+async def test_an_answer_whose_record_is_being_written_is_told_its_cost(
+    gateway, faults, dummy, settings
+):
+    """Its record in a transaction that waits on a lock past the request's deadline:
+    the client is told what the answer costs and that it is charged once written, and
+    it is; a stream, already delivered, likewise."""
+    settings.LLM_INTEGRATION = {**settings.LLM_INTEGRATION, "REQUEST_DEADLINE": 1.0}
     with DatabaseLock():
         with pytest.raises(exc.AccountingUnavailable, match=r"cost \$0\.0.*charged when"):
             await gateway.chat(messages="First", request_id="req_first")

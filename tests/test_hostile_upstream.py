@@ -22,8 +22,11 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 from rest_framework.authtoken.models import Token
 
+from llm_integration.adapters import ToolCall
 from llm_integration.adapters.untrusted import FINISH_REASONS, MAX_TOKEN_COUNT
-from llm_integration.models import BudgetPeriod, UsageRecord
+from llm_integration.models import BudgetPeriod, Provider, UsageRecord
+from llm_integration.services.chat.tool_arguments import not_json
+from llm_integration.services.config import invalidate
 from llm_integration.services.tokens import count_text_tokens
 from llm_integration.services.writer import writer
 from project.asgi import application
@@ -59,6 +62,8 @@ def setup(openai_fake, anthropic_fake, ollama_fake, monkeypatch, settings):
     settings.LLM_INTEGRATION = {
         "BUDGET_ALLOWANCE_SHARE": 0,  # every reservation written: "released" is exact
         "MAX_UPSTREAM_BYTES": 256 * 1024,
+        # Each attack runs on every surface in turn: the circuit must not open midway.
+        "CIRCUIT_BREAKER_THRESHOLD": 1000,
     }
     fakes = {"openai": openai_fake, "anthropic": anthropic_fake, "ollama": ollama_fake}
     for kind, fake in fakes.items():
@@ -241,6 +246,20 @@ async def test_finish_reasons_are_the_documented_ones(setup, kind, case):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("word", ["error", "abort"])
+async def test_a_finish_reason_that_says_the_generation_failed_is_an_error(setup, kind, word):
+    outcomes = await attack(
+        setup,
+        kind,
+        SURFACES,
+        lambda _s: hostile.answer(kind, finish=json.dumps(word), completion=WRITTEN),
+    )
+    for surface, reply, record in outcomes:
+        assert reply.failed and "generation failed" in reply.text, (surface, reply)
+        assert record.status == "error", surface
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_lone_surrogate_from_the_upstream_becomes_u_fffd(setup, kind):
     text = '"caf\\ud800 au lait \\udfff"'
     outcomes = await attack(
@@ -263,9 +282,43 @@ async def test_tool_arguments_that_are_not_json(setup):
         if surface.startswith("messages"):  # a tool_use block's input must be an object
             assert reply.failed and "not a JSON object" in reply.text, (surface, reply)
             assert (record.status, record.error_type) == ("error", "bad_upstream_response")
+            # The client got no answer: what the provider charged is kept aside.
+            assert record.cost_usd == 0 and record.unbilled_cost_usd > 0
         else:  # OpenAI's own shape carries arguments as text, whatever they hold
             assert not reply.failed and "not json" in reply.text, (surface, reply)
             assert record.status == "ok"
+
+
+async def test_tool_arguments_nested_past_the_recursion_limit(setup):
+    """Arguments Python cannot parse (nested 50,000 deep) are no JSON object, never a
+    500; this answer is also far past max_tokens, so it ends cut there."""
+    deep = "[" * 50_000 + "]" * 50_000
+    assert not_json([ToolCall("call_1", "get_weather", deep)]) is not None
+    await attack(
+        setup,
+        "openai",
+        ("messages", "messages-stream"),
+        lambda _s: hostile.answer("openai", text='""', arguments=json.dumps(deep), completion="9"),
+    )
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_tool_call_cut_at_max_tokens_is_an_answer(setup, kind):
+    """An honest upstream that stops inside a call's arguments at ``max_tokens``: its
+    client gets the cut answer (``stop_reason: max_tokens``), not a 502."""
+    length = '"length"' if kind == "openai" else '"max_tokens"'
+    arguments = json.dumps('{"city": "Par') if kind == "openai" else '{"city": "Par"}'
+    outcomes = await attack(
+        setup,
+        kind,
+        ("messages", "messages-stream"),
+        lambda _s: hostile.answer(
+            kind, text='""', arguments=arguments, finish=length, completion="9"
+        ),
+    )
+    for surface, reply, record in outcomes:
+        assert not reply.failed and "max_tokens" in reply.text, (surface, reply)
+        assert (record.status, record.finish_reason) == ("ok", "length")
 
 
 async def test_streamed_anthropic_tool_input_that_is_not_json(setup):
@@ -336,12 +389,15 @@ async def test_a_stream_event_over_max_upstream_bytes_is_a_502(setup, kind, shap
 
 @pytest.fixture
 def deadlines(setup, settings):
-    """Streams that never end are cut short here: 0.3 s without content, 2 s in all."""
+    """Streams that never end are cut short here: 0.3 s without content, 2 s in all
+    (the first token may take the provider's timeout, made 0.3 s too)."""
     settings.LLM_INTEGRATION = {
         **settings.LLM_INTEGRATION,
         "STREAM_IDLE_TIMEOUT": 0.3,
         "MAX_STREAM_SECONDS": 2.0,
     }
+    Provider.objects.filter(name__endswith="-hostile").update(timeout_seconds=0.3)
+    invalidate()
     return setup
 
 
@@ -448,22 +504,57 @@ async def test_memory_stays_bounded_whatever_the_upstream_sends(setup, kind):
     assert grown < 24 * 1024 * 1024, f"peak memory grew by {grown / 2**20:.1f} MiB"
 
 
-async def test_an_anthropic_answer_compressed_though_asked_for_none_is_a_502(setup):
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_answer_compressed_though_asked_for_none_is_a_502(setup, kind):
     """Answers are asked uncompressed, so what is counted against MAX_UPSTREAM_BYTES is
-    what is kept: a compressed one (a bomb, maybe) is refused unread."""
-    body = gzip.compress(
-        hostile.AnthropicAnswer(json.dumps("Hi"), "11", "1", None, None, True).body().encode()
-    )
+    what is kept: a compressed one (a bomb: 64 MiB of zeros in 64 KiB) is refused
+    unread, streamed or not."""
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
 
     def compressed(ex):
-        ex.send(200, body, headers={"Content-Encoding": "gzip"})
+        streamed = isinstance(ex.request.body, dict) and ex.request.body.get("stream")
+        kind_of = "text/event-stream" if streamed else "application/json"
+        ex.send(200, bomb, content_type=kind_of, headers={"Content-Encoding": "gzip"})
 
-    outcomes = await attack(setup, "anthropic", ("rest", "v1"), lambda _s: compressed)
+    outcomes = await attack(setup, kind, SURFACES, lambda _s: compressed)
     for surface, reply, record in outcomes:
-        assert reply.status == 502 and "compressed" in reply.text, (surface, reply)
+        assert reply.failed and "compressed" in reply.text, (surface, reply)
         assert record.error_type == "bad_upstream_response"
-    sent = setup["fakes"]["anthropic"].requests[-1]
+    sent = [r for r in setup["fakes"][kind].requests if r.method == "POST"][-1]
     assert sent.headers.get("accept-encoding") == "identity"
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "ollama"])
+async def test_an_honest_count_in_a_script_cl100k_spends_many_tokens_on(setup, kind):
+    """Models counted by estimate: a provider whose tokenizer needs a fifth of
+    cl100k_base's tokens for Gujarati is billed its own count, not re-billed."""
+    text = "ગુજરાતી ભાષા ભારતની એક મુખ્ય ભાષા છે અને ગુજરાત રાજ્યમાં બોલાય છે. " * 6
+    honest = count_text_tokens(text, model="gpt-4o")
+    assert honest * 2 < count_text_tokens(text)  # what the first count would say
+    outcomes = await attack(
+        setup,
+        kind,
+        ("rest", "rest-stream"),
+        lambda _s: hostile.answer(kind, text=json.dumps(text), completion=str(honest)),
+    )
+    for surface, reply, record in outcomes:
+        assert not reply.failed, (surface, reply)
+        assert (record.completion_tokens, record.tokens_estimated) == (honest, False), surface
+
+
+async def test_empty_tool_call_pieces_are_no_content(deadlines):
+    setup = deadlines
+    empty = (
+        b'data: {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", '
+        b'"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}, '
+        b'"finish_reason": null}]}\n\n'
+    )
+    outcomes = await attack(
+        setup, "openai", STREAMED, lambda _s: hostile.idle("openai", keepalive=empty)
+    )
+    for surface, reply, record in outcomes:
+        assert reply.failed and "STREAM_IDLE_TIMEOUT" in reply.text, (surface, reply)
+        assert record.error_type == "upstream_timeout"
 
 
 @pytest.mark.parametrize("kind", ["openai", "ollama"])

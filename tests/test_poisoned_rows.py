@@ -5,17 +5,19 @@ else: the database's own constraints decide, on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from llm_integration import exceptions as exc
 from llm_integration.adapters.untrusted import MAX_TOKEN_COUNT
-from llm_integration.models import UsageRecord
+from llm_integration.models import BudgetPeriod, UsageRecord
 from llm_integration.services.chat.settlement import record_usage, repaired
 from llm_integration.services.writer import writer
-from tests.factories import UserFactory
+from tests.factories import BudgetFactory, ModelAliasFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,3 +87,50 @@ async def test_without_a_repair_only_its_own_caller_fails():
     await write(usage("req-good"), keep=True)
     assert await UsageRecord.objects.filter(request_id="req-good").aexists()
     assert not await UsageRecord.objects.filter(request_id="req-bad").aexists()
+
+
+@pytest.fixture
+def refusing():
+    """A rule of the database refusing every usage row as a constraint would (the
+    trigger outlives the test's rows: dropped after it)."""
+    yield sync_to_async(refuse_usage_rows)
+    with connection.cursor() as cursor:
+        suffix = "" if connection.vendor == "sqlite" else " ON llm_integration_usagerecord"
+        cursor.execute(f"DROP TRIGGER IF EXISTS llm_refuse_usage{suffix}")
+
+
+def refuse_usage_rows() -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                "CREATE TRIGGER llm_refuse_usage BEFORE INSERT ON llm_integration_usagerecord "
+                "BEGIN SELECT RAISE(ABORT, 'usage refused by a rule'); END"
+            )
+        else:
+            cursor.execute(
+                "CREATE OR REPLACE FUNCTION llm_refuse_usage() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'usage refused by a rule' USING ERRCODE = 'check_violation'; "
+                "END; $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER llm_refuse_usage BEFORE INSERT ON llm_integration_usagerecord "
+                "FOR EACH ROW EXECUTE FUNCTION llm_refuse_usage()"
+            )
+
+
+async def test_a_record_refused_even_repaired_gives_back_what_it_held(gateway, settings, refusing):
+    """Nothing is written, so nothing is charged: the client is told so, the budget's
+    reservation goes back, and the accounting stays healthy for everyone else."""
+    settings.LLM_INTEGRATION = {"BUDGET_ALLOWANCE_SHARE": 0}  # reservations written
+    await sync_to_async(ModelAliasFactory)(slug="default", provider__kind="dummy")
+    await sync_to_async(BudgetFactory)(limit_usd=Decimal("5"))
+    await refusing()
+    with pytest.raises(exc.AccountingUnavailable, match="nothing was charged"):
+        await gateway.chat(messages="Hi")
+    for _ in range(200):  # the release is a write of its own (bounded wait)
+        period = await BudgetPeriod.objects.aget()
+        if period.reserved_units == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (period.reserved_units, period.spent_units) == (0, 0)
+    assert writer.healthy() and not writer.kept

@@ -17,6 +17,7 @@ too; answers are asked uncompressed, so what is counted is what is kept.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from .base import (
     max_upstream_bytes,
     parse_retry_after,
 )
-from .http import ResponseTooLarge, env_proxy
+from .http import IDENTITY, CompressedAnswer, ResponseTooLarge, env_proxy, refuse_compressed
 from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
 from .untrusted import MAX_TOKEN_COUNT, clean, finish_reason, log_bad_count, token_count
@@ -60,17 +61,18 @@ class AnthropicAdapter(BaseLLMAdapter):
         return self._client_for_loop(self._new_sdk)
 
     def _new_sdk(self) -> anthropic.AsyncAnthropic:
-        proxy = env_proxy(self.base_url)
+        proxy = env_proxy(self.base_url)  # HTTP(S)_PROXY and NO_PROXY, as the others
         transport = httpx2.AsyncHTTPTransport(
             limits=anthropic.DEFAULT_CONNECTION_LIMITS,
             proxy=httpx_proxy(proxy) if proxy.get("proxy") else None,
+            socket_options=KEEPALIVE,
         )
         return anthropic.AsyncAnthropic(
             api_key=self._api_key or "",
             base_url=self.base_url,
             timeout=self.timeout,
             max_retries=0,
-            default_headers={"Accept-Encoding": "identity", **self.headers},
+            default_headers={**IDENTITY, **self.headers},
             http_client=anthropic.DefaultAsyncHttpxClient(
                 transport=BoundedTransport(transport), timeout=self.timeout
             ),
@@ -108,14 +110,10 @@ class AnthropicAdapter(BaseLLMAdapter):
 
     def _map_error(self, e: Exception, *, started: bool = False) -> exc.UpstreamError:
         name, provider = type(e).__name__, self.provider_name
-        if isinstance(e.__cause__, ResponseTooLarge | CompressedAnswer):
+        if isinstance(e.__cause__, OURS):
             e = e.__cause__
-        if isinstance(e, ResponseTooLarge):
+        if isinstance(e, OURS):
             return error_from_transport(e, provider=provider)
-        if isinstance(e, CompressedAnswer):
-            return exc.BadUpstreamResponse(
-                f"{provider} sent a compressed answer though asked for none.", provider=provider
-            )
         if isinstance(e, (anthropic.APITimeoutError, *TIMEOUTS)):
             return exc.UpstreamTimeout(
                 f"{provider} did not answer in time ({name}).", provider=provider
@@ -382,10 +380,6 @@ def _input_tokens(usage: Any, provider: str) -> int | None:
     return total if total <= MAX_TOKEN_COUNT else None
 
 
-class CompressedAnswer(Exception):
-    """An upstream answered compressed though asked for no content coding."""
-
-
 class BoundedTransport(httpx2.AsyncBaseTransport):
     """httpx's transport with every answer held to ``MAX_UPSTREAM_BYTES``: a body in all,
     a server-sent event (the bytes since the last blank line) in a stream."""
@@ -396,10 +390,11 @@ class BoundedTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self.transport.handle_async_request(request)
         limit = max_upstream_bytes()
-        coding = response.headers.get("content-encoding", "identity").strip().lower()
-        if coding not in ("", "identity"):
+        try:
+            refuse_compressed(response.headers)
+        except CompressedAnswer:
             await response.aclose()
-            raise CompressedAnswer(coding)
+            raise
         length = response.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await response.aclose()
@@ -448,6 +443,17 @@ def httpx_proxy(proxy: dict[str, Any]) -> httpx2.Proxy:
         str(proxy["proxy"]), auth=(auth.login, auth.password) if auth is not None else None
     )
 
+
+#: TCP keep-alive probes on idle connections (what the SDK's own client sets): a long
+#: answer behind a NAT or load balancer is not dropped while the model thinks.
+KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, True),
+    *(
+        (socket.IPPROTO_TCP, getattr(socket, name), value)
+        for name, value in (("TCP_KEEPINTVL", 60), ("TCP_KEEPCNT", 5), ("TCP_KEEPIDLE", 60))
+        if hasattr(socket, name)
+    ),
+]
 
 #: Our own failures raised from inside the SDK's reads.
 OURS: tuple[type[Exception], ...] = (ResponseTooLarge, CompressedAnswer)

@@ -21,14 +21,17 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import exceptions as exc
 from ..conf import llm_settings
 from ..redaction import keys, redact_secret
-from ..services.tokens import count_message_tokens, count_text_tokens
+from ..services.tokens import count_message_tokens, count_text_tokens, estimate_text_tokens
 from .http import (
+    IDENTITY,
     TRANSPORT_ERRORS,
+    CompressedAnswer,
     HTTPResult,
     PooledRequest,
     ResponseTooLarge,
@@ -54,6 +57,8 @@ from .tools import (
 from .untrusted import clean, log_bad_count, token_count
 
 logger = logging.getLogger("llm_integration.adapters")
+#: Where this package's code lives (its frames in a traceback).
+PACKAGE = str(Path(__file__).resolve().parents[1])
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -357,19 +362,25 @@ class BaseLLMAdapter(ABC):
         except Exception as error:
             raise self._unreadable(error) from None
 
-    def _unreadable(self, error: Exception) -> exc.BadUpstreamResponse:
-        """What an answer the adapter failed to read becomes: a 502, never a 500. The
-        failure is logged with where it happened (it may be the adapter's own), not with
-        its message, which may quote the upstream."""
+    def _unreadable(self, error: Exception) -> exc.AdapterFailure:
+        """What an unexpected failure inside the adapter becomes: a 502, never a 500.
+        It is logged with where it happened in this package (it may be the adapter's
+        own fault, or a request it could not build), not with its message, which may
+        quote the upstream; it does not count against the provider's circuit."""
+        ours = [
+            frame
+            for frame in traceback.extract_tb(error.__traceback__)
+            if PACKAGE in frame.filename
+        ]
         logger.error(
             "llm.adapter_failed",
             extra={
                 "provider": self.provider_name,
                 "error_type": type(error).__name__,
-                "where": "".join(traceback.format_tb(error.__traceback__)[-3:]),
+                "where": "".join(traceback.format_list(ours[-3:])),
             },
         )
-        return exc.BadUpstreamResponse(
+        return exc.AdapterFailure(
             f"{self.provider_name} sent an answer the gateway could not read.",
             provider=self.provider_name,
         )
@@ -393,7 +404,7 @@ class BaseLLMAdapter(ABC):
 
     def _request_headers(self) -> dict[str, str]:
         """Headers of every request to the upstream (aiohttp adapters)."""
-        return {"Accept": "application/json", **self.headers}
+        return {"Accept": "application/json", **IDENTITY, **self.headers}
 
     def _post(self, path: str, body: Any):
         """``async with self._post(path, body) as response``: a JSON POST (aiohttp)."""
@@ -427,7 +438,7 @@ class BaseLLMAdapter(ABC):
                     body = await read_error_body(r)
                     raise self._error(HTTPResult.of(r, body), body)
                 result = HTTPResult.of(r, await read_body(r, max_upstream_bytes()))
-        except (*TRANSPORT_ERRORS, ResponseTooLarge) as e:
+        except (*TRANSPORT_ERRORS, ResponseTooLarge, CompressedAnswer) as e:
             raise error_from_transport(e, provider=self.provider_name) from None
         return result
 
@@ -492,7 +503,7 @@ class BaseLLMAdapter(ABC):
             prompt_tokens=count_message_tokens(
                 request.messages, model=self.model, tools=request.tools
             ),
-            completion_tokens=count_text_tokens(completion_text, model=self.model),
+            completion_tokens=estimate_text_tokens(completion_text, model=self.model),
             estimated=True,
         )
 
@@ -629,6 +640,10 @@ def error_from_transport(
         return exc.BadUpstreamResponse(
             f"{provider} sent an answer over {error.limit} bytes (MAX_UPSTREAM_BYTES).",
             provider=provider,
+        )
+    if isinstance(error, CompressedAnswer):
+        return exc.BadUpstreamResponse(
+            f"{provider} sent a compressed answer though asked for none.", provider=provider
         )
     if isinstance(error, httpx.TimeoutException | TimeoutError):
         return exc.UpstreamTimeout(

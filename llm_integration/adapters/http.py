@@ -30,7 +30,9 @@ import aiohttp
 import httpx2 as httpx
 
 __all__ = [
+    "IDENTITY",
     "TRANSPORT_ERRORS",
+    "CompressedAnswer",
     "HTTPResult",
     "PooledRequest",
     "ResponseTooLarge",
@@ -40,6 +42,7 @@ __all__ = [
     "iter_lines",
     "read_body",
     "read_error_body",
+    "refuse_compressed",
     "request_timeout",
     "sessions",
 ]
@@ -64,6 +67,22 @@ class ResponseTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"more than {limit} bytes")
         self.limit = limit
+
+
+class CompressedAnswer(Exception):
+    """An upstream answered compressed though asked for no content coding: what would
+    be counted against ``MAX_UPSTREAM_BYTES`` would not be what is kept (a bomb)."""
+
+
+#: Asked of every upstream, so that the bytes counted are the bytes kept.
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def refuse_compressed(headers: Mapping[str, str]) -> None:
+    """``CompressedAnswer`` if ``headers`` say the body is compressed."""
+    coding = headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise CompressedAnswer(coding)
 
 
 class HTTPResult:
@@ -164,6 +183,9 @@ def new_session() -> aiohttp.ClientSession:
         # worker thread on every request. Adapters look their proxy up once (env_proxy).
         trust_env=False,
         raise_for_status=False,
+        # Answers are asked uncompressed (IDENTITY) and read as they come: a compressed
+        # one is refused, never inflated (refuse_compressed).
+        auto_decompress=False,
     )
 
 
@@ -267,7 +289,9 @@ atexit.register(sessions.abandon_all)
 
 async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The whole body, or ``ResponseTooLarge`` once it passes ``limit`` bytes (a
-    ``Content-Length`` over it is refused before anything is read)."""
+    ``Content-Length`` over it is refused before anything is read); a compressed one
+    is refused unread."""
+    refuse_compressed(response.headers)
     length = response.content_length
     if length is not None:
         if length > limit:
@@ -284,7 +308,12 @@ async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
     """The first ``MAX_ERROR_BODY`` bytes of an error answer; the rest is not read
-    (the connection is closed instead)."""
+    (the connection is closed instead). A compressed one is not read at all."""
+    try:
+        refuse_compressed(response.headers)
+    except CompressedAnswer:
+        response.close()
+        return b""
     length = response.content_length
     if length is not None and length <= MAX_ERROR_BODY:
         return await response.read()
@@ -303,7 +332,9 @@ async def iter_lines(response: aiohttp.ClientResponse, limit: int) -> AsyncItera
 
     Reads whatever has arrived and splits it here: one wait per network read rather
     than per line. An unfinished line is kept as pieces, joined once its end arrives.
+    A compressed body is refused unread.
     """
+    refuse_compressed(response.headers)
     content = response.content
     pending: list[bytes] = []
     size = 0

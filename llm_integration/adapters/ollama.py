@@ -1,8 +1,9 @@
 """Ollama's native chat API over aiohttp: newline-delimited JSON streaming.
 
-The last line (``done: true``) carries ``prompt_eval_count`` and ``eval_count``; Ollama
-leaves ``prompt_eval_count`` out when the whole prompt came from its cache, and then the
-prompt side is estimated and flagged. Tools go as OpenAI-shaped ``tools``; Ollama
+The last line (``done: true``) carries ``prompt_eval_count`` and ``eval_count``. Ollama
+counts only the prompt tokens its cache did not hold (none, or the field left out, when
+it held them all): a count under half the prompt's is taken for that, and the prompt
+side is estimated and flagged. Tools go as OpenAI-shaped ``tools``; Ollama
 answers with whole ``message.tool_calls`` (arguments as objects), which become OpenAI's
 shape; ``response_format`` becomes ``format`` (``"json"`` or the schema); images go as
 base64 ``images``.
@@ -16,7 +17,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .. import exceptions as exc
-from ..services.tokens import count_text_tokens
+from ..services.tokens import (
+    ECONOMICAL_MODEL,
+    TOKENS_PER_IMAGE,
+    count_message_tokens,
+    count_text_tokens,
+)
 from .base import (
     BaseLLMAdapter,
     ChatRequest,
@@ -29,7 +35,14 @@ from .base import (
     finish_body,
     max_upstream_bytes,
 )
-from .http import TRANSPORT_ERRORS, HTTPResult, ResponseTooLarge, iter_lines, read_error_body
+from .http import (
+    TRANSPORT_ERRORS,
+    CompressedAnswer,
+    HTTPResult,
+    ResponseTooLarge,
+    iter_lines,
+    read_error_body,
+)
 from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
 from .untrusted import finish_reason, loads, log_bad_count, token_count
@@ -46,7 +59,7 @@ class OllamaAdapter(BaseLLMAdapter):
         self.keep_alive = keep_alive
 
     def _request_headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", **self.headers}
+        headers = super()._request_headers()
         if self._api_key:  # Ollama behind an authenticating proxy
             headers.setdefault("Authorization", f"Bearer {self._api_key}")
         return headers
@@ -146,9 +159,15 @@ class OllamaAdapter(BaseLLMAdapter):
         )
 
     def _usage(self, final: dict[str, Any], request: ChatRequest, text: str) -> Usage:
-        return self._reported_usage(
-            final.get("prompt_eval_count"), final.get("eval_count"), request, text
-        )
+        prompt = final.get("prompt_eval_count")
+        evaluated = token_count(prompt)
+        if evaluated is not None:
+            counted = count_message_tokens(
+                request.messages, model=ECONOMICAL_MODEL, tools=request.tools
+            ) - TOKENS_PER_IMAGE * sum(len(m.images) for m in request.messages)
+            if evaluated * 2 < counted:
+                prompt = None  # only what its cache did not hold was evaluated: estimated
+        return self._reported_usage(prompt, final.get("eval_count"), request, text)
 
     async def _complete(self, request: ChatRequest) -> Completion:
         response = await self._call("POST", "/api/chat", json=self._payload(request, stream=False))
@@ -232,7 +251,7 @@ class OllamaAdapter(BaseLLMAdapter):
                         break
                 if final is not None:
                     await finish_body(response, lines)
-        except (*TRANSPORT_ERRORS, ResponseTooLarge) as e:
+        except (*TRANSPORT_ERRORS, ResponseTooLarge, CompressedAnswer) as e:
             error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
             raise self._partial(error, request, parts) from None
         except exc.UpstreamError as error:

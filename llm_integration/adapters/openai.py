@@ -27,7 +27,15 @@ from .base import (
     finish_body,
     max_upstream_bytes,
 )
-from .http import TRANSPORT_ERRORS, HTTPResult, ResponseTooLarge, iter_lines, read_error_body
+from .http import (
+    IDENTITY,
+    TRANSPORT_ERRORS,
+    CompressedAnswer,
+    HTTPResult,
+    ResponseTooLarge,
+    iter_lines,
+    read_error_body,
+)
 from .sse import iter_sse
 from .tools import ToolCall, ToolCallDelta
 from .untrusted import finish_reason, loads, log_bad_count, token_count
@@ -54,7 +62,7 @@ class OpenAIAdapter(BaseLLMAdapter):
         self.base_url = endpoint_base(self.base_url)
 
     def _request_headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **IDENTITY}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         headers.update(self.headers)
@@ -215,11 +223,13 @@ class OpenAIAdapter(BaseLLMAdapter):
                             yield StreamChunk(text=text)
                         for piece in delta.get("tool_calls") or ():
                             call = self._tool_call_delta(piece)
+                            if call.id is None and not call.name and not call.arguments:
+                                continue  # an empty piece is no content (nor a keep-alive)
                             parts.append((call.name or "") + call.arguments)
                             yield StreamChunk(tool_call=call)
                 if done:
                     await finish_body(response, lines)
-        except (*TRANSPORT_ERRORS, ResponseTooLarge) as e:
+        except (*TRANSPORT_ERRORS, ResponseTooLarge, CompressedAnswer) as e:
             error = error_from_transport(e, provider=self.provider_name, streaming_started=started)
             raise (self._with_partial(error, request, parts) if started else error) from None
         except exc.BadUpstreamResponse as error:

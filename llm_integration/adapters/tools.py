@@ -66,7 +66,7 @@ class ToolCall:
         """The arguments parsed (for upstreams that take an object); 400 if not JSON."""
         try:
             value = json.loads(self.arguments or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
             value = None
         if not isinstance(value, dict):
             raise exc.InvalidRequest(

@@ -5,7 +5,8 @@ what it sends enters the gateway.
   integer column holds); a negative, fractional, infinite or non-numeric count is not a
   count, and the adapter estimates instead (flagged, logged).
 - **finish_reason** is one of ``FINISH_REASONS``; other values are mapped to the nearest
-  one (``stop`` when nothing fits) and the raw value is logged.
+  one (``stop`` when nothing fits, the raw value logged), and a word for a failed
+  generation (``error``, ``abort``) is the upstream's failure, not an answer.
 - **Text** never holds a lone UTF-16 surrogate (JSON's ``"\\ud800"``): no surface could
   encode it, so it becomes U+FFFD where it enters.
 """
@@ -17,6 +18,7 @@ import logging
 import re
 from typing import Any
 
+from .. import exceptions as exc
 from ..redaction import scrub
 
 logger = logging.getLogger("llm_integration.adapters")
@@ -37,7 +39,12 @@ FINISH_SYNONYMS = {
     "model_length": "length",
     "refusal": "content_filter",
     "safety": "content_filter",
+    "model_context_window_exceeded": "length",
+    "pause_turn": "stop",
 }
+#: What some servers say when the generation failed (OpenRouter's ``error``, vLLM's
+#: ``abort``): not an answer to bill as one.
+FINISH_FAILURES = frozenset({"error", "abort", "aborted", "failed"})
 
 #: A JSON escape of a surrogate, or a surrogate's UTF-8 bytes (which ``json.loads``
 #: lets through): only then is a parsed answer walked for lone surrogates.
@@ -57,18 +64,23 @@ def token_count(value: Any) -> int | None:
 def log_bad_count(provider: str, field: str, value: Any) -> None:
     logger.warning(
         "llm.upstream_usage_invalid",
-        extra={"provider": provider, "field": field, "value": repr(value)[:64]},
+        extra={"provider": provider, "field": field, "value": scrub(repr(value)[:64])},
     )
 
 
 def finish_reason(value: Any, provider: str) -> str:
-    """One of ``FINISH_REASONS`` for what the upstream said (None or empty: ``stop``)."""
+    """One of ``FINISH_REASONS`` for what the upstream said (None or empty: ``stop``);
+    ``UpstreamServerError`` when it says the generation failed."""
     if not isinstance(value, str):
         value = None if value is None else repr(value)
     if value in FINISH_REASONS:
         return value
     if not value:
         return "stop"
+    if value in FINISH_FAILURES:
+        raise exc.UpstreamServerError(
+            f"{provider} reported that the generation failed ({value}).", provider=provider
+        )
     mapped = FINISH_SYNONYMS.get(value)
     if mapped is None:
         logger.warning(

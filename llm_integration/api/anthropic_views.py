@@ -302,6 +302,17 @@ def chat_arguments(user, data: Any, request_id: str) -> dict[str, Any]:
     }
 
 
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A tool call's arguments as ``tool_use`` input. The gateway lets through only
+    JSON objects, but for an answer cut at ``max_tokens`` (arguments unfinished:
+    ``{}``, as the call could not be read)."""
+    try:
+        value = loads(arguments or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def message_body(result, request_id: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if result.answer or not result.tool_calls:
@@ -312,7 +323,7 @@ def message_body(result, request_id: str) -> dict[str, Any]:
                 "type": "tool_use",
                 "id": call.id,
                 "name": call.name,
-                "input": loads(call.arguments or "{}"),
+                "input": tool_input(call.arguments),
             }
         )
     return {

@@ -67,8 +67,8 @@ class _Echo:
 async def csv_rows(filters: dict):
     """CSV lines of the matching usage records, fetched in chunks (never all in memory).
 
-    The 200 has gone out with the first line: a failure after it is logged and ends the
-    export, so that the download ends rather than hangs."""
+    The 200 has gone out with the first line: a failure after it is logged and cuts the
+    response off, so that the download fails rather than hangs or looks complete."""
     from ..models import UsageRecord
 
     writer = csv.writer(_Echo())
@@ -85,7 +85,10 @@ async def csv_rows(filters: dict):
             for row in chunk:
                 yield writer.writerow(csv_row(row[1:]))
     except Exception:
+        # Ended, not finished: the response is cut off (no last chunk), so the client
+        # sees a download that failed rather than a file that looks whole.
         logger.exception("llm.usage_export_failed", extra={"after_id": last})
+        raise
 
 
 def usage_payload(usage, cost) -> dict:

@@ -115,12 +115,36 @@ def count_text_tokens(text: str, *, model: str = "") -> int:
     return _count(_encoding(model), text)
 
 
+#: A model counted with the most economical packaged encoding (``o200k_base``): for
+#: bounds from below, as other tokenizers need far fewer tokens than ``cl100k_base`` for
+#: many scripts.
+ECONOMICAL_MODEL = "gpt-4o"
+
+#: An upstream's text is counted exactly up to this many characters and the rest
+#: estimated (``CHARS_PER_TOKEN``): an answer of megabytes costs the event loop
+#: milliseconds, not seconds (such an answer is cut at ``max_tokens`` anyway).
+EXACT_CHARS = 64 * 1024
+CHARS_PER_TOKEN = 4
+#: No token of the packaged encodings is longer than this (in characters).
+LONGEST_TOKEN = 128
+
+
+def estimate_text_tokens(text: str, *, model: str = "") -> int:
+    """``count_text_tokens`` for text of any length an upstream sent: exact up to
+    ``EXACT_CHARS`` characters, estimated past them."""
+    if len(text) <= EXACT_CHARS:
+        return count_text_tokens(text, model=model)
+    rest = len(text) - EXACT_CHARS
+    return count_text_tokens(text[:EXACT_CHARS], model=model) + rest // CHARS_PER_TOKEN
+
+
 def truncate_to_tokens(text: str, limit: int, *, model: str = "") -> str:
-    """The start of ``text`` that is at most ``limit`` tokens long."""
+    """The start of ``text`` that is at most ``limit`` tokens long (only the part of
+    the text that could hold them is encoded)."""
     if not text or limit <= 0:
         return ""
     enc = _encoding(model)
-    tokens = enc.encode_ordinary(text)
+    tokens = enc.encode_ordinary(text[: (limit + 1) * LONGEST_TOKEN])
     return text if len(tokens) <= limit else enc.decode(tokens[:limit])
 
 

@@ -46,6 +46,7 @@ CSV_FIELDS = [
     "cached",
     "streamed",
     "finish_reason",
+    "unbilled_cost_usd",
 ]
 
 #: What a spreadsheet reads as the start of a formula (OWASP's list, CSV injection).

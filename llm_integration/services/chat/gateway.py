@@ -34,7 +34,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
 from ..ratelimit import RateLimiter
 from ..retries import retry_policy
-from ..tokens import count_text_tokens, truncate_to_tokens
+from ..tokens import estimate_text_tokens, truncate_to_tokens
 from ..validation import validate
 from ..writer import writer
 from .admission import admit, admit_cached, prepare
@@ -100,7 +100,8 @@ class Gateway:
     ) -> ChatResult:
         """One answer. ``json_tool_arguments``: the caller passes tool calls on as
         objects (Anthropic's ``tool_use``), so arguments that are not a JSON object are
-        an upstream failure (502), not an answer."""
+        an upstream failure (502, what it charged kept aside), not an answer; unless
+        the answer was cut at ``max_tokens``, when arguments are unfinished."""
         call = self.call(user, request_id)
         key = None
         try:
@@ -139,10 +140,20 @@ class Gateway:
         except (asyncio.CancelledError, Exception) as error:
             await call.fail(error)
             raise
-        completion = held_to_max_tokens(metered_completion(completion, prepared), prepared)
-        if json_tool_arguments and (bad := not_json(completion.tool_calls)) is not None:
-            await call.finish(UsageRecord.Status.ERROR, usage=completion.usage, error=bad)
-            raise bad
+        try:
+            completion = held_to_max_tokens(metered_completion(completion, prepared), prepared)
+            if json_tool_arguments and completion.finish_reason != "length":
+                if (bad := not_json(completion.tool_calls)) is not None:
+                    raise bad
+        except (asyncio.CancelledError, Exception) as error:
+            # An answer the client cannot have: what the upstream charged is kept aside.
+            status = (
+                UsageRecord.Status.CANCELLED
+                if isinstance(error, asyncio.CancelledError)
+                else status_for(error)
+            )
+            await call.finish(status, usage=completion.usage, error=error, withheld=True)
+            raise
         cost = await call.finish(
             UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
         )
@@ -273,7 +284,11 @@ class Gateway:
             async def open_stream(adapter, prepared: Prepared):
                 iterator = adapter.complete_stream(prepared.request)
                 try:
-                    head = await deadline.next(iterator, prepared.alias.provider.name)
+                    head = await deadline.next(
+                        iterator,
+                        prepared.alias.provider.name,
+                        idle=max(deadline.idle, float(adapter.timeout)),
+                    )
                 except BaseException:
                     await iterator.aclose()
                     raise
@@ -287,7 +302,7 @@ class Gateway:
             while chunk is not None:
                 if chunk.tool_call is not None:
                     piece = chunk.tool_call
-                    tokens = count_text_tokens((piece.name or "") + piece.arguments, model=model)
+                    tokens = estimate_text_tokens((piece.name or "") + piece.arguments, model=model)
                     if limit and written + tokens > limit:  # written past max_tokens
                         arguments = truncate_to_tokens(
                             piece.arguments, limit - written, model=model
@@ -308,7 +323,7 @@ class Gateway:
                         named.append(piece.arguments)
                     yield piece
                 if chunk.text:
-                    text, tokens = chunk.text, count_text_tokens(chunk.text, model=model)
+                    text, tokens = chunk.text, estimate_text_tokens(chunk.text, model=model)
                     if limit and written + tokens > limit:  # the upstream writes past max_tokens
                         text = truncate_to_tokens(text, limit - written, model=model)
                         if text:
@@ -325,10 +340,19 @@ class Gateway:
                     yield Delta(text)
                 if chunk.usage is not None:
                     finish = chunk.finish_reason or "stop"
-                    usage = metered(chunk.usage, prepared, delivered=written, provider=provider)
-                    if json_tool_arguments and (bad := not_json_pieces(arguments)) is not None:
-                        await call.finish(UsageRecord.Status.ERROR, usage=usage, error=bad)
-                        raise bad
+                    usage = metered(
+                        chunk.usage,
+                        prepared,
+                        delivered=written,
+                        provider=provider,
+                        text=lambda: "".join(parts),
+                    )
+                    if json_tool_arguments and finish != "length":
+                        if (bad := not_json_pieces(arguments)) is not None:
+                            await call.finish(
+                                UsageRecord.Status.ERROR, usage=usage, error=bad, withheld=True
+                            )
+                            raise bad
                     cost = await call.finish(
                         UsageRecord.Status.OK, usage=usage, finish_reason=finish
                     )

@@ -157,7 +157,7 @@ async def route(
                 provider=alias.provider.name,
             )
         except exc.LLMError as error:
-            if isinstance(error, CIRCUIT_FAILURES):
+            if isinstance(error, CIRCUIT_FAILURES) and not isinstance(error, exc.AdapterFailure):
                 await breaker.record_failure()
             if not isinstance(error, FALL_THROUGH):
                 raise

@@ -37,11 +37,12 @@ from ...signals import budget_alerts_fired
 from .. import budgets
 from ..db import run_db
 from ..quotas import QuotaHold
+from ..quotas import release_job as release_quotas
 from ..quotas import settle as settle_quotas
-from ..tokens import count_message_tokens, count_text_tokens
+from ..tokens import count_message_tokens, estimate_text_tokens
 from ..usage import cost_of, format_money
 from ..writer import Ticket, writer
-from .reservation import accounted
+from .reservation import accounted, release
 from .types import Admission, Outcome, Prepared, Taken
 
 if TYPE_CHECKING:
@@ -71,6 +72,16 @@ def record_usage(batch, record, holds, cost, pooled, quota_holds) -> list:
         tokens = record.prompt_tokens + record.completion_tokens
         settle_quotas(quota_holds, counted=counted, tokens=tokens)
     return budgets.record_usage(batch, record, holds, cost, pooled)
+
+
+def give_back(pooled: bool, holds: list, quota_holds: list[QuotaHold]) -> None:
+    """What a request held, back, when its record could not be written at all."""
+    for pending in (
+        release(budgets.Reservation(holds, pooled=pooled)),
+        writer.write(release_quotas, quota_holds) if quota_holds else None,
+    ):
+        if pending is not None:  # nobody awaits it: its failure is the writer's to log
+            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def unbilled(args: tuple) -> tuple:
@@ -139,8 +150,10 @@ class Call:
         error: BaseException | None,
         finish_reason: str,
         cached: bool,
+        withheld: bool = False,
     ) -> tuple[UsageRecord, Decimal]:
-        """The request's usage record (not saved) and its cost: no I/O."""
+        """The request's usage record (not saved) and its cost: no I/O. ``withheld``:
+        the client gets no answer, so the cost goes to ``unbilled_cost_usd``."""
         alias = self.alias
         cost = cost_of(alias, usage) if alias is not None and not cached else Decimal(0)
         if self.serving is not None and cost > self.serving.worst_cost:
@@ -177,22 +190,27 @@ class Call:
             cached=cached,
             streamed=self.streamed,
         )
+        if withheld:
+            record.unbilled_cost_usd, record.cost_usd = cost, Decimal(0)
+            return record, Decimal(0)
         return record, cost
 
     def seconds(self) -> float:
         return max(0.0, self.gateway.clock.monotonic() - self.started)
 
-    async def record(self, status, usage, error, finish_reason, cached) -> tuple[Decimal, list]:
+    async def record(
+        self, status, usage, error, finish_reason, cached, withheld
+    ) -> tuple[Decimal, list]:
         """Write the record and settle the budgets in one (group) commit; alerts after.
         (cost, the budget alerts it fired)."""
-        record, cost = self.usage_record(status, usage, error, finish_reason, cached)
+        record, cost = self.usage_record(status, usage, error, finish_reason, cached, withheld)
         # The write owns the holds from here: a cancelled wait cannot settle them twice.
         reservation = self.reservation
         holds, reservation.holds = reservation.holds, []
         claim = budgets.claim_rows(hold.period_id for hold in holds)
         quota_holds, self.quota_holds = self.quota_holds, []
         # Kept and written again if the database is unavailable: the request happened.
-        withheld = status == UsageRecord.Status.OK and not self.streamed
+        answer = status == UsageRecord.Status.OK and not self.streamed  # not yet handed over
         ticket = Ticket()
         pending = writer.write(
             record_usage,
@@ -204,15 +222,20 @@ class Call:
             claim=claim,
             keep=True,
             repair=repaired,
-            on_give_up=unbilled if withheld else None,
+            on_give_up=unbilled if answer else None,
             ticket=ticket,
         )
         try:
             settled = await accounted(pending, lambda _done: None)
         except exc.AccountingUnavailable as refused:
+            if ticket.state == Ticket.DONE:  # refused for good, even repaired: not kept
+                give_back(reservation.pooled, holds, quota_holds)
+                raise
             if status != UsageRecord.Status.OK:
                 raise
-            settled = await self.undecided(pending, ticket, refused, cost)
+            settled = await self.undecided(
+                pending, ticket, refused, cost, (reservation.pooled, holds, quota_holds)
+            )
         reservation.settled.extend(settled)
         alerts = []
         if budgets.alerts_due(settled):
@@ -221,22 +244,31 @@ class Call:
         return cost, alerts
 
     async def undecided(
-        self, pending: asyncio.Future, ticket: Ticket, refused: exc.AccountingUnavailable, cost
+        self,
+        pending: asyncio.Future,
+        ticket: Ticket,
+        refused: exc.AccountingUnavailable,
+        cost: Decimal,
+        held: tuple,
     ) -> list:
         """An answer whose record did not commit in time: what its client may be told.
-        Returns what settled if the record lands after all."""
+        Returns what settled if the record lands after all (the answer is served)."""
         if self.streamed:
             raise self.charged_later(cost)
         if writer.give_up(ticket):
             raise refused  # "nothing was charged": the record is written as a refusal
-        # A transaction holds the record: wait for its outcome once more.
+        # A transaction holds the record: its outcome decides, within the request's
+        # deadline (a lock the database gives up on ends it sooner).
         try:
-            async with asyncio.timeout(float(llm_settings.ACCOUNTING_TIMEOUT)):
+            async with asyncio.timeout(float(llm_settings.REQUEST_DEADLINE)):
                 return await asyncio.shield(pending)
         except exc.LLMError:
             raise
         except Exception:
             if writer.give_up(ticket):
+                raise refused from None
+            if ticket.state == Ticket.DONE:  # refused for good: nothing was written
+                give_back(*held)
                 raise refused from None
             raise self.charged_later(cost) from None
 
@@ -267,14 +299,16 @@ class Call:
         error: BaseException | None = None,
         finish_reason: str = "",
         cached: bool = False,
+        withheld: bool = False,
     ) -> Decimal:
-        """Write the usage record, settle budgets, update metrics and log (once)."""
+        """Write the usage record, settle budgets, update metrics and log (once).
+        ``withheld``: an answer the client does not get (its cost kept aside)."""
         if self.recorded:
             return Decimal(0)
         self.recorded = True
         usage = usage or Usage()
         try:
-            cost, alerts = await self.record(status, usage, error, finish_reason, cached)
+            cost, alerts = await self.record(status, usage, error, finish_reason, cached, withheld)
         except exc.AccountingUnavailable:
             if status == UsageRecord.Status.OK:
                 raise  # an answer is not handed over before its record is written
@@ -331,6 +365,6 @@ class Call:
             prompt_tokens=count_message_tokens(
                 self.serving.request.messages, model=model, tools=self.serving.request.tools
             ),
-            completion_tokens=count_text_tokens(text, model=model),
+            completion_tokens=estimate_text_tokens(text, model=model),
             estimated=True,
         )

@@ -1,6 +1,7 @@
 """Tool calls a client receives as objects (the Messages API's ``tool_use`` blocks):
 arguments that are not a JSON object cannot be passed on, and are the upstream's
-failure (502 ``bad_upstream_response``), recorded as such."""
+failure (502 ``bad_upstream_response``), recorded as such and charged to nobody. An
+answer cut at ``max_tokens`` may end inside a call's arguments: that is no failure."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def not_json(calls: Sequence[ToolCall]) -> exc.BadUpstreamResponse | None:
         try:
             if isinstance(loads(call.arguments or "{}"), dict):
                 continue
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
             pass
         return exc.BadUpstreamResponse(
             f"The model called {call.name!r} with arguments that are not a JSON object.",
