@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from collections.abc import Iterable
 
 #: The shortest piece of a key that is cut out.
@@ -47,10 +48,13 @@ class KeyScrubber:
 
     def scrub(self, text: str) -> str:
         """``text`` with every run of 8+ characters of a registered key replaced by
-        ``[redacted]``."""
+        ``[redacted]``; invisible format characters (a zero-width space between the
+        key's characters) are dropped first, as a reader would not see them."""
         pieces = self._pieces
         if not pieces or len(text) < MIN_PIECE:
             return text
+        if not text.isascii():
+            text = "".join(c for c in text if unicodedata.category(c) != "Cf")
         spans: list[list[int]] = []
         for i in range(len(text) - MIN_PIECE + 1):
             if text[i : i + MIN_PIECE] in pieces:

@@ -376,7 +376,7 @@ async def test_an_answer_over_max_upstream_bytes_is_a_502(setup, kind, shape):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("shape", ["line", "event"])
+@pytest.mark.parametrize("shape", ["line", "event", "lines"])
 async def test_a_stream_event_over_max_upstream_bytes_is_a_502(setup, kind, shape):
     outcomes = await attack(
         setup, kind, STREAMED, lambda _s: hostile.flood(kind, size=2 * 1024 * 1024, shape=shape)
@@ -496,6 +496,7 @@ async def test_memory_stays_bounded_whatever_the_upstream_sends(setup, kind):
         ("rest", "chunked"),
         ("rest-stream", "line"),
         ("rest-stream", "event"),
+        ("rest-stream", "lines"),
     ]:
         fake.push(raw=hostile.flood(kind, size=64 * 1024 * 1024, shape=shape))
         reply = await ask(surface, token, kind)
@@ -583,3 +584,159 @@ async def test_embeddings_usage_that_is_not_plausible_is_estimated(setup, kind, 
     assert record.status == "ok" and record.tokens_estimated
     assert 0 < record.prompt_tokens < 100
     assert (await BudgetPeriod.objects.aget()).reserved_units == 0
+
+
+# -- what else an upstream can send ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("status", [302, 307, 308])
+async def test_a_redirect_is_not_followed(setup, kind, status):
+    """A redirect would carry the prompt and the keys to another origin: a 502."""
+    elsewhere = setup["fakes"]["ollama" if kind != "ollama" else "openai"]
+    before = len(elsewhere.requests)
+
+    def redirect(ex):
+        ex.send(status, b"", headers={"Location": f"{elsewhere.origin}/v1/chat/completions"})
+
+    outcomes = await attack(setup, kind, PLAIN, lambda _s: redirect)
+    for surface, reply, record in outcomes:
+        assert reply.status == 502 and "redirect" in reply.text, (surface, reply)
+        assert record.status == "error"
+    assert len(elsewhere.requests) == before
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "99999999999999999999999", "-5", "nan"])
+async def test_a_retry_after_of_any_value_is_no_500(setup, value):
+    def limited(ex):
+        body = b'{"error": {"message": "slow down", "type": "rate_limit_exceeded"}}'
+        ex.send(429, body, headers={"Retry-After": value})
+
+    outcomes = await attack(setup, "openai", SURFACES, lambda _s: limited)
+    for surface, reply, _record in outcomes:
+        assert reply.failed and "Infinity" not in reply.text, (surface, reply)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_million_spaces_are_counted_not_a_crash(setup, kind, settings):
+    """tiktoken's regex overflows its stack on a million spaces in one piece."""
+    settings.LLM_INTEGRATION = {**settings.LLM_INTEGRATION, "MAX_UPSTREAM_BYTES": 4 * 2**20}
+    spaces = json.dumps(" " * 1_000_000 + "a")
+    outcomes = await attack(
+        setup, kind, ("rest", "rest-stream"), lambda _s: hostile.answer(kind, text=spaces)
+    )
+    for surface, reply, record in outcomes:
+        assert not reply.failed, (surface, reply)
+        assert record.status == "ok"
+    reply = await ask("rest", setup["token"], "calm")  # and from a client, on the dummy
+    assert reply.status == 200
+
+
+async def test_anthropic_tool_calls_without_a_name_are_no_content(deadlines):
+    setup = deadlines
+    nameless = (
+        b'event: content_block_start\ndata: {"type": "content_block_start", "index": 1, '
+        b'"content_block": {"type": "tool_use", "id": "", "name": "", "input": {}}}\n\n'
+    )
+    outcomes = await attack(
+        setup, "anthropic", STREAMED, lambda _s: hostile.idle("anthropic", keepalive=nameless)
+    )
+    for surface, reply, _record in outcomes:
+        assert reply.failed and "STREAM_IDLE_TIMEOUT" in reply.text, (surface, reply)
+        assert '"tool_call"' not in reply.text and "tool_use" not in reply.text
+
+
+async def test_streamed_tool_call_indices_are_ours(setup):
+    """An upstream's index (a billion) becomes 0; a later piece cannot rename the call."""
+
+    def odd(ex):
+        chunk = hostile.OpenAIAnswer('""', "11", "9", None, None, True).chunk
+        ex.start_stream("text/event-stream")
+        for delta in (
+            '{"tool_calls": [{"index": 1000000000, "id": "call_a", "type": "function", '
+            '"function": {"name": "get_weather", "arguments": "{\\"ci"}}]}',
+            '{"tool_calls": [{"index": 1000000000, "id": "call_b", '
+            '"function": {"name": "other", "arguments": "ty\\": 1}"}}]}',
+        ):
+            ex.write(chunk(delta))
+        ex.write(chunk("{}", '"tool_calls"'))
+        ex.write(b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 9}}')
+        ex.write(b"\n\ndata: [DONE]\n\n")
+        ex.end_stream()
+
+    outcomes = await attack(setup, "openai", ("v1-stream", "messages-stream"), lambda _s: odd)
+    for surface, reply, record in outcomes:
+        assert not reply.failed and "1000000000" not in reply.text, (surface, reply)
+        assert "call_b" not in reply.text and '"other"' not in reply.text
+        assert '"index":-1' not in reply.text.replace(" ", "")
+        assert record.status == "ok"
+
+
+async def test_tool_arguments_sent_as_an_object_are_json_text(setup):
+    outcomes = await attack(
+        setup,
+        "openai",
+        ("v1", "rest"),
+        lambda _s: hostile.answer("openai", text='""', arguments='{"city": "Paris"}'),
+    )
+    for surface, reply, _record in outcomes:
+        assert "{'city'" not in reply.text and "Paris" in reply.text, (surface, reply)
+
+
+async def test_tool_calls_past_max_tokens_are_cut(setup):
+    """2,000 calls in one answer: whole calls are kept while they fit max_tokens."""
+    calls = ", ".join(
+        f'{{"id": "call_{i}", "type": "function", "function": {{"name": "get_weather", '
+        f'"arguments": "{{}}"}}}}'
+        for i in range(2_000)
+    )
+
+    def many(ex):
+        ex.send(
+            200,
+            (
+                '{"id": "c", "object": "chat.completion", "created": 1, "model": "m", '
+                '"choices": [{"index": 0, "message": {"role": "assistant", "content": null, '
+                f'"tool_calls": [{calls}]}}, "finish_reason": "tool_calls"}}], '
+                '"usage": {"prompt_tokens": 11, "completion_tokens": 120000}}'
+            ).encode(),
+        )
+
+    outcomes = await attack(setup, "openai", ("v1",), lambda _s: many)
+    ((_surface, reply, record),) = outcomes
+    answer = json.loads(reply.text)
+    kept = answer["choices"][0]["message"]["tool_calls"]
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert 0 < len(kept) < 2_000
+    assert record.completion_tokens <= 1024 and record.tokens_estimated
+
+
+async def test_an_embedding_of_absurd_dimensions_is_refused(setup):
+    response = await AsyncClient().post(
+        "/v1/embeddings",
+        json.dumps({"model": "calm", "input": "a", "dimensions": 1_000_000_000}),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {setup['token']}"},
+    )
+    assert response.status_code == 400 and "dimensions" in response.content.decode()
+
+
+async def test_an_unknown_post_path_is_a_404_in_the_envelope(setup):
+    for path in ("/api/v1/nope", "/v1/nope", "/v1/completions"):
+        response = await AsyncClient().post(
+            path,
+            "{}",
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {setup['token']}"},
+        )
+        assert response.status_code == 404, (path, response.content[:200])
+        assert json.loads(response.content)["error"]["code"] == "not_found"
+
+
+async def test_a_model_list_quoting_the_key_is_scrubbed(setup, openai_fake):
+    from llm_integration.adapters.openai import OpenAIAdapter
+
+    openai_fake.models = (KEY, f"gpt-{KEY[5:20]}")
+    adapter = OpenAIAdapter(model="m", base_url=openai_fake.base_url, api_key=KEY)
+    listed = await adapter.list_models()
+    assert not [p for p in pieces_of(KEY) if any(p in model for model in listed)]

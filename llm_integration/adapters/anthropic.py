@@ -25,6 +25,7 @@ import anthropic
 import httpx2  # the SDK's HTTP client (anthropic 2.x runs on this fork of httpx)
 
 from .. import exceptions as exc
+from ..redaction import scrub
 from .base import (
     BaseLLMAdapter,
     ChatRequest,
@@ -74,7 +75,10 @@ class AnthropicAdapter(BaseLLMAdapter):
             max_retries=0,
             default_headers={**IDENTITY, **self.headers},
             http_client=anthropic.DefaultAsyncHttpxClient(
-                transport=BoundedTransport(transport), timeout=self.timeout
+                transport=BoundedTransport(transport),
+                timeout=self.timeout,
+                # A redirect would carry the prompt and the key elsewhere: an error.
+                follow_redirects=False,
             ),
         )
 
@@ -124,7 +128,7 @@ class AnthropicAdapter(BaseLLMAdapter):
             if isinstance(body, dict):
                 err = body.get("error")
                 message = str(err.get("message", "")) if isinstance(err, dict) else ""
-            message = self._redact(message)[:500] or "no message"
+            message = self._redact(message)[:500] or "no message"  # _redact cuts first
             status = e.status_code
             if status == 200:  # an `error` event inside a stream
                 err = body.get("error") if isinstance(body, dict) else None
@@ -156,9 +160,13 @@ class AnthropicAdapter(BaseLLMAdapter):
         """The Models API (``GET /v1/models``)."""
         try:
             page = await self._sdk().models.list(limit=1000)
-            return [clean(str(m.id)) for m in page.data]
+            return [scrub(clean(str(m.id))) for m in page.data]
         except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
             raise self._map_error(e) from None
+        except (AttributeError, TypeError, ValueError):
+            raise exc.BadUpstreamResponse(
+                f"{self.provider_name} sent a malformed model list.", provider=self.provider_name
+            ) from None
 
     async def _complete(self, request: ChatRequest) -> Completion:
         try:
@@ -172,7 +180,7 @@ class AnthropicAdapter(BaseLLMAdapter):
                 ToolCall(
                     clean(str(block.id)),
                     clean(str(block.name)),
-                    clean(json.dumps(block.input, ensure_ascii=False)),
+                    clean(json.dumps(block.input or {}, ensure_ascii=False)),
                 )
                 for block in message.content
                 if getattr(block, "type", "") == "tool_use"
@@ -224,6 +232,8 @@ class AnthropicAdapter(BaseLLMAdapter):
                     elif kind == "content_block_start":
                         block = event.content_block
                         if getattr(block, "type", "") == "tool_use" and not formatted:
+                            if not getattr(block, "name", None):
+                                continue  # a call without a name is none (nor content)
                             calls[event.index] = len(calls)
                             name = clean(str(block.name))
                             parts.append(name)

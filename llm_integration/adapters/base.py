@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import traceback
 import weakref
 from abc import ABC, abstractmethod
@@ -421,6 +422,9 @@ class BaseLLMAdapter(ABC):
             json=body,
             headers=self._headers,
             timeout=self._timeout,
+            # A redirect would carry the prompt and the headers (keys) to another
+            # origin: it is an error (is_error), never followed.
+            allow_redirects=False,
             **self._proxy,
         )
 
@@ -434,7 +438,7 @@ class BaseLLMAdapter(ABC):
         ``MAX_UPSTREAM_BYTES`` become our errors."""
         try:
             async with self._request(method, path, json) as r:
-                if r.status >= 400:
+                if is_error(r.status):
                     body = await read_error_body(r)
                     raise self._error(HTTPResult.of(r, body), body)
                 result = HTTPResult.of(r, await read_body(r, max_upstream_bytes()))
@@ -508,8 +512,9 @@ class BaseLLMAdapter(ABC):
         )
 
     def _redact(self, text: str) -> str:
-        """Remove the key, and any part of it, from text that may leave the adapter."""
-        return redact_secret(clean(text), self._api_key)
+        """Remove the key, and any part of it, from text that may leave the adapter
+        (only its first ``MAX_QUOTED`` characters are kept, and looked at)."""
+        return redact_secret(clean(text[:MAX_QUOTED]), self._api_key)
 
     def _reported_usage(
         self, prompt: Any, completion: Any, request: ChatRequest, text: str
@@ -538,31 +543,44 @@ def max_upstream_bytes() -> int:
     return int(llm_settings.MAX_UPSTREAM_BYTES)
 
 
+#: The longest wait an upstream's ``Retry-After`` is taken for (a day): a longer, an
+#: infinite or a nonsensical one says nothing a client could act on.
+MAX_RETRY_AFTER = 86400.0
+
+
 def parse_retry_after(headers: httpx.Headers | Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms``."""
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms``,
+    within 0 and ``MAX_RETRY_AFTER``; None when absent or not a number."""
     from email.utils import parsedate_to_datetime
+
+    def bounded(seconds: float) -> float | None:
+        return min(max(0.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
 
     value = headers.get("retry-after-ms")
     if value:
         try:
-            return max(0.0, float(value) / 1000)
+            return bounded(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return bounded(float(value))
     except ValueError:
         pass
     try:
         import datetime as dt
 
         when = parsedate_to_datetime(value)
-        return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
-    except (TypeError, ValueError):
+        return bounded((when - dt.datetime.now(dt.UTC)).total_seconds())
+    except (TypeError, ValueError, OverflowError):
         return None
 
+
+#: How much of an upstream's error text is looked at (scrubbed, then cut to 500):
+#: scrubbing megabytes would hold the event loop.
+MAX_QUOTED = 2000
 
 CONTEXT_MARKERS = (
     "context length",
@@ -572,6 +590,12 @@ CONTEXT_MARKERS = (
     "prompt is too long",
     "context window",
 )
+
+
+def is_error(status: int) -> bool:
+    """Whether an upstream's status is a failure: 4xx, 5xx, and redirects (never
+    followed: they would take the prompt and the keys elsewhere)."""
+    return status >= 300
 
 
 def error_for_status(
@@ -598,6 +622,10 @@ def error_for_status(
         return exc.UpstreamServerError(
             f"{provider} failed (HTTP {status}): {message}", retry_after=retry_after, **kw
         )
+    if status < 400:
+        return exc.UpstreamBadRequest(
+            f"{provider} answered with a redirect (HTTP {status}), which is not followed.", **kw
+        )
     if any(marker in message.lower() for marker in CONTEXT_MARKERS):
         return exc.ContextTooLong(f"{provider}: {message}", **kw)
     return exc.UpstreamBadRequest(
@@ -621,7 +649,7 @@ def error_from_http_response(
             message = err
     except ValueError:
         message = body[:200].decode("utf-8", "replace")
-    message = redact(message.strip())[:500] or clean(response.reason_phrase)
+    message = redact(message.strip()[:MAX_QUOTED])[:500] or clean(response.reason_phrase)
     return error_for_status(
         response.status_code,
         message,

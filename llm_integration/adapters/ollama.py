@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .. import exceptions as exc
+from ..redaction import scrub
 from ..services.tokens import (
     ECONOMICAL_MODEL,
     TOKENS_PER_IMAGE,
@@ -33,6 +34,7 @@ from .base import (
     Usage,
     error_from_transport,
     finish_body,
+    is_error,
     max_upstream_bytes,
 )
 from .http import (
@@ -146,7 +148,7 @@ class OllamaAdapter(BaseLLMAdapter):
         """The pulled models (``GET /api/tags``)."""
         response = await self._call("GET", "/api/tags")
         try:
-            return [str(m["name"]) for m in loads(response.content)["models"]]
+            return [scrub(str(m["name"])) for m in loads(response.content)["models"]]
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed model list") from None
 
@@ -209,7 +211,7 @@ class OllamaAdapter(BaseLLMAdapter):
         called = 0
         try:
             async with self._post("/api/chat", self._payload(request, stream=True)) as response:
-                if response.status >= 400:
+                if is_error(response.status):
                     body = await read_error_body(response)
                     raise self._error(HTTPResult.of(response, body), body)
                 started = True

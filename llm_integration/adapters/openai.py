@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import array
 import binascii
+import json
 import sys
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .. import exceptions as exc
+from ..redaction import scrub
 from ..services.tokens import count_text_tokens
 from .base import (
     BaseLLMAdapter,
@@ -25,6 +28,7 @@ from .base import (
     Usage,
     error_from_transport,
     finish_body,
+    is_error,
     max_upstream_bytes,
 )
 from .http import (
@@ -146,7 +150,7 @@ class OpenAIAdapter(BaseLLMAdapter):
         """``GET {base}/models``."""
         response = await self._call("GET", "/models")
         try:
-            return [str(m["id"]) for m in loads(response.content)["data"]]
+            return [scrub(str(m["id"])) for m in loads(response.content)["data"]]
         except (ValueError, KeyError, TypeError):
             raise self._bad("a malformed model list") from None
 
@@ -170,7 +174,7 @@ class OpenAIAdapter(BaseLLMAdapter):
                 ToolCall(
                     str(call["id"]),
                     str(call["function"]["name"]),
-                    str(call["function"].get("arguments") or "{}"),
+                    arguments_text(call["function"].get("arguments")) or "{}",
                 )
                 for call in choice["message"].get("tool_calls") or ()
             )
@@ -190,6 +194,7 @@ class OpenAIAdapter(BaseLLMAdapter):
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parts: list[str] = []
+        calls: dict[Any, int] = {}  # the upstream's tool call index -> ours
         usage: Any = None
         finish: str | None = None
         done = started = False
@@ -197,7 +202,7 @@ class OpenAIAdapter(BaseLLMAdapter):
         try:
             payload = self._payload(request, stream=True)
             async with self._post("/chat/completions", payload) as response:
-                if response.status >= 400:
+                if is_error(response.status):
                     body = await read_error_body(response)
                     raise self._error(HTTPResult.of(response, body), body)
                 started = True
@@ -222,8 +227,8 @@ class OpenAIAdapter(BaseLLMAdapter):
                             parts.append(text)
                             yield StreamChunk(text=text)
                         for piece in delta.get("tool_calls") or ():
-                            call = self._tool_call_delta(piece)
-                            if call.id is None and not call.name and not call.arguments:
+                            call = self._tool_call_delta(piece, calls)
+                            if call.id is None and not call.arguments:
                                 continue  # an empty piece is no content (nor a keep-alive)
                             parts.append((call.name or "") + call.arguments)
                             yield StreamChunk(tool_call=call)
@@ -252,14 +257,24 @@ class OpenAIAdapter(BaseLLMAdapter):
             data.get("prompt_tokens"), data.get("completion_tokens"), request, text
         )
 
-    def _tool_call_delta(self, piece: Any) -> ToolCallDelta:
+    def _tool_call_delta(self, piece: Any, calls: dict[Any, int]) -> ToolCallDelta:
+        """A piece of a streamed call, its ``index`` one of ours (0, 1, … in the order
+        the calls began: an upstream's may be anything). Only a call's first piece
+        names it; one that begins unnamed gets an id of ours."""
         try:
             function = piece.get("function") or {}
+            key = piece["index"]
+            hash(key)
+            arguments = arguments_text(function.get("arguments"))
+            name = function.get("name")
+            if key in calls:
+                return ToolCallDelta(calls[key], arguments)
+            calls[key] = len(calls)
             return ToolCallDelta(
-                index=int(piece["index"]),
-                arguments=str(function.get("arguments") or ""),
-                id=piece.get("id"),
-                name=function.get("name"),
+                calls[key],
+                arguments,
+                str(piece.get("id") or f"call_{uuid.uuid4().hex[:24]}"),
+                None if name is None else str(name),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise self._bad("a malformed tool call in a stream chunk") from None
@@ -304,3 +319,13 @@ def unpacked(text: str) -> list[float]:
     if sys.byteorder == "big":
         vector.byteswap()
     return vector.tolist()
+
+
+def arguments_text(value: Any) -> str:
+    """A tool call's ``arguments`` as the JSON text OpenAI's shape carries (a server
+    that sends an object gets it written as JSON, not as Python's repr)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from .http import ResponseTooLarge
 
+#: What each ``data:`` line of an event costs against the limit besides its characters:
+#: a line is a string of its own in memory (tens of bytes), so an event of millions of
+#: two-character lines is held to the limit as one long line is.
+LINE_COST = 64
+
 
 @dataclass(slots=True)
 class ServerSentEvent:
@@ -16,7 +21,8 @@ class ServerSentEvent:
 
 async def iter_sse(lines: AsyncIterator[str], limit: int) -> AsyncIterator[ServerSentEvent]:
     """Events from SSE lines: ``event:``/``data:`` fields, dispatched on a blank line;
-    ``ResponseTooLarge`` for an event whose data passes ``limit`` characters."""
+    ``ResponseTooLarge`` for an event whose data passes ``limit`` (characters, and
+    ``LINE_COST`` per line)."""
     event, data, size = "", [], 0
     async for line in lines:
         if not line:
@@ -29,7 +35,7 @@ async def iter_sse(lines: AsyncIterator[str], limit: int) -> AsyncIterator[Serve
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "data":
-            size += len(value) + 1
+            size += len(value) + LINE_COST
             if size > limit:
                 raise ResponseTooLarge(limit)
             data.append(value)

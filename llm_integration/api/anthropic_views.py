@@ -12,6 +12,7 @@ shape. ``/v1/messages/count_tokens`` counts a request's input tokens, unbilled.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -82,8 +83,8 @@ def anthropic_error(error: BaseException, request_id: str) -> tuple[dict, int, d
     kind = ERROR_TYPES.get(status, "api_error")
     body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
     headers = {"X-Request-ID": request_id, "request-id": request_id}
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    if retry_after is not None and math.isfinite(retry_after):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return body, status, headers
 
 

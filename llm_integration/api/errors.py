@@ -17,6 +17,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse, UnreadablePostError
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -137,7 +138,7 @@ def envelope(
     if openai:
         body["param"] = error_param(error)
     headers = {"X-Request-ID": request_id}
-    if retry_after is not None:
+    if retry_after is not None and math.isfinite(retry_after):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return {"error": body}, status, headers
 
@@ -153,6 +154,7 @@ def error_json(error: BaseException, *, request_id: str, openai: bool = False) -
     return JsonResponse(body, status=status, headers=headers)
 
 
+@csrf_exempt  # it changes nothing: a token client's POST gets the 404, not CSRF's 403
 def api_not_found(request, *args, **kwargs) -> JsonResponse:
     """An unknown path under the API's prefix: 404 in the envelope, not an HTML page."""
     from ..services.chat import new_request_id
@@ -161,6 +163,7 @@ def api_not_found(request, *args, **kwargs) -> JsonResponse:
     return error_json(error, request_id=new_request_id())
 
 
+@csrf_exempt  # as api_not_found
 def openai_not_found(request, *args, **kwargs) -> JsonResponse:
     """An unknown path under ``/v1``: 404 in OpenAI's error shape."""
     from ..services.chat import new_request_id

@@ -172,12 +172,19 @@ class ChatCompletionsView(GatewayAPIView):
         return as_response(await completion_reply(request.user, request.data, self.request_id))
 
 
+#: The most dimensions an embedding may be asked for (OpenAI's largest model has 3,072;
+#: an unbounded number would have the gateway build vectors of any size).
+MAX_DIMENSIONS = 16384
+
+
 class EmbeddingRequestSerializer(serializers.Serializer):
     """The embedding parameters the gateway carries (the service checks ``input``)."""
 
     model = serializers.CharField(max_length=100)
     input = serializers.JSONField()
-    dimensions = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    dimensions = StrictIntegerField(
+        required=False, allow_null=True, min_value=1, max_value=MAX_DIMENSIONS
+    )
     encoding_format = serializers.ChoiceField(
         choices=("float", "base64"), required=False, allow_null=True
     )

@@ -144,8 +144,25 @@ def truncate_to_tokens(text: str, limit: int, *, model: str = "") -> str:
     if not text or limit <= 0:
         return ""
     enc = _encoding(model)
-    tokens = enc.encode_ordinary(text[: (limit + 1) * LONGEST_TOKEN])
-    return text if len(tokens) <= limit else enc.decode(tokens[:limit])
+    tokens: list[int] = []
+    for piece in pieces(text[: (limit + 1) * LONGEST_TOKEN]):
+        tokens += enc.encode_ordinary(piece)
+        if len(tokens) > limit:
+            return enc.decode(tokens[:limit])
+    return text
+
+
+#: tiktoken's regex overflows its stack (a Rust panic, not an exception) on a run of
+#: whitespace of about a million characters: longer texts are encoded in pieces this
+#: long, which changes a count by a token or so at each cut.
+PIECE = 256 * 1024
+
+
+def pieces(text: str) -> list[str]:
+    """``text`` in parts tiktoken can always encode."""
+    if len(text) <= PIECE:
+        return [text]
+    return [text[i : i + PIECE] for i in range(0, len(text), PIECE)]
 
 
 def count_message_tokens(
@@ -201,7 +218,7 @@ class _Counts:
             if count is not None:
                 self._counts[key] = count  # now the most recent
                 return count
-        count = len(enc.encode_ordinary(text))
+        count = sum(len(enc.encode_ordinary(piece)) for piece in pieces(text))
         with self._lock:
             self._counts[key] = count
             if len(self._counts) > self.size:

@@ -221,14 +221,15 @@ def flood(kind: str, *, size: int, shape: str) -> Answer:
     - ``chunked``: the same without Content-Length;
     - ``line``: a stream whose first line never ends;
     - ``event``: a stream of short ``data:`` lines and no blank line (one endless event;
-      Ollama: one endless NDJSON line).
+      Ollama: one endless NDJSON line);
+    - ``lines``: the same of two-character lines (millions of them).
     """
     piece = b"x" * 65536
 
     def respond(ex: Exchange) -> None:
         h = ex.handler
         h.send_response(200)
-        streaming = shape in ("line", "event")
+        streaming = shape in ("line", "event", "lines")
         h.send_header("Content-Type", "text/event-stream" if streaming else "application/json")
         if shape == "body":
             h.send_header("Content-Length", str(size))
@@ -242,13 +243,17 @@ def flood(kind: str, *, size: int, shape: str) -> Answer:
             "chunked": b'{"choices": [{"message": {"content": "',
             "line": b"data: " if kind != "ollama" else b'{"message": {"content": "',
             "event": b"",
+            "lines": b"",
         }[shape]
         if head:
             write(head)
             sent += len(head)
-        line = b"data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n" * 1024
+        lines = {
+            "event": b"data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n" * 1024,
+            "lines": b"data: xy\n" * 8192,
+        }
         while sent < size:
-            chunk = line if shape == "event" and kind != "ollama" else piece
+            chunk = lines[shape] if shape in lines and kind != "ollama" else piece
             write(chunk)
             sent += len(chunk)
         h.wfile.flush()

@@ -141,7 +141,7 @@ class Gateway:
             await call.fail(error)
             raise
         try:
-            completion = held_to_max_tokens(metered_completion(completion, prepared), prepared)
+            completion = metered_completion(completion, prepared)
             if json_tool_arguments and completion.finish_reason != "length":
                 if (bad := not_json(completion.tool_calls)) is not None:
                     raise bad
@@ -379,18 +379,6 @@ class Gateway:
         finally:
             if chunks is not None:
                 await chunks.aclose()
-
-
-def held_to_max_tokens(completion: Completion, prepared: Prepared) -> Completion:
-    """An answer longer than the request's ``max_tokens`` (an upstream that ignored it)
-    is cut there, ``finish_reason: length``; its usage stays what the upstream said."""
-    limit = prepared.request.max_tokens
-    if not limit or completion.usage.completion_tokens <= limit:
-        return completion
-    text = truncate_to_tokens(completion.text, limit, model=prepared.alias.upstream_model)
-    return Completion(
-        text, completion.usage, "length", completion.model, completion.id, completion.tool_calls
-    )
 
 
 default_gateway = Gateway()

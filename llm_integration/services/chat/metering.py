@@ -10,7 +10,8 @@ infinite). Here each count is held to what the request could have produced:
   adds on its side);
 - the completion: at least half the tokens of the text the gateway delivered (or the
   upstream wrote, for a non-streamed answer), never none for some text, and at most
-  twice the larger of ``max_tokens`` and that count, plus ``SLACK``.
+  ``max_tokens`` (the upstream is held to it: what it claims past it is billed as
+  ``max_tokens``, the answer cut there).
 
 For models the gateway counts by estimate (anything but OpenAI's), "half its count" is
 half the count of the most economical packaged encoding (``o200k_base``), checked only
@@ -35,6 +36,7 @@ from ..tokens import (
     count_message_tokens,
     estimate_text_tokens,
     is_exact,
+    truncate_to_tokens,
 )
 from .types import Prepared
 
@@ -64,7 +66,8 @@ def metered(
     images = sum(len(m.images) for m in prepared.request.messages)
     prompt_ceiling = 4 * counted + IMAGE_CEILING * images + SLACK
     prompt_text = counted - TOKENS_PER_IMAGE * images
-    completion_ceiling = 2 * max(prepared.request.max_tokens or 0, delivered) + SLACK
+    limit = prepared.request.max_tokens
+    completion_ceiling = limit if limit else 2 * delivered + SLACK
     estimated = not is_exact(prepared.alias.upstream_model)
     replaced = []
     if under(prompt, prompt_text) and estimated:
@@ -79,9 +82,13 @@ def metered(
     floor = delivered
     if under(completion, floor) and estimated:
         floor = min(floor, estimate_text_tokens(text(), model=ECONOMICAL_MODEL))
-    if completion > completion_ceiling or under(completion, floor):
-        replaced.append(("completion", completion, delivered))
-        completion = delivered
+    if completion > completion_ceiling:
+        replaced.append(("completion", completion, completion_ceiling))
+        completion = completion_ceiling
+    elif under(completion, floor):
+        used = min(delivered, completion_ceiling)
+        replaced.append(("completion", completion, used))
+        completion = used
     if not replaced:
         return reported
     for field, said, used in replaced:
@@ -98,26 +105,43 @@ def under(reported: int, counted: int) -> bool:
 
 
 def metered_completion(completion: Completion, prepared: Prepared) -> Completion:
-    """``completion`` with its usage ``metered`` against the text the upstream wrote."""
-    model = prepared.alias.upstream_model
-    written = estimate_text_tokens(completion.text, model=model) + sum(
+    """``completion`` held to the request's ``max_tokens`` (an upstream that wrote past
+    it, or claims it did, has its text cut there and whole tool calls kept while they
+    fit, ``finish_reason: length``) and its usage ``metered`` against what it wrote."""
+    model, limit = prepared.alias.upstream_model, prepared.request.max_tokens
+    text_tokens = estimate_text_tokens(completion.text, model=model)
+    call_tokens = [
         estimate_text_tokens(call.name + call.arguments, model=model)
         for call in completion.tool_calls
-    )
+    ]
     usage = metered(
         completion.usage,
         prepared,
-        delivered=written,
+        delivered=text_tokens + sum(call_tokens),
         provider=prepared.alias.provider.name,
         text=lambda: completion.text + "".join(c.name + c.arguments for c in completion.tool_calls),
     )
-    if usage is completion.usage:
-        return completion
-    return Completion(
-        completion.text,
-        usage,
-        completion.finish_reason,
-        completion.model,
-        completion.id,
-        completion.tool_calls,
+    over = bool(limit) and (
+        text_tokens + sum(call_tokens) > limit or completion.usage.completion_tokens > limit
     )
+    if not over:
+        if usage is completion.usage:
+            return completion
+        return Completion(
+            completion.text,
+            usage,
+            completion.finish_reason,
+            completion.model,
+            completion.id,
+            completion.tool_calls,
+        )
+    text = completion.text
+    if text_tokens > limit:
+        text = truncate_to_tokens(text, limit, model=model)
+    room, kept = limit - min(text_tokens, limit), []
+    for call, tokens in zip(completion.tool_calls, call_tokens, strict=True):
+        if tokens > room:
+            break
+        kept.append(call)
+        room -= tokens
+    return Completion(text, usage, "length", completion.model, completion.id, tuple(kept))
