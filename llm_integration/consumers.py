@@ -174,6 +174,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     layer_channel: str | None = None  # this socket's channel on it
     joined = False  # whether that channel is in the user's group
     listener: asyncio.Task | None = None  # relay_notices
+    leaving = False  # the socket is ending: relay_notices stops
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -222,12 +223,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """The socket's side task: the group's ``llm.notice`` messages, sent as frames.
         Receiving waits for a message, so it is not bounded; when it fails, or the
         socket could not join, the task waits ``CHANNEL_LAYER_RETRY_INTERVAL`` and joins
-        again (a restarted Redis has lost the group)."""
-        while True:
+        again (a restarted Redis has lost the group). It ends when the socket does, even
+        if a library turns its cancellation into an error (redis-py's read timeout can
+        swallow a cancel that comes as it expires: the task would live on, and hold up
+        the server's shutdown)."""
+        while not self.leaving:
             if self.joined:
                 try:
                     message = await self.layer.receive(self.layer_channel)
                 except Exception as error:
+                    if self.leaving:
+                        return
                     layer_failed("receive", error)
                     self.joined = False
                 else:
@@ -238,9 +244,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.join_group()
 
     async def leave_group(self) -> None:
+        self.leaving = True
         if self.listener is not None:
             self.listener.cancel()
-            await asyncio.gather(self.listener, return_exceptions=True)
+            # Bounded: a task that does not end at once is left to end on its own.
+            await asyncio.wait({self.listener}, timeout=float(llm_settings.CHANNEL_LAYER_TIMEOUT))
             self.listener = None
         if self.joined:
             self.joined = False

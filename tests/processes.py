@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,7 +54,17 @@ class ServerProcesses(list):
         for i in range(self.count):
             port = free_port()
             log = open(self.logs / f"server{i}.log", "w")
-            command = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)]
+            command = [
+                sys.executable,
+                "-X",
+                "faulthandler",  # SIGABRT writes every thread's stack to the log
+                "-m",
+                "uvicorn",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
             self.procs.append(
                 subprocess.Popen(
                     [*command, "--log-level", "warning", "project.asgi:application"],
@@ -89,9 +100,13 @@ class ServerProcesses(list):
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-                stuck.append(f"server{i}: {(self.logs / f'server{i}.log').read_text()[-3000:]}")
+                p.send_signal(signal.SIGABRT)  # faulthandler: where each thread waits
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+                stuck.append(f"server{i}: {(self.logs / f'server{i}.log').read_text()[-8000:]}")
         if stuck:
             raise AssertionError("a server did not stop on SIGTERM:\n" + "\n".join(stuck))
 
