@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .services.providers import AliasAdapter
+    from .services.config.providers import AliasAdapter
 
 
 def get_llm_adapter(alias: str | None = None) -> AliasAdapter:
@@ -16,6 +16,6 @@ def get_llm_adapter(alias: str | None = None) -> AliasAdapter:
     ``await get_llm_adapter().complete("Hi")`` or ``async for chunk in
     get_llm_adapter("chat-default").complete_stream(messages)``.
     """
-    from .services.providers import get_llm_adapter as factory
+    from .services.config.providers import get_llm_adapter as factory
 
     return factory(alias)

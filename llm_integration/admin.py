@@ -40,9 +40,10 @@ from .models import (
     UsageRecord,
 )
 from .secrets import resolve_secret
-from .services.budgets import budget_status
+from .services.accounting.budgets import budget_status
+from .services.accounting.pricing import format_money
+from .services.accounting.usage import CSV_FIELDS, csv_row
 from .services.clock import SYSTEM_CLOCK
-from .services.usage import CSV_FIELDS, csv_row, format_money
 
 
 class _Echo:
@@ -103,7 +104,7 @@ class ProviderAdmin(admin.ModelAdmin):
 
     @admin.action(description="Check health now")
     def check_health(self, request, queryset):
-        from .services.health import check_providers
+        from .services.ops.health import check_providers
 
         names = list(queryset.values_list("name", flat=True))
         for result in async_to_sync(check_providers)(names, probe_timeout=5.0):
@@ -120,7 +121,7 @@ class ProviderAdmin(admin.ModelAdmin):
 
     @admin.action(description="Import models from provider (as disabled aliases)")
     def import_models(self, request, queryset):
-        from .services.catalog import import_models
+        from .services.config.catalog import import_models
 
         for provider in queryset:
             try:
@@ -323,7 +324,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     def dashboard_view(self, request):
         from django.core.exceptions import PermissionDenied
 
-        from .services import reports
+        from .services.accounting import reports
 
         if not self.has_view_permission(request):
             raise PermissionDenied

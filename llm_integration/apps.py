@@ -7,5 +7,6 @@ class LLMIntegrationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, consumers, signals  # noqa: F401  (checks and receivers)
+        from . import checks, consumers  # noqa: F401  (system checks; the alerts' receiver)
         from .api import schema  # noqa: F401  (OpenAPI extensions)
+        from .services.config import invalidation  # noqa: F401  (config receivers)

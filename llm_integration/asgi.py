@@ -29,8 +29,8 @@ from django.core.handlers.asgi import ASGIHandler
 
 async def lifespan(scope, receive, send) -> None:
     """The ASGI lifespan protocol: ``"lifespan": lifespan`` in the ``ProtocolTypeRouter``."""
-    from .services.ratelimit import deferred
-    from .services.writer import writer
+    from .services.accounting.writer import writer
+    from .services.limits.ratelimit import deferred
 
     while True:
         message = await receive()

@@ -41,12 +41,13 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from . import exceptions as exc
-from .api.errors import describe
 from .conf import llm_settings
+from .envelope import describe
+from .services.accounting.pricing import format_money
 from .services.chat import ChatStream, Delta, ToolCallDelta, astream_chat, new_request_id
-from .services.usage import format_money
-from .services.validation import TOOL_OPTIONS, refuse_unknown
+from .services.chat.validation import TOOL_OPTIONS
 from .signals import budget_alerts_fired
+from .text.fields import refuse_unknown
 
 logger = logging.getLogger("llm_integration.consumers")
 

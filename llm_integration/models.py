@@ -536,7 +536,7 @@ class HealthCheck(models.Model):
 class ConfigVersion(models.Model):
     """One row: a number that grows whenever providers, aliases, plans, entitlements,
     subscriptions or budgets change, so every serving process (with or without a shared
-    cache) knows when to reload its snapshot of them (``services/config.py``)."""
+    cache) knows when to reload its snapshot of them (``services/config/snapshot.py``)."""
 
     version = models.BigIntegerField(default=0)
     changed_at = models.DateTimeField(default=timezone.now)

@@ -11,14 +11,14 @@ from django.conf import settings
 from django.core.cache import caches
 from django.db import connections
 
-from llm_integration.services import circuit
-from llm_integration.services.allowances import allowances
+from llm_integration.services.accounting.allowances import allowances
+from llm_integration.services.accounting.writer import GroupWriter
 from llm_integration.services.chat import Gateway
 from llm_integration.services.clock import FakeClock
-from llm_integration.services.config import config
-from llm_integration.services.providers import clear_adapter_cache
-from llm_integration.services.ratelimit import deferred
-from llm_integration.services.writer import GroupWriter
+from llm_integration.services.config.providers import clear_adapter_cache
+from llm_integration.services.config.snapshot import config
+from llm_integration.services.limits import circuit
+from llm_integration.services.limits.ratelimit import deferred
 from tests.fakes.anthropic import AnthropicFake
 from tests.fakes.ollama import OllamaFake
 from tests.fakes.openai import OpenAIFake
@@ -103,9 +103,11 @@ def _close_db_threads(django_db_setup, django_db_blocker):
     """The gateway's DB threads keep their connections; close them before the test
     database is dropped (PostgreSQL refuses to drop a database in use)."""
     yield
+    from llm_integration.services.accounting.writer import writer
     from llm_integration.services.db import close_db_threads
 
     with django_db_blocker.unblock():
+        writer.stop()
         close_db_threads()
         # Threads of the live servers (browser tests) may still hold a connection.
         connection = connections["default"]

@@ -131,7 +131,7 @@ async def test_malformed_stream_event_is_a_bad_response(anthropic_fake):
 
 
 def test_token_counts_for_claude_are_estimates(anthropic_fake):
-    from llm_integration.services.tokens import is_exact
+    from llm_integration.text.tokens import is_exact
 
     adapter = make(anthropic_fake)
     assert adapter.count_tokens("hello world") == 2 and not is_exact(adapter.model_name)

@@ -131,7 +131,7 @@ def test_alias_test_form_goes_through_the_service(admin_client, admin_user):
 
 @pytest.mark.django_db
 def test_budget_progress_is_the_current_period(admin_client):
-    from llm_integration.services import budgets
+    from llm_integration.services.accounting import budgets
 
     budget = BudgetFactory(limit_usd=Decimal("10"))
     held = budgets.reserve([budget], Decimal("3"), now=timezone.now())
@@ -144,7 +144,7 @@ def test_budget_progress_is_the_current_period(admin_client):
 
 @pytest.mark.django_db
 def test_error_rates_count_only_what_the_provider_failed():
-    from llm_integration.services import reports
+    from llm_integration.services.accounting import reports
 
     since = timezone.now() - dt.timedelta(days=1)
     for status, error_type in (
@@ -161,7 +161,7 @@ def test_error_rates_count_only_what_the_provider_failed():
 
 
 def test_chart_labels_are_plain_money_and_nothing_when_all_is_zero():
-    from llm_integration.services.reports import axis_label, bar_chart
+    from llm_integration.services.accounting.reports import axis_label, bar_chart
 
     assert axis_label(0.00009, "$") == "$0.00009" and axis_label(12.5, "$") == "$12.5"
     assert axis_label(0, "$") == "$0" and axis_label(1200, "tokens") == "1,200 tokens"

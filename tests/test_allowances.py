@@ -15,8 +15,8 @@ from asgiref.sync import sync_to_async
 
 from llm_integration import exceptions as exc
 from llm_integration.models import AliasFallback, BudgetPeriod, UsageRecord
-from llm_integration.services import budgets
-from llm_integration.services.allowances import (
+from llm_integration.services.accounting import budgets
+from llm_integration.services.accounting.allowances import (
     Allowances,
     Grant,
     Spend,
@@ -24,8 +24,8 @@ from llm_integration.services.allowances import (
     Withdrawal,
     allowances,
 )
-from llm_integration.services.tokens import count_message_tokens
-from llm_integration.services.writer import writer
+from llm_integration.services.accounting.writer import writer
+from llm_integration.text.tokens import count_message_tokens
 from tests.conftest import WriterGate
 from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory
 from tests.fakes.openai import OpenAIFake

@@ -13,9 +13,9 @@ from django.core import mail
 
 from llm_integration import exceptions as exc
 from llm_integration.models import Budget, BudgetAlert, BudgetPeriod, UsageRecord
-from llm_integration.services import budgets
-from llm_integration.services.tokens import count_message_tokens
+from llm_integration.services.accounting import budgets
 from llm_integration.signals import budget_threshold_reached
+from llm_integration.text.tokens import count_message_tokens
 from tests.factories import (
     BudgetFactory,
     ModelAliasFactory,

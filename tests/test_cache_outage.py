@@ -20,9 +20,9 @@ from rest_framework.authtoken.models import Token
 
 from llm_integration import exceptions as exc
 from llm_integration.models import Provider, UsageRecord
-from llm_integration.services import sharedstate
 from llm_integration.services.chat import Delta, Done
-from llm_integration.services.circuit import CircuitBreaker
+from llm_integration.services.limits import sharedstate
+from llm_integration.services.limits.circuit import CircuitBreaker
 from tests.api.test_rest_api import client_for, error_of, post_chat
 from tests.factories import ModelAliasFactory, PlanFactory, SubscriptionFactory, UserFactory
 

@@ -11,10 +11,10 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
-from llm_integration.services import sharedstate
-from llm_integration.services.circuit import CircuitBreaker
 from llm_integration.services.clock import FakeClock
-from llm_integration.services.sharedstate import DjangoStore
+from llm_integration.services.limits import sharedstate
+from llm_integration.services.limits.circuit import CircuitBreaker
+from llm_integration.services.limits.sharedstate import DjangoStore
 
 FAILURES, OPEN_UNTIL, PROBE = "llm:cb:p:failures", "llm:cb:p:open_until", "llm:cb:p:probe"
 

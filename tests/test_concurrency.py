@@ -20,8 +20,8 @@ from django.db import connection, connections
 
 from llm_integration import exceptions as exc
 from llm_integration.models import BudgetPeriod, UsageRecord
+from llm_integration.services.accounting.writer import writer
 from llm_integration.services.chat import Gateway
-from llm_integration.services.writer import writer
 from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory
 
 REQUESTS = 60
@@ -80,7 +80,7 @@ import django
 django.setup()
 from llm_integration import exceptions as exc
 from llm_integration.services.clock import FakeClock
-from llm_integration.services.ratelimit import Limit, RateLimiter
+from llm_integration.services.limits.ratelimit import Limit, RateLimiter
 limiter = RateLimiter(clock=FakeClock())
 limit = [Limit(sys.argv[1], rpm=25)]
 

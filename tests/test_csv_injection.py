@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.urls import reverse
 
 from llm_integration.models import UsageRecord
-from llm_integration.services.usage import CSV_FIELDS, PLAIN_NUMBER, csv_cell
+from llm_integration.services.accounting.usage import CSV_FIELDS, PLAIN_NUMBER, csv_cell
 from tests.factories import UsageRecordFactory, UserFactory
 
 #: What a spreadsheet reads as the start of a formula.

@@ -22,9 +22,9 @@ from django.db.backends.signals import connection_created
 
 from llm_integration import exceptions as exc
 from llm_integration.models import BudgetPeriod, UsageRecord, usd_to_units
+from llm_integration.services.accounting.writer import writer
 from llm_integration.services.chat import Delta
 from llm_integration.services.db import close_db_threads
-from llm_integration.services.writer import writer
 from tests.conftest import WriterGate
 from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory
 
@@ -41,6 +41,7 @@ def read_only(sender, connection, **kwargs) -> None:
 def refuse_writes() -> None:
     if connection.vendor == "sqlite":
         connection_created.connect(read_only)
+        writer.stop()
         close_db_threads()  # the writer's and the pool's connections reopen read-only
         return
     with connection.cursor() as cursor:
@@ -83,6 +84,7 @@ def faults(settings):
     accept_writes()
     writer.kept.clear()
     writer.failed_at = None
+    writer.stop()
     close_db_threads()  # no connection opened read-only outlives the test
 
 

@@ -10,7 +10,7 @@ from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
 
 from llm_integration.models import HealthCheck, Provider
-from llm_integration.services.circuit import CircuitBreaker
+from llm_integration.services.limits.circuit import CircuitBreaker
 from tests.factories import ModelAliasFactory, ProviderFactory
 from tests.fakes.openai import OpenAIFake
 from tests.fakes.server import Behaviour

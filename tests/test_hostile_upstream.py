@@ -25,10 +25,10 @@ from rest_framework.authtoken.models import Token
 from llm_integration.adapters import ToolCall
 from llm_integration.adapters.untrusted import FINISH_REASONS, MAX_TOKEN_COUNT
 from llm_integration.models import BudgetPeriod, Provider, UsageRecord
+from llm_integration.services.accounting.writer import writer
 from llm_integration.services.chat.tool_arguments import not_json
-from llm_integration.services.config import invalidate
-from llm_integration.services.tokens import count_text_tokens
-from llm_integration.services.writer import writer
+from llm_integration.services.config.snapshot import invalidate
+from llm_integration.text.tokens import count_text_tokens
 from project.asgi import application
 from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory, UserFactory
 from tests.fakes import hostile

@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 
 from llm_integration.models import BudgetPeriod, UsageRecord
 from llm_integration.services.chat import Delta, Done
-from llm_integration.services.tokens import count_text_tokens
+from llm_integration.text.tokens import count_text_tokens
 from tests.factories import BudgetFactory, ModelAliasFactory, ProviderFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -89,7 +89,7 @@ async def test_a_hard_budget_holds_against_an_upstream_that_ignores_max_tokens(
             return type(error).__name__
 
     outcomes = await asyncio.gather(*(one() for _ in range(50)))
-    from llm_integration.services.writer import writer
+    from llm_integration.services.accounting.writer import writer
 
     await sync_to_async(writer.stop)()  # allowances given back
     period = await BudgetPeriod.objects.aget(budget=budget)

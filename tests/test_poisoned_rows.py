@@ -15,8 +15,8 @@ from django.db import connection
 from llm_integration import exceptions as exc
 from llm_integration.adapters.untrusted import MAX_TOKEN_COUNT
 from llm_integration.models import BudgetPeriod, UsageRecord
+from llm_integration.services.accounting.writer import writer
 from llm_integration.services.chat.settlement import record_usage, repaired
-from llm_integration.services.writer import writer
 from tests.factories import BudgetFactory, ModelAliasFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,7 @@ from llm_integration.adapters.anthropic import AnthropicAdapter
 from llm_integration.adapters.dummy import DummyAdapter
 from llm_integration.adapters.openai import OpenAICompatibleAdapter
 from llm_integration.models import Provider
-from llm_integration.services.providers import adapter_for, build_adapter, get_alias
+from llm_integration.services.config.providers import adapter_for, build_adapter, get_alias
 from tests.conftest import TEST_KEY
 from tests.factories import ModelAliasFactory, ProviderFactory
 

@@ -67,7 +67,7 @@ async def test_requests_without_quotas_write_no_quota_rows(gateway):
 
 
 async def test_the_usage_report_shows_the_quotas(gateway, clock):
-    from llm_integration.services.usage import usage_report
+    from llm_integration.services.accounting.reports import usage_report
 
     user = await sync_to_async(entitled)(daily_request_limit=5, monthly_token_limit=1000)
     result = await gateway.chat(user=user, messages="Hi", max_tokens=50)
@@ -120,7 +120,7 @@ def test_a_daily_quota_holds_across_two_server_processes(tmp_path):
 
 
 def test_period_bounds_follow_the_time_zone(settings):
-    from llm_integration.services.quotas import KIND, period_of
+    from llm_integration.services.accounting.quotas import KIND, period_of
 
     settings.TIME_ZONE = "Europe/Berlin"
     now = dt.datetime(2026, 12, 31, 23, 30, tzinfo=dt.UTC)  # 00:30 on Jan 1st in Berlin

@@ -10,9 +10,9 @@ from django.conf import settings
 
 from llm_integration import exceptions as exc
 from llm_integration.models import UsageRecord
-from llm_integration.services import sharedstate
 from llm_integration.services.clock import FakeClock
-from llm_integration.services.ratelimit import Limit, RateLimiter, deferred
+from llm_integration.services.limits import sharedstate
+from llm_integration.services.limits.ratelimit import Limit, RateLimiter, deferred
 from tests.factories import (
     ModelAliasFactory,
     PlanEntitlementFactory,

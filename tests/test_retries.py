@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from llm_integration import exceptions as exc
+from llm_integration.services.chat.retries import call_with_retries, retry_policy
 from llm_integration.services.clock import FakeClock
-from llm_integration.services.retries import call_with_retries, retry_policy
 
 
 def failing(attempts: list, *, retry_after: float | None = None, succeed_on: int = 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_integration.services import tokens
+from llm_integration.text import tokens
 
 
 def test_exact_counts_match_tiktoken_reference_values():

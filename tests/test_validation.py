@@ -7,8 +7,8 @@ from asgiref.sync import sync_to_async
 
 from llm_integration import exceptions as exc
 from llm_integration.adapters import Message
-from llm_integration.services.context import fit_to_window
-from llm_integration.services.validation import check_prompt_size, validate
+from llm_integration.services.chat.validation import check_prompt_size, validate
+from llm_integration.services.memory.context import fit_to_window
 from tests.factories import (
     ModelAliasFactory,
     PlanEntitlementFactory,

@@ -12,8 +12,8 @@ from django.db import IntegrityError
 
 from llm_integration import exceptions as exc
 from llm_integration.models import BudgetPeriod, Plan, UsageRecord
-from llm_integration.services import budgets
-from llm_integration.services.writer import writer
+from llm_integration.services.accounting import budgets
+from llm_integration.services.accounting.writer import writer
 from tests.factories import BudgetFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,7 +116,7 @@ def test_rows_go_in_as_the_orm_would_write_them():
     from django.contrib.auth import get_user_model
     from django.db import transaction
 
-    from llm_integration.services.writer import insert_rows
+    from llm_integration.services.accounting.writer import insert_rows
 
     user = get_user_model().objects.create_user("writer")
     fields = {

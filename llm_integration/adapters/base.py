@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from .. import exceptions as exc
 from ..conf import llm_settings
 from ..redaction import keys, redact_secret
-from ..services.tokens import count_message_tokens, count_text_tokens, estimate_text_tokens
+from ..text.tokens import count_message_tokens, count_text_tokens, estimate_text_tokens
 from .http import (
     IDENTITY,
     TRANSPORT_ERRORS,

@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..services.tokens import count_message_tokens, count_text_tokens
+from ..text.tokens import count_message_tokens, count_text_tokens
 from .base import BaseLLMAdapter, ChatRequest, Completion, Embeddings, StreamChunk, Usage
 from .tools import ToolCall, ToolCallDelta
 

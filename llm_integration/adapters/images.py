@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import exceptions as exc
+from ..text.fields import refuse_unknown
 
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 DATA_URL = re.compile(r"^data:(image/[a-z]+);base64,(.*)$", re.DOTALL)
@@ -69,8 +70,6 @@ def parse_image_part(part: dict[str, Any], where: str, *, max_bytes: int) -> Ima
         raise exc.InvalidRequest(
             f'{where} must be {{"type": "image_url", "image_url": {{"url": ...}}}}.', param=where
         )
-    from ..services.validation import refuse_unknown  # it imports the adapters
-
     refuse_unknown(image, {"url", "detail"}, prefix=f"{where}.image_url.")
     detail = image.get("detail")
     if detail is not None and detail not in DETAILS:

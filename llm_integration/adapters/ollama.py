@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..redaction import scrub
-from ..services.tokens import (
+from ..text.tokens import (
     ECONOMICAL_MODEL,
     TOKENS_PER_IMAGE,
     count_message_tokens,

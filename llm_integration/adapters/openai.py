@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..redaction import scrub
-from ..services.tokens import count_text_tokens
+from ..text.tokens import count_text_tokens
 from .base import (
     BaseLLMAdapter,
     ChatRequest,

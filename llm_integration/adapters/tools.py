@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import exceptions as exc
+from ..text.fields import refuse_unknown
 
 #: OpenAI's rule for function names (Anthropic's is the same).
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -152,8 +153,6 @@ def _refuse(message: str, param: str) -> exc.InvalidRequest:
 
 def _check_fields(data: Mapping[str, Any], known: set[str], where: str) -> None:
     """A field of ``data`` outside ``known`` is refused by name (``where.field``)."""
-    from ..services.validation import refuse_unknown  # it imports the adapters
-
     refuse_unknown(data, known, prefix=f"{where}.")
 
 

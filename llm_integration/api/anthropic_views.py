@@ -23,13 +23,14 @@ from rest_framework.response import Response
 
 from .. import exceptions as exc
 from ..adapters.untrusted import loads
+from ..envelope import describe
 from ..services.chat import Delta, ToolCallDelta, achat, astream_chat
 from ..services.chat.admission import admit
+from ..services.chat.validation import validate
 from ..services.db import run_db
-from ..services.tokens import count_message_tokens
-from ..services.validation import refuse_unknown, validate
+from ..text.fields import refuse_unknown
+from ..text.tokens import count_message_tokens
 from .authentication import BearerOrTokenAuthentication
-from .errors import describe
 from .views import SSE_HEADERS, GatewayAPIView
 
 #: The fields of a Messages request the gateway carries; any other is refused by name.

@@ -1,14 +1,11 @@
-"""Authentication for the API, usable without a thread hop on the async hot path.
+"""Authentication for the API: DRF authentication classes, run by DRF's own ``initial``.
 
 - ``BearerOrTokenAuthentication``: DRF tokens as ``Token <key>`` or ``Bearer <key>``
   (what OpenAI SDKs send). Looked-up tokens are kept in memory for
   ``TOKEN_CACHE_TTL`` seconds (deleting a token or saving its user forgets them at once
-  in this process; other processes within that TTL).
-- ``AsyncSessionAuthentication``: DRF's session authentication (CSRF enforced) with an
-  async path through ``request.auser()``.
-
-Both have ``aauthenticate`` for ``GatewayAPIView``'s async dispatch and the usual
-``authenticate`` for DRF's sync machinery.
+  in this process; other processes within that TTL), so most requests skip the query.
+- Sessions: DRF's own ``SessionAuthentication`` (``AsyncSessionAuthentication`` is the
+  same class, under the name earlier settings list).
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
 from rest_framework.authentication import (
@@ -28,7 +24,6 @@ from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
 from ..conf import llm_settings
-from ..services.db import run_db
 
 MAX_TOKENS = 10_000
 
@@ -95,25 +90,9 @@ class BearerOrTokenAuthentication(TokenAuthentication):
         key = self._key(request)
         return None if key is None else self._lookup(key)
 
-    async def aauthenticate(self, request):
-        key = self._key(request)
-        if key is None:
-            return None
-        user = token_cache.get(key)
-        if user is not None:
-            return user, key
-        return await run_db(self._lookup, key)
-
     def authenticate_header(self, request) -> str:
         return "Bearer"
 
 
-class AsyncSessionAuthentication(SessionAuthentication):
-    async def aauthenticate(self, request):
-        if not hasattr(request, "auser"):  # no AuthenticationMiddleware
-            return await sync_to_async(self.authenticate)(request)
-        user = await request.auser()
-        if not user or not user.is_active:
-            return None
-        self.enforce_csrf(request)
-        return user, None
+#: DRF's ``SessionAuthentication`` (CSRF enforced) under the name earlier settings list.
+AsyncSessionAuthentication = SessionAuthentication

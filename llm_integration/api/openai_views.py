@@ -22,11 +22,12 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from ..envelope import envelope
 from ..services.chat import Delta, ToolCallDelta, achat, aembed, astream_chat
+from ..services.chat.validation import OPTIONS
+from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
-from ..services.entitlements import visible_aliases
-from ..services.validation import OPTIONS, refuse_unknown, refuse_unknown_in_message
-from .errors import envelope
+from ..text.fields import refuse_unknown, refuse_unknown_in_message
 from .renderers import with_numbers_json
 from .serializers import StrictBooleanField, StrictFloatField, StrictIntegerField
 from .views import ERRORS, GatewayAPIView, as_response

@@ -18,7 +18,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from .errors import SURROGATE
+from ..envelope import SURROGATE
 
 #: The escape of a surrogate code unit: one fast scan of every body, rarely a match.
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")

@@ -1,17 +1,9 @@
-"""OpenAPI descriptions of the API's authentication (drf-spectacular extensions)."""
+"""OpenAPI descriptions of the API's authentication (drf-spectacular extensions; DRF's
+session authentication has drf-spectacular's own)."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-
-
-class SessionScheme(OpenApiAuthenticationExtension):
-    target_class = "llm_integration.api.authentication.AsyncSessionAuthentication"
-    name = "cookieAuth"
-
-    def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME}
 
 
 class TokenScheme(OpenApiAuthenticationExtension):

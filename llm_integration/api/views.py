@@ -2,21 +2,19 @@
 
 Views are asynchronous end to end (adrf's APIView): a slow upstream holds no thread,
 so other requests never queue behind it. Every response carries ``X-Request-ID``;
-every error is the one envelope of ``api.errors``.
+every error is the one envelope of ``llm_integration.envelope``.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime
-import inspect
 import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from adrf.views import APIView
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, router
@@ -25,16 +23,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions as drf
-from rest_framework.permissions import (
-    AllowAny,
-    IsAdminUser,
-    IsAuthenticated,
-    IsAuthenticatedOrReadOnly,
-)
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 
 from ..conf import llm_settings
+from ..envelope import envelope
+from ..services.accounting.pricing import format_money
+from ..services.accounting.reports import usage_report
+from ..services.accounting.usage import CSV_FIELDS, csv_row
 from ..services.chat import (
     ChatResult,
     Delta,
@@ -43,12 +39,12 @@ from ..services.chat import (
     astream_chat,
     new_request_id,
 )
+from ..services.chat.validation import TOOL_OPTIONS
+from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
-from ..services.entitlements import visible_aliases
-from ..services.usage import CSV_FIELDS, csv_row, format_money, usage_report
-from ..services.validation import TOOL_OPTIONS, refuse_unknown
+from ..text.fields import refuse_unknown
 from . import serializers as s
-from .errors import envelope, error_response
+from .errors import error_response
 from .parsers import JSONBodyParser
 
 logger = logging.getLogger("llm_integration.api")
@@ -100,27 +96,20 @@ def usage_payload(usage, cost) -> dict:
     }
 
 
-#: DRF's permission classes that only read the already authenticated user: checked on
-#: the event loop. Any other synchronous permission may query the database, and runs
-#: in the request's thread, as Django runs synchronous code under ASGI.
-INLINE_PERMISSIONS = (AllowAny, IsAuthenticated, IsAdminUser, IsAuthenticatedOrReadOnly)
-
-
 class GatewayAPIView(APIView):
     """Base of the API views: the project's DRF authentication, permission and throttle
     classes (``REST_FRAMEWORK`` defaults, plus ``IsAuthenticated``), a request id, the
     error envelope.
 
-    Views are async (adrf). Authenticators with an ``aauthenticate`` coroutine (this
-    app's) are awaited; any other authenticator, permission or throttle that may do I/O
-    runs in the request's thread, never on the event loop.
+    Views are async (adrf): DRF's own ``initial`` (content negotiation, authentication,
+    permissions, throttles) runs in the request's thread, as adrf's dispatch runs it, so
+    a host's synchronous classes may query the database; the handler then awaits the
+    gateway on the event loop.
     """
 
     openai_errors = False
     #: The API speaks JSON only; no body, however malformed, is a 500.
     parser_classes = [JSONBodyParser]
-    #: The authenticator that accepted this request (None: anonymous).
-    authenticator = None
 
     def get_permissions(self):
         permissions = super().get_permissions()
@@ -131,111 +120,6 @@ class GatewayAPIView(APIView):
     def initialize_request(self, request, *args, **kwargs):
         request.llm_request_id = new_request_id()
         return super().initialize_request(request, *args, **kwargs)
-
-    async def async_dispatch(self, request, *args, **kwargs):
-        """adrf's dispatch, with ``initial`` awaited (``ainitial``) instead of run in a
-        thread: authentication, permissions and throttles go async where they can."""
-        self.args, self.kwargs = args, kwargs
-        request = self.initialize_request(request, *args, **kwargs)
-        self.request = request
-        self.headers = self.default_response_headers
-        try:
-            await self.ainitial(request, *args, **kwargs)
-            handler = getattr(self, request.method.lower(), None)
-            if request.method.lower() not in self.http_method_names or handler is None:
-                handler = self.http_method_not_allowed
-            response = handler(request, *args, **kwargs)
-            if inspect.isawaitable(response):
-                response = await response
-        except Exception as exc:
-            response = self.handle_exception(exc)
-        self.response = self.finalize_response(request, response, *args, **kwargs)
-        return self.response
-
-    async def ainitial(self, request, *args, **kwargs) -> None:
-        """DRF's ``initial``, async."""
-        self.format_kwarg = self.get_format_suffix(**kwargs)
-        request.accepted_renderer, request.accepted_media_type = self.perform_content_negotiation(
-            request
-        )
-        request.version, request.versioning_scheme = self.determine_version(
-            request, *args, **kwargs
-        )
-        await self.aperform_authentication(request)
-        await self.acheck_permissions(request)
-        await self.acheck_throttles(request)
-
-    async def aperform_authentication(self, request) -> None:
-        """DRF's authentication loop through the request's public setters."""
-        for authenticator in request.authenticators:
-            try:
-                if hasattr(authenticator, "aauthenticate"):
-                    result = await authenticator.aauthenticate(request)
-                else:
-                    result = await sync_to_async(authenticator.authenticate)(request)
-            except drf.APIException:
-                self.set_anonymous(request)
-                raise
-            if result is not None:
-                self.authenticator = authenticator
-                request.user, request.auth = result
-                return
-        self.set_anonymous(request)
-
-    @staticmethod
-    def set_anonymous(request) -> None:
-        user, token = api_settings.UNAUTHENTICATED_USER, api_settings.UNAUTHENTICATED_TOKEN
-        request.user = user() if user else None
-        request.auth = token() if token else None
-
-    def permission_denied(self, request, message=None, code=None):
-        if request.authenticators and self.authenticator is None:
-            raise drf.NotAuthenticated()
-        raise drf.PermissionDenied(detail=message, code=code)
-
-    async def acheck_permissions(self, request) -> None:
-        """The view's permissions: coroutines awaited, DRF's request-only classes
-        checked here, any other in the request's thread."""
-        elsewhere = []
-        for permission in self.get_permissions():
-            if inspect.iscoroutinefunction(permission.has_permission):
-                allowed = await permission.has_permission(request, self)
-            elif type(permission) in INLINE_PERMISSIONS:
-                allowed = permission.has_permission(request, self)
-            else:
-                elsewhere.append(permission)
-                continue
-            if not allowed:
-                self.refuse(request, permission)
-        if elsewhere:
-            await sync_to_async(self.check_sync_permissions)(request, elsewhere)
-
-    def check_sync_permissions(self, request, permissions) -> None:
-        for permission in permissions:
-            if not permission.has_permission(request, self):
-                self.refuse(request, permission)
-
-    def refuse(self, request, permission) -> None:
-        self.permission_denied(
-            request,
-            message=getattr(permission, "message", None),
-            code=getattr(permission, "code", None),
-        )
-
-    async def acheck_throttles(self, request) -> None:
-        """The view's DRF throttles: coroutines awaited, sync ones (they use the cache:
-        I/O) in the request's thread."""
-        waits = []
-        for throttle in self.get_throttles():
-            if inspect.iscoroutinefunction(throttle.allow_request):
-                allowed = await throttle.allow_request(request, self)
-            else:
-                allowed = await sync_to_async(throttle.allow_request)(request, self)
-            if not allowed:
-                waits.append(throttle.wait())
-        if waits:
-            known = [wait for wait in waits if wait is not None]
-            self.throttled(request, max(known, default=None))
 
     @property
     def request_id(self) -> str:

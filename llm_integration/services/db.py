@@ -80,12 +80,10 @@ def run_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitabl
 
 
 def close_db_threads() -> None:
-    """Close every pool thread's (and the writer's) database connections and stop them
-    (for tests and graceful shutdowns; they start again on next use)."""
+    """Close every pool thread's database connections and stop the threads (for tests and
+    graceful shutdowns; they start again on next use). Stop the accounting writer first
+    (``writer.stop()``): it keeps a connection of its own."""
     global _pool, _pool_size
-    from .writer import writer
-
-    writer.stop()
     with _pool_lock:
         pool, size, _pool, _pool_size = _pool, _pool_size, None, 0
     if pool is None:

@@ -112,7 +112,7 @@ def test_detail_is_passed_to_openai_and_refused_where_it_means_nothing(client, u
 def test_images_count_in_the_prompt_estimate_of_the_reservation(client, upstream):
     from llm_integration.adapters import Message
     from llm_integration.adapters.images import ImagePart
-    from llm_integration.services.tokens import TOKENS_PER_IMAGE, count_message_tokens
+    from llm_integration.text.tokens import TOKENS_PER_IMAGE, count_message_tokens
 
     text = Message("user", "What is in these?")
     with_image = Message("user", "What is in these?", parts=("What is in these?", ImagePart(LINK)))

@@ -16,7 +16,7 @@ from rest_framework import exceptions as drf
 from rest_framework.authtoken.models import Token
 
 from llm_integration.api.anthropic_views import anthropic_error
-from llm_integration.api.errors import envelope
+from llm_integration.envelope import envelope
 from llm_integration.models import UsageRecord
 from tests.api.test_rest_api import client_for
 from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory

@@ -250,7 +250,7 @@ def test_tool_choice_and_parallel_calls_are_passed_or_translated(
 def test_tool_definitions_count_in_the_prompt_estimate():
     """Budgets and limits see the tools: the reservation's prompt counts them."""
     from llm_integration.adapters import Message, Tool
-    from llm_integration.services.tokens import count_message_tokens
+    from llm_integration.text.tokens import count_message_tokens
 
     messages = [Message("user", "Weather?")]
     tool = Tool("get_weather", "The weather in a city.", WEATHER["function"]["parameters"])

@@ -8,7 +8,11 @@ import os
 import yaml
 from django.core.management.base import BaseCommand, CommandError
 
-from ...services.bootstrap import BootstrapError, bootstrap_from_env, bootstrap_from_litellm_config
+from ...services.config.bootstrap import (
+    BootstrapError,
+    bootstrap_from_env,
+    bootstrap_from_litellm_config,
+)
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError
 
 from ...models import HealthCheck, Provider
-from ...services.health import check_providers
+from ...services.ops.health import check_providers
 
 
 class Command(BaseCommand):

@@ -10,13 +10,13 @@ from ... import exceptions as exc
 from ...adapters import ChatRequest, Usage
 from ...conf import llm_settings
 from ...models import ModelAlias, Plan
-from ..config import Snapshot, config
-from ..context import fit_to_window
-from ..entitlements import entitlement_for
-from ..tokens import is_exact
-from ..usage import cost_of
-from ..validation import check_prompt_size
+from ...text.tokens import is_exact
+from ..accounting.pricing import cost_of
+from ..config.entitlements import entitlement_for
+from ..config.snapshot import Snapshot, config
+from ..memory.context import fit_to_window
 from .types import Admission, Prepared
+from .validation import check_prompt_size
 
 
 def admit(user: Any, model: str | None) -> Admission:

@@ -16,8 +16,8 @@ from ... import exceptions as exc
 from ...adapters import ChatRequest, Message, Usage
 from ...conf import llm_settings
 from ...models import ModelAlias
-from ..tokens import count_text_tokens, is_exact
-from ..usage import cost_of
+from ...text.tokens import count_text_tokens, is_exact
+from ..accounting.pricing import cost_of
 from .types import Prepared
 
 #: OpenAI's limit on inputs per request.

@@ -29,24 +29,25 @@ from asgiref.sync import async_to_sync
 from ... import exceptions as exc
 from ...adapters import ChatRequest, Completion, Embeddings, StreamChunk, ToolCallDelta
 from ...models import UsageRecord
-from .. import caching, quotas
+from ...text.tokens import estimate_text_tokens, truncate_to_tokens
+from ..accounting import quotas
+from ..accounting.writer import writer
 from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
-from ..ratelimit import RateLimiter
-from ..retries import retry_policy
-from ..tokens import estimate_text_tokens, truncate_to_tokens
-from ..validation import validate
-from ..writer import writer
+from ..limits.ratelimit import RateLimiter
+from ..memory import caching
 from .admission import admit, admit_cached, prepare
 from .deadline import StreamDeadline
 from .embedding import EmbeddingResult, check_inputs, prepare_embedding
 from .ids import new_request_id
 from .metering import metered, metered_completion
 from .reservation import reserve_quotas, unavailable
+from .retries import retry_policy
 from .routing import Preparer, caller_limits, route
 from .settlement import Call, error_type, status_for
 from .tool_arguments import not_json, not_json_pieces
 from .types import ChatResult, ChatStream, Delta, Done, Prepared, Taken
+from .validation import validate
 
 logger = logging.getLogger("llm_integration.services.chat")
 

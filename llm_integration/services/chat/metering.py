@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 
 from ...adapters import Completion, Usage
-from ..tokens import (
+from ...text.tokens import (
     ECONOMICAL_MODEL,
     TOKENS_PER_IMAGE,
     count_message_tokens,

@@ -22,10 +22,10 @@ from ... import exceptions as exc
 from ...conf import llm_settings
 from ...models import usd_to_units
 from ...signals import budget_alerts_fired
-from .. import budgets, quotas
-from ..allowances import Withdrawal, allowances
+from ..accounting import budgets, quotas
+from ..accounting.allowances import Withdrawal, allowances
+from ..accounting.writer import writer
 from ..db import run_db
-from ..writer import writer
 from .types import Prepared
 
 if TYPE_CHECKING:

@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 from ... import exceptions as exc
 from ...conf import llm_settings
 from ...models import ModelAlias
-from .. import budgets
-from ..circuit import CircuitBreaker
-from ..providers import adapter_for
-from ..ratelimit import Limit, limits_for
-from ..retries import call_with_retries
+from ..accounting import budgets
+from ..config.providers import adapter_for
+from ..limits.circuit import CircuitBreaker
+from ..limits.ratelimit import Limit, limits_for
 from .reservation import release, reserve
+from .retries import call_with_retries
 from .settlement import Call, error_type
 from .types import Prepared, Taken
 

@@ -34,14 +34,14 @@ from ...adapters.untrusted import MAX_TOKEN_COUNT, clean
 from ...conf import llm_settings
 from ...models import ModelAlias, UsageRecord
 from ...signals import budget_alerts_fired
-from .. import budgets
+from ...text.tokens import count_message_tokens, estimate_text_tokens
+from ..accounting import budgets
+from ..accounting.pricing import cost_of, format_money
+from ..accounting.quotas import QuotaHold
+from ..accounting.quotas import release_job as release_quotas
+from ..accounting.quotas import settle as settle_quotas
+from ..accounting.writer import Ticket, writer
 from ..db import run_db
-from ..quotas import QuotaHold
-from ..quotas import release_job as release_quotas
-from ..quotas import settle as settle_quotas
-from ..tokens import count_message_tokens, estimate_text_tokens
-from ..usage import cost_of, format_money
-from ..writer import Ticket, writer
 from .reservation import accounted, release
 from .types import Admission, Outcome, Prepared, Taken
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from ...adapters import ChatRequest, ToolCall, ToolCallDelta, Usage
 from ...models import ModelAlias, Plan, PlanEntitlement
-from ..config import Snapshot
-from ..ratelimit import Count
+from ..config.snapshot import Snapshot
+from ..limits.ratelimit import Count
 
 if TYPE_CHECKING:
     from .settlement import Call

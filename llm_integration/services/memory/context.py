@@ -10,9 +10,9 @@ even the system prompt and the latest user turn cannot fit, the request is refus
 
 from __future__ import annotations
 
-from ..adapters.base import Message
-from ..exceptions import ContextTooLong, InvalidRequest
-from .tokens import count_message_tokens, message_tokens
+from ...adapters.base import Message
+from ...exceptions import ContextTooLong, InvalidRequest
+from ...text.tokens import count_message_tokens, message_tokens
 
 
 def fit_to_window(

@@ -15,8 +15,8 @@ from typing import Any
 
 from django.db import transaction
 
-from ..adapters.openai import endpoint_base
-from ..models import AliasFallback, Budget, ModelAlias, Provider
+from ...adapters.openai import endpoint_base
+from ...models import AliasFallback, Budget, ModelAlias, Provider
 
 ENV_PREFIX = "os.environ/"
 MILLION = Decimal(1_000_000)

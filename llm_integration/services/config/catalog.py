@@ -5,7 +5,7 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.utils.text import slugify
 
-from ..models import ModelAlias, Provider
+from ...models import ModelAlias, Provider
 from .providers import build_adapter
 
 

@@ -13,10 +13,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..adapters.base import ChatRequest, Usage
-from ..conf import llm_settings
-from ..models import ModelAlias
-from . import sharedstate
+from ...adapters.base import ChatRequest, Usage
+from ...conf import llm_settings
+from ...models import ModelAlias
+from ..limits import sharedstate
 
 
 @dataclass(slots=True)

@@ -52,9 +52,9 @@ from typing import Any, Protocol, TypeVar
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, DataError, IntegrityError, connection, connections, transaction
 
-from ..conf import llm_settings
-from ..exceptions import LLMError
-from .db import refresh_connections, write_lock
+from ...conf import llm_settings
+from ...exceptions import LLMError
+from ..db import refresh_connections, write_lock
 
 logger = logging.getLogger("llm_integration.writer")
 P = TypeVar("P")

@@ -1,4 +1,5 @@
-"""Aggregates for the admin dashboard (read-only; they do scan usage, by date index)."""
+"""Aggregates of usage: a caller's report (``GET /api/v1/usage``) and the admin dashboard's
+(read-only; they scan usage by date index)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from ..models import UsageRecord
+from ...models import Budget, UsageRecord
+from ..config.snapshot import config
+from .budgets import budget_status, period_start
+from .pricing import QUANTUM, format_money
+from .quotas import status as quota_status
+from .usage import period_usage
 
 
 def daily(days: int = 30, *, now: dt.datetime | None = None) -> list[dict]:
@@ -45,8 +51,6 @@ def daily(days: int = 30, *, now: dt.datetime | None = None) -> list[dict]:
 
 
 def top(field: str, *, since: dt.datetime, limit: int = 10) -> list[dict]:
-    from .usage import QUANTUM, format_money
-
     rows = list(
         UsageRecord.objects.filter(created_at__gte=since)
         .values(field)
@@ -138,3 +142,42 @@ def bar_chart(
             )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def usage_report(user, *, now) -> dict:
+    """The caller's usage today and this month, and the budgets that apply to them."""
+    snapshot = config.current()
+    plan = config.plan_for(snapshot, user)
+    budgets = [
+        b
+        for b in snapshot.budgets
+        if b.scope in (Budget.Scope.GLOBAL, Budget.Scope.PROVIDER, Budget.Scope.ALIAS)
+        or (b.scope == Budget.Scope.PLAN and plan is not None and b.plan_id == plan.pk)
+        or (b.scope == Budget.Scope.USER and b.user_id == user.pk)
+    ]
+    statuses = []
+    for budget in budgets:
+        status = budget_status(budget, now=now)
+        statuses.append(
+            {
+                "scope": budget.scope,
+                "name": budget.name,
+                "period": budget.period,
+                "limit_usd": format_money(budget.limit_usd),
+                "spent_usd": format_money(status["spent"]),
+                "reserved_usd": format_money(status["reserved"]),
+                "remaining_usd": format_money(status["remaining"]),
+            }
+        )
+    entitlements = [
+        entitlement
+        for plans in snapshot.entitlements.values()
+        for plan_id, entitlement in plans.items()
+        if plan is not None and plan_id == plan.pk
+    ]
+    return {
+        "day": period_usage(user.pk, period_start("day", now)),
+        "month": period_usage(user.pk, period_start("month", now)),
+        "budgets": statuses,
+        "quotas": quota_status(entitlements, user.pk, now=now),
+    }

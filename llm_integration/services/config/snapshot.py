@@ -22,8 +22,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ..conf import llm_settings
-from ..models import (
+from ...conf import llm_settings
+from ...models import (
     AliasFallback,
     Budget,
     ConfigVersion,
@@ -32,7 +32,7 @@ from ..models import (
     PlanEntitlement,
     Subscription,
 )
-from .db import run_db
+from ..db import run_db
 
 MAX_USERS = 10_000
 

@@ -21,9 +21,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.utils import timezone
 
-from ..exceptions import QuotaExceeded
-from ..models import PlanEntitlement, QuotaPeriod
-from .db import write_lock
+from ...exceptions import QuotaExceeded
+from ...models import PlanEntitlement, QuotaPeriod
+from ..db import write_lock
 
 KIND = QuotaPeriod.Kind
 

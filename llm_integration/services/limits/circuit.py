@@ -19,10 +19,10 @@ import hashlib
 import weakref
 from dataclasses import dataclass
 
-from ..conf import llm_settings
-from ..metrics import CIRCUIT_OPEN
+from ...conf import llm_settings
+from ...metrics import CIRCUIT_OPEN
+from ..clock import SYSTEM_CLOCK, Clock
 from . import sharedstate
-from .clock import SYSTEM_CLOCK, Clock
 from .sharedstate import Store
 
 

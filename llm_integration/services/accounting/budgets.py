@@ -30,11 +30,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..conf import llm_settings
-from ..exceptions import BudgetExceeded
-from ..models import Budget, BudgetAlert, BudgetPeriod, units_to_usd, usd_to_units
+from ...conf import llm_settings
+from ...exceptions import BudgetExceeded
+from ...models import Budget, BudgetAlert, BudgetPeriod, units_to_usd, usd_to_units
+from ..db import write_lock
 from .allowances import Grant, Spend, Terms, Withdrawal, allowances
-from .db import write_lock
+from .pricing import format_money
 from .writer import Chore, Claim, writer
 
 logger = logging.getLogger("llm_integration.budgets")
@@ -421,8 +422,6 @@ def refusal(budget: Budget, row: PeriodRow | None, units: int) -> str:
     limit = usd_to_units(budget.limit_usd)
     left = max(0, limit - row.spent - row.reserved) if row is not None else 0
     where = f"The {budget.period} budget {budget.name!r} ({budget.described})"
-    from .usage import format_money
-
     if left <= 0:
         return f"{where} is used up for this period (${format_money(budget.limit_usd)} limit)."
     return (
@@ -533,7 +532,7 @@ def _fire_alerts(
     now: dt.datetime,
     refused: bool = False,
 ) -> list[BudgetAlert]:
-    from ..signals import budget_threshold_reached
+    from ...signals import budget_threshold_reached
 
     if refused:
         thresholds = budget.alert_thresholds or []

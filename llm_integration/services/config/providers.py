@@ -15,13 +15,13 @@ from typing import Any
 
 from django.db import connections
 
-from ..adapters import BaseLLMAdapter, Completion, StreamChunk, adapter_class
-from ..adapters.base import Prompt
-from ..conf import llm_settings
-from ..exceptions import MissingAPIKey, ModelNotFound, NoUpstreamAvailable
-from ..models import ModelAlias, Provider
-from ..redaction import keys
-from ..secrets import resolve_secret
+from ...adapters import BaseLLMAdapter, Completion, StreamChunk, adapter_class
+from ...adapters.base import Prompt
+from ...conf import llm_settings
+from ...exceptions import MissingAPIKey, ModelNotFound, NoUpstreamAvailable
+from ...models import ModelAlias, Provider
+from ...redaction import keys
+from ...secrets import resolve_secret
 
 ENV_PREFIX = "os.environ/"
 

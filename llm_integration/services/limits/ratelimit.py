@@ -26,10 +26,10 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-from ..conf import llm_settings
-from ..exceptions import RateLimited, RateLimitUnavailable
+from ...conf import llm_settings
+from ...exceptions import RateLimited, RateLimitUnavailable
+from ..clock import SYSTEM_CLOCK, Clock
 from . import sharedstate
-from .clock import SYSTEM_CLOCK, Clock
 from .sharedstate import Store
 
 WINDOW = 60

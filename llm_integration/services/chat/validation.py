@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..adapters.base import ROLES, ChatRequest, Message
-from ..adapters.images import ImagePart, parse_image_part
-from ..adapters.tools import (
+from ...adapters.base import ROLES, ChatRequest, Message
+from ...adapters.images import ImagePart, parse_image_part
+from ...adapters.tools import (
     parse_response_format,
     parse_tool_calls,
     parse_tool_choice,
     parse_tools,
 )
-from ..conf import llm_settings
-from ..exceptions import InvalidRequest, PromptTooLarge, UnsupportedContent, UnsupportedParameter
-from .tokens import count_message_tokens
+from ...conf import llm_settings
+from ...exceptions import InvalidRequest, PromptTooLarge, UnsupportedContent
+from ...text.fields import refuse_unknown, refuse_unknown_in_message
+from ...text.tokens import count_message_tokens
 
 
 def _text(value: str, where: str) -> str:
@@ -239,32 +240,3 @@ def check_prompt_size(request: ChatRequest, *, model: str) -> int:
     if limit and tokens > limit:
         raise PromptTooLarge(f"The prompt has about {tokens} tokens; the limit is {limit}.")
     return tokens
-
-
-def refuse_unknown(
-    data: Mapping[str, Any],
-    known: Collection[str],
-    *,
-    noops: Mapping[str, Any] | None = None,
-    prefix: str = "",
-) -> None:
-    """400 ``unsupported_parameter`` naming the first field of ``data`` the gateway does
-    not carry (``prefix`` places it: ``messages[0].``). ``null`` is the same as leaving
-    a field out, and a field set to its value in ``noops`` asks for nothing
-    (``logprobs: false``)."""
-    for name, value in data.items():
-        if name in known or value is None or (noops and name in noops and value == noops[name]):
-            continue
-        raise UnsupportedParameter(
-            f"The parameter '{prefix}{name}' is not supported by this gateway.",
-            param=f"{prefix}{name}",
-        )
-
-
-def refuse_unknown_in_message(message: Mapping[str, Any], index: int) -> None:
-    """A message carries ``role`` and ``content`` (and for tool calling ``tool_calls``
-    or ``tool_call_id``); anything else is refused by name."""
-    refuse_unknown(message, MESSAGE_FIELDS, prefix=f"messages[{index}].")
-
-
-MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 
-from .. import exceptions as exc
-from ..models import HealthCheck, ModelAlias, Provider
-from .circuit import CircuitBreaker
-from .providers import build_adapter
+from ... import exceptions as exc
+from ...models import HealthCheck, ModelAlias, Provider
+from ..config.providers import build_adapter
+from ..limits.circuit import CircuitBreaker
 
 SLOW_MS = 500
 DOWN_MS = 2000

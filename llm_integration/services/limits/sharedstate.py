@@ -37,7 +37,7 @@ from django.core.cache.backends.redis import RedisCache
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from ..conf import llm_settings
+from ...conf import llm_settings
 
 logger = logging.getLogger("llm_integration.cache")
 T = TypeVar("T")

@@ -18,9 +18,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from ..conf import llm_settings
-from ..exceptions import UpstreamError, UpstreamTimeout
-from .clock import Clock
+from ...conf import llm_settings
+from ...exceptions import UpstreamError, UpstreamTimeout
+from ..clock import Clock
 
 T = TypeVar("T")
 

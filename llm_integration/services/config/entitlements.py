@@ -7,9 +7,9 @@ on the ``DEFAULT_PLAN``. Reads the in-memory configuration snapshot (``config``)
 
 from __future__ import annotations
 
-from ..exceptions import ModelNotAllowed
-from ..models import ModelAlias, Plan, PlanEntitlement
-from .config import Snapshot, config
+from ...exceptions import ModelNotAllowed
+from ...models import ModelAlias, Plan, PlanEntitlement
+from .snapshot import Snapshot, config
 
 
 def plan_for(user) -> Plan | None:

@@ -1,0 +1,1 @@
+"""Leaves any layer may import: token counting and field checks."""
