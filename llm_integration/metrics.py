@@ -22,7 +22,11 @@ COST = Counter("llm_cost_usd_total", "Cost in USD.", ["alias", "provider"])
 BUDGET_SPENT = Gauge("llm_budget_spent_usd", "Spent in the current period.", ["budget"])
 BUDGET_LIMIT = Gauge("llm_budget_limit_usd", "Limit of the budget.", ["budget"])
 BUDGET_REMAINING = Gauge("llm_budget_remaining_usd", "Left in the current period.", ["budget"])
-CIRCUIT_OPEN = Gauge("llm_circuit_open", "1 while a provider's circuit is open.", ["provider"])
+CIRCUIT_OPEN = Gauge(
+    "llm_circuit_open",
+    "1 while a circuit is open: a provider's endpoint (model empty) or one deployment.",
+    ["provider", "model"],
+)
 
 
 def observe(

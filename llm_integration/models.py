@@ -516,6 +516,7 @@ class HealthCheck(models.Model):
         CONNECTED = "connected"
         SLOW = "slow"
         DOWN = "down"
+        UNKNOWN = "unknown"  # the checking process could not judge (no key in its env)
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="health_checks")
     status = models.CharField(max_length=16, choices=Status.choices)

@@ -105,6 +105,30 @@ def test_custom_backend_rows_and_idempotence(env):
 
 
 @pytest.mark.django_db
+def test_without_llm_backend_no_provider_or_alias_changes(env):
+    env(LLM_BACKEND="custom", CUSTOM_LLM_URL="http://127.0.0.1:8001/v1", CUSTOM_LLM_MODEL="qwen")
+    bootstrap()
+    env(LLM_BACKEND="", BUDGET_LIMIT="0.001", OPENAI_MODEL="gpt-4o")
+    err = StringIO()
+    out = StringIO()
+    call_command("llm_bootstrap", stdout=out, stderr=err)
+    assert "LLM_BACKEND is not set: providers and aliases left as they are" in out.getvalue()
+    assert "created budget global-monthly" in out.getvalue()
+    assert "OPENAI_MODEL" in err.getvalue()  # named, not silently dropped
+    alias = ModelAlias.objects.get(slug="default")
+    assert (alias.provider.name, alias.upstream_model) == ("custom", "qwen")
+    assert list(Provider.objects.values_list("name", flat=True)) == ["custom"]
+    assert Budget.objects.get(name="global-monthly").limit_usd == Decimal("0.001")
+
+
+@pytest.mark.django_db
+def test_without_llm_backend_a_first_default_is_the_dummy(env):
+    out = bootstrap()
+    assert "created provider dummy" in out and "created alias default" in out
+    assert ModelAlias.objects.get(slug="default").provider.kind == "dummy"
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("values", "message"),
     [

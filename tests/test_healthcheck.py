@@ -42,12 +42,24 @@ def provider(name, kind, fake=None, model="gpt-4o-mini", **kw):
     return row
 
 
+@pytest.fixture
+def gone_url():
+    """The address of an upstream that is no longer there (connection refused)."""
+    fake = OpenAIFake().start()
+    fake.stop()
+    return fake.base_url
+
+
+def state(provider_row) -> str:
+    return async_to_sync(CircuitBreaker.of(provider_row).state)()
+
+
 def test_up_slow_and_down_give_three_statuses_rows_and_exit_1(
-    openai_fake, slow_fake, ollama_fake, api_key_env
+    openai_fake, slow_fake, gone_url, api_key_env
 ):
     provider("a-up", "openai", openai_fake, api_key_env=api_key_env)
     provider("b-slow", "openai_compatible", slow_fake)
-    down = provider("c-down", "ollama", ollama_fake, model="not-pulled")
+    down = ProviderFactory(name="c-down", kind="openai_compatible", base_url=gone_url)
     provider("d-dummy", "dummy", model="echo")
     code, out = run()
     assert code == 1
@@ -58,13 +70,13 @@ def test_up_slow_and_down_give_three_statuses_rows_and_exit_1(
         ["c-down", "down"],
         ["d-dummy", "connected"],
     ]
-    assert "does not serve not-pulled" in lines[2]
+    assert "Could not reach" in lines[2]
     assert all(line[len("d-dummy") + 2 :].startswith(line.split()[1]) for line in lines)
     assert list(
         HealthCheck.objects.order_by("provider__name").values_list("provider__name", "status")
     ) == [("a-up", "connected"), ("b-slow", "slow"), ("c-down", "down"), ("d-dummy", "connected")]
-    assert async_to_sync(CircuitBreaker.of(down).state)() == "open"
-    assert async_to_sync(CircuitBreaker.of(Provider.objects.get(name="a-up")).state)() == "closed"
+    assert state(down) == "open"  # it failed to answer: the serving processes skip it
+    assert state(Provider.objects.get(name="a-up")) == "closed"
     assert openai_fake.requests[-1].path == "/v1/models"
 
 
@@ -80,17 +92,32 @@ def test_all_up_exits_0_and_json_shape(openai_fake, anthropic_fake, api_key_env)
     assert data[1]["base_url"] == openai_fake.base_url
 
 
-def test_unreachable_missing_model_and_missing_key_are_down(openai_fake, monkeypatch):
+def test_what_the_checking_process_cannot_judge_takes_nothing_out_of_service(
+    ollama_fake, monkeypatch
+):
     monkeypatch.delenv("ABSENT_KEY", raising=False)
-    url = openai_fake.base_url
-    openai_fake.stop()
-    ProviderFactory(name="gone", kind="openai_compatible", base_url=url)
-    provider("keyless", "openai", api_key_env="ABSENT_KEY")
+    keyless = provider("keyless", "openai", api_key_env="ABSENT_KEY")
+    unlisted = provider("unlisted", "ollama", ollama_fake, model="not-pulled")
     code, out = run("--json")
     data = {d["provider"]: d for d in json.loads(out)}
-    assert code == 1
-    assert data["gone"]["status"] == "down" and "Could not reach" in data["gone"]["error"]
-    assert data["keyless"]["status"] == "down" and "ABSENT_KEY" in data["keyless"]["error"]
+    assert code == 0  # nothing is down
+    assert data["keyless"]["status"] == "unknown" and "ABSENT_KEY" in data["keyless"]["error"]
+    assert data["unlisted"]["status"] == "connected"
+    assert data["unlisted"]["error"] == "warning: its model list lacks not-pulled"
+    assert state(keyless) == state(unlisted) == "closed"
+    assert HealthCheck.objects.get(provider=keyless).status == "unknown"
+
+
+def test_a_refused_key_is_down_but_leaves_the_circuit_to_the_servers(openai_fake, api_key_env):
+    def refuse(exchange) -> None:
+        error = {"message": "Incorrect API key provided.", "type": "invalid_request_error"}
+        exchange.send_json(401, {"error": error})
+
+    openai_fake.default = Behaviour(raw=refuse)
+    refused = provider("refused", "openai", openai_fake, api_key_env=api_key_env)
+    code, out = run()
+    assert code == 1 and out.split()[:2] == ["refused", "down"]
+    assert state(refused) == "closed"
 
 
 def test_named_providers_and_bad_usage(openai_fake, api_key_env):

@@ -37,7 +37,14 @@ from .base import (
     max_upstream_bytes,
     parse_retry_after,
 )
-from .http import IDENTITY, CompressedAnswer, ResponseTooLarge, env_proxy, refuse_compressed
+from .http import (
+    CONNECT_TIMEOUTS,
+    IDENTITY,
+    CompressedAnswer,
+    ResponseTooLarge,
+    env_proxy,
+    refuse_compressed,
+)
 from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
 from .untrusted import MAX_TOKEN_COUNT, clean, finish_reason, log_bad_count, token_count
@@ -118,6 +125,10 @@ class AnthropicAdapter(BaseLLMAdapter):
             e = e.__cause__
         if isinstance(e, OURS):
             return error_from_transport(e, provider=provider)
+        if isinstance(e, CONNECT_TIMEOUTS) or isinstance(e.__cause__, CONNECT_TIMEOUTS):
+            return exc.UpstreamConnectionError(
+                f"Could not connect to {provider} in time ({name}).", provider=provider
+            )
         if isinstance(e, (anthropic.APITimeoutError, *TIMEOUTS)):
             return exc.UpstreamTimeout(
                 f"{provider} did not answer in time ({name}).", provider=provider

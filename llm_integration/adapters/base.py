@@ -30,6 +30,7 @@ from ..conf import llm_settings
 from ..redaction import keys, redact_secret
 from ..text.tokens import count_message_tokens, count_text_tokens, estimate_text_tokens
 from .http import (
+    CONNECT_TIMEOUTS,
     IDENTITY,
     TRANSPORT_ERRORS,
     CompressedAnswer,
@@ -468,17 +469,14 @@ class BaseLLMAdapter(ABC):
     def serves(self, model: str, served: set[str]) -> bool:
         return model in served
 
-    async def probe(self, models: list[str]) -> None:
-        """Check that the upstream answers and serves ``models``; UpstreamError if not."""
+    async def probe(self, models: list[str]) -> list[str]:
+        """Check that the upstream answers (UpstreamError if not); the ``models`` its list
+        lacks (none where it has no list). A missing model is the caller's to judge: a
+        list may omit what the endpoint still serves."""
         served = await self.list_models()
         if served is None:
-            return
-        missing = [m for m in models if not self.serves(m, set(served))]
-        if missing:
-            raise exc.UpstreamBadRequest(
-                f"{self.provider_name} does not serve {', '.join(missing)}.",
-                provider=self.provider_name,
-            )
+            return []
+        return [m for m in models if not self.serves(m, set(served))]
 
     async def aclose(self) -> None:
         for clients in list(self._clients.values()):
@@ -672,6 +670,10 @@ def error_from_transport(
     if isinstance(error, CompressedAnswer):
         return exc.BadUpstreamResponse(
             f"{provider} sent a compressed answer though asked for none.", provider=provider
+        )
+    if isinstance(error, CONNECT_TIMEOUTS):
+        return exc.UpstreamConnectionError(
+            f"Could not connect to {provider} in time ({name}).", provider=provider
         )
     if isinstance(error, httpx.TimeoutException | TimeoutError):
         return exc.UpstreamTimeout(

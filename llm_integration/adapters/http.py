@@ -30,6 +30,7 @@ import aiohttp
 import httpx2 as httpx
 
 __all__ = [
+    "CONNECT_TIMEOUTS",
     "IDENTITY",
     "TRANSPORT_ERRORS",
     "CompressedAnswer",
@@ -52,6 +53,13 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     aiohttp.http_exceptions.HttpProcessingError,
     TimeoutError,
+)
+
+#: No connection within the connect timeout: the endpoint is unreachable, not slow to
+#: answer (its circuit, not one model's, counts it).
+CONNECT_TIMEOUTS: tuple[type[BaseException], ...] = (
+    aiohttp.ConnectionTimeoutError,
+    httpx.ConnectTimeout,
 )
 
 #: Concurrent upstream connections per process (all upstreams together).

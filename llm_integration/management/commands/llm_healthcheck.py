@@ -1,5 +1,6 @@
 """Check the providers (for cron): one line per provider, or JSON; exit 0 all reachable,
-1 any down, 2 bad usage.
+1 any down, 2 bad usage. A provider this process cannot judge (its key is not in this
+environment) is ``unknown``, not down, and no circuit changes for it.
 
     */5 * * * * cd /srv/app && python manage.py llm_healthcheck --json >> /var/log/llm-health.log
 """
@@ -60,6 +61,7 @@ class Command(BaseCommand):
             "connected": self.style.SUCCESS,
             "slow": self.style.WARNING,
             "down": self.style.ERROR,
+            "unknown": self.style.WARNING,
         }
         for r in results:
             latency = f"{r.latency_ms} ms" if r.latency_ms is not None else "-"

@@ -41,15 +41,43 @@ FALL_THROUGH = (
     exc.BudgetExceeded,
     exc.RateLimited,
 )
-#: Upstream failures that count against a provider's circuit.
-CIRCUIT_FAILURES = (
-    exc.UpstreamAuthenticationError,
+#: Failures of the endpoint itself (unreachable, the key refused): they count against
+#: the provider's circuit, which takes every model there out of service.
+ENDPOINT_FAILURES = (exc.UpstreamAuthenticationError, exc.UpstreamConnectionError)
+#: Failures of one model there (5xx, no answer in time, a broken answer): they count
+#: against that deployment's circuit only.
+DEPLOYMENT_FAILURES = (
     exc.UpstreamServerError,
-    exc.UpstreamConnectionError,
     exc.UpstreamTimeout,
     exc.StreamInterrupted,
     exc.BadUpstreamResponse,
 )
+
+
+class Circuits:
+    """The two circuits a candidate passes: its provider's endpoint and its deployment."""
+
+    def __init__(self, alias: ModelAlias, clock) -> None:
+        self.endpoint = CircuitBreaker.of(alias.provider, clock=clock)
+        self.deployment = CircuitBreaker.of_deployment(alias, clock=clock)
+
+    async def allow(self) -> bool:
+        """The deployment first: a model out of service claims no endpoint probe."""
+        return await self.deployment.allow() and await self.endpoint.allow()
+
+    async def record_failure(self, error: exc.LLMError) -> None:
+        if isinstance(error, exc.AdapterFailure):  # the gateway's own fault, not theirs
+            return
+        if isinstance(error, ENDPOINT_FAILURES):
+            await self.endpoint.record_failure()
+        elif isinstance(error, DEPLOYMENT_FAILURES):
+            await self.deployment.record_failure()
+
+    async def record_success(self) -> None:
+        await self.deployment.record_success()
+        await self.endpoint.record_success()
+
+
 #: Limits that belong to a candidate (its provider, its alias), not to the caller.
 CANDIDATE_SCOPES = ("provider", "alias")
 
@@ -120,8 +148,8 @@ async def route(
                 continue
         else:
             prepared = first
-        breaker = CircuitBreaker.of(alias.provider, clock=clock)
-        if not await breaker.allow():
+        circuits = Circuits(alias, clock)
+        if not await circuits.allow():
             continue
         try:
             adapter = adapter_for(alias)
@@ -157,8 +185,7 @@ async def route(
                 provider=alias.provider.name,
             )
         except exc.LLMError as error:
-            if isinstance(error, CIRCUIT_FAILURES) and not isinstance(error, exc.AdapterFailure):
-                await breaker.record_failure()
+            await circuits.record_failure(error)
             if not isinstance(error, FALL_THROUGH):
                 raise
             # The release owns the holds from here, even if this task is cancelled.
@@ -178,6 +205,6 @@ async def route(
                 },
             )
             continue
-        await breaker.record_success()
+        await circuits.record_success()
         return prepared, result
     raise final_error(last, adm.alias)

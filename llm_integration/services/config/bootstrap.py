@@ -140,10 +140,36 @@ def _temperature(env: Mapping[str, str], name: str) -> float | None:
     return temperature
 
 
+def backend_variables() -> list[str]:
+    """The variables that describe ``LLM_BACKEND``'s provider and alias (keys aside:
+    those are read when requests are made)."""
+    names = ["LLM_MAX_RETRIES", "LLM_ENABLE_RETRY", "LLM_RATE_LIMIT_RPM", "LLM_ENABLE_CACHING"]
+    names += [*PRICE_VARIABLES.values(), "CUSTOM_LLM_HEADERS", "CUSTOM_LLM_TIMEOUT"]
+    for spec in BACKENDS.values():
+        names += [spec["url"][0], spec["model"][0], f"{spec['prefix']}_MAX_TOKENS"]
+        names.append(f"{spec['prefix']}_TEMPERATURE")
+    return [name for name in dict.fromkeys(names) if name]
+
+
 @transaction.atomic
 def bootstrap_from_env(env: Mapping[str, str]) -> Report:
+    """``LLM_BACKEND``'s provider and the ``default`` alias, and ``BUDGET_LIMIT``'s budget.
+
+    Without ``LLM_BACKEND`` no provider or alias changes (the dummy ``default`` is made
+    only when there is none): ``BUDGET_LIMIT=5 llm_bootstrap`` sets the budget alone."""
     report = Report()
-    backend = (env.get("LLM_BACKEND") or "dummy").strip().lower()
+    named = (env.get("LLM_BACKEND") or "").strip().lower()
+    if not named and ModelAlias.objects.filter(slug="default").exists():
+        report.lines.append("LLM_BACKEND is not set: providers and aliases left as they are")
+        unused = [name for name in backend_variables() if env.get(name, "").strip()]
+        if unused:
+            report.warnings.append(
+                f"{', '.join(unused)} describe LLM_BACKEND's provider and alias: without "
+                "LLM_BACKEND they were not used."
+            )
+        _budget(env, report)
+        return report
+    backend = named or "dummy"
     spec = BACKENDS.get(backend)
     if spec is None:
         raise BootstrapError(

@@ -1,4 +1,8 @@
-"""A circuit breaker per provider, kept in the shared store so all processes agree.
+"""Circuit breakers, kept in the shared store so all processes agree: one per endpoint
+(a provider row: where it sends requests, with which key) and one per deployment (one
+upstream model at that endpoint). An endpoint that cannot be reached or refuses the key
+trips its own circuit; a model answering 5xx, timing out or sending garbage trips only
+its deployment's, so its siblings on the same endpoint keep serving.
 
 closed ──N consecutive failures──> open ──cool-down over──> half-open (one probe)
   ^                                                            │
@@ -52,9 +56,17 @@ def endpoint_id(provider) -> str:
     return f"{provider.name}@{where}"
 
 
+def deployment_id(provider, upstream_model: str) -> str:
+    """The circuit of ``upstream_model`` at ``provider``'s endpoint (hashed: a model name
+    may hold anything a key should not)."""
+    model = hashlib.sha256(upstream_model.encode()).hexdigest()[:12]
+    return f"{endpoint_id(provider)}/{model}"
+
+
 class CircuitBreaker:
-    """``provider``: the name metrics carry; ``circuit``: the shared keys' identity
-    (``endpoint_id``, or the name itself)."""
+    """``provider`` and ``model`` (empty for an endpoint): the names metrics carry;
+    ``circuit``: the shared keys' identity (``endpoint_id``, ``deployment_id``, or the
+    provider's name itself)."""
 
     def __init__(
         self,
@@ -63,8 +75,10 @@ class CircuitBreaker:
         clock: Clock = SYSTEM_CLOCK,
         store: Store | None = None,
         circuit: str | None = None,
+        model: str = "",
     ):
         self.provider = provider
+        self.model = model
         self.circuit = circuit or provider
         self.clock = clock
         self.store = store or sharedstate.store()
@@ -74,8 +88,20 @@ class CircuitBreaker:
 
     @classmethod
     def of(cls, provider, *, clock: Clock = SYSTEM_CLOCK) -> CircuitBreaker:
-        """The circuit of a ``Provider`` row (see ``endpoint_id``)."""
+        """The circuit of a ``Provider`` row's endpoint (see ``endpoint_id``)."""
         return cls(provider.name, clock=clock, circuit=endpoint_id(provider))
+
+    @classmethod
+    def of_deployment(cls, alias, *, clock: Clock = SYSTEM_CLOCK) -> CircuitBreaker:
+        """The circuit of an alias's upstream model at its provider's endpoint (aliases
+        of one model at one endpoint share it)."""
+        provider = alias.provider
+        return cls(
+            provider.name,
+            clock=clock,
+            circuit=deployment_id(provider, alias.upstream_model),
+            model=alias.upstream_model,
+        )
 
     # -- the view ----------------------------------------------------------------------
     def known(self) -> View | None:
@@ -128,7 +154,7 @@ class CircuitBreaker:
         view = await self.view()
         if view.failures or view.open_until is not None:
             await self.forget_failures()
-            CIRCUIT_OPEN.labels(self.provider).set(0)
+            CIRCUIT_OPEN.labels(self.provider, self.model).set(0)
 
     async def record_failure(self) -> None:
         known = await self.view()
@@ -151,7 +177,7 @@ class CircuitBreaker:
 
     async def reset(self) -> None:
         await self.forget_failures()
-        CIRCUIT_OPEN.labels(self.provider).set(0)
+        CIRCUIT_OPEN.labels(self.provider, self.model).set(0)
 
     async def open(self, open_until: float) -> None:
         failures = (self.known() or View(0.0, 0, None)).failures
@@ -162,7 +188,7 @@ class CircuitBreaker:
 
         await sharedstate.guarded(write, None)
         self.remember(failures, open_until)
-        CIRCUIT_OPEN.labels(self.provider).set(1)
+        CIRCUIT_OPEN.labels(self.provider, self.model).set(1)
 
     async def forget_failures(self) -> None:
         keys = [self.failures_key, self.open_until_key, self.probe_key]

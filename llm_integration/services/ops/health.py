@@ -1,10 +1,15 @@
 """Provider health checks, for ``manage.py llm_healthcheck`` (cron) and admin.
 
 Every provider is probed concurrently through its adapter (OpenAI-compatible: the model
-list and that the aliased models are on it; Anthropic: the Models API; Ollama:
-``/api/tags`` and that the models are pulled; dummy: always up), classified by latency,
-stored as a ``HealthCheck`` row, and fed to the circuit breaker: a provider found down
-has its circuit opened, one found up has it closed.
+list; Anthropic: the Models API; Ollama: ``/api/tags``; dummy: always up), classified by
+latency and stored as a ``HealthCheck`` row.
+
+A check must not cause an outage: only an endpoint that fails to answer (refused, no
+answer in time, 5xx) opens its circuit, and one that answers closes it. What the
+checking process cannot judge is reported and changes nothing: a key missing from its
+own environment (``unknown``), a model the upstream's list omits (a warning; lists
+may lag what an endpoint serves), a refused key (``down``: this process's key may not
+be the servers').
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class HealthResult:
     latency_ms: int | None
     error: str
     base_url: str
+    #: The endpoint failed to answer: its circuit opens (see the module's docstring).
+    unreachable: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -41,6 +48,10 @@ class HealthResult:
             "latency_ms": self.latency_ms,
             "error": self.error,
         }
+
+
+#: Failures to answer: the only outcomes that open a circuit.
+UNREACHABLE = (exc.UpstreamConnectionError, exc.UpstreamTimeout, exc.UpstreamServerError)
 
 
 def classify(latency_ms: int) -> tuple[str, str]:
@@ -55,28 +66,39 @@ async def check_provider(
     provider: Provider, aliases: list[ModelAlias], *, probe_timeout: float
 ) -> HealthResult:
     base_url = provider.base_url
+    down = HealthCheck.Status.DOWN
     try:
         probe_alias = aliases[0] if aliases else ModelAlias(provider=provider, upstream_model="")
         probe_alias.provider = provider
         adapter = build_adapter(probe_alias)
-        adapter.timeout = min(adapter.timeout, probe_timeout)
-        base_url = adapter.base_url
-        started = time.monotonic()
-        async with asyncio.timeout(probe_timeout):
-            await adapter.probe(sorted({a.upstream_model for a in aliases}))
-        latency = int((time.monotonic() - started) * 1000)
-        await adapter.aclose()
-    except TimeoutError:
+    except exc.MissingAPIKey as error:
         return HealthResult(
             provider,
-            HealthCheck.Status.DOWN,
+            HealthCheck.Status.UNKNOWN,
             None,
-            f"no answer within {probe_timeout:g} s",
+            f"not checked: {error.message} (in this process's environment)",
             base_url,
         )
+    except exc.ConfigurationError as error:
+        return HealthResult(provider, down, None, error.message, base_url)
+    adapter.timeout = min(adapter.timeout, probe_timeout)
+    base_url = adapter.base_url
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(probe_timeout):
+            missing = await adapter.probe(sorted({a.upstream_model for a in aliases}))
+        latency = int((time.monotonic() - started) * 1000)
+    except TimeoutError:
+        message = f"no answer within {probe_timeout:g} s"
+        return HealthResult(provider, down, None, message, base_url, unreachable=True)
     except exc.LLMError as error:
-        return HealthResult(provider, HealthCheck.Status.DOWN, None, error.message, base_url)
+        unreachable = isinstance(error, UNREACHABLE)
+        return HealthResult(provider, down, None, error.message, base_url, unreachable)
+    finally:
+        await adapter.aclose()
     status, error = classify(latency)
+    if missing and not error:
+        error = f"warning: its model list lacks {', '.join(missing)}"
     return HealthResult(provider, status, latency, error, base_url)
 
 
@@ -103,12 +125,14 @@ def _store(results: list[HealthResult]) -> None:
 
 
 async def _feed_circuits(results: list[HealthResult]) -> None:
-    """A provider found down opens its circuit; one that answers closes it."""
+    """An endpoint that failed to answer opens its circuit; one that answered in time
+    closes it. Nothing else changes a circuit (see the module's docstring)."""
+    answered = (HealthCheck.Status.CONNECTED, HealthCheck.Status.SLOW)
     for r in results:
         breaker = CircuitBreaker.of(r.provider)
-        if r.status == HealthCheck.Status.DOWN:
+        if r.unreachable:
             await breaker.force_open()
-        else:
+        elif r.status in answered:
             await breaker.reset()
 
 
