@@ -36,6 +36,7 @@ from .models import (
     PlanEntitlement,
     Provider,
     QuotaPeriod,
+    RoutingRule,
     Subscription,
     UsageRecord,
 )
@@ -173,10 +174,12 @@ class ModelAliasAdmin(admin.ModelAdmin):
         "output_price_per_mtok",
         "context_window",
         "mode",
+        "where",
         "enabled",
     )
     list_filter = (
         "provider",
+        "locality",
         "enabled",
         "cache_responses",
         "mode",
@@ -189,6 +192,11 @@ class ModelAliasAdmin(admin.ModelAdmin):
     list_select_related = ("provider",)
     inlines = [AliasFallbackInline]
     readonly_fields = ("created_at", "updated_at", "test_link")
+
+    @admin.display(description="locality")
+    def where(self, obj: ModelAlias) -> str:
+        """Local or external; "(by kind)" when the provider's kind decides."""
+        return obj.effective_locality + ("" if obj.locality else " (by kind)")
 
     @admin.display(description="try it")
     def test_link(self, obj: ModelAlias):
@@ -237,6 +245,74 @@ class ModelAliasAdmin(admin.ModelAdmin):
                     latency_ms=int((time.monotonic() - started) * 1000),
                 )
         return TemplateResponse(request, "admin/llm_integration/alias_test.html", context)
+
+
+class LabelListField(forms.CharField):
+    """A list of labels or slugs, edited as ``a, b``."""
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value):
+        text = super().to_python(value) or ""
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+
+class RoutingRuleForm(forms.ModelForm):
+    tasks = LabelListField(required=False, help_text="Task labels, separated by commas.")
+    plans = LabelListField(required=False, help_text="Plan slugs, separated by commas.")
+    model_ids = LabelListField(
+        label="Models", required=False, help_text="Requested alias ids, separated by commas."
+    )
+
+    class Meta:
+        model = RoutingRule
+        fields = (
+            "name",
+            "position",
+            "enabled",
+            "tasks",
+            "plans",
+            "model_ids",
+            "pattern",
+            "serve_with",
+            "locality",
+            "refuse_message",
+        )
+
+
+@admin.register(RoutingRule)
+class RoutingRuleAdmin(admin.ModelAdmin):
+    """Routing rules, tried in position order; the first that matches applies."""
+
+    form = RoutingRuleForm
+    list_display = ("name", "position", "conditions", "decision", "enabled")
+    list_editable = ("position", "enabled")
+    search_fields = ("name", "pattern")
+    list_select_related = ("serve_with",)
+    autocomplete_fields = ("serve_with",)
+    fieldsets = (
+        (None, {"fields": ("name", "position", "enabled")}),
+        (
+            "When (every condition given must hold)",
+            {"fields": ("tasks", "plans", "model_ids", "pattern")},
+        ),
+        ("Then", {"fields": ("serve_with", "locality", "refuse_message")}),
+    )
+
+    @admin.display(description="when")
+    def conditions(self, obj: RoutingRule) -> str:
+        match = obj.match
+        return (
+            "; ".join(
+                f"{name} {', '.join(v) if isinstance(v, list) else v}" for name, v in match.items()
+            )
+            or "every request"
+        )
+
+    @admin.display(description="then")
+    def decision(self, obj: RoutingRule) -> str:
+        return "; ".join(f"{name} {value}" for name, value in obj.action.items())
 
 
 @admin.register(Plan)
@@ -358,6 +434,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
             },
             "top_users": reports.top("user__username", since=since),
             "top_aliases": reports.top("alias", since=since),
+            "by_rule": reports.by_rule(since=since),
+            "by_tag": reports.by_tag(since=since),
             "errors": reports.provider_errors(since=since),
         }
         return TemplateResponse(request, "admin/llm_integration/dashboard.html", context)

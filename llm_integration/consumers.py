@@ -46,6 +46,7 @@ from .envelope import describe
 from .services.accounting.pricing import format_money
 from .services.chat import ChatStream, Delta, ToolCallDelta, astream_chat, new_request_id
 from .services.chat.validation import TOOL_OPTIONS
+from .services.policy.rules import Labels
 from .signals import budget_alerts_fired
 from .text.fields import refuse_unknown
 
@@ -54,7 +55,17 @@ logger = logging.getLogger("llm_integration.consumers")
 CLOSE_UNAUTHENTICATED = 4401
 #: The fields of a ``chat`` frame; any other is refused by name.
 CHAT_FRAME_FIELDS = frozenset(
-    {"type", "message", "messages", "model", "temperature", "max_tokens", *TOOL_OPTIONS}
+    {
+        "type",
+        "message",
+        "messages",
+        "model",
+        "temperature",
+        "max_tokens",
+        "task",
+        "tags",
+        *TOOL_OPTIONS,
+    }
 )
 
 
@@ -311,7 +322,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             refuse_unknown(frame, CHAT_FRAME_FIELDS)
-        except exc.UnsupportedParameter as error:
+            labels = Labels.parse(frame.get("task"), frame.get("tags"))
+        except exc.InvalidRequest as error:
             await self.send_error(error.code, error.message, param=error.param)
             return
         messages = frame.get("messages")
@@ -332,6 +344,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             max_tokens=frame.get("max_tokens"),
             request_id=new_request_id(),
             options={name: frame[name] for name in TOOL_OPTIONS if frame.get(name) is not None},
+            labels=labels,
         )
         self.task = asyncio.create_task(self.run_chat(stream))
 

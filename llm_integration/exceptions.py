@@ -96,6 +96,14 @@ class ModelNotAllowed(LLMError):
     type = "permission_error"
 
 
+class PolicyRefused(LLMError):
+    """A routing rule refuses this request (its message says why); nothing is charged."""
+
+    status_code = 403
+    code = "policy_refused"
+    type = "permission_error"
+
+
 class ModelNotFound(LLMError):
     """No such model."""
 
@@ -171,6 +179,13 @@ class NoUpstreamAvailable(LLMError):
     status_code = 503
     code = "no_upstream"
     type = "server_error"
+
+
+class NoLocalModel(NoUpstreamAvailable):
+    """A routing rule keeps this request local and no local alias can serve it: nothing
+    was sent anywhere."""
+
+    code = "no_local_model"
 
 
 class UpstreamError(LLMError):

@@ -92,8 +92,16 @@ class Provider(models.Model):
             raise ValidationError({"extra_headers": "Give a JSON object of string values."})
 
 
+#: Provider kinds whose upstream runs on the operator's own machines by default.
+LOCAL_KINDS = frozenset({"ollama", "dummy"})
+
+
 class ModelAlias(models.Model):
     """A public model id (``chat-default``) mapped to a provider and upstream model."""
+
+    class Locality(models.TextChoices):
+        LOCAL = "local"
+        EXTERNAL = "external"
 
     slug = models.SlugField("id", max_length=100, unique=True)
     label = models.CharField(max_length=200, blank=True)
@@ -154,6 +162,14 @@ class ModelAlias(models.Model):
         default=True,
         help_text="The model takes response_format (JSON object or JSON Schema).",
     )
+    locality = models.CharField(
+        max_length=8,
+        choices=Locality.choices,
+        blank=True,
+        help_text="Where its upstream runs. Empty: by the provider's kind (Ollama and dummy "
+        "local, the others external). A request a routing rule keeps local is served by "
+        "local aliases only.",
+    )
     sort_order = models.IntegerField(default=0)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -174,6 +190,18 @@ class ModelAlias(models.Model):
     @property
     def is_paid(self) -> bool:
         return self.provider.kind != Provider.Kind.DUMMY
+
+    @property
+    def effective_locality(self) -> str:
+        """``locality``, or the provider kind's default."""
+        if self.locality:
+            return self.locality
+        local = self.provider.kind in LOCAL_KINDS
+        return self.Locality.LOCAL if local else self.Locality.EXTERNAL
+
+    @property
+    def is_local(self) -> bool:
+        return self.effective_locality == self.Locality.LOCAL
 
     def missing_capability(self, request) -> str | None:
         """The capability a chat request needs that this model lacks, or None."""
@@ -332,6 +360,15 @@ class UsageRecord(models.Model):
     finish_reason = models.CharField(max_length=32, blank=True)
     cached = models.BooleanField(default=False)
     streamed = models.BooleanField(default=False)
+    route = models.CharField(
+        max_length=100, blank=True, help_text="The routing rule that applied (empty: none)."
+    )
+    tags = models.CharField(
+        max_length=1100,
+        blank=True,
+        help_text="The caller's tags, stored as ,a,b, (so one tag is found with "
+        "tags__contains=',a,'); shown as a,b.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -349,6 +386,15 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [tag for tag in self.tags.split(",") if tag]
+
+    @staticmethod
+    def stored_tags(tags) -> str:
+        """``tags`` as the column holds them."""
+        return f",{','.join(tags)}," if tags else ""
 
 
 class Budget(models.Model):
@@ -547,3 +593,108 @@ class ConfigVersion(models.Model):
 
     def __str__(self) -> str:
         return f"configuration version {self.version}"
+
+
+class RoutingRule(models.Model):
+    """A routing rule (CONTRACT §7): rules are tried in ``position`` order before an alias
+    is chosen, and the first whose named conditions all hold applies. Empty conditions
+    hold for every request; at least one action is required."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    position = models.IntegerField(default=0)
+    enabled = models.BooleanField(default=True)
+    tasks = models.JSONField(
+        default=list, blank=True, help_text="Task labels (a request's task is one of them)."
+    )
+    plans = models.JSONField(default=list, blank=True, help_text="Plan slugs.")
+    model_ids = models.JSONField(
+        "models",
+        default=list,
+        blank=True,
+        help_text="Requested alias ids (a request without one asks for the default model).",
+    )
+    pattern = models.TextField(
+        blank=True,
+        help_text="An RE2 regular expression searched in every text of the request "
+        "(messages, system, tool calls and results); (?i) for any case.",
+    )
+    serve_with = models.ForeignKey(
+        ModelAlias,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The alias that serves a matching request.",
+    )
+    locality = models.CharField(
+        max_length=8,
+        choices=[("local", "local only")],
+        blank=True,
+        help_text="local: the request never reaches an external upstream (503 "
+        "no_local_model when no local alias can serve it).",
+    )
+    refuse_message = models.TextField(
+        blank=True, help_text="Refuse matching requests (403 policy_refused) with this message."
+    )
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        """Every field that is wrong, by name: lists of known labels and slugs, a pattern
+        RE2 can match (in linear time), one action at least, a refusal alone."""
+        from django.core.exceptions import ValidationError
+
+        from .text.patterns import LABEL, pattern_error
+
+        errors: dict[str, str] = {}
+        for name, known in (
+            ("tasks", None),
+            ("plans", lambda slugs: Plan.objects.filter(slug__in=slugs)),
+            ("model_ids", lambda slugs: ModelAlias.objects.filter(slug__in=slugs)),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(
+                isinstance(item, str) and LABEL.fullmatch(item) for item in value
+            ):
+                errors[name] = "A list of labels: letters, digits and _.:/- (at most 64 each)."
+            elif value and known is not None:
+                found = set(known(value).values_list("slug", flat=True))
+                if missing := [slug for slug in value if slug not in found]:
+                    errors[name] = f"Unknown: {', '.join(missing)}."
+        if self.pattern and (reason := pattern_error(self.pattern)):
+            errors["pattern"] = reason
+        if not (self.serve_with_id or self.locality or self.refuse_message):
+            errors["__all__"] = "Give an action: an alias to serve with, local only, or a refusal."
+        elif self.refuse_message and (self.serve_with_id or self.locality):
+            errors["refuse_message"] = "A refusal is the whole action: clear the other two."
+        elif self.serve_with_id and self.locality == "local" and not self.serve_with.is_local:
+            errors["serve_with"] = (
+                f"{self.serve_with.slug} is external; the rule keeps requests local."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def match(self) -> dict:
+        """The conditions, as the staff API shows them."""
+        found = {"tasks": self.tasks, "plans": self.plans, "models": self.model_ids}
+        found = {name: value for name, value in found.items() if value}
+        if self.pattern:
+            found["pattern"] = self.pattern
+        return found
+
+    @property
+    def action(self) -> dict:
+        """What it decides, as the staff API shows it."""
+        found: dict = {}
+        if self.serve_with_id:
+            found["model"] = self.serve_with.slug
+        if self.locality:
+            found["locality"] = self.locality
+        if self.refuse_message:
+            found["refuse"] = self.refuse_message
+        return found

@@ -25,9 +25,10 @@ from .. import exceptions as exc
 from ..adapters.untrusted import loads
 from ..envelope import describe
 from ..services.chat import Delta, ToolCallDelta, achat, astream_chat
-from ..services.chat.admission import admit
+from ..services.chat.admission import Ask, admit
 from ..services.chat.validation import validate
 from ..services.db import run_db
+from ..services.policy.rules import Labels
 from ..text.fields import refuse_unknown
 from ..text.tokens import count_message_tokens
 from .authentication import BearerOrTokenAuthentication
@@ -458,6 +459,7 @@ class MessagesView(AnthropicView):
     )
     async def post(self, request):
         kwargs = chat_arguments(request.user, request.data, self.request_id)
+        kwargs["labels"] = Labels.from_headers(request.META)  # Anthropic's body has no place
         if request.data.get("stream") is True:
             events = await message_events(kwargs, self.request_id)
             return StreamingHttpResponse(
@@ -495,7 +497,7 @@ class CountTokensView(AnthropicView):
             system_prompt=None if system is None else _text_of(system, "system"),
             options=tool_options(data),
         )
-        admission = await run_db(admit, request.user, model)
+        admission = await run_db(admit, request.user, Ask(model))
         tokens = count_message_tokens(
             chat.messages, model=admission.alias.upstream_model, tools=chat.tools
         )

@@ -22,11 +22,13 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from .. import exceptions as exc
 from ..envelope import envelope
 from ..services.chat import Delta, ToolCallDelta, achat, aembed, astream_chat
 from ..services.chat.validation import OPTIONS
 from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
+from ..services.policy.rules import NO_LABELS, Labels
 from ..text.fields import refuse_unknown, refuse_unknown_in_message
 from .renderers import with_numbers_json
 from .serializers import StrictBooleanField, StrictFloatField, StrictIntegerField
@@ -68,6 +70,12 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     tool_choice = serializers.JSONField(required=False, allow_null=True)
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     response_format = serializers.JSONField(required=False, allow_null=True)
+    metadata = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="`task` and `tags` (comma-separated, or a list): routing rules and cost "
+        "reporting. Other keys are refused.",
+    )
 
     def conversation(self) -> list[dict[str, Any]]:
         return [
@@ -170,7 +178,9 @@ class ChatCompletionsView(GatewayAPIView):
         summary="OpenAI-compatible chat completions",
     )
     async def post(self, request):
-        return as_response(await completion_reply(request.user, request.data, self.request_id))
+        headers = Labels.from_headers(request.META)
+        reply = await completion_reply(request.user, request.data, self.request_id, headers)
+        return as_response(reply)
 
 
 #: The most dimensions an embedding may be asked for (OpenAI's largest model has 3,072;
@@ -215,15 +225,16 @@ class EmbeddingsView(GatewayAPIView):
         summary="OpenAI-compatible embeddings",
     )
     async def post(self, request):
-        return Response(await embedding_reply(request.user, request.data, self.request_id))
+        headers = Labels.from_headers(request.META)
+        return Response(await embedding_reply(request.user, request.data, self.request_id, headers))
 
     def get_renderers(self):
         """The project's renderers, JSON written by orjson: tens of thousands of floats."""
         return with_numbers_json(super().get_renderers())
 
 
-async def embedding_reply(user, payload, request_id: str) -> dict:
-    """``POST /v1/embeddings`` without its HTTP."""
+async def embedding_reply(user, payload, request_id: str, headers: Labels = NO_LABELS) -> dict:
+    """``POST /v1/embeddings`` without its HTTP (labels from the ``X-LLM-*`` headers)."""
     if isinstance(payload, dict):
         refuse_unknown(payload, EMBEDDING_FIELDS)
     serializer = EmbeddingRequestSerializer(data=payload)
@@ -237,6 +248,7 @@ async def embedding_reply(user, payload, request_id: str) -> dict:
         end_user=data.get("user"),
         encoding_format=data.get("encoding_format") or "float",
         request_id=request_id,
+        labels=headers,
     )
     as_base64 = data.get("encoding_format") == "base64"
     return {
@@ -262,9 +274,31 @@ def packed(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
+#: The keys of ``metadata`` the gateway reads.
+METADATA_FIELDS = frozenset({"task", "tags"})
+
+
+def metadata_labels(metadata: Any, headers: Labels) -> Labels:
+    """``metadata.task`` and ``metadata.tags`` over the headers' labels."""
+    if metadata is None:
+        return headers
+    if not isinstance(metadata, dict):
+        raise exc.InvalidRequest("'metadata' must be an object.", param="metadata")
+    refuse_unknown(metadata, METADATA_FIELDS, prefix="metadata.")
+    labels = Labels.parse(
+        metadata.get("task"),
+        metadata.get("tags"),
+        task_field="metadata.task",
+        tags_field="metadata.tags",
+    )
+    return labels.merged(headers)
+
+
+async def completion_reply(
+    user, payload, request_id: str, headers: Labels = NO_LABELS
+) -> dict | AsyncIterator[bytes]:
     """``POST /v1/chat/completions`` without its HTTP: the completion object, or the
-    stream's chunks (already past the first event)."""
+    stream's chunks (already past the first event). ``headers``: ``X-LLM-*`` labels."""
     if isinstance(payload, dict):
         refuse_unknown(payload, COMPLETION_FIELDS, noops=COMPLETION_NOOPS)
         messages = payload.get("messages")
@@ -283,6 +317,7 @@ async def completion_reply(user, payload, request_id: str) -> dict | AsyncIterat
         "stop": data.get("stop"),
         "request_id": request_id,
         "options": {name: data[name] for name in OPTIONS if data.get(name) is not None},
+        "labels": metadata_labels(data.get("metadata"), headers),
     }
     if data.get("stream"):
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))

@@ -50,6 +50,14 @@ class ChatRequestSerializer(serializers.Serializer):
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     stream = serializers.BooleanField(required=False, default=False)
+    task = serializers.CharField(
+        required=False, help_text="A task label routing rules may match (or X-LLM-Task)."
+    )
+    tags = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Labels for cost reporting, recorded on the usage row (or X-LLM-Tags: a,b).",
+    )
     tools = serializers.ListField(
         child=serializers.DictField(),
         required=False,

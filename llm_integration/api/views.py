@@ -42,6 +42,7 @@ from ..services.chat import (
 from ..services.chat.validation import TOOL_OPTIONS
 from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
+from ..services.policy.rules import NO_LABELS, Labels
 from ..text.fields import refuse_unknown
 from . import serializers as s
 from .errors import error_response
@@ -176,7 +177,7 @@ def _typed(data: dict, name: str, types: tuple[type, ...], label: str):
 CHAT_FIELDS = frozenset(s.ChatRequestSerializer().fields)
 
 
-def parse_chat_body(data) -> dict:
+def parse_chat_body(data, headers: Labels = NO_LABELS) -> dict:
     """Types and shape of a chat request (the service checks ranges, roles and sizes).
 
     Plain checks rather than a DRF serializer on this hot path: a serializer deep-copies
@@ -205,6 +206,7 @@ def parse_chat_body(data) -> dict:
         "max_tokens": _typed(data, "max_tokens", (int,), "a whole number"),
         "stream": bool(_typed(data, "stream", (bool,), "true or false")),
         "options": {name: data[name] for name in TOOL_OPTIONS if data.get(name) is not None},
+        "labels": Labels.parse(data.get("task"), data.get("tags")).merged(headers),
     }
 
 
@@ -222,11 +224,13 @@ def as_response(reply: dict | AsyncIterator[bytes]):
     return StreamingHttpResponse(reply, content_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def chat_reply(user, payload, request_id: str) -> dict | AsyncIterator[bytes]:
+async def chat_reply(
+    user, payload, request_id: str, headers: Labels = NO_LABELS
+) -> dict | AsyncIterator[bytes]:
     """``POST /api/v1/chat`` without its HTTP: the JSON answer, or the server-sent events
     of a stream (already past its first event: failures before the first token raise,
-    to get their own status)."""
-    data = parse_chat_body(payload)
+    to get their own status). ``headers``: the labels of ``X-LLM-Task``/``X-LLM-Tags``."""
+    data = parse_chat_body(payload, headers)
     kwargs = {
         "user": user,
         "model": data.get("model") or None,
@@ -236,6 +240,7 @@ async def chat_reply(user, payload, request_id: str) -> dict | AsyncIterator[byt
         "max_tokens": data.get("max_tokens"),
         "request_id": request_id,
         "options": data["options"],
+        "labels": data["labels"],
     }
     if data.get("stream"):
         return await chat_events(kwargs, request_id)
@@ -296,7 +301,8 @@ class ChatView(GatewayAPIView):
         summary="Chat with a model (JSON, or server-sent events with stream: true)",
     )
     async def post(self, request):
-        return as_response(await chat_reply(request.user, request.data, self.request_id))
+        headers = Labels.from_headers(request.META)
+        return as_response(await chat_reply(request.user, request.data, self.request_id, headers))
 
 
 def user_id_range() -> tuple[int, int]:

@@ -34,7 +34,7 @@ VALUES = {
     "top_logprobs": 2,
     "store": True,
     "logit_bias": {"50256": -100},
-    "metadata": {"k": "v"},
+    "metadata": {"task": "summary", "tags": "billing,beta"},
     "modalities": ["text", "audio"],
     "audio": {"voice": "alloy", "format": "mp3"},
     "functions": [WEATHER["function"]],
@@ -49,7 +49,7 @@ VALUES = {
 #: Sent upstream under another name (OpenAI wants max_completion_tokens).
 RENAMED = {"max_tokens": "max_completion_tokens"}
 #: Honoured by the gateway itself, with nothing to send upstream.
-OWN = {"stream_options"}
+OWN = {"stream_options", "metadata"}
 
 
 @pytest.fixture

@@ -66,6 +66,40 @@ def top(field: str, *, since: dt.datetime, limit: int = 10) -> list[dict]:
     return rows
 
 
+def by_rule(*, since: dt.datetime) -> list[dict]:
+    """Requests, tokens and cost per routing rule that applied (requests no rule
+    matched are left out)."""
+    rows = top("route", since=since, limit=50)
+    return [row for row in rows if row["route"]]
+
+
+def by_tag(*, since: dt.datetime, limit: int = 20) -> list[dict]:
+    """Requests, tokens and cost per tag. A request with two tags counts under each:
+    the database groups by tag set (few of them), the sets are split here."""
+    sets = (
+        UsageRecord.objects.filter(created_at__gte=since)
+        .exclude(tags="")
+        .values("tags")
+        .annotate(
+            requests=Count("id"),
+            cost=Sum("cost_usd"),
+            tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
+        )
+        .order_by()
+    )
+    totals: dict[str, dict] = {}
+    for row in sets:
+        for tag in (t for t in row["tags"].split(",") if t):
+            total = totals.setdefault(tag, {"tag": tag, "requests": 0, "tokens": 0, "cost": 0})
+            total["requests"] += row["requests"]
+            total["tokens"] += row["tokens"] or 0
+            total["cost"] += Decimal(row["cost"] or 0)
+    ranked = sorted(totals.values(), key=lambda r: (-r["cost"], -r["requests"], r["tag"]))
+    for row in ranked:
+        row["cost"] = format_money(Decimal(row["cost"]).quantize(QUANTUM))
+    return ranked[:limit]
+
+
 #: Failures that are the provider's (a request the client got wrong, a limit or a
 #: budget of ours, is not).
 PROVIDER_FAILURES = (

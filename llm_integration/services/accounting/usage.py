@@ -27,7 +27,11 @@ CSV_FIELDS = [
     "streamed",
     "finish_reason",
     "unbilled_cost_usd",
+    "route",
+    "tags",
 ]
+#: Where ``tags`` sits in an export row (stored ``,a,b,``, exported ``a,b``).
+TAGS_COLUMN = CSV_FIELDS.index("tags")
 
 #: What a spreadsheet reads as the start of a formula (OWASP's list, CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -48,9 +52,11 @@ def csv_cell(value):
 
 
 def csv_row(row) -> list:
-    """A usage export row: money as plain decimals (``0``, ``0.00012``; never ``0E-8``),
-    text neutralised by ``csv_cell``."""
-    return [format_money(v) if isinstance(v, Decimal) else csv_cell(v) for v in row]
+    """A usage export row (``CSV_FIELDS``' values): money as plain decimals (``0``,
+    ``0.00012``; never ``0E-8``), tags as ``a,b``, text neutralised by ``csv_cell``."""
+    cells = [format_money(v) if isinstance(v, Decimal) else csv_cell(v) for v in row]
+    cells[TAGS_COLUMN] = cells[TAGS_COLUMN].strip(",")  # labels: no formula can start them
+    return cells
 
 
 def period_usage(user_id: int, since) -> dict:

@@ -4,6 +4,8 @@ a candidate (context window, ``max_tokens``, worst-case cost)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ... import exceptions as exc
@@ -15,34 +17,77 @@ from ..accounting.pricing import cost_of
 from ..config.entitlements import entitlement_for
 from ..config.snapshot import Snapshot, config
 from ..memory.context import fit_to_window
+from ..policy.rules import NO_LABELS, NO_ROUTE, Labels, rule_book
 from .types import Admission, Prepared
 from .validation import check_prompt_size
 
 
-def admit(user: Any, model: str | None) -> Admission:
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What admission needs of a request: the model asked for, the caller's labels and
+    (read only if a rule's pattern must be searched) the request's text."""
+
+    model: str | None
+    labels: Labels = NO_LABELS
+    text: Callable[[], str] = str
+
+
+def admit(user: Any, ask: Ask) -> Admission:
     """The request's admission (database I/O when the snapshot is stale: a DB thread)."""
-    return admit_with(config.current(), user, model)
+    return admit_with(config.current(), user, ask)
 
 
-def admit_cached(user: Any, model: str | None) -> Admission | None:
+def admit_cached(user: Any, ask: Ask) -> Admission | None:
     """``admit`` without touching the database, or None if it would have to."""
     snapshot = config.peek()
     if snapshot is None or not config.plan_known(snapshot, user):
         return None
-    return admit_with(snapshot, user, model)
+    return admit_with(snapshot, user, ask)
 
 
-def admit_with(snapshot: Snapshot, user: Any, model: str | None) -> Admission:
-    alias = snapshot.alias(model)
+def admit_with(snapshot: Snapshot, user: Any, ask: Ask) -> Admission:
+    """The alias, plan and candidates, after the routing rules. A rule's refusal, or a
+    request kept local that no local alias can serve, is raised by the caller once the
+    admission is on record (``refusal``)."""
+    alias = snapshot.alias(ask.model)
     if alias is None:
-        raise exc.ModelNotFound(f"Unknown model {model or llm_settings.DEFAULT_MODEL!r}.")
+        raise exc.ModelNotFound(f"Unknown model {ask.model or llm_settings.DEFAULT_MODEL!r}.")
     plan = config.plan_for(snapshot, user)
+    route = NO_ROUTE
+    if snapshot.rules:
+        route = rule_book(snapshot).route(
+            task=ask.labels.task, plan=plan.slug if plan else "", model=alias.slug, text=ask.text
+        )
+        if route.model is not None:
+            alias = snapshot.aliases.get(route.model.slug)
+            if alias is None:
+                raise exc.NoUpstreamAvailable(
+                    f"Routing rule {route.rule!r} serves with {route.model.slug!r}, which is "
+                    "disabled."
+                )
+    if route.refusal:
+        return Admission(alias, plan, None, [], snapshot, route, ask.labels)
     entitlement = entitlement_for(alias, plan, snapshot)
     fallbacks = [f for f in snapshot.fallbacks.get(alias.pk, ()) if in_plan(snapshot, f, plan)]
     candidates = [c for c in (alias, *fallbacks) if c.provider.enabled]
-    if not candidates:
-        raise exc.NoUpstreamAvailable(f"No enabled provider serves model {alias.slug!r}.")
-    return Admission(alias, plan, entitlement, candidates, snapshot)
+    if route.local_only:
+        candidates = [c for c in candidates if c.is_local]
+    return Admission(alias, plan, entitlement, candidates, snapshot, route, ask.labels)
+
+
+def refusal(adm: Admission) -> exc.LLMError | None:
+    """Why an admitted request goes no further: a rule refused it, or no candidate may
+    serve it (none local for a request kept local)."""
+    if adm.route.refusal:
+        return exc.PolicyRefused(adm.route.refusal)
+    if adm.candidates:
+        return None
+    if adm.route.local_only:
+        return exc.NoLocalModel(
+            f"Routing rule {adm.route.rule!r} keeps this request local, and no local model "
+            f"can serve {adm.alias.slug!r}. Nothing was sent."
+        )
+    return exc.NoUpstreamAvailable(f"No enabled provider serves model {adm.alias.slug!r}.")
 
 
 def in_plan(snapshot: Snapshot, alias: ModelAlias, plan: Plan | None) -> bool:

@@ -36,7 +36,8 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
 from ..limits.ratelimit import RateLimiter
 from ..memory import caching
-from .admission import admit, admit_cached, prepare
+from ..policy.rules import NO_LABELS, Labels, request_text
+from .admission import Ask, admit, admit_cached, prepare, refusal
 from .deadline import StreamDeadline
 from .embedding import EmbeddingResult, check_inputs, prepare_embedding
 from .ids import new_request_id
@@ -69,14 +70,16 @@ class Gateway:
             started=self.clock.monotonic(),
         )
 
-    async def admit(self, call: Call, *, model: str | None, preparer: Preparer) -> Prepared:
-        """Steps 2–3: the admission, the request prepared for the alias (``preparer``),
-        the caller's rate limits counted."""
+    async def admit(self, call: Call, *, ask: Ask, preparer: Preparer) -> Prepared:
+        """Steps 2–3: the admission (routing rules applied), the request prepared for
+        the first candidate (``preparer``), the caller's rate limits counted."""
         if not writer.healthy():  # the database failed a write moments ago: fail fast
             raise unavailable("failed a write moments ago")
-        adm = admit_cached(call.user, model)  # no I/O when the snapshot is warm
-        call.admission = adm = adm or await run_db(admit, call.user, model)
-        first = preparer(adm.alias)
+        adm = admit_cached(call.user, ask)  # no I/O when the snapshot is warm
+        call.admission = adm = adm or await run_db(admit, call.user, ask)
+        if (refused := refusal(adm)) is not None:
+            raise refused
+        first = preparer(adm.candidates[0])
         call.serving = None
         counts = await self.limiter.acquire(caller_limits(call), tokens=first.worst_tokens)
         call.taken.append(Taken(counts, first.worst_tokens))
@@ -98,6 +101,7 @@ class Gateway:
         request_id: str | None = None,
         options: Mapping[str, Any] | None = None,
         json_tool_arguments: bool = False,
+        labels: Labels = NO_LABELS,
     ) -> ChatResult:
         """One answer. ``json_tool_arguments``: the caller passes tool calls on as
         objects (Anthropic's ``tool_use``), so arguments that are not a JSON object are
@@ -115,7 +119,8 @@ class Gateway:
                 options=options,
             )
             preparer = functools.partial(prepare, request=request)
-            first = await self.admit(call, model=model, preparer=preparer)
+            ask = Ask(model, labels, functools.partial(request_text, request))
+            first = await self.admit(call, ask=ask, preparer=preparer)
             if caching.cacheable(first.alias, first.request):
                 key = caching.cache_key(first.alias, first.request)
                 hit = await caching.lookup(key, now=self.clock.time())
@@ -206,6 +211,7 @@ class Gateway:
         end_user: str | None = None,
         encoding_format: str = "float",
         request_id: str | None = None,
+        labels: Labels = NO_LABELS,
     ) -> EmbeddingResult:
         """Vectors of ``inputs`` from an embedding alias; one usage record, as for chat.
         ``encoding_format``: as the adapter's (base64 vectors may come back as text)."""
@@ -213,7 +219,8 @@ class Gateway:
         try:
             texts = check_inputs(inputs)
             preparer = functools.partial(prepare_embedding, inputs=texts)
-            first = await self.admit(call, model=model, preparer=preparer)
+            ask = Ask(model, labels, functools.partial("\n".join, texts))
+            first = await self.admit(call, ask=ask, preparer=preparer)
 
             async def embed(adapter, prepared: Prepared) -> Embeddings:
                 return await adapter.embed(
@@ -242,6 +249,7 @@ class Gateway:
         request_id: str | None = None,
         options: Mapping[str, Any] | None = None,
         json_tool_arguments: bool = False,
+        labels: Labels = NO_LABELS,
     ) -> ChatStream:
         """Deltas (text) and ToolCallDeltas (pieces of tool calls), then one Done.
         Closing the iterator early records ``cancelled``.
@@ -262,12 +270,14 @@ class Gateway:
             stop=stop,
             options=options,
         )
-        return ChatStream(self.events(call, model, checked, json_tool_arguments), call)
+        events = self.events(call, model, labels, checked, json_tool_arguments)
+        return ChatStream(events, call)
 
     async def events(
         self,
         call: Call,
         model: str | None,
+        labels: Labels,
         checked: Callable[[], ChatRequest],
         json_tool_arguments: bool,
     ) -> AsyncIterator[Delta | ToolCallDelta | Done]:
@@ -280,7 +290,8 @@ class Gateway:
         try:
             request = checked()
             preparer = functools.partial(prepare, request=request)
-            first = await self.admit(call, model=model, preparer=preparer)
+            ask = Ask(model, labels, functools.partial(request_text, request))
+            first = await self.admit(call, ask=ask, preparer=preparer)
 
             async def open_stream(adapter, prepared: Prepared):
                 iterator = adapter.complete_stream(prepared.request)

@@ -51,7 +51,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("llm_integration.services.chat")
 
 #: Failures that are the gateway's refusals (recorded ``refused``), not errors.
-REFUSALS = (exc.RateLimited, exc.BudgetExceeded, exc.QuotaExceeded, exc.ModelNotAllowed)
+REFUSALS = (
+    exc.RateLimited,
+    exc.BudgetExceeded,
+    exc.QuotaExceeded,
+    exc.ModelNotAllowed,
+    exc.PolicyRefused,
+    exc.NoLocalModel,
+)
 
 
 def error_type(error: BaseException | None) -> str:
@@ -190,6 +197,9 @@ class Call:
             cached=cached,
             streamed=self.streamed,
         )
+        if (adm := self.admission) is not None:
+            record.route = adm.route.rule
+            record.tags = UsageRecord.stored_tags(adm.labels.tags)
         if withheld:
             record.unbilled_cost_usd, record.cost_usd = cost, Decimal(0)
             return record, Decimal(0)

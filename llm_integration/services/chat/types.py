@@ -12,6 +12,7 @@ from ...adapters import ChatRequest, ToolCall, ToolCallDelta, Usage
 from ...models import ModelAlias, Plan, PlanEntitlement
 from ..config.snapshot import Snapshot
 from ..limits.ratelimit import Count
+from ..policy.rules import NO_LABELS, NO_ROUTE, Labels, Route
 
 if TYPE_CHECKING:
     from .settlement import Call
@@ -98,6 +99,9 @@ class Admission:
     entitlement: PlanEntitlement | None
     candidates: list[ModelAlias]
     snapshot: Snapshot
+    #: The routing rule that applied (``NO_ROUTE``: none), and the caller's labels.
+    route: Route = NO_ROUTE
+    labels: Labels = NO_LABELS
 
 
 @dataclass(slots=True)

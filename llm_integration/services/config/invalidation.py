@@ -15,12 +15,22 @@ from ...models import (
     Plan,
     PlanEntitlement,
     Provider,
+    RoutingRule,
     Subscription,
 )
 from .providers import clear_adapter_cache
 from .snapshot import config, invalidate
 
-CONFIG_MODELS = (Provider, ModelAlias, AliasFallback, Plan, PlanEntitlement, Subscription, Budget)
+CONFIG_MODELS = (
+    Provider,
+    ModelAlias,
+    AliasFallback,
+    Plan,
+    PlanEntitlement,
+    Subscription,
+    Budget,
+    RoutingRule,
+)
 
 
 def _config_changed(sender, **kwargs) -> None:

@@ -30,6 +30,7 @@ from ...models import (
     ModelAlias,
     Plan,
     PlanEntitlement,
+    RoutingRule,
     Subscription,
 )
 from ..db import run_db
@@ -46,6 +47,8 @@ class Snapshot:
     entitlements: dict[int, dict[int, PlanEntitlement]]
     plans: dict[str, Plan]
     budgets: list[Budget]
+    #: Enabled routing rules in order (``services.policy.rules.RuleBook`` compiles them).
+    rules: list[RoutingRule] = field(default_factory=list)
     user_plans: OrderedDict[int, tuple[Plan | None, object]] = field(default_factory=OrderedDict)
     period_ids: dict[tuple[int, object], int] = field(default_factory=dict)
 
@@ -86,7 +89,8 @@ def _load(version: int) -> Snapshot:
         entitlements.setdefault(e.alias_id, {})[e.plan_id] = e
     plans = {p.slug: p for p in Plan.objects.all()}
     budgets = list(Budget.objects.filter(enabled=True).select_related("provider", "alias", "plan"))
-    return Snapshot(version, aliases, ordered, fallbacks, entitlements, plans, budgets)
+    rules = list(RoutingRule.objects.filter(enabled=True).select_related("serve_with"))
+    return Snapshot(version, aliases, ordered, fallbacks, entitlements, plans, budgets, rules)
 
 
 class ConfigCache:

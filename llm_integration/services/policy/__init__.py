@@ -1,0 +1,1 @@
+"""Policy at the door: routing rules and data locality (CONTRACT §7)."""
