@@ -16,7 +16,10 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 from rest_framework.authtoken.models import Token
 
+from llm_integration import exceptions as exc
 from llm_integration.models import AliasFallback, ModelAlias, Provider, UsageRecord
+from llm_integration.services.chat.routing import Circuits
+from llm_integration.services.clock import FakeClock
 from llm_integration.services.limits.circuit import CircuitBreaker
 from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
 from tests.fakes.openai import OpenAIFake
@@ -127,3 +130,75 @@ def test_an_unreachable_endpoint_opens_its_own_circuit_for_every_model(rows, fak
     assert async_to_sync(CircuitBreaker.of_deployment(rows.fast).state)() == "closed"
     status, body = chat_all(rows.token, ["broken"])[0]
     assert status == 503 and body["error"]["code"] == "no_upstream"
+
+
+# -- probes: a half-open circuit's one probe is never lost ------------------------------
+@pytest.fixture
+def endpoint_rows(settings):
+    settings.LLM_INTEGRATION = {
+        "CIRCUIT_BREAKER_THRESHOLD": 1,
+        "CIRCUIT_BREAKER_COOLDOWN": 30,
+        "CIRCUIT_BREAKER_CHECK_INTERVAL": 0,
+    }
+    provider = Provider(name="p", kind="openai", base_url="http://127.0.0.1:9/v1")
+    broken = ModelAlias(slug="broken", provider=provider, upstream_model="broken-model")
+    fine = ModelAlias(slug="fine", provider=provider, upstream_model="fine-model")
+    return provider, broken, fine
+
+
+def server_error() -> exc.UpstreamServerError:
+    return exc.UpstreamServerError("failed (HTTP 500)", provider="p", status=500)
+
+
+def test_a_model_failing_its_probe_does_not_spend_the_endpoints(endpoint_rows):
+    _provider, broken, fine = endpoint_rows
+    clock = FakeClock()
+
+    async def scenario() -> bool:
+        await Circuits(broken, clock).endpoint.force_open()
+        clock.advance(31)  # the endpoint is half-open: one probe
+        probe = Circuits(broken, clock)
+        assert await probe.allow()
+        await probe.record_failure(server_error())  # an HTTP answer: the endpoint is up
+        return await Circuits(fine, clock).allow()
+
+    assert async_to_sync(scenario)() is True
+
+
+def test_a_probe_the_endpoint_refuses_is_given_back(endpoint_rows):
+    _provider, broken, _fine = endpoint_rows
+    clock = FakeClock()
+
+    async def scenario() -> list[bool]:
+        first = Circuits(broken, clock)
+        await first.deployment.force_open()
+        await first.endpoint.force_open()
+        clock.advance(31)  # both half-open
+        await Circuits(broken, clock).endpoint.force_open()  # the endpoint fails again
+        seen = [await Circuits(broken, clock).allow()]  # refused: nothing may be claimed
+        await Circuits(broken, clock).endpoint.reset()  # the endpoint is back
+        seen.append(await Circuits(broken, clock).allow())  # the deployment's probe is free
+        return seen
+
+    assert async_to_sync(scenario)() == [False, True]
+
+
+def test_a_refused_model_counts_against_its_deployment_a_refused_key_against_the_endpoint(
+    endpoint_rows,
+):
+    _provider, broken, fine = endpoint_rows
+    clock = FakeClock()
+
+    async def scenario() -> tuple[str, str, str]:
+        forbidden = exc.UpstreamAuthenticationError("403", provider="p", status=403)
+        circuits = Circuits(broken, clock)
+        await circuits.allow()
+        await circuits.record_failure(forbidden)
+        states = (await circuits.deployment.state(), await circuits.endpoint.state())
+        unauthorized = exc.UpstreamAuthenticationError("401", provider="p", status=401)
+        circuits = Circuits(fine, clock)
+        await circuits.allow()
+        await circuits.record_failure(unauthorized)
+        return (*states, await circuits.endpoint.state())
+
+    assert async_to_sync(scenario)() == ("open", "closed", "open")

@@ -158,3 +158,20 @@ def test_prune_usage_deletes_only_old_records_in_batches():
     with pytest.raises(CommandError, match="36h, 90d or 12w") as info:
         call_command("llm_prune_usage", "--older-than", "soon", stdout=StringIO())
     assert info.value.returncode == 2
+
+
+def test_a_provider_naming_no_key_is_down_and_a_busy_one_is_up(openai_fake, api_key_env):
+    provider("keyless-row", "openai", api_key_env="")
+    busy = provider("busy", "openai", openai_fake, api_key_env=api_key_env)
+
+    def rate_limited(exchange) -> None:
+        error = {"message": "Slow down.", "type": "rate_limit_error"}
+        exchange.send_json(429, {"error": error}, headers={"Retry-After": "1"})
+
+    openai_fake.default = Behaviour(raw=rate_limited)
+    code, out = run("--json")
+    data = {d["provider"]: d for d in json.loads(out)}
+    assert code == 1 and data["keyless-row"]["status"] == "down"
+    assert data["busy"]["status"] == "connected"
+    assert data["busy"]["error"].startswith("warning: ") and "Slow down." in data["busy"]["error"]
+    assert state(busy) == "closed"

@@ -374,3 +374,69 @@ def test_a_rules_alias_must_be_open_to_the_callers_plan(setup):
     rule("to-local", tasks=["summarize"], serve_with=setup.local)
     status, body = rest(setup, {"message": "hi", "task": "summarize"})
     assert status == 403 and body["error"]["code"] == "model_not_allowed"
+
+
+# -- rows saved past clean(), aliases that cannot serve, large texts ---------------------
+def test_a_rule_saved_past_its_checks_fails_closed_naming_itself(setup):
+    RoutingRule.objects.create(name="hand-made", pattern=r"(\w+) \1", locality="local")
+    RoutingRule.objects.create(name="one-task", position=1, tasks="summarize", refuse_message="No.")
+    status, body = rest(setup, {"message": "hi"})
+    assert status == 503 and body["error"]["code"] == "configuration_error"
+    assert "hand-made" in body["error"]["message"]
+    assert chats(setup.fake) == 0
+    RoutingRule.objects.filter(name="hand-made").delete()
+    assert rest(setup, {"message": "hi", "task": "sum"})[0] == 200  # a label, not a substring
+    assert rest(setup, {"message": "hi", "task": "summarize"})[0] == 403
+
+
+def test_a_rules_alias_serves_only_its_own_mode_and_a_disabled_one_is_named(setup, live_server_url):
+    ModelAliasFactory(
+        slug="embed",
+        provider=setup.cloud,
+        upstream_model="text-embedding-3-small",
+        mode="embedding",
+    )
+    rule("summaries", tasks=["summarize"], serve_with=setup.local)
+    client = openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=setup.token, max_retries=0)
+    vectors = client.embeddings.create(
+        model="embed", input="hi", extra_headers={"X-LLM-Task": "summarize"}
+    )
+    assert vectors.model == "embed"  # the rule's chat alias does not serve embeddings
+    setup.local.enabled = False
+    setup.local.save()
+    status, body = rest(setup, {"message": "hi", "task": "summarize"})
+    assert status == 503 and "summaries" in body["error"]["message"]
+    assert record(body["error"]["request_id"]).route == "summaries"
+    assert chats(setup.fake) == 0
+
+
+def test_a_large_request_is_searched_off_the_event_loop_and_still_routed(setup, settings):
+    settings.LLM_INTEGRATION = {"MAX_PROMPT_TOKENS": 1_000_000}
+    ModelAlias.objects.update(context_window=1_000_000)
+    AliasFallback.objects.create(alias=setup.gpt, fallback=setup.local)
+    rule("sensitive-local", pattern=SENSITIVE, locality="local")
+    filler = "Nothing to see in this line of the ticket history. " * 1400  # over 64 KiB
+    status, body = rest(setup, {"message": f"{filler}\n{SECRET}", "model": "gpt"})
+    assert status == 200 and body["model"] == "local"
+    assert chats(setup.fake) == 0
+
+
+async def test_a_lone_surrogate_in_tool_arguments_is_refused_on_the_websocket(setup):
+    await sync_to_async(rule)("sensitive", pattern=SENSITIVE, refuse_message="No.")
+    ws = WebsocketCommunicator(
+        application, "/ws/llm/chat/", headers=[(b"origin", b"http://localhost")]
+    )
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": setup.token})
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "\ud800"}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    await ws.send_to(text_data=json.dumps({"type": "chat", "messages": messages}))
+    await ws.receive_json_from()  # start
+    error = await ws.receive_json_from()
+    assert error["type"] == "error" and error["code"] == "invalid_request"
+    assert "messages[1].tool_calls[0].function.arguments" in error["message"]
+    await ws.disconnect()

@@ -26,6 +26,7 @@ import httpx2  # the SDK's HTTP client (anthropic 2.x runs on this fork of httpx
 
 from .. import exceptions as exc
 from ..redaction import scrub
+from ..text.unicode import clean
 from .base import (
     BaseLLMAdapter,
     ChatRequest,
@@ -47,7 +48,7 @@ from .http import (
 )
 from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
-from .untrusted import MAX_TOKEN_COUNT, clean, finish_reason, log_bad_count, token_count
+from .untrusted import MAX_TOKEN_COUNT, finish_reason, log_bad_count, token_count
 
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError,)
 TIMEOUTS: tuple[type[Exception], ...] = (httpx2.TimeoutException,)

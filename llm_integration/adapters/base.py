@@ -29,6 +29,7 @@ from .. import exceptions as exc
 from ..conf import llm_settings
 from ..redaction import keys, redact_secret
 from ..text.tokens import count_message_tokens, count_text_tokens, estimate_text_tokens
+from ..text.unicode import clean
 from .http import (
     CONNECT_TIMEOUTS,
     IDENTITY,
@@ -56,7 +57,7 @@ from .tools import (
     parse_tool_choice,
     parse_tools,
 )
-from .untrusted import clean, log_bad_count, token_count
+from .untrusted import log_bad_count, token_count
 
 logger = logging.getLogger("llm_integration.adapters")
 #: Where this package's code lives (its frames in a traceback).

@@ -24,6 +24,7 @@ from ..text.tokens import (
     count_message_tokens,
     count_text_tokens,
 )
+from ..text.unicode import loads
 from .base import (
     BaseLLMAdapter,
     ChatRequest,
@@ -47,7 +48,7 @@ from .http import (
 )
 from .images import ImagePart
 from .tools import ToolCall, ToolCallDelta
-from .untrusted import finish_reason, loads, log_bad_count, token_count
+from .untrusted import finish_reason, log_bad_count, token_count
 
 
 class OllamaAdapter(BaseLLMAdapter):

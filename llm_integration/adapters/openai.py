@@ -19,6 +19,7 @@ from typing import Any
 from .. import exceptions as exc
 from ..redaction import scrub
 from ..text.tokens import count_text_tokens
+from ..text.unicode import loads
 from .base import (
     BaseLLMAdapter,
     ChatRequest,
@@ -42,7 +43,7 @@ from .http import (
 )
 from .sse import iter_sse
 from .tools import ToolCall, ToolCallDelta
-from .untrusted import finish_reason, loads, log_bad_count, token_count
+from .untrusted import finish_reason, log_bad_count, token_count
 
 #: Options passed on as they are (OpenAI's own names).
 SAMPLING = ("top_p", "seed", "presence_penalty", "frequency_penalty", "user")

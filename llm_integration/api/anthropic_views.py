@@ -11,6 +11,7 @@ shape. ``/v1/messages/count_tokens`` counts a request's input tokens, unbilled.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import AsyncIterator
@@ -22,15 +23,15 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from .. import exceptions as exc
-from ..adapters.untrusted import loads
 from ..envelope import describe
 from ..services.chat import Delta, ToolCallDelta, achat, astream_chat
 from ..services.chat.admission import Ask, admit
 from ..services.chat.validation import validate
 from ..services.db import run_db
-from ..services.policy.rules import Labels
+from ..services.policy.rules import Labels, request_text
 from ..text.fields import refuse_unknown
 from ..text.tokens import count_message_tokens
+from ..text.unicode import loads
 from .authentication import BearerOrTokenAuthentication
 from .views import SSE_HEADERS, GatewayAPIView
 
@@ -497,7 +498,10 @@ class CountTokensView(AnthropicView):
             system_prompt=None if system is None else _text_of(system, "system"),
             options=tool_options(data),
         )
-        admission = await run_db(admit, request.user, Ask(model))
+        # The alias the rules would pick counts them (as the Messages call would).
+        text = functools.cache(functools.partial(request_text, chat))
+        ask = Ask(model, Labels.from_headers(request.META), text)
+        admission = await run_db(admit, request.user, ask)
         tokens = count_message_tokens(
             chat.messages, model=admission.alias.upstream_model, tools=chat.tools
         )

@@ -25,11 +25,15 @@ from .validation import check_prompt_size
 @dataclass(frozen=True, slots=True)
 class Ask:
     """What admission needs of a request: the model asked for, the caller's labels and
-    (read only if a rule's pattern must be searched) the request's text."""
+    (read only if a rule's pattern must be searched; it should cache its result) the
+    request's text."""
 
     model: str | None
     labels: Labels = NO_LABELS
     text: Callable[[], str] = str
+    #: What the request needs of an alias: a rule's alias of another mode does not
+    #: serve it (a chat model for embeddings).
+    mode: str = ModelAlias.Mode.CHAT
 
 
 def admit(user: Any, ask: Ask) -> Admission:
@@ -37,10 +41,18 @@ def admit(user: Any, ask: Ask) -> Admission:
     return admit_with(config.current(), user, ask)
 
 
+#: The most text the rules' patterns search on the event loop; a larger request is
+#: admitted in a thread (RE2 is linear, but a megabyte still takes milliseconds).
+INLINE_SEARCH = 64 * 1024
+
+
 def admit_cached(user: Any, ask: Ask) -> Admission | None:
-    """``admit`` without touching the database, or None if it would have to."""
+    """``admit`` without touching the database or searching a large text, or None if it
+    would have to."""
     snapshot = config.peek()
     if snapshot is None or not config.plan_known(snapshot, user):
+        return None
+    if snapshot.rules and rule_book(snapshot).searches and len(ask.text()) > INLINE_SEARCH:
         return None
     return admit_with(snapshot, user, ask)
 
@@ -59,12 +71,11 @@ def admit_with(snapshot: Snapshot, user: Any, ask: Ask) -> Admission:
             task=ask.labels.task, plan=plan.slug if plan else "", model=alias.slug, text=ask.text
         )
         if route.model is not None:
-            alias = snapshot.aliases.get(route.model.slug)
-            if alias is None:
-                raise exc.NoUpstreamAvailable(
-                    f"Routing rule {route.rule!r} serves with {route.model.slug!r}, which is "
-                    "disabled."
-                )
+            served = snapshot.aliases.get(route.model.slug)
+            if served is None:  # disabled: refused below, naming the rule
+                return Admission(alias, plan, None, [], snapshot, route, ask.labels)
+            if served.mode == ask.mode:
+                alias = served
     if route.refusal:
         return Admission(alias, plan, None, [], snapshot, route, ask.labels)
     entitlement = entitlement_for(alias, plan, snapshot)
@@ -82,6 +93,11 @@ def refusal(adm: Admission) -> exc.LLMError | None:
         return exc.PolicyRefused(adm.route.refusal)
     if adm.candidates:
         return None
+    model = adm.route.model
+    if model is not None and model.slug not in adm.snapshot.aliases:
+        return exc.NoUpstreamAvailable(
+            f"Routing rule {adm.route.rule!r} serves with {model.slug!r}, which is disabled."
+        )
     if adm.route.local_only:
         return exc.NoLocalModel(
             f"Routing rule {adm.route.rule!r} keeps this request local, and no local model "

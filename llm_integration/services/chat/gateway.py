@@ -28,7 +28,7 @@ from asgiref.sync import async_to_sync
 
 from ... import exceptions as exc
 from ...adapters import ChatRequest, Completion, Embeddings, StreamChunk, ToolCallDelta
-from ...models import UsageRecord
+from ...models import ModelAlias, UsageRecord
 from ...text.tokens import estimate_text_tokens, truncate_to_tokens
 from ..accounting import quotas
 from ..accounting.writer import writer
@@ -119,7 +119,7 @@ class Gateway:
                 options=options,
             )
             preparer = functools.partial(prepare, request=request)
-            ask = Ask(model, labels, functools.partial(request_text, request))
+            ask = Ask(model, labels, functools.cache(functools.partial(request_text, request)))
             first = await self.admit(call, ask=ask, preparer=preparer)
             if caching.cacheable(first.alias, first.request):
                 key = caching.cache_key(first.alias, first.request)
@@ -219,7 +219,8 @@ class Gateway:
         try:
             texts = check_inputs(inputs)
             preparer = functools.partial(prepare_embedding, inputs=texts)
-            ask = Ask(model, labels, functools.partial("\n".join, texts))
+            text = functools.cache(functools.partial("\n".join, texts))
+            ask = Ask(model, labels, text, ModelAlias.Mode.EMBEDDING)
             first = await self.admit(call, ask=ask, preparer=preparer)
 
             async def embed(adapter, prepared: Prepared) -> Embeddings:
@@ -290,7 +291,7 @@ class Gateway:
         try:
             request = checked()
             preparer = functools.partial(prepare, request=request)
-            ask = Ask(model, labels, functools.partial(request_text, request))
+            ask = Ask(model, labels, functools.cache(functools.partial(request_text, request)))
             first = await self.admit(call, ask=ask, preparer=preparer)
 
             async def open_stream(adapter, prepared: Prepared):

@@ -7,6 +7,7 @@ next one; the client gets the most telling failure when none could answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -41,43 +42,73 @@ FALL_THROUGH = (
     exc.BudgetExceeded,
     exc.RateLimited,
 )
-#: Failures of the endpoint itself (unreachable, the key refused): they count against
-#: the provider's circuit, which takes every model there out of service.
-ENDPOINT_FAILURES = (exc.UpstreamAuthenticationError, exc.UpstreamConnectionError)
-#: Failures of one model there (5xx, no answer in time, a broken answer): they count
-#: against that deployment's circuit only.
-DEPLOYMENT_FAILURES = (
-    exc.UpstreamServerError,
-    exc.UpstreamTimeout,
-    exc.StreamInterrupted,
-    exc.BadUpstreamResponse,
-)
 
 
 class Circuits:
-    """The two circuits a candidate passes: its provider's endpoint and its deployment."""
+    """The two circuits a candidate passes: its provider's endpoint and its deployment
+    (that upstream model there).
+
+    The endpoint's counts what says the endpoint itself is unusable: no connection, or
+    the key refused (401). Any HTTP answer shows it reachable. The deployment's counts
+    what one model does wrong: 5xx, no answer in time, a stream cut or an unreadable
+    answer, and a 403 (access to that model refused). A half-open probe that ends with
+    nothing to say of its circuit is given back at once.
+    """
 
     def __init__(self, alias: ModelAlias, clock) -> None:
         self.endpoint = CircuitBreaker.of(alias.provider, clock=clock)
         self.deployment = CircuitBreaker.of_deployment(alias, clock=clock)
 
     async def allow(self) -> bool:
-        """The deployment first: a model out of service claims no endpoint probe."""
-        return await self.deployment.allow() and await self.endpoint.allow()
+        """Whether the candidate may be tried. An open endpoint is seen before any probe
+        is claimed; a deployment's probe is given back if the endpoint then refuses."""
+        if await self.endpoint.peek() == "open":
+            return False
+        if not await self.deployment.allow():
+            return False
+        if await self.endpoint.allow():
+            return True
+        await self.deployment.abandon()
+        return False
+
+    async def abandon(self) -> None:
+        """The candidate was not called after all (a limit, a budget)."""
+        await self.deployment.abandon()
+        await self.endpoint.abandon()
 
     async def record_failure(self, error: exc.LLMError) -> None:
+        answered = isinstance(error, exc.UpstreamError) and error.status is not None
         if isinstance(error, exc.AdapterFailure):  # the gateway's own fault, not theirs
+            await self.abandon()
             return
-        if isinstance(error, ENDPOINT_FAILURES):
+        if isinstance(error, exc.UpstreamAuthenticationError) and error.status == 403:
+            await self.deployment.record_failure()
+        elif isinstance(error, exc.UpstreamConnectionError | exc.UpstreamAuthenticationError):
+            await self.deployment.abandon()
             await self.endpoint.record_failure()
+            return
         elif isinstance(error, DEPLOYMENT_FAILURES):
             await self.deployment.record_failure()
+        else:  # a 429 or a 400: says nothing of the model's health
+            await self.deployment.abandon()
+        if answered:
+            await self.endpoint.record_success()
+        else:
+            await self.endpoint.abandon()
 
     async def record_success(self) -> None:
         await self.deployment.record_success()
         await self.endpoint.record_success()
 
 
+#: Failures of one model at an endpoint (5xx, no answer in time, a stream cut, an
+#: answer it could not have meant): they count against that deployment's circuit.
+DEPLOYMENT_FAILURES = (
+    exc.UpstreamServerError,
+    exc.UpstreamTimeout,
+    exc.StreamInterrupted,
+    exc.BadUpstreamResponse,
+)
 #: Limits that belong to a candidate (its provider, its alias), not to the caller.
 CANDIDATE_SCOPES = ("provider", "alias")
 
@@ -162,13 +193,17 @@ async def route(
             exc.InvalidRequest,
             exc.ContextTooLong,
         ) as error:
+            await circuits.abandon()
             if alias.pk == first.alias.pk and not isinstance(error, FALL_THROUGH):
                 raise
             last = error
             continue
         try:
             call.reservation = await reserve(call, prepared)
-        except exc.BudgetExceeded as error:
+        except BaseException as error:
+            await circuits.abandon()
+            if not isinstance(error, exc.BudgetExceeded):
+                raise
             await gateway.limiter.release(counts)
             last = error
             continue
@@ -184,6 +219,9 @@ async def route(
                 clock=clock,
                 provider=alias.provider.name,
             )
+        except asyncio.CancelledError:  # the client went away: the probe proved nothing
+            await circuits.abandon()
+            raise
         except exc.LLMError as error:
             await circuits.record_failure(error)
             if not isinstance(error, FALL_THROUGH):

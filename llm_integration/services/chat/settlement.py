@@ -30,11 +30,12 @@ from django.db import models
 from ... import exceptions as exc
 from ... import metrics
 from ...adapters import Usage
-from ...adapters.untrusted import MAX_TOKEN_COUNT, clean
+from ...adapters.untrusted import MAX_TOKEN_COUNT
 from ...conf import llm_settings
 from ...models import ModelAlias, UsageRecord
 from ...signals import budget_alerts_fired
 from ...text.tokens import count_message_tokens, estimate_text_tokens
+from ...text.unicode import clean
 from ..accounting import budgets
 from ..accounting.pricing import cost_of, format_money
 from ..accounting.quotas import QuotaHold

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ... import exceptions as exc
 from ...adapters import ToolCall
-from ...adapters.untrusted import loads
+from ...text.unicode import loads
 
 
 def not_json(calls: Sequence[ToolCall]) -> exc.BadUpstreamResponse | None:

@@ -96,6 +96,11 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
         if role not in ROLES:
             raise InvalidRequest(f"messages[{i}].role must be one of: {', '.join(ROLES)}.")
         calls = parse_tool_calls(m.get("tool_calls"), f"messages[{i}].tool_calls")
+        for j, call in enumerate(calls):
+            at = f"messages[{i}].tool_calls[{j}]"
+            _text(call.id, f"{at}.id")
+            _text(call.name, f"{at}.function.name")
+            _text(call.arguments, f"{at}.function.arguments")
         if m.get("tool_calls") is not None and role != "assistant":
             raise InvalidRequest(
                 f"messages[{i}]: only assistant messages carry tool_calls.",

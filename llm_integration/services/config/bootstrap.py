@@ -140,6 +140,31 @@ def _temperature(env: Mapping[str, str], name: str) -> float | None:
     return temperature
 
 
+def _without_backend(env: Mapping[str, str], report: Report) -> Report:
+    """No ``LLM_BACKEND``: no existing provider or alias changes. Only a missing
+    ``default`` is made, on the dummy provider (made too if there is none); the budget
+    is set as asked."""
+    if ModelAlias.objects.filter(slug="default").exists():
+        report.lines.append("LLM_BACKEND is not set: providers and aliases left as they are")
+    else:
+        provider, created = Provider.objects.get_or_create(
+            name="dummy", defaults={"kind": Provider.Kind.DUMMY}
+        )
+        report.note("provider", str(provider), "created" if created else "unchanged", [])
+        alias = ModelAlias.objects.create(
+            slug="default", provider=provider, upstream_model=BACKENDS["dummy"]["model"][1]
+        )
+        report.note("alias", str(alias), "created", [])
+    unused = [name for name in backend_variables() if env.get(name, "").strip()]
+    if unused:
+        report.warnings.append(
+            f"{', '.join(unused)} describe LLM_BACKEND's provider and alias: without "
+            "LLM_BACKEND they were not used."
+        )
+    _budget(env, report)
+    return report
+
+
 def backend_variables() -> list[str]:
     """The variables that describe ``LLM_BACKEND``'s provider and alias (keys aside:
     those are read when requests are made)."""
@@ -159,17 +184,9 @@ def bootstrap_from_env(env: Mapping[str, str]) -> Report:
     only when there is none): ``BUDGET_LIMIT=5 llm_bootstrap`` sets the budget alone."""
     report = Report()
     named = (env.get("LLM_BACKEND") or "").strip().lower()
-    if not named and ModelAlias.objects.filter(slug="default").exists():
-        report.lines.append("LLM_BACKEND is not set: providers and aliases left as they are")
-        unused = [name for name in backend_variables() if env.get(name, "").strip()]
-        if unused:
-            report.warnings.append(
-                f"{', '.join(unused)} describe LLM_BACKEND's provider and alias: without "
-                "LLM_BACKEND they were not used."
-            )
-        _budget(env, report)
-        return report
-    backend = named or "dummy"
+    if not named:
+        return _without_backend(env, report)
+    backend = named
     spec = BACKENDS.get(backend)
     if spec is None:
         raise BootstrapError(

@@ -80,6 +80,8 @@ class CircuitBreaker:
         self.provider = provider
         self.model = model
         self.circuit = circuit or provider
+        #: This object claimed the half-open probe (``allow``) and has not reported yet.
+        self.probing = False
         self.clock = clock
         self.store = store or sharedstate.store()
         self.failures_key = f"llm:cb:{self.circuit}:failures"
@@ -148,15 +150,37 @@ class CircuitBreaker:
             return False
         cooldown = max(1.0, float(llm_settings.CIRCUIT_BREAKER_COOLDOWN))
         # The store down: no probe can be claimed, so every request may probe.
-        return await sharedstate.guarded(lambda: self.store.add(self.probe_key, 1, cooldown), True)
+        claimed = await sharedstate.guarded(
+            lambda: self.store.add(self.probe_key, 1, cooldown), True
+        )
+        self.probing = bool(claimed)
+        return self.probing
+
+    async def peek(self) -> str:
+        """The state as this process sees it, claiming nothing (a half-open view is
+        read again: another process's probe may have closed it)."""
+        state = self.state_of(await self.view())
+        if state == "half_open":
+            state = self.state_of(await self.view(fresh=True))
+        return state
+
+    async def abandon(self) -> None:
+        """Give back a probe this object claimed and will not report on (the request
+        went elsewhere, or its outcome says nothing of this circuit): the next request
+        may probe at once instead of after another cool-down."""
+        if self.probing:
+            self.probing = False
+            await sharedstate.guarded(lambda: self.store.delete_many([self.probe_key]), None)
 
     async def record_success(self) -> None:
+        self.probing = False
         view = await self.view()
         if view.failures or view.open_until is not None:
             await self.forget_failures()
             CIRCUIT_OPEN.labels(self.provider, self.model).set(0)
 
     async def record_failure(self) -> None:
+        self.probing = False
         known = await self.view()
         counted = await sharedstate.guarded(
             lambda: self.store.incr_many([(self.failures_key, 1)], ttl=86_400), None

@@ -5,11 +5,11 @@ list; Anthropic: the Models API; Ollama: ``/api/tags``; dummy: always up), class
 latency and stored as a ``HealthCheck`` row.
 
 A check must not cause an outage: only an endpoint that fails to answer (refused, no
-answer in time, 5xx) opens its circuit, and one that answers closes it. What the
-checking process cannot judge is reported and changes nothing: a key missing from its
-own environment (``unknown``), a model the upstream's list omits (a warning; lists
-may lag what an endpoint serves), a refused key (``down``: this process's key may not
-be the servers').
+answer in time, 5xx) opens its circuit, and no check closes one. What the checking
+process cannot judge is reported and changes nothing: a key missing from its own
+environment (``unknown``), a model the upstream's list omits or a 429 or 4xx answer (a
+warning; the endpoint answered), a refused key (``down``: this process's key may not be
+the servers'). A provider that names no key variable at all is ``down``.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ async def check_provider(
         probe_alias.provider = provider
         adapter = build_adapter(probe_alias)
     except exc.MissingAPIKey as error:
+        if not provider.api_key_env:  # no process can call it: a row to fix
+            return HealthResult(provider, down, None, error.message, base_url)
         return HealthResult(
             provider,
             HealthCheck.Status.UNKNOWN,
@@ -83,23 +85,27 @@ async def check_provider(
         return HealthResult(provider, down, None, error.message, base_url)
     adapter.timeout = min(adapter.timeout, probe_timeout)
     base_url = adapter.base_url
+    started = time.monotonic()
+    warning = ""
     try:
-        started = time.monotonic()
         async with asyncio.timeout(probe_timeout):
             missing = await adapter.probe(sorted({a.upstream_model for a in aliases}))
-        latency = int((time.monotonic() - started) * 1000)
+        if missing:
+            warning = f"warning: its model list lacks {', '.join(missing)}"
     except TimeoutError:
         message = f"no answer within {probe_timeout:g} s"
         return HealthResult(provider, down, None, message, base_url, unreachable=True)
+    except (exc.UpstreamRateLimited, exc.UpstreamBadRequest) as error:
+        # It answered (busy, or no model list where asked): up, with what it said.
+        warning = f"warning: {error.message}"
     except exc.LLMError as error:
         unreachable = isinstance(error, UNREACHABLE)
         return HealthResult(provider, down, None, error.message, base_url, unreachable)
     finally:
         await adapter.aclose()
+    latency = int((time.monotonic() - started) * 1000)
     status, error = classify(latency)
-    if missing and not error:
-        error = f"warning: its model list lacks {', '.join(missing)}"
-    return HealthResult(provider, status, latency, error, base_url)
+    return HealthResult(provider, status, latency, error or warning, base_url)
 
 
 def _targets(names: list[str] | None) -> list[tuple[Provider, list[ModelAlias]]]:
@@ -125,15 +131,12 @@ def _store(results: list[HealthResult]) -> None:
 
 
 async def _feed_circuits(results: list[HealthResult]) -> None:
-    """An endpoint that failed to answer opens its circuit; one that answered in time
-    closes it. Nothing else changes a circuit (see the module's docstring)."""
-    answered = (HealthCheck.Status.CONNECTED, HealthCheck.Status.SLOW)
+    """An endpoint that failed to answer opens its circuit. Nothing closes one here: the
+    servers' own requests may have opened it for what this check cannot see (their key
+    refused), and its cool-down's probe closes it when the endpoint serves again."""
     for r in results:
-        breaker = CircuitBreaker.of(r.provider)
         if r.unreachable:
-            await breaker.force_open()
-        elif r.status in answered:
-            await breaker.reset()
+            await CircuitBreaker.of(r.provider).force_open()
 
 
 async def check_providers(

@@ -10,6 +10,7 @@ patterns are searched in one pass (``re2.Set``) however many rules there are.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -18,8 +19,10 @@ import re2
 from ... import exceptions as exc
 from ...adapters import ChatRequest
 from ...models import ModelAlias, RoutingRule
-from ...text.patterns import LABEL, pattern_options
+from ...text.patterns import LABEL, pattern_error, pattern_options
 from ..config.snapshot import Snapshot
+
+logger = logging.getLogger("llm_integration.policy")
 
 MAX_TAGS = 16
 
@@ -105,22 +108,71 @@ def request_text(request: ChatRequest) -> str:
     return "\n".join(texts)
 
 
+def as_labels(value: object) -> frozenset[str]:
+    """A rule's list field as a set (a row saved without ``clean()`` may hold a string:
+    one label, never a substring match)."""
+    if isinstance(value, str):
+        return frozenset({value})
+    if isinstance(value, list | tuple):
+        return frozenset(item for item in value if isinstance(item, str))
+    return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule's conditions as sets, and where its pattern sits in the book's set."""
+
+    row: RoutingRule
+    tasks: frozenset[str]
+    plans: frozenset[str]
+    models: frozenset[str]
+    slot: int | None
+    #: Why its pattern could not be compiled (a row saved without ``clean()``).
+    broken: str = ""
+
+
 class RuleBook:
-    """A snapshot's enabled rules in order, their patterns compiled together."""
+    """A snapshot's enabled rules in order, their patterns compiled into one RE2 set.
+
+    A rule whose pattern RE2 refuses (saved past ``clean()``) is not skipped: a request
+    its other conditions hold for gets 503 ``configuration_error`` naming it, rather
+    than go where the rule might have forbidden."""
 
     def __init__(self, rules: Iterable[RoutingRule]) -> None:
-        self.rules = [rule for rule in rules if rule.enabled]
-        self.slots: dict[int, int] = {}
         self.patterns = None
-        with_patterns = [rule for rule in self.rules if rule.pattern]
-        if with_patterns:
-            self.patterns = re2.Set.SearchSet(pattern_options())
-            for rule in with_patterns:
-                self.slots[rule.pk] = self.patterns.Add(rule.pattern)
+        self.rules: list[CompiledRule] = []
+        for row in rules:
+            if not row.enabled:
+                continue
+            slot, broken = None, ""
+            if row.pattern:
+                broken = pattern_error(row.pattern) or ""
+                if not broken:
+                    if self.patterns is None:
+                        self.patterns = re2.Set.SearchSet(pattern_options())
+                    slot = self.patterns.Add(row.pattern)
+            self.rules.append(
+                CompiledRule(
+                    row,
+                    as_labels(row.tasks),
+                    as_labels(row.plans),
+                    as_labels(row.model_ids),
+                    slot,
+                    broken,
+                )
+            )
+            if broken:
+                logger.error("llm.rule_broken", extra={"rule": row.name, "reason": broken})
+        if self.patterns is not None:
             self.patterns.Compile()
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    @property
+    def searches(self) -> bool:
+        """Whether some rule searches the request's text."""
+        return self.patterns is not None
 
     def route(self, *, task: str, plan: str, model: str, text: Callable[[], str]) -> Route:
         """The first rule whose conditions hold (``text()`` is read at most once, and
@@ -131,18 +183,23 @@ class RuleBook:
                 continue
             if rule.plans and plan not in rule.plans:
                 continue
-            if rule.model_ids and model not in rule.model_ids:
+            if rule.models and model not in rule.models:
                 continue
-            if rule.pattern:
+            if rule.broken:
+                raise exc.ConfigurationError(
+                    f"Routing rule {rule.row.name!r} cannot be applied: {rule.broken}"
+                )
+            if rule.slot is not None:
                 if matched is None:
                     matched = set(self.patterns.Match(text()) or ())
-                if self.slots[rule.pk] not in matched:
+                if rule.slot not in matched:
                     continue
+            row = rule.row
             return Route(
-                rule=rule.name,
-                model=rule.serve_with,
-                local_only=rule.locality == ModelAlias.Locality.LOCAL,
-                refusal=rule.refuse_message,
+                rule=row.name,
+                model=row.serve_with,
+                local_only=row.locality == ModelAlias.Locality.LOCAL,
+                refusal=row.refuse_message,
             )
         return NO_ROUTE
 
