@@ -74,6 +74,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     actions = ["check_health", "import_models"]
+
+    def get_readonly_fields(self, request, obj=None):
+        """Where requests go and which variable's value they carry: only a superuser
+        sets both (anyone else could send any secret of the environment anywhere)."""
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if request.user.is_superuser:
+            return fields
+        return (*fields, "base_url", "api_key_env")
+
     list_display = (
         "name",
         "kind",

@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
     # thread, as Django does.
     "DB_THREADS": 8,
     # Seconds a looked-up API token stays in memory (0: look it up every request).
-    "TOKEN_CACHE_TTL": 30,
+    "TOKEN_CACHE_TTL": 5,
     # Seconds a WebSocket may stay open without authenticating before it is closed (4401).
     "WEBSOCKET_AUTH_TIMEOUT": 10.0,
     # Seconds one call to the channel layer (a socket joining or leaving its user's

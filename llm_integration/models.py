@@ -321,6 +321,10 @@ class Subscription(models.Model):
     def __str__(self) -> str:
         return f"{self.user} on {self.plan}"
 
+    def clean(self) -> None:
+        if self.expires_at is not None and self.started_at and self.expires_at <= self.started_at:
+            raise ValidationError({"expires_at": "It must be after started_at."})
+
     def is_current(self, now=None) -> bool:
         now = now or timezone.now()
         return self.active and (self.expires_at is None or self.expires_at > now)
@@ -478,6 +482,16 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.scope}, {self.period})"
+
+    def clean(self) -> None:
+        thresholds = self.alert_thresholds
+        if not isinstance(thresholds, list) or not all(
+            isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1000
+            for t in thresholds
+        ):
+            raise ValidationError(
+                {"alert_thresholds": "A list of percentages of the limit, e.g. [75, 90, 100]."}
+            )
 
     @property
     def target_name(self) -> str:

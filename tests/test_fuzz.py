@@ -23,7 +23,7 @@ SCHEMA = schemathesis.openapi.from_dict(
 @pytest.fixture
 def fuzz_server(live_server_url):
     ModelAliasFactory(slug="default", provider__kind="dummy")
-    user = UserFactory(is_staff=True)
+    user = UserFactory(is_staff=True, is_superuser=True)  # the staff API is fuzzed too
     return {"url": live_server_url, "token": Token.objects.create(user=user).key}
 
 

@@ -14,7 +14,8 @@ import threading
 import time
 
 from django.contrib.auth import get_user_model
-from django.db.models.signals import post_delete, post_save
+from django.contrib.auth.models import Group
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from rest_framework.authentication import (
     SessionAuthentication,
     TokenAuthentication,
@@ -63,6 +64,17 @@ def _forget_user(sender, **kwargs) -> None:
 
 
 post_save.connect(_forget_user, sender=get_user_model(), dispatch_uid="llm-token-cache-user")
+# A cached user keeps the permissions Django read for it: a changed permission or group
+# membership forgets every cached user (in this process; others within the TTL).
+for _relation in ("user_permissions", "groups"):
+    if (_field := getattr(get_user_model(), _relation, None)) is not None:
+        m2m_changed.connect(
+            _forget_user, sender=_field.through, dispatch_uid=f"llm-token-cache-{_relation}"
+        )
+m2m_changed.connect(
+    _forget_user, sender=Group.permissions.through, dispatch_uid="llm-token-cache-group-perms"
+)
+post_delete.connect(_forget_user, sender=Group, dispatch_uid="llm-token-cache-group-del")
 
 
 class BearerOrTokenAuthentication(TokenAuthentication):

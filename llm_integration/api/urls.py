@@ -1,6 +1,6 @@
 """REST API routes: include under ``api/v1/``."""
 
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from .errors import api_not_found
 from .views import ChatView, ModelListView, UsageView
@@ -11,5 +11,6 @@ urlpatterns = [
     path("models", ModelListView.as_view(), name="models"),
     path("chat", ChatView.as_view(), name="chat"),
     path("usage", UsageView.as_view(), name="usage"),
+    path("admin/", include("llm_integration.api.admin_api.urls")),
     re_path(r"", api_not_found),  # anything else under the prefix: 404 in the envelope
 ]

@@ -100,6 +100,50 @@ def by_tag(*, since: dt.datetime, limit: int = 20) -> list[dict]:
     return ranked[:limit]
 
 
+#: What ``costs`` groups by, and the usage column each reads.
+COST_KEYS = {
+    "provider": "provider",
+    "alias": "alias",
+    "user": "user__username",
+    "plan": "plan",
+    "tag": "tags",
+}
+
+
+def costs(by: str, *, since: dt.datetime) -> list[dict]:
+    """Requests, tokens and cost since ``since`` per provider, alias, user, plan or tag
+    (a request with two tags counts under each), most expensive first; the sums of the
+    usage records exactly."""
+    rows = (
+        UsageRecord.objects.filter(created_at__gte=since)
+        .values(COST_KEYS[by])
+        .annotate(
+            requests=Count("id"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            cost=Sum("cost_usd"),
+        )
+        .order_by()
+    )
+    items: dict[str, dict] = {}
+    for row in rows:
+        value = row[COST_KEYS[by]] or ""
+        keys = [tag for tag in value.split(",") if tag] if by == "tag" else [value]
+        for key in keys:
+            item = items.setdefault(
+                key,
+                {"key": key, "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0},
+            )
+            item["requests"] += row["requests"]
+            item["prompt_tokens"] += row["prompt_tokens"] or 0
+            item["completion_tokens"] += row["completion_tokens"] or 0
+            item["cost"] += Decimal(row["cost"] or 0)
+    ranked = sorted(items.values(), key=lambda i: (-i["cost"], -i["requests"], i["key"]))
+    for item in ranked:
+        item["cost_usd"] = format_money(Decimal(item.pop("cost")).quantize(QUANTUM))
+    return ranked
+
+
 #: Failures that are the provider's (a request the client got wrong, a limit or a
 #: budget of ours, is not).
 PROVIDER_FAILURES = (

@@ -1,0 +1,1 @@
+"""The staff API: serializers and viewsets over the configuration rows (CONTRACT §9)."""
