@@ -97,26 +97,11 @@ def usage_payload(usage, cost) -> dict:
     }
 
 
-class GatewayAPIView(APIView):
-    """Base of the API views: the project's DRF authentication, permission and throttle
-    classes (``REST_FRAMEWORK`` defaults, plus ``IsAuthenticated``), a request id, the
-    error envelope.
-
-    Views are async (adrf): DRF's own ``initial`` (content negotiation, authentication,
-    permissions, throttles) runs in the request's thread, as adrf's dispatch runs it, so
-    a host's synchronous classes may query the database; the handler then awaits the
-    gateway on the event loop.
-    """
+class Envelope:
+    """A DRF view's request id (``X-Request-ID`` on every answer) and errors in the one
+    envelope (``llm_integration.envelope``); 401 with ``WWW-Authenticate``."""
 
     openai_errors = False
-    #: The API speaks JSON only; no body, however malformed, is a 500.
-    parser_classes = [JSONBodyParser]
-
-    def get_permissions(self):
-        permissions = super().get_permissions()
-        if not any(isinstance(permission, IsAuthenticated) for permission in permissions):
-            permissions.insert(0, IsAuthenticated())
-        return permissions
 
     def initialize_request(self, request, *args, **kwargs):
         request.llm_request_id = new_request_id()
@@ -136,8 +121,29 @@ class GatewayAPIView(APIView):
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
-        response["X-Request-ID"] = self.request_id
+        response["X-Request-ID"] = request.llm_request_id
         return response
+
+
+class GatewayAPIView(Envelope, APIView):
+    """Base of the API views: the project's DRF authentication, permission and throttle
+    classes (``REST_FRAMEWORK`` defaults, plus ``IsAuthenticated``), a request id, the
+    error envelope.
+
+    Views are async (adrf): DRF's own ``initial`` (content negotiation, authentication,
+    permissions, throttles) runs in the request's thread, as adrf's dispatch runs it, so
+    a host's synchronous classes may query the database; the handler then awaits the
+    gateway on the event loop.
+    """
+
+    #: The API speaks JSON only; no body, however malformed, is a 500.
+    parser_classes = [JSONBodyParser]
+
+    def get_permissions(self):
+        permissions = super().get_permissions()
+        if not any(isinstance(permission, IsAuthenticated) for permission in permissions):
+            permissions.insert(0, IsAuthenticated())
+        return permissions
 
 
 class ModelListView(GatewayAPIView):

@@ -39,13 +39,11 @@ from ...models import (
 )
 from ...services.accounting.budgets import period_start
 from ...services.accounting.reports import COST_KEYS, costs
-from ...services.chat import new_request_id
 from ...services.db import run_db
 from ...services.limits.circuit import CircuitBreaker
 from ...services.ops.health import check_providers
-from ..errors import error_response
 from ..parsers import JSONBodyParser
-from ..views import GatewayAPIView
+from ..views import Envelope, GatewayAPIView
 from . import serializers as s
 
 
@@ -60,7 +58,7 @@ class ModelPermissions(DjangoModelPermissions):
     }
 
 
-class StaffViewSet(viewsets.ModelViewSet):
+class StaffViewSet(Envelope, viewsets.ModelViewSet):
     """CRUD over one kind of row; every change in the admin log."""
 
     parser_classes = [JSONBodyParser]
@@ -70,26 +68,13 @@ class StaffViewSet(viewsets.ModelViewSet):
         own = [IsAuthenticated(), IsAdminUser(), ModelPermissions()]
         return [*super().get_permissions(), *own]
 
-    def initialize_request(self, request, *args, **kwargs):
-        request.llm_request_id = new_request_id()
-        return super().initialize_request(request, *args, **kwargs)
-
     def handle_exception(self, exc):
         if isinstance(exc, ProtectedError):
             exc = drf.ValidationError(
                 f"In use by {', '.join(sorted({str(o) for o in exc.protected_objects}))}: "
                 "change or delete those first."
             )
-        response = error_response(exc, request_id=self.request.llm_request_id)
-        if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
-            response["WWW-Authenticate"] = 'Bearer realm="api"'
-        response.exception = True
-        return response
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
-        response["X-Request-ID"] = request.llm_request_id
-        return response
+        return super().handle_exception(exc)
 
     def log(self, row, flag: int, message: list | str) -> None:
         LogEntry.objects.log_actions(
