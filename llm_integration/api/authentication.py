@@ -25,6 +25,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
 from ..conf import llm_settings
+from ..services.db import call_db
 
 MAX_TOKENS = 10_000
 
@@ -94,7 +95,9 @@ class BearerOrTokenAuthentication(TokenAuthentication):
     def _lookup(self, key: str):
         user = token_cache.get(key)
         if user is None:
-            user = self.authenticate_credentials(key)[0]
+            # In the gateway's database threads, not this request's: under load, every
+            # request thread would otherwise open a connection of its own.
+            user = call_db(self.authenticate_credentials, key)[0]
             token_cache.put(key, user)
         return user, key
 

@@ -30,6 +30,7 @@ from ..conf import llm_settings
 P = ParamSpec("P")
 T = TypeVar("T")
 
+POOL_PREFIX = "llm-db"
 _sqlite_writer = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -49,7 +50,7 @@ def _executor() -> ThreadPoolExecutor | None:
     if _pool is None or _pool_size != size:
         with _pool_lock:
             if _pool is None or _pool_size != size:
-                _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="llm-db")
+                _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=POOL_PREFIX)
                 _pool_size = size
     return _pool
 
@@ -77,6 +78,17 @@ def run_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitabl
     if executor is None:
         return sync_to_async(fn)(*args, **kwargs)
     return sync_to_async(_fresh(fn), thread_sensitive=False, executor=executor)(*args, **kwargs)
+
+
+def call_db(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Sync code's way into the same pool: ``fn`` runs in a database thread (on its
+    connection) while this thread waits. For sync code on the request path, such as DRF
+    authentication running in each request's thread: concurrent requests then share the
+    pool's ``DB_THREADS`` connections instead of opening one each."""
+    executor = _executor()
+    if executor is None or threading.current_thread().name.startswith(POOL_PREFIX):
+        return fn(*args, **kwargs)  # no pool, or already in it (a nested call)
+    return executor.submit(_fresh(fn), *args, **kwargs).result()
 
 
 def close_db_threads() -> None:
