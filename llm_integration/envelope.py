@@ -136,7 +136,17 @@ def envelope(
     }
     if openai:
         body["param"] = error_param(error)
-    headers = {"X-Request-ID": request_id}
+    return {"error": body}, status, retry_headers(error, retry_after, {"X-Request-ID": request_id})
+
+
+def retry_headers(
+    error: BaseException, retry_after: float | None, headers: dict[str, str]
+) -> dict[str, str]:
+    """``headers`` with when a retry may succeed (``Retry-After``) and whether an SDK
+    should retry at once (``x-should-retry: false``, which the OpenAI and Anthropic SDKs
+    obey: a spent budget or a policy refusal fails the same way on every retry)."""
+    if getattr(error, "final", False):
+        headers["x-should-retry"] = "false"
     if retry_after is not None and math.isfinite(retry_after):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return {"error": body}, status, headers
+    return headers

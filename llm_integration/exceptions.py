@@ -43,6 +43,9 @@ class LLMError(Exception):
     code: str = "internal_error"
     type: str = "server_error"
     retryable: bool = False
+    #: Sending the same request again cannot succeed (a spent budget, a policy): the
+    #: answer says so (``x-should-retry: false``), so that SDKs do not retry a 429/503.
+    final: bool = False
 
     def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(message or self.default_message())
@@ -101,6 +104,7 @@ class PolicyRefused(LLMError):
 
     status_code = 403
     code = "policy_refused"
+    final = True
     type = "permission_error"
 
 
@@ -141,6 +145,7 @@ class BudgetExceeded(LLMError):
 
     status_code = 429
     code = "budget_exceeded"
+    final = True
     type = "budget_error"
 
     def __init__(self, message: str = "", *, budget=None, period_id: int | None = None) -> None:
@@ -155,6 +160,7 @@ class QuotaExceeded(LLMError):
 
     status_code = 429
     code = "quota_exceeded"
+    final = True
     type = "rate_limit_error"
 
 
@@ -186,6 +192,7 @@ class NoLocalModel(NoUpstreamAvailable):
     was sent anywhere."""
 
     code = "no_local_model"
+    final = True
 
 
 class UpstreamError(LLMError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from .. import exceptions as exc
-from ..envelope import describe
+from ..envelope import describe, retry_headers
 from ..services.chat import Delta, ToolCallDelta, achat, astream_chat
 from ..services.chat.admission import Ask, admit
 from ..services.chat.validation import validate
@@ -86,9 +85,7 @@ def anthropic_error(error: BaseException, request_id: str) -> tuple[dict, int, d
     kind = ERROR_TYPES.get(status, "api_error")
     body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
     headers = {"X-Request-ID": request_id, "request-id": request_id}
-    if retry_after is not None and math.isfinite(retry_after):
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return body, status, headers
+    return body, status, retry_headers(error, retry_after, headers)
 
 
 class AnthropicView(GatewayAPIView):
