@@ -83,3 +83,20 @@ def test_a_plan_change_applies_in_every_process_without_a_restart(servers):
     Subscription.objects.create(user=user, plan=pro)
 
     assert statuses_within_bound(servers, token, 200, model="premium") == [200, 200]
+
+
+def test_a_rule_made_through_the_staff_api_applies_in_every_process(servers):
+    ModelAliasFactory(slug="default", provider=ProviderFactory(kind="dummy"))
+    token = Token.objects.create(user=UserFactory(is_staff=True, is_superuser=True)).key
+    assert [chat(url, token, task="private").status_code for url in servers] == [200, 200]
+
+    made = httpx.post(
+        f"{servers[0]}/api/v1/admin/routing-rules",
+        json={"name": "no-private", "match": {"tasks": ["private"]}, "action": {"refuse": "No."}},
+        headers={"Authorization": f"Token {token}"},
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+
+    assert statuses_within_bound(servers, token, 403, task="private") == [403, 403]
+    assert chat(servers[1], token).status_code == 200  # other tasks pass
