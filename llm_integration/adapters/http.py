@@ -22,6 +22,7 @@ import atexit
 import contextvars
 import json
 import threading
+import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -199,14 +200,25 @@ def new_session() -> aiohttp.ClientSession:
 
 def env_proxy(base_url: str) -> dict:
     """``proxy``/``proxy_auth`` request arguments from HTTP(S)_PROXY / NO_PROXY for the
-    upstream at ``base_url`` (as httpx honours them), looked up once per adapter."""
+    upstream at ``base_url`` (as httpx honours them), looked up once per adapter with
+    the standard library's ``getproxies`` and ``proxy_bypass``."""
     from yarl import URL
 
     try:
-        proxy, auth = aiohttp.helpers.get_env_proxy_for_url(URL(base_url))
-    except (LookupError, ValueError):
+        url = URL(base_url)
+        if not url.host or urllib.request.proxy_bypass(url.host):
+            return {}
+        proxy = urllib.request.getproxies().get(url.scheme)
+        if not proxy:
+            return {}
+        proxy_url = URL(proxy)
+    except ValueError:
         return {}
-    return {"proxy": proxy, "proxy_auth": auth}
+    auth = None
+    if proxy_url.user:
+        auth = aiohttp.BasicAuth(proxy_url.user, proxy_url.password or "")
+        proxy_url = proxy_url.with_user(None)
+    return {"proxy": proxy_url, "proxy_auth": auth}
 
 
 class PooledRequest:

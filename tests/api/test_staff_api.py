@@ -266,8 +266,7 @@ def test_health_shows_the_last_check_and_the_circuit(staff, dummy):
 
 def test_the_staff_api_is_in_the_openapi_schema(staff):
     schema = Client().get("/api/schema/", headers={"Accept": "application/json"})
-    if schema.status_code == 404:
-        pytest.skip("the project serves no schema at /api/schema/")
+    assert schema.status_code == 200
     text = schema.content.decode()
     assert "/api/v1/admin/providers" in text and "/api/v1/admin/routing-rules/{name}" in text
 
