@@ -27,6 +27,7 @@ from django.utils.safestring import mark_safe
 from .exceptions import LLMError
 from .models import (
     AliasFallback,
+    ApiKey,
     Budget,
     BudgetAlert,
     BudgetPeriod,
@@ -43,8 +44,9 @@ from .models import (
 from .secrets import resolve_secret
 from .services.accounting.budgets import budget_status
 from .services.accounting.pricing import format_money
-from .services.accounting.usage import CSV_FIELDS, csv_row
+from .services.accounting.usage import CSV_FIELDS, CSV_LOOKUPS, csv_row
 from .services.clock import SYSTEM_CLOCK
+from .services.policy import keys
 
 
 class _Echo:
@@ -445,6 +447,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
             "top_aliases": reports.top("alias", since=since),
             "by_rule": reports.by_rule(since=since),
             "by_tag": reports.by_tag(since=since),
+            "by_key": reports.by_key(since=since),
             "errors": reports.provider_errors(since=since),
         }
         return TemplateResponse(request, "admin/llm_integration/dashboard.html", context)
@@ -455,7 +458,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
         def rows():
             yield writer.writerow(CSV_FIELDS)
-            for row in queryset.order_by("id").values_list(*CSV_FIELDS).iterator(2000):
+            for row in queryset.order_by("id").values_list(*CSV_LOOKUPS).iterator(2000):
                 yield writer.writerow(csv_row(row))
 
         response = StreamingHttpResponse(rows(), content_type="text/csv")
@@ -501,7 +504,7 @@ class BudgetAdmin(admin.ModelAdmin):
     list_filter = ("scope", "period", "hard", "enabled")
     search_fields = ("name",)
     autocomplete_fields = ("provider", "alias")
-    raw_id_fields = ("user",)
+    raw_id_fields = ("user", "api_key")
     inlines = [BudgetPeriodInline, BudgetAlertInline]
     clock = SYSTEM_CLOCK  # which period is "this period" (tests give a FakeClock)
 
@@ -549,3 +552,108 @@ class QuotaPeriodAdmin(ReadOnlyAdmin):
     list_filter = ("kind", "entitlement__plan", "entitlement__alias")
     date_hierarchy = "period_start"
     raw_id_fields = ("user",)
+
+
+class ApiKeyForm(forms.ModelForm):
+    """A key's settings, with its models and its own budget (a ``Budget`` of scope
+    ``key``) as the API takes them."""
+
+    models = forms.ModelMultipleChoiceField(
+        ModelAlias.objects.all(),
+        required=False,
+        widget=admin.widgets.FilteredSelectMultiple("models", is_stacked=False),
+        help_text="The models the key may call (none chosen: every model the owner's plan allows).",
+    )
+    budget_usd = forms.DecimalField(
+        label="budget (USD)",
+        max_digits=18,
+        decimal_places=8,
+        min_value=0,
+        required=False,
+        help_text="A hard budget of the key's own (empty: none).",
+    )
+    budget_period = forms.ChoiceField(choices=Budget.Period.choices, initial="month")
+
+    class Meta:
+        model = ApiKey
+        fields = ("user", "name", "expires_at", "rpm_limit")
+
+    #: Who is making the key (``ApiKeyAdmin.get_form`` sets it).
+    actor = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["models"].initial = list(self.instance.allowed_models.all())
+            if (budget := keys.key_budget(self.instance)) is not None:
+                self.fields["budget_usd"].initial = budget.limit_usd
+                self.fields["budget_period"].initial = budget.period
+
+    def clean_user(self):
+        owner = self.cleaned_data["user"]
+        if self.actor is not None and not keys.may_issue(self.actor, owner):
+            raise forms.ValidationError(
+                "Only a superuser may make a key for another staff user: it would act with "
+                "their rights."
+            )
+        return owner
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Everyone's API keys. Adding one shows its secret once; keys are revoked, not
+    deleted, so their usage stays attributed."""
+
+    form = ApiKeyForm
+    list_display = ("name", "prefix", "user", "state", "created_at", "last_used_at", "expires_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "created_at")
+    search_fields = ("name", "prefix", "user__username")
+    raw_id_fields = ("user",)
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    @admin.display(description="state")
+    def state(self, obj: ApiKey) -> str:
+        return obj.state(keys.key_ring.clock.now())
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "user") if obj is not None else self.readonly_fields
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"actor": request.user})
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj: ApiKey, form, change) -> None:
+        if not change:
+            obj.secret, obj.prefix = keys.new_secret()
+            obj.digest = keys.digest(obj.secret)
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change) -> None:
+        super().save_related(request, form, formsets, change)
+        key = form.instance
+        key.allowed_models.set(form.cleaned_data["models"])
+        keys.set_budget(key, form.cleaned_data["budget_usd"], form.cleaned_data["budget_period"])
+
+    def response_add(self, request, obj: ApiKey, post_url_continue=None):
+        """The secret, once, on the page itself (never in a message: messages may be
+        stored in a cookie or the session)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "key": obj,
+            "secret": obj.secret,
+        }
+        response = TemplateResponse(request, "admin/llm_integration/apikey_secret.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke(self, request, queryset) -> None:
+        now = keys.key_ring.clock.now()
+        for key in queryset.filter(revoked_at__isnull=True):
+            keys.revoke(key, now=now)
+        messages.success(request, "The selected keys are revoked.")

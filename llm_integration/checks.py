@@ -60,6 +60,29 @@ W007 = "llm_integration.W007"
 W007_MSG = "Provider {name!r} needs an API key but names no environment variable."
 W007_HINT = "Fill in 'API key environment variable' with the variable's name, e.g. OPENAI_API_KEY."
 
+W011 = "llm_integration.W011"
+W011_MSG = (
+    "No class in REST_FRAMEWORK['DEFAULT_AUTHENTICATION_CLASSES'] accepts the gateway's API "
+    "keys: keys made at /api/v1/keys would answer 401 everywhere."
+)
+W011_HINT = (
+    "Add 'llm_integration.api.authentication.ApiKeyAuthentication' (or use its "
+    "BearerOrTokenAuthentication) to DEFAULT_AUTHENTICATION_CLASSES."
+)
+
+
+def _keys_accepted() -> bool:
+    from django.utils.module_loading import import_string
+    from rest_framework.settings import api_settings
+
+    from .api.authentication import ApiKeyAuthentication, BearerOrTokenAuthentication
+
+    for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES:
+        cls = import_string(cls) if isinstance(cls, str) else cls
+        if issubclass(cls, ApiKeyAuthentication | BearerOrTokenAuthentication):
+            return True
+    return False
+
 
 @register(Tags.compatibility)
 def check_settings(app_configs=None, **kwargs):
@@ -73,6 +96,8 @@ def check_settings(app_configs=None, **kwargs):
     backend = settings.CACHES.get(llm_settings.CACHE_BACKEND, {}).get("BACKEND", "")
     if processes > 1 and backend.endswith(("LocMemCache", "DummyCache")):
         errors.append(Warning(W009_MSG.format(n=processes), hint=W009_HINT, id=W009))
+    if not _keys_accepted():
+        errors.append(Warning(W011_MSG, hint=W011_HINT, id=W011))
     return errors
 
 

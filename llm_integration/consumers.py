@@ -1,7 +1,7 @@
 """WebSocket chat (CONTRACT §5): ``ws/llm/chat/``.
 
-Auth is the session cookie, or a DRF token in the first frame ``{"type": "auth",
-"token": "..."}``; otherwise the socket closes with 4401. Client frames: ``chat`` (with
+Auth is the session cookie, or a DRF token or API key in the first frame ``{"type":
+"auth", "token": "..."}``; otherwise the socket closes with 4401. Client frames: ``chat`` (with
 ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` in OpenAI's
 shapes) and ``cancel``. Server frames: ``start``, ``token`` (one per upstream chunk),
 ``tool_call`` (a piece of a tool call: ``index``, ``id`` and ``name`` on its first
@@ -46,6 +46,7 @@ from .envelope import describe
 from .services.accounting.pricing import format_money
 from .services.chat import ChatStream, Delta, ToolCallDelta, astream_chat, new_request_id
 from .services.chat.validation import TOOL_OPTIONS
+from .services.policy.keys import KeyGrant, KeyRefused, is_key, key_ring
 from .services.policy.rules import Labels
 from .signals import budget_alerts_fired
 from .text.fields import refuse_unknown
@@ -145,6 +146,14 @@ async def notify_sockets(sender, *, user, alerts, **kwargs) -> None:
             return  # the layer is down: the other alerts' notices are lost with this one
 
 
+async def key_grant(secret: str) -> tuple[Any, KeyGrant] | None:
+    """The owner and grant of an API key (None: not a usable key)."""
+    try:
+        return key_ring.cached(secret) or await database_sync_to_async(key_ring.lookup)(secret)
+    except KeyRefused:
+        return None
+
+
 @database_sync_to_async
 def user_for_token(key: str):
     from rest_framework.authtoken.models import Token
@@ -196,7 +205,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.user = None
-        self.token: str | None = None  # the DRF token a token socket authenticated with
+        self.token: str | None = None  # the DRF token or API key the socket came with
+        self.key: KeyGrant | None = None  # the API key's grant, for a key socket
         self.task: asyncio.Task | None = None
         self.auth_timer: asyncio.Task | None = None
         await self.accept()
@@ -295,8 +305,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         kind = content["type"]
         if self.user is None:
             user = None
-            if kind == "auth" and isinstance(content.get("token"), str):
-                user = await user_for_token(content["token"])
+            token = content.get("token")
+            if kind == "auth" and isinstance(token, str) and is_key(token):
+                if (found := await key_grant(token)) is not None:
+                    user, self.key = found
+            elif kind == "auth" and isinstance(token, str):
+                user = await user_for_token(token)
             if user is None:
                 await self.close(code=CLOSE_UNAUTHENTICATED)
                 return
@@ -314,7 +328,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.task is not None and not self.task.done():
             await self.send_error("invalid_request", "A chat is already running on this socket.")
             return
-        if not await still_allowed(self.user.pk, self.token):
+        if self.key is not None:  # revoked, expired or changed since the last chat?
+            found = await key_grant(self.token)
+            allowed = found is not None and found[1].id == self.key.id
+            self.key = found[1] if allowed else self.key
+        else:
+            allowed = await still_allowed(self.user.pk, self.token)
+        if not allowed:
             await self.send_error(
                 "authentication_failed", "Your credentials are no longer valid; sign in again."
             )
@@ -345,6 +365,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             request_id=new_request_id(),
             options={name: frame[name] for name in TOOL_OPTIONS if frame.get(name) is not None},
             labels=labels,
+            key=self.key,
         )
         self.task = asyncio.create_task(self.run_chat(stream))
 

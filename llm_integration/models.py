@@ -330,6 +330,71 @@ class Subscription(models.Model):
         return self.active and (self.expires_at is None or self.expires_at > now)
 
 
+class ApiKey(models.Model):
+    """A named API key of a user (CONTRACT §14): the secret is shown once when issued and
+    kept only as a keyed hash (``digest``); ``prefix`` finds the row. A key may be limited
+    to some models and a rate, carry a hard budget of its own (a ``Budget`` of scope
+    ``key``), expire, and be revoked (kept, with its usage, for the accounts)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_api_keys"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(
+        max_length=32, unique=True, editable=False, help_text="Shown in lists; finds the key."
+    )
+    digest = models.CharField(
+        max_length=64, editable=False, help_text="HMAC-SHA256 of the secret (never the secret)."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = models.ManyToManyField(
+        "ModelAlias",
+        through="ApiKeyModel",
+        verbose_name="models",
+        blank=True,
+        related_name="+",
+        help_text="The models the key may call (none chosen: every model the owner's plan allows).",
+    )
+    rpm_limit = models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, help_text="Empty: no limit of its own."
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def state(self, now) -> str:
+        """``active``, ``expired`` or ``revoked``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+class ApiKeyModel(models.Model):
+    """A model an API key may call. The alias cannot be deleted while a key names it:
+    the key would silently lose its limit and reach every model."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE)
+    alias = models.ForeignKey("ModelAlias", on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        verbose_name = "API key model"
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "alias"], name="llm_api_key_model_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.api_key} → {self.alias}"
+
+
 class UsageRecord(models.Model):
     """One request that reached the service layer, whatever its outcome."""
 
@@ -373,6 +438,14 @@ class UsageRecord(models.Model):
         help_text="The caller's tags, stored as ,a,b, (so one tag is found with "
         "tags__contains=',a,'); shown as a,b.",
     )
+    api_key = models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The API key the request came with (empty: a session or a DRF token).",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -382,6 +455,7 @@ class UsageRecord(models.Model):
             models.Index(fields=["alias", "created_at"], name="llm_usage_alias_time"),
             models.Index(fields=["provider", "created_at"], name="llm_usage_provider_time"),
             models.Index(fields=["status", "created_at"], name="llm_usage_status_time"),
+            models.Index(fields=["api_key", "created_at"], name="llm_usage_key_time"),
         ]
 
     def __str__(self) -> str:
@@ -402,7 +476,8 @@ class UsageRecord(models.Model):
 
 
 class Budget(models.Model):
-    """A spending limit on a scope (global, provider, alias, plan or user) per period."""
+    """A spending limit on a scope (global, provider, alias, plan, user or API key) per
+    period."""
 
     class Scope(models.TextChoices):
         GLOBAL = "global"
@@ -410,6 +485,7 @@ class Budget(models.Model):
         ALIAS = "alias"
         PLAN = "plan"
         USER = "user"
+        KEY = "key"
 
     class Period(models.TextChoices):
         DAY = "day"
@@ -424,6 +500,9 @@ class Budget(models.Model):
     plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.CASCADE)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
     )
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
     limit_usd = models.DecimalField(validators=[MinValueValidator(ZERO)], **MONEY)
@@ -446,6 +525,7 @@ class Budget(models.Model):
                         alias__isnull=True,
                         plan__isnull=True,
                         user__isnull=True,
+                        api_key__isnull=True,
                     )
                     | Q(
                         scope="provider",
@@ -453,6 +533,7 @@ class Budget(models.Model):
                         alias__isnull=True,
                         plan__isnull=True,
                         user__isnull=True,
+                        api_key__isnull=True,
                     )
                     | Q(
                         scope="alias",
@@ -460,6 +541,7 @@ class Budget(models.Model):
                         alias__isnull=False,
                         plan__isnull=True,
                         user__isnull=True,
+                        api_key__isnull=True,
                     )
                     | Q(
                         scope="plan",
@@ -467,6 +549,7 @@ class Budget(models.Model):
                         alias__isnull=True,
                         plan__isnull=False,
                         user__isnull=True,
+                        api_key__isnull=True,
                     )
                     | Q(
                         scope="user",
@@ -474,6 +557,15 @@ class Budget(models.Model):
                         alias__isnull=True,
                         plan__isnull=True,
                         user__isnull=False,
+                        api_key__isnull=True,
+                    )
+                    | Q(
+                        scope="key",
+                        provider__isnull=True,
+                        alias__isnull=True,
+                        plan__isnull=True,
+                        user__isnull=True,
+                        api_key__isnull=False,
                     )
                 ),
                 violation_error_message="Set exactly the target that the scope names.",
@@ -500,6 +592,7 @@ class Budget(models.Model):
             "alias": self.alias,
             "plan": self.plan,
             "user": self.user,
+            "key": self.api_key,
         }.get(self.scope)
         return str(target) if target is not None else "global"
 

@@ -31,7 +31,7 @@ from ..services.policy.rules import Labels, request_text
 from ..text.fields import refuse_unknown
 from ..text.tokens import count_message_tokens
 from ..text.unicode import loads
-from .authentication import BearerOrTokenAuthentication
+from .authentication import BearerOrTokenAuthentication, key_of
 from .views import SSE_HEADERS, GatewayAPIView
 
 #: The fields of a Messages request the gateway carries; any other is refused by name.
@@ -458,6 +458,7 @@ class MessagesView(AnthropicView):
     async def post(self, request):
         kwargs = chat_arguments(request.user, request.data, self.request_id)
         kwargs["labels"] = Labels.from_headers(request.META)  # Anthropic's body has no place
+        kwargs["key"] = key_of(request)
         if request.data.get("stream") is True:
             events = await message_events(kwargs, self.request_id)
             return StreamingHttpResponse(
@@ -497,7 +498,7 @@ class CountTokensView(AnthropicView):
         )
         # The alias the rules would pick counts them (as the Messages call would).
         text = functools.cache(functools.partial(request_text, chat))
-        ask = Ask(model, Labels.from_headers(request.META), text)
+        ask = Ask(model, Labels.from_headers(request.META), text, key=key_of(request))
         admission = await run_db(admit, request.user, ask)
         tokens = count_message_tokens(
             chat.messages, model=admission.alias.upstream_model, tools=chat.tools

@@ -28,8 +28,10 @@ from ..services.chat import Delta, ToolCallDelta, achat, aembed, astream_chat
 from ..services.chat.validation import OPTIONS
 from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
+from ..services.policy.keys import KeyGrant
 from ..services.policy.rules import NO_LABELS, Labels
 from ..text.fields import refuse_unknown, refuse_unknown_in_message
+from .authentication import key_of
 from .renderers import with_numbers_json
 from .serializers import StrictBooleanField, StrictFloatField, StrictIntegerField
 from .views import ERRORS, GatewayAPIView, as_response
@@ -141,6 +143,8 @@ class OpenAIModelsView(GatewayAPIView):
     )
     async def get(self, request):
         rows = await run_db(visible_aliases, request.user)
+        if (key := key_of(request)) is not None:  # a key may narrow the plan's models
+            rows = [(alias, locked or not key.allows(alias)) for alias, locked in rows]
         return Response(
             {
                 "object": "list",
@@ -179,7 +183,9 @@ class ChatCompletionsView(GatewayAPIView):
     )
     async def post(self, request):
         headers = Labels.from_headers(request.META)
-        reply = await completion_reply(request.user, request.data, self.request_id, headers)
+        reply = await completion_reply(
+            request.user, request.data, self.request_id, headers, key_of(request)
+        )
         return as_response(reply)
 
 
@@ -226,14 +232,19 @@ class EmbeddingsView(GatewayAPIView):
     )
     async def post(self, request):
         headers = Labels.from_headers(request.META)
-        return Response(await embedding_reply(request.user, request.data, self.request_id, headers))
+        reply = await embedding_reply(
+            request.user, request.data, self.request_id, headers, key_of(request)
+        )
+        return Response(reply)
 
     def get_renderers(self):
         """The project's renderers, JSON written by orjson: tens of thousands of floats."""
         return with_numbers_json(super().get_renderers())
 
 
-async def embedding_reply(user, payload, request_id: str, headers: Labels = NO_LABELS) -> dict:
+async def embedding_reply(
+    user, payload, request_id: str, headers: Labels = NO_LABELS, key: KeyGrant | None = None
+) -> dict:
     """``POST /v1/embeddings`` without its HTTP (labels from the ``X-LLM-*`` headers)."""
     if isinstance(payload, dict):
         refuse_unknown(payload, EMBEDDING_FIELDS)
@@ -249,6 +260,7 @@ async def embedding_reply(user, payload, request_id: str, headers: Labels = NO_L
         encoding_format=data.get("encoding_format") or "float",
         request_id=request_id,
         labels=headers,
+        key=key,
     )
     as_base64 = data.get("encoding_format") == "base64"
     return {
@@ -295,7 +307,7 @@ def metadata_labels(metadata: Any, headers: Labels) -> Labels:
 
 
 async def completion_reply(
-    user, payload, request_id: str, headers: Labels = NO_LABELS
+    user, payload, request_id: str, headers: Labels = NO_LABELS, key: KeyGrant | None = None
 ) -> dict | AsyncIterator[bytes]:
     """``POST /v1/chat/completions`` without its HTTP: the completion object, or the
     stream's chunks (already past the first event). ``headers``: ``X-LLM-*`` labels."""
@@ -318,6 +330,7 @@ async def completion_reply(
         "request_id": request_id,
         "options": {name: data[name] for name in OPTIONS if data.get(name) is not None},
         "labels": metadata_labels(data.get("metadata"), headers),
+        "key": key,
     }
     if data.get("stream"):
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))

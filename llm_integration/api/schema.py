@@ -15,7 +15,8 @@ class TokenScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "A DRF token, as `Authorization: Bearer <key>` or `Token <key>`.",
+            "description": "A DRF token or an API key of the gateway, as "
+            "`Authorization: Bearer <key>` or `Token <key>`.",
         }
 
 
@@ -30,4 +31,18 @@ class APIKeyHeaderScheme(OpenApiAuthenticationExtension):
             "in": "header",
             "name": "x-api-key",
             "description": "A DRF token, where Anthropic's SDK sends its key (/v1/messages).",
+        }
+
+
+class GatewayKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "llm_integration.api.authentication.ApiKeyAuthentication"
+    name = "gatewayKeyAuth"
+    priority = 1
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key of the gateway (`llm_…`, from /api/v1/keys), as "
+            "`Authorization: Bearer <key>`, `Token <key>` or `x-api-key: <key>`.",
         }

@@ -155,11 +155,29 @@ class QuotaStatusSerializer(serializers.Serializer):
     resets_at = serializers.DateTimeField()
 
 
+class KeySpendSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    cost_usd = serializers.CharField()
+
+
+class KeyUsageSerializer(serializers.Serializer):
+    """One of the caller's API keys: what it spent, and its own budget (or null)."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    state = serializers.CharField()
+    day = KeySpendSerializer()
+    month = KeySpendSerializer()
+    budget = BudgetStatusSerializer(allow_null=True)
+
+
 class UsageReportSerializer(serializers.Serializer):
     day = PeriodUsageSerializer()
     month = PeriodUsageSerializer()
     budgets = BudgetStatusSerializer(many=True)
     quotas = QuotaStatusSerializer(many=True)
+    keys = KeyUsageSerializer(many=True)
 
 
 class StrictIntegerField(serializers.IntegerField):

@@ -3,6 +3,7 @@
 from django.urls import include, path, re_path
 
 from .errors import api_not_found
+from .keys import KeyDetailView, KeyListView
 from .views import ChatView, ModelListView, UsageView
 
 app_name = "llm_api"
@@ -11,6 +12,8 @@ urlpatterns = [
     path("models", ModelListView.as_view(), name="models"),
     path("chat", ChatView.as_view(), name="chat"),
     path("usage", UsageView.as_view(), name="usage"),
+    path("keys", KeyListView.as_view(), name="keys"),
+    path("keys/<int:pk>", KeyDetailView.as_view(), name="key"),
     path("admin/", include("llm_integration.api.admin_api.urls")),
     re_path(r"", api_not_found),  # anything else under the prefix: 404 in the envelope
 ]

@@ -30,7 +30,7 @@ from ..conf import llm_settings
 from ..envelope import envelope
 from ..services.accounting.pricing import format_money
 from ..services.accounting.reports import usage_report
-from ..services.accounting.usage import CSV_FIELDS, csv_row
+from ..services.accounting.usage import CSV_FIELDS, CSV_LOOKUPS, csv_row
 from ..services.chat import (
     ChatResult,
     Delta,
@@ -42,9 +42,11 @@ from ..services.chat import (
 from ..services.chat.validation import TOOL_OPTIONS
 from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
+from ..services.policy.keys import KeyGrant
 from ..services.policy.rules import NO_LABELS, Labels
 from ..text.fields import refuse_unknown
 from . import serializers as s
+from .authentication import key_of
 from .errors import error_response
 from .parsers import JSONBodyParser
 
@@ -73,7 +75,7 @@ async def csv_rows(filters: dict):
     rows = UsageRecord.objects.filter(**filters).order_by("id")
 
     def page(after: int) -> list[tuple]:
-        return list(rows.filter(id__gt=after).values_list("id", *CSV_FIELDS)[:2000])
+        return list(rows.filter(id__gt=after).values_list("id", *CSV_LOOKUPS)[:2000])
 
     last = 0
     try:
@@ -153,6 +155,8 @@ class ModelListView(GatewayAPIView):
     )
     async def get(self, request):
         rows = await run_db(visible_aliases, request.user)
+        if (key := key_of(request)) is not None:  # a key may narrow the plan's models
+            rows = [(alias, locked or not key.allows(alias)) for alias, locked in rows]
         show_locked = llm_settings.SHOW_LOCKED_MODELS
         return Response(
             [
@@ -231,7 +235,7 @@ def as_response(reply: dict | AsyncIterator[bytes]):
 
 
 async def chat_reply(
-    user, payload, request_id: str, headers: Labels = NO_LABELS
+    user, payload, request_id: str, headers: Labels = NO_LABELS, key: KeyGrant | None = None
 ) -> dict | AsyncIterator[bytes]:
     """``POST /api/v1/chat`` without its HTTP: the JSON answer, or the server-sent events
     of a stream (already past its first event: failures before the first token raise,
@@ -247,6 +251,7 @@ async def chat_reply(
         "request_id": request_id,
         "options": data["options"],
         "labels": data["labels"],
+        "key": key,
     }
     if data.get("stream"):
         return await chat_events(kwargs, request_id)
@@ -308,7 +313,10 @@ class ChatView(GatewayAPIView):
     )
     async def post(self, request):
         headers = Labels.from_headers(request.META)
-        return as_response(await chat_reply(request.user, request.data, self.request_id, headers))
+        reply = await chat_reply(
+            request.user, request.data, self.request_id, headers, key_of(request)
+        )
+        return as_response(reply)
 
 
 def user_id_range() -> tuple[int, int]:

@@ -13,6 +13,7 @@ router.register("plans", views.PlanViewSet, basename="plan")
 router.register("subscriptions", views.SubscriptionViewSet, basename="subscription")
 router.register("budgets", views.BudgetViewSet, basename="budget")
 router.register("routing-rules", views.RoutingRuleViewSet, basename="routing-rule")
+router.register("keys", views.ApiKeyViewSet, basename="key")
 
 urlpatterns = [
     path("costs", views.CostsView.as_view(), name="costs"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
@@ -29,6 +30,7 @@ from rest_framework.response import Response
 
 from ...models import (
     AliasFallback,
+    ApiKey,
     Budget,
     HealthCheck,
     ModelAlias,
@@ -42,6 +44,8 @@ from ...services.accounting.reports import COST_KEYS, costs
 from ...services.db import run_db
 from ...services.limits.circuit import CircuitBreaker
 from ...services.ops.health import check_providers
+from ...services.policy.keys import key_ring, may_issue, revoke
+from ..keys import NotWithApiKey, OwnedKeySerializer
 from ..parsers import JSONBodyParser
 from ..views import Envelope, GatewayAPIView
 from . import serializers as s
@@ -65,7 +69,7 @@ class StaffViewSet(Envelope, viewsets.ModelViewSet):
     pagination_class = None  # lists are JSON arrays: configuration, not data
 
     def get_permissions(self):
-        own = [IsAuthenticated(), IsAdminUser(), ModelPermissions()]
+        own = [IsAuthenticated(), IsAdminUser(), ModelPermissions(), NotWithApiKey()]
         return [*super().get_permissions(), *own]
 
     def handle_exception(self, exc):
@@ -169,6 +173,7 @@ class AliasViewSet(StaffViewSet):
                 for f in AliasFallback.objects.filter(fallback=row).select_related("alias")
             ),
             *rules_naming("model_ids", row.slug),
+            *(f"API key {k}" for k in ApiKey.objects.filter(allowed_models=row)),
         ]
 
 
@@ -200,6 +205,42 @@ class RoutingRuleViewSet(StaffViewSet):
     lookup_field = "name"
 
 
+class ApiKeyViewSet(StaffViewSet):
+    """Everyone's API keys (``?user=<username>`` for one user's). Creating one answers
+    with its secret this once; ``DELETE`` revokes (the row and its usage stay)."""
+
+    serializer_class = OwnedKeySerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        rows = ApiKey.objects.select_related("user").prefetch_related("allowed_models", "budgets")
+        if username := self.request.query_params.get("user"):
+            rows = rows.filter(**{f"user__{get_user_model().USERNAME_FIELD}": username})
+        return rows
+
+    def create(self, request, *args, **kwargs):
+        response = super().create(request, *args, **kwargs)
+        response.data = {"key": self.secret, **response.data}
+        return response
+
+    def perform_create(self, serializer):
+        owner = serializer.validated_data["user"]
+        if not may_issue(self.request.user, owner):
+            raise drf.PermissionDenied(
+                "Only a superuser may make a key for another staff user: it would act "
+                "with their rights."
+            )
+        super().perform_create(serializer)
+        self.secret = serializer.instance.secret
+
+    def destroy(self, request, *args, **kwargs):
+        key = self.get_object()
+        with transaction.atomic():
+            revoke(key, now=key_ring.clock.now())
+            self.log(key, CHANGE, [{"changed": {"fields": ["revoked_at"]}}])
+        return Response(self.get_serializer(key).data)
+
+
 class StaffPermission(BasePermission):
     """A staff user with the view's ``permission`` (Django's, by its dotted name)."""
 
@@ -216,7 +257,7 @@ class StaffView(GatewayAPIView):
     permission = ""
 
     def get_permissions(self):
-        return [*super().get_permissions(), StaffPermission()]
+        return [*super().get_permissions(), StaffPermission(), NotWithApiKey()]
 
 
 COST_PERIODS = ("day", "week", "month")

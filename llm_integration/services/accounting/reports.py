@@ -10,7 +10,7 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from ...models import Budget, UsageRecord
+from ...models import ApiKey, Budget, UsageRecord
 from ..config.snapshot import config
 from .budgets import budget_status, period_start
 from .pricing import QUANTUM, format_money
@@ -73,6 +73,31 @@ def by_rule(*, since: dt.datetime) -> list[dict]:
     return [row for row in rows if row["route"]]
 
 
+def by_key(*, since: dt.datetime, limit: int = 20) -> list[dict]:
+    """Requests, tokens and cost per API key (requests without one are left out)."""
+    rows = list(
+        UsageRecord.objects.filter(created_at__gte=since, api_key__isnull=False)
+        .values("api_key__prefix", "api_key__name", "api_key__user__username")
+        .annotate(
+            requests=Count("id"),
+            cost=Sum("cost_usd"),
+            tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
+        )
+        .order_by("-cost", "-requests")[:limit]
+    )
+    return [
+        {
+            "prefix": row["api_key__prefix"],
+            "name": row["api_key__name"],
+            "owner": row["api_key__user__username"],
+            "requests": row["requests"],
+            "tokens": row["tokens"],
+            "cost": format_money(Decimal(row["cost"] or 0).quantize(QUANTUM)),
+        }
+        for row in rows
+    ]
+
+
 def by_tag(*, since: dt.datetime, limit: int = 20) -> list[dict]:
     """Requests, tokens and cost per tag. A request with two tags counts under each:
     the database groups by tag set (few of them), the sets are split here."""
@@ -107,6 +132,7 @@ COST_KEYS = {
     "user": "user__username",
     "plan": "plan",
     "tag": "tags",
+    "key": "api_key__prefix",
 }
 
 
@@ -233,20 +259,7 @@ def usage_report(user, *, now) -> dict:
         or (b.scope == Budget.Scope.PLAN and plan is not None and b.plan_id == plan.pk)
         or (b.scope == Budget.Scope.USER and b.user_id == user.pk)
     ]
-    statuses = []
-    for budget in budgets:
-        status = budget_status(budget, now=now)
-        statuses.append(
-            {
-                "scope": budget.scope,
-                "name": budget.name,
-                "period": budget.period,
-                "limit_usd": format_money(budget.limit_usd),
-                "spent_usd": format_money(status["spent"]),
-                "reserved_usd": format_money(status["reserved"]),
-                "remaining_usd": format_money(status["remaining"]),
-            }
-        )
+    statuses = [budget_report(budget, now=now) for budget in budgets]
     entitlements = [
         entitlement
         for plans in snapshot.entitlements.values()
@@ -258,4 +271,50 @@ def usage_report(user, *, now) -> dict:
         "month": period_usage(user.pk, period_start("month", now)),
         "budgets": statuses,
         "quotas": quota_status(entitlements, user.pk, now=now),
+        "keys": key_usage(user, now=now, key_budgets=snapshot.key_budgets),
     }
+
+
+def budget_report(budget: Budget, *, now) -> dict:
+    status = budget_status(budget, now=now)
+    return {
+        "scope": budget.scope,
+        "name": budget.name,
+        "period": budget.period,
+        "limit_usd": format_money(budget.limit_usd),
+        "spent_usd": format_money(status["spent"]),
+        "reserved_usd": format_money(status["reserved"]),
+        "remaining_usd": format_money(status["remaining"]),
+    }
+
+
+def key_usage(user, *, now, key_budgets: dict[int, list[Budget]]) -> list[dict]:
+    """The user's API keys (active ones, and any used this month) with what each spent
+    today and this month, and its own budget."""
+    spent: dict[str, dict[int, dict]] = {}
+    for period in ("day", "month"):
+        rows = (
+            UsageRecord.objects.filter(
+                user_id=user.pk, api_key__isnull=False, created_at__gte=period_start(period, now)
+            )
+            .values("api_key")
+            .annotate(requests=Count("id"), cost=Sum("cost_usd"))
+            .order_by()
+        )
+        spent[period] = {row["api_key"]: row for row in rows}
+    listed = []
+    for key in ApiKey.objects.filter(user_id=user.pk).order_by("created_at", "id"):
+        state = key.state(now)
+        if state != "active" and key.pk not in spent["month"]:
+            continue
+        item = {"id": key.pk, "name": key.name, "prefix": key.prefix, "state": state}
+        for period in ("day", "month"):
+            row = spent[period].get(key.pk) or {"requests": 0, "cost": 0}
+            item[period] = {
+                "requests": row["requests"],
+                "cost_usd": format_money(Decimal(row["cost"] or 0).quantize(QUANTUM)),
+            }
+        budgets = key_budgets.get(key.pk)
+        item["budget"] = budget_report(budgets[0], now=now) if budgets else None
+        listed.append(item)
+    return listed

@@ -29,7 +29,10 @@ CSV_FIELDS = [
     "unbilled_cost_usd",
     "route",
     "tags",
+    "api_key",
 ]
+#: What each column reads (``api_key``: the key's name).
+CSV_LOOKUPS = [{"api_key": "api_key__name"}.get(name, name) for name in CSV_FIELDS]
 #: Where ``tags`` sits in an export row (stored ``,a,b,``, exported ``a,b``).
 TAGS_COLUMN = CSV_FIELDS.index("tags")
 

@@ -17,6 +17,7 @@ from ..accounting.pricing import cost_of
 from ..config.entitlements import entitlement_for
 from ..config.snapshot import Snapshot, config
 from ..memory.context import fit_to_window
+from ..policy.keys import KeyGrant
 from ..policy.rules import NO_LABELS, NO_ROUTE, Labels, rule_book
 from .types import Admission, Prepared
 from .validation import check_prompt_size
@@ -34,6 +35,8 @@ class Ask:
     #: What the request needs of an alias: a rule's alias of another mode does not
     #: serve it (a chat model for embeddings).
     mode: str = ModelAlias.Mode.CHAT
+    #: The API key the request came with: it may narrow the models further.
+    key: KeyGrant | None = None
 
 
 def admit(user: Any, ask: Ask) -> Admission:
@@ -64,6 +67,9 @@ def admit_with(snapshot: Snapshot, user: Any, ask: Ask) -> Admission:
     alias = snapshot.alias(ask.model)
     if alias is None:
         raise exc.ModelNotFound(f"Unknown model {ask.model or llm_settings.DEFAULT_MODEL!r}.")
+    key = ask.key
+    if key is not None and not key.allows(alias):
+        raise exc.ModelNotAllowed(f"The model {alias.slug!r} is not one this API key may use.")
     plan = config.plan_for(snapshot, user)
     route = NO_ROUTE
     if snapshot.rules:
@@ -79,7 +85,11 @@ def admit_with(snapshot: Snapshot, user: Any, ask: Ask) -> Admission:
     if route.refusal:
         return Admission(alias, plan, None, [], snapshot, route, ask.labels)
     entitlement = entitlement_for(alias, plan, snapshot)
-    fallbacks = [f for f in snapshot.fallbacks.get(alias.pk, ()) if in_plan(snapshot, f, plan)]
+    fallbacks = [
+        f
+        for f in snapshot.fallbacks.get(alias.pk, ())
+        if in_plan(snapshot, f, plan) and (key is None or key.allows(f))
+    ]
     candidates = [c for c in (alias, *fallbacks) if c.provider.enabled]
     if route.local_only:
         candidates = [c for c in candidates if c.is_local]

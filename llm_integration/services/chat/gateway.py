@@ -36,6 +36,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
 from ..limits.ratelimit import RateLimiter
 from ..memory import caching
+from ..policy.keys import KeyGrant
 from ..policy.rules import NO_LABELS, Labels, request_text
 from .admission import Ask, admit, admit_cached, prepare, refusal
 from .deadline import StreamDeadline
@@ -61,13 +62,21 @@ class Gateway:
         self.limiter = RateLimiter(clock=clock)
         self.retrying = retry_policy(clock)
 
-    def call(self, user: Any, request_id: str | None, *, streamed: bool = False) -> Call:
+    def call(
+        self,
+        user: Any,
+        request_id: str | None,
+        *,
+        streamed: bool = False,
+        key: KeyGrant | None = None,
+    ) -> Call:
         return Call(
             self,
             request_id or new_request_id(),
             user,
             streamed=streamed,
             started=self.clock.monotonic(),
+            key=key,
         )
 
     async def admit(self, call: Call, *, ask: Ask, preparer: Preparer) -> Prepared:
@@ -102,13 +111,14 @@ class Gateway:
         options: Mapping[str, Any] | None = None,
         json_tool_arguments: bool = False,
         labels: Labels = NO_LABELS,
+        key: KeyGrant | None = None,
     ) -> ChatResult:
         """One answer. ``json_tool_arguments``: the caller passes tool calls on as
         objects (Anthropic's ``tool_use``), so arguments that are not a JSON object are
         an upstream failure (502, what it charged kept aside), not an answer; unless
         the answer was cut at ``max_tokens``, when arguments are unfinished."""
-        call = self.call(user, request_id)
-        key = None
+        call = self.call(user, request_id, key=key)
+        cache_key = None
         try:
             request = validate(
                 messages,
@@ -119,11 +129,12 @@ class Gateway:
                 options=options,
             )
             preparer = functools.partial(prepare, request=request)
-            ask = Ask(model, labels, functools.cache(functools.partial(request_text, request)))
+            text = functools.cache(functools.partial(request_text, request))
+            ask = Ask(model, labels, text, key=call.key)
             first = await self.admit(call, ask=ask, preparer=preparer)
             if caching.cacheable(first.alias, first.request):
-                key = caching.cache_key(first.alias, first.request)
-                hit = await caching.lookup(key, now=self.clock.time())
+                cache_key = caching.cache_key(first.alias, first.request)
+                hit = await caching.lookup(cache_key, now=self.clock.time())
                 if hit is not None:
                     return await self.cached_answer(call, first, hit)
 
@@ -134,7 +145,9 @@ class Gateway:
                 prepared, completion = await route(call, first, complete, preparer)
             except exc.LLMError as error:
                 stale = (
-                    await caching.lookup(key, now=self.clock.time(), stale=True) if key else None
+                    await caching.lookup(cache_key, now=self.clock.time(), stale=True)
+                    if cache_key
+                    else None
                 )
                 if stale is None:
                     raise
@@ -163,9 +176,9 @@ class Gateway:
         cost = await call.finish(
             UsageRecord.Status.OK, usage=completion.usage, finish_reason=completion.finish_reason
         )
-        if key is not None and prepared.alias.pk == first.alias.pk:
+        if cache_key is not None and prepared.alias.pk == first.alias.pk:
             await caching.store(
-                key,
+                cache_key,
                 text=completion.text,
                 finish_reason=completion.finish_reason,
                 usage=completion.usage,
@@ -212,15 +225,16 @@ class Gateway:
         encoding_format: str = "float",
         request_id: str | None = None,
         labels: Labels = NO_LABELS,
+        key: KeyGrant | None = None,
     ) -> EmbeddingResult:
         """Vectors of ``inputs`` from an embedding alias; one usage record, as for chat.
         ``encoding_format``: as the adapter's (base64 vectors may come back as text)."""
-        call = self.call(user, request_id)
+        call = self.call(user, request_id, key=key)
         try:
             texts = check_inputs(inputs)
             preparer = functools.partial(prepare_embedding, inputs=texts)
             text = functools.cache(functools.partial("\n".join, texts))
-            ask = Ask(model, labels, text, ModelAlias.Mode.EMBEDDING)
+            ask = Ask(model, labels, text, ModelAlias.Mode.EMBEDDING, key=call.key)
             first = await self.admit(call, ask=ask, preparer=preparer)
 
             async def embed(adapter, prepared: Prepared) -> Embeddings:
@@ -251,6 +265,7 @@ class Gateway:
         options: Mapping[str, Any] | None = None,
         json_tool_arguments: bool = False,
         labels: Labels = NO_LABELS,
+        key: KeyGrant | None = None,
     ) -> ChatStream:
         """Deltas (text) and ToolCallDeltas (pieces of tool calls), then one Done.
         Closing the iterator early records ``cancelled``.
@@ -261,7 +276,7 @@ class Gateway:
         ``MAX_STREAM_SECONDS``, ends with ``UpstreamTimeout``. ``json_tool_arguments``:
         as for ``chat``, checked when the stream ends.
         """
-        call = self.call(user, request_id, streamed=True)
+        call = self.call(user, request_id, streamed=True, key=key)
         checked = functools.partial(
             validate,
             messages,
@@ -291,7 +306,8 @@ class Gateway:
         try:
             request = checked()
             preparer = functools.partial(prepare, request=request)
-            ask = Ask(model, labels, functools.cache(functools.partial(request_text, request)))
+            text = functools.cache(functools.partial(request_text, request))
+            ask = Ask(model, labels, text, key=call.key)
             first = await self.admit(call, ask=ask, preparer=preparer)
 
             async def open_stream(adapter, prepared: Prepared):

@@ -43,6 +43,7 @@ async def reserve(call: Call, prepared: Prepared) -> budgets.Reservation:
         plan_id=plan.pk if plan else None,
         alias_id=alias.pk,
         provider_id=alias.provider_id,
+        key_id=call.key.id if call.key is not None else None,
     )
     if not applicable:
         return budgets.Reservation()

@@ -124,7 +124,10 @@ def caller_limits(call: Call) -> list[Limit]:
         provider=adm.alias.provider,
         entitlement=adm.entitlement,
     )
-    return [limit for limit in limits if limit.key.split(":")[0] not in CANDIDATE_SCOPES]
+    limits = [limit for limit in limits if limit.key.split(":")[0] not in CANDIDATE_SCOPES]
+    if (key := call.key) is not None and key.rpm_limit:
+        limits.append(Limit(f"key:{key.id}", key.rpm_limit, None, f"API key {key.name!r}"))
+    return limits
 
 
 def candidate_limits(alias: ModelAlias) -> list[Limit]:

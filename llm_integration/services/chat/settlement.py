@@ -43,6 +43,7 @@ from ..accounting.quotas import release_job as release_quotas
 from ..accounting.quotas import settle as settle_quotas
 from ..accounting.writer import Ticket, writer
 from ..db import run_db
+from ..policy.keys import KeyGrant
 from .reservation import accounted, release
 from .types import Admission, Outcome, Prepared, Taken
 
@@ -144,6 +145,8 @@ class Call:
     started: float = 0.0
     recorded: bool = False
     outcome: Outcome | None = None
+    #: The API key the request came with (None: a session or a DRF token).
+    key: KeyGrant | None = None
 
     @property
     def alias(self) -> ModelAlias | None:
@@ -197,6 +200,7 @@ class Call:
             finish_reason=finish_reason,
             cached=cached,
             streamed=self.streamed,
+            api_key_id=self.key.id if self.key is not None else None,
         )
         if (adm := self.admission) is not None:
             record.route = adm.route.rule

@@ -13,6 +13,7 @@ serving process within that interval, with or without a shared cache.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -59,16 +60,35 @@ class Snapshot:
             self.ordered[0] if self.ordered else None
         )
 
-    def budgets_for(self, *, user_id, plan_id, alias_id, provider_id) -> list[Budget]:
-        return [
+    def budgets_for(self, *, user_id, plan_id, alias_id, provider_id, key_id=None) -> list[Budget]:
+        """The enabled budgets on a request's scopes (a key's own: by its id, so a
+        thousand keys with budgets cost a request nothing)."""
+        found = [
             b
-            for b in self.budgets
+            for b in self.shared_budgets
             if b.scope == Budget.Scope.GLOBAL
             or (b.scope == Budget.Scope.PROVIDER and b.provider_id == provider_id)
             or (b.scope == Budget.Scope.ALIAS and b.alias_id == alias_id)
             or (b.scope == Budget.Scope.PLAN and plan_id is not None and b.plan_id == plan_id)
             or (b.scope == Budget.Scope.USER and user_id is not None and b.user_id == user_id)
         ]
+        if key_id is not None and (own := self.key_budgets.get(key_id)):
+            found.extend(own)
+        return found
+
+    @functools.cached_property
+    def shared_budgets(self) -> list[Budget]:
+        """The budgets that are not one key's."""
+        return [b for b in self.budgets if b.scope != Budget.Scope.KEY]
+
+    @functools.cached_property
+    def key_budgets(self) -> dict[int, list[Budget]]:
+        """API keys' own budgets, by key id."""
+        found: dict[int, list[Budget]] = {}
+        for b in self.budgets:
+            if b.scope == Budget.Scope.KEY:
+                found.setdefault(b.api_key_id, []).append(b)
+        return found
 
 
 def read_version() -> int:
