@@ -103,7 +103,16 @@ class ProviderAdmin(admin.ModelAdmin):
         ("Credentials", {"fields": ("api_key_env", "extra_headers")}),
         (
             "Behaviour",
-            {"fields": ("timeout_seconds", "max_retries", "rpm_limit", "tpm_limit", "options")},
+            {
+                "fields": (
+                    "timeout_seconds",
+                    "max_retries",
+                    "rpm_limit",
+                    "tpm_limit",
+                    "max_concurrency",
+                    "options",
+                )
+            },
         ),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
@@ -328,7 +337,15 @@ class RoutingRuleAdmin(admin.ModelAdmin):
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "rpm_limit", "tpm_limit", "alias_count")
+    list_display = (
+        "slug",
+        "name",
+        "rpm_limit",
+        "tpm_limit",
+        "priority",
+        "queue_timeout_seconds",
+        "alias_count",
+    )
     search_fields = ("slug", "name")
     inlines = [EntitlementInline]
 

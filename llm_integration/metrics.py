@@ -28,6 +28,16 @@ CIRCUIT_OPEN = Gauge(
     ["provider", "model"],
 )
 
+QUEUE_WAIT = Histogram(
+    "llm_queue_wait_seconds",
+    "Time requests waited at a concurrency cap or a rate limit before going on.",
+    ["limit"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+)
+QUEUE_DEPTH = Gauge(
+    "llm_queue_depth", "Requests waiting at a concurrency cap or a rate limit.", ["limit"]
+)
+
 
 def observe(
     *,

@@ -75,6 +75,14 @@ class Provider(models.Model):
     max_retries = models.PositiveSmallIntegerField(default=2)
     rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
     tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    max_concurrency = models.PositiveIntegerField(
+        "max concurrent requests",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Requests in flight at once, across every process when Redis is configured "
+        "(empty: no cap). Over it, requests wait their plan's queue timeout.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -131,6 +139,14 @@ class ModelAlias(models.Model):
     )
     rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
     tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    max_concurrency = models.PositiveIntegerField(
+        "max concurrent requests",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Requests in flight at once, across every process when Redis is configured "
+        "(empty: no cap). Over it, requests wait their plan's queue timeout.",
+    )
     cache_responses = models.BooleanField(
         default=False, help_text="Cache identical non-streaming answers (always at temperature 0)."
     )
@@ -247,6 +263,17 @@ class Plan(models.Model):
     description = models.TextField(blank=True)
     rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
     tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    priority = models.IntegerField(
+        default=0,
+        validators=[MinValueValidator(-1000), MaxValueValidator(1000)],
+        help_text="Waiting requests of higher priority are served first (-1000 to 1000).",
+    )
+    queue_timeout_seconds = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(600)],
+        help_text="How long a request over a concurrency cap or a rate limit waits for its "
+        "turn before 429 (0: refused at once).",
+    )
     aliases = models.ManyToManyField(ModelAlias, through="PlanEntitlement", related_name="plans")
 
     class Meta:
@@ -445,6 +472,9 @@ class UsageRecord(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         help_text="The API key the request came with (empty: a session or a DRF token).",
+    )
+    queued_ms = models.PositiveIntegerField(
+        default=0, help_text="Time spent waiting for a concurrency cap or a rate limit."
     )
 
     class Meta:

@@ -19,6 +19,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission
 from django.test import Client
+from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
 from llm_integration.models import ApiKey, Budget, ModelAlias, UsageRecord
@@ -337,6 +338,13 @@ def test_usage_report_and_csv_break_spend_down_by_key(alice, live_server_url):
     assert Decimal(by_name["=ci"]["budget"]["spent_usd"]) == ci_cost
     assert by_name["staging"]["budget"] is None
     assert report["month"]["requests"] == 4
+
+    root = UserFactory(username="root", is_staff=True, is_superuser=True)
+    browser = Client()
+    browser.force_login(root)
+    page = browser.get(reverse("admin:llm_integration_usage_dashboard")).content.decode()
+    table = page.split("Per API key")[1].split("</table>")[0]
+    assert "staging" in table and "=ci" in table and ci["prefix"] in table
 
     staff = UserFactory(username="auditor", is_staff=True)
     token = Token.objects.create(user=staff).key

@@ -16,6 +16,7 @@ abrupt close for cuts, so the client library sees what it would see in productio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import struct
@@ -31,7 +32,9 @@ from typing import Any
 
 @dataclass
 class Behaviour:
-    mode: str = "ok"  # ok | error | slow | reset | cut | malformed | no_usage | error_event
+    #: ok | error | slow | reset | cut | malformed | no_usage | error_event | held (answers
+    #: once the fake's ``gate`` is open)
+    mode: str = "ok"
     text: str = "Hello from the fake upstream!"
     status: int = 500
     retry_after: str | None = None
@@ -165,7 +168,13 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         fake.requests.append(request)
         behaviour = fake.next_behaviour() if fake.scripted(request) else fake.default
+        self._answer(fake, request, behaviour)
+
+    def _answer(self, fake: FakeUpstream, request: Recorded, behaviour: Behaviour) -> None:
         exchange = Exchange(self, request)
+        if behaviour.mode == "held":
+            fake.gate.wait()
+            behaviour = dataclasses.replace(behaviour, mode="ok")
         if behaviour.mode == "slow" and fake.stopping.wait(behaviour.delay):
             exchange.cut()
             return
@@ -203,6 +212,8 @@ class FakeUpstream(ABC):
 
     requests: list[Recorded] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: What ``held`` answers wait for.
+    gate: threading.Event = field(default_factory=threading.Event)
 
     #: What requests get when nothing was pushed (benchmarks set a latency here).
     default: Behaviour = field(default_factory=Behaviour)
@@ -223,6 +234,7 @@ class FakeUpstream(ABC):
 
     def stop(self) -> None:
         self.stopping.set()
+        self.gate.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -100,6 +100,7 @@ class ProviderSerializer(RowSerializer):
             "max_retries",
             "rpm_limit",
             "tpm_limit",
+            "max_concurrency",
             "enabled",
         )
 
@@ -137,6 +138,7 @@ class AliasSerializer(RowSerializer):
             "default_temperature",
             "locality",
             "fallbacks",
+            "max_concurrency",
             "rpm_limit",
             "tpm_limit",
             "cache_responses",
@@ -195,7 +197,15 @@ class PlanSerializer(RowSerializer):
 
     class Meta:
         model = Plan
-        fields = ("slug", "name", "rpm_limit", "tpm_limit", "models")
+        fields = (
+            "slug",
+            "name",
+            "priority",
+            "queue_timeout_seconds",
+            "rpm_limit",
+            "tpm_limit",
+            "models",
+        )
 
     def to_representation(self, row):
         data = super().to_representation(row)

@@ -30,6 +30,7 @@ CSV_FIELDS = [
     "route",
     "tags",
     "api_key",
+    "queued_ms",
 ]
 #: What each column reads (``api_key``: the key's name).
 CSV_LOOKUPS = [{"api_key": "api_key__name"}.get(name, name) for name in CSV_FIELDS]

@@ -34,6 +34,7 @@ from ..accounting import quotas
 from ..accounting.writer import writer
 from ..clock import SYSTEM_CLOCK, Clock
 from ..db import run_db
+from ..limits.queue import Queue
 from ..limits.ratelimit import RateLimiter
 from ..memory import caching
 from ..policy.keys import KeyGrant
@@ -50,6 +51,7 @@ from .settlement import Call, error_type, status_for
 from .tool_arguments import not_json, not_json_pieces
 from .types import ChatResult, ChatStream, Delta, Done, Prepared, Taken
 from .validation import validate
+from .waiting import take_rate_limits
 
 logger = logging.getLogger("llm_integration.services.chat")
 
@@ -60,6 +62,7 @@ class Gateway:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self.limiter = RateLimiter(clock=clock)
+        self.queue = Queue(clock)
         self.retrying = retry_policy(clock)
 
     def call(
@@ -90,7 +93,7 @@ class Gateway:
             raise refused
         first = preparer(adm.candidates[0])
         call.serving = None
-        counts = await self.limiter.acquire(caller_limits(call), tokens=first.worst_tokens)
+        counts = await take_rate_limits(call, caller_limits(call), tokens=first.worst_tokens)
         call.taken.append(Taken(counts, first.worst_tokens))
         if quotas.quotas_of(adm.entitlement):
             call.quota_holds = await reserve_quotas(call, first)

@@ -23,6 +23,7 @@ from .reservation import release, reserve
 from .retries import call_with_retries
 from .settlement import Call, error_type
 from .types import Prepared, Taken
+from .waiting import take_rate_limits, take_slot
 
 logger = logging.getLogger("llm_integration.services.chat")
 T = TypeVar("T")
@@ -171,7 +172,11 @@ async def route(
     clock = gateway.clock
     deadline = clock.monotonic() + float(llm_settings.REQUEST_DEADLINE)
     last: BaseException | None = None
+    final = adm.candidates[-1].pk
     for alias in adm.candidates:
+        # A candidate at its limits is passed over while another follows; the last
+        # one is waited for, as long as the caller's plan allows (waiting.py).
+        wait = alias.pk == final
         if alias.pk != first.alias.pk:
             try:
                 prepared = preparer(alias)
@@ -187,8 +192,8 @@ async def route(
             continue
         try:
             adapter = adapter_for(alias)
-            counts = await gateway.limiter.acquire(
-                candidate_limits(alias), tokens=prepared.worst_tokens
+            counts = await take_rate_limits(
+                call, candidate_limits(alias), tokens=prepared.worst_tokens, wait=wait
             )
         except (
             exc.ConfigurationError,
@@ -202,9 +207,19 @@ async def route(
             last = error
             continue
         try:
+            call.slot = await take_slot(call, alias, wait=wait)
+        except BaseException as error:
+            await circuits.abandon()
+            await gateway.limiter.release(counts)
+            if not isinstance(error, exc.RateLimited) or wait:
+                raise
+            last = error
+            continue
+        try:
             call.reservation = await reserve(call, prepared)
         except BaseException as error:
             await circuits.abandon()
+            await call.release_slot()
             if not isinstance(error, exc.BudgetExceeded):
                 raise
             await gateway.limiter.release(counts)
@@ -233,6 +248,7 @@ async def route(
             held, call.reservation = call.reservation, budgets.Reservation()
             if (released := release(held)) is not None:
                 await released
+            await call.release_slot()
             call.serving = None
             call.taken.remove(taken)
             last = error

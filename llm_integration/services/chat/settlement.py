@@ -46,6 +46,7 @@ from ..db import run_db
 from ..policy.keys import KeyGrant
 from .reservation import accounted, release
 from .types import Admission, Outcome, Prepared, Taken
+from .waiting import Slot, release_slot
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -147,6 +148,15 @@ class Call:
     outcome: Outcome | None = None
     #: The API key the request came with (None: a session or a DRF token).
     key: KeyGrant | None = None
+    #: Seconds waited at caps and rate limits; the slot held under the serving caps.
+    queued: float = 0.0
+    slot: Slot | None = None
+
+    async def release_slot(self) -> None:
+        """Give back the serving candidate's concurrency slot (once)."""
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            await release_slot(self, slot)
 
     @property
     def alias(self) -> ModelAlias | None:
@@ -201,6 +211,7 @@ class Call:
             cached=cached,
             streamed=self.streamed,
             api_key_id=self.key.id if self.key is not None else None,
+            queued_ms=min(round(self.queued * 1000), 2**31 - 1),
         )
         if (adm := self.admission) is not None:
             record.route = adm.route.rule
@@ -321,6 +332,7 @@ class Call:
         if self.recorded:
             return Decimal(0)
         self.recorded = True
+        await self.release_slot()  # the upstream is done with it
         usage = usage or Usage()
         try:
             cost, alerts = await self.record(status, usage, error, finish_reason, cached, withheld)

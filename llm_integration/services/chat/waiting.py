@@ -1,0 +1,172 @@
+"""Waiting at the limits (CONTRACT §8) for the chat service: a caller's rate limits, and
+a candidate's rate limits and concurrency caps, let a request through or make it wait
+its plan's ``queue_timeout_seconds`` in line (``limits/queue.py``), higher priority
+first. Past it: 429 ``rate_limited`` with ``Retry-After``. The wait is on the request's
+usage record (``queued_ms``)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ... import exceptions as exc
+from ...conf import llm_settings
+from ...models import ModelAlias, Plan
+from ..limits import concurrency, sharedstate
+from ..limits.concurrency import Cap, caps_for
+from ..limits.queue import Queue, QueueTimeout
+from ..limits.ratelimit import Count, Limit
+
+if TYPE_CHECKING:
+    from .settlement import Call
+
+#: How often the head of a line asks a shared cap again (a slot freed in another
+#: process wakes nobody here).
+POLL_SECONDS = 0.05
+
+
+@dataclass(slots=True)
+class Slot:
+    """A candidate's slots under its caps, held until the request settles."""
+
+    slots: concurrency.RedisSlots | concurrency.LocalSlots
+    caps: list[Cap]
+    member: str
+
+
+def patience(plan: Plan | None) -> tuple[int, float]:
+    """(priority, seconds it may wait) of a caller on ``plan``."""
+    if plan is None:
+        return 0, 0.0
+    return plan.priority, float(plan.queue_timeout_seconds)
+
+
+def refused(what: str, waited: float, retry_after: float | None) -> exc.RateLimited:
+    retry = max(1, math.ceil(retry_after or 1))
+    after = f" after waiting {waited:.1f} s" if waited >= 0.05 else ""
+    return exc.RateLimited(f"{what}{after}; retry in {retry} s.", retry_after=retry)
+
+
+async def take_rate_limits(
+    call: Call, limits: list[Limit], *, tokens: int, wait: bool = True
+) -> list[Count]:
+    """Count the request against ``limits``, waiting in line when the plan allows."""
+    gateway, plan = call.gateway, call.admission.plan if call.admission else None
+    if not limits:
+        return []
+    taken: list[Count] = []
+    last: list[exc.RateLimited] = []
+
+    async def attempt() -> float | None:
+        try:
+            taken[:] = await gateway.limiter.acquire(limits, tokens=tokens)
+        except exc.RateLimited as error:
+            last[:] = [error]
+            return float(error.retry_after or 1)
+        return None
+
+    priority, seconds = patience(plan)
+    scope = "rate:" + ",".join(limit.key for limit in limits)
+    try:
+        call.queued += await gateway.queue.through(
+            scope,
+            attempt,
+            priority=priority,
+            patience=seconds if wait else 0.0,
+            kind="rate",
+            hint_is_earliest=True,
+        )
+    except QueueTimeout as timeout:
+        call.queued += timeout.waited
+        if last and timeout.waited < 0.05:
+            raise last[0] from None
+        message = last[0].message.split("; retry in")[0] if last else "Rate limit reached"
+        raise refused(message, timeout.waited, timeout.retry_after) from None
+    return taken
+
+
+async def take_slot(call: Call, alias: ModelAlias, *, wait: bool) -> Slot | None:
+    """A slot under ``alias``'s caps (its provider's and its own), waiting in line when
+    the plan allows; None when it has none."""
+    caps = caps_for(alias)
+    if not caps:
+        return None
+    gateway, plan = call.gateway, call.admission.plan if call.admission else None
+    store = sharedstate.store()
+    slots = concurrency.slots_for(store)
+    member = concurrency.new_member()
+    shared = slots is not concurrency.local_slots()
+    order = concurrency.place(patience(plan)[0], gateway.clock.time())
+
+    async def attempt() -> float | None:
+        now = gateway.clock.time()
+        if shared:
+            ok = await sharedstate.attempt(lambda: slots.acquire(caps, member, order, now))
+            return None if ok else POLL_SECONDS
+        # In this process's memory: no I/O to bound; a release here wakes the line.
+        return None if await slots.acquire(caps, member, order, now) else 1.0
+
+    priority, seconds = patience(plan)
+    scope = line_of(caps)
+    try:
+        call.queued += await gateway.queue.through(
+            scope,
+            attempt,
+            priority=priority,
+            patience=seconds if wait else 0.0,
+            kind="concurrency",
+        )
+    except QueueTimeout as timeout:
+        call.queued += timeout.waited
+        await sharedstate.guarded(lambda: slots.release(caps, member), None)
+        full = " and ".join(f"{cap.label} ({cap.limit} at once)" for cap in caps)
+        raise refused(f"Too many requests in flight for {full}", timeout.waited, 1) from None
+    except sharedstate.CacheUnavailable:
+        if llm_settings.RATE_LIMIT_FAIL_OPEN:
+            return None  # admitted, uncapped (as rate limits fail open)
+        raise exc.RateLimitUnavailable(
+            "Concurrency caps cannot be checked right now (the shared cache is unreachable).",
+            retry_after=1,
+        ) from None
+    except BaseException:  # the client went away while it waited: it leaves the line
+        await sharedstate.guarded(lambda: slots.release(caps, member), None)
+        raise
+    concurrency.leases.add(slots, caps, member, gateway.clock.time)
+    return Slot(slots, caps, member)
+
+
+def line_of(caps: list[Cap]) -> str:
+    return "cc:" + ",".join(cap.key for cap in caps)
+
+
+#: Releases on their way to the shared store (kept referenced until they finish).
+_releasing: set[asyncio.Task] = set()
+
+
+async def release_slot(call: Call, slot: Slot) -> None:
+    """Give ``slot`` back and let this process's next waiter ask at once. In Redis the
+    release goes on beside the request's own ending (its record, its answer) rather
+    than before it: one round trip less on every capped request's path."""
+    concurrency.leases.remove(slot.member)
+    if slot.slots is concurrency.local_slots():
+        await slot.slots.release(slot.caps, slot.member)  # memory: nothing to bound
+        wake_lines(call.gateway.queue, slot)
+        return
+    task = asyncio.ensure_future(release_shared(call.gateway.queue, slot))
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
+
+
+async def release_shared(queue: Queue, slot: Slot) -> None:
+    await sharedstate.guarded(lambda: slot.slots.release(slot.caps, slot.member), None)
+    wake_lines(queue, slot)
+
+
+def wake_lines(queue: Queue, slot: Slot) -> None:
+    """This process's lines at any of ``slot``'s caps: their heads ask again now."""
+    keys = {cap.key for cap in slot.caps}
+    for scope in list(queue.lines):
+        if scope.startswith("cc:") and keys & set(scope[3:].split(",")):
+            queue.wake(scope)
