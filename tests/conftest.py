@@ -204,3 +204,30 @@ def api_key_env(monkeypatch):
     """An environment variable holding a test key; yields its name."""
     monkeypatch.setenv("LLM_TEST_API_KEY", TEST_KEY)
     return "LLM_TEST_API_KEY"
+
+
+@pytest.fixture
+def capped_alias(openai_fake, api_key_env):
+    """``capped_alias(n)``: the alias ``capped`` on the OpenAI fake, at most ``n``
+    requests in flight at once; the fake holds every answer until its ``gate`` opens.
+    Returns the fake."""
+    from decimal import Decimal
+
+    from tests.factories import ModelAliasFactory, ProviderFactory
+
+    def make(limit: int):
+        provider = ProviderFactory(
+            name="cloud", kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
+        )
+        ModelAliasFactory(
+            slug="capped",
+            provider=provider,
+            upstream_model="gpt-4o-mini",
+            max_concurrency=limit,
+            input_price_per_mtok=Decimal(1),
+            output_price_per_mtok=Decimal(1),
+        )
+        openai_fake.default = type(openai_fake.default)(mode="held")
+        return openai_fake
+
+    return make

@@ -11,7 +11,7 @@ tests wait for (a request in line, a request at the upstream) are polled, never 
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
+import datetime as dt
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -35,21 +35,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def capped(openai_fake, api_key_env):
-    """An alias that serves one request at a time, answers held at the gate."""
-    provider = ProviderFactory(
-        name="cloud", kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
-    )
-    ModelAliasFactory(
-        slug="capped",
-        provider=provider,
-        upstream_model="gpt-4o-mini",
-        max_concurrency=1,
-        input_price_per_mtok=Decimal(1),
-        output_price_per_mtok=Decimal(1),
-    )
-    openai_fake.default = type(openai_fake.default)(mode="held")
-    return openai_fake
+def capped(capped_alias):
+    return capped_alias(1)
 
 
 def user_on(slug: str, *, priority: int = 0, wait: int = 60):
@@ -233,3 +220,75 @@ async def test_a_waiter_that_stopped_asking_leaves_the_shared_line():
     await slots.release([cap], "holder")
     assert not await slots.acquire([cap], "late", 2, 2.0)  # "gone" is owed the slot
     assert await slots.acquire([cap], "late", 2, 2.0 + concurrency.WAITER_SECONDS)
+
+
+async def test_a_request_waits_its_plans_patience_once_across_limits(openai_fake, api_key_env):
+    # 12:00:40: the minute turns in 20 s (within the holder's 30 s lease on this clock).
+    clock = FakeClock(dt.datetime(2026, 11, 21, 12, 0, 40, tzinfo=dt.UTC))
+    gateway = Gateway(clock=clock)
+
+    def rows():
+        provider = ProviderFactory(
+            name="cloud", kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
+        )
+        ModelAliasFactory(slug="free", provider=provider, upstream_model="gpt-4o-mini")
+        ModelAliasFactory(
+            slug="capped", provider=provider, upstream_model="gpt-4o-mini", max_concurrency=1
+        )
+        plan = PlanFactory(slug="rpm", rpm_limit=1, queue_timeout_seconds=25)
+        return user_on("holder"), SubscriptionFactory(plan=plan).user
+
+    holder, user = await sync_to_async(rows)()
+    openai_fake.push(mode="held")
+    held = asyncio.create_task(gateway.chat(user=holder, model="capped", messages="hold"))
+    await until(lambda: len(openai_fake.requests) == 1, "the holder at the upstream")
+    await gateway.chat(user=user, model="free", messages="one")  # the minute's request
+    with pytest.raises(exc.RateLimited) as refused:
+        # 20 s for the minute to turn, then 5 s (not 25) at the cap.
+        await gateway.chat(user=user, model="capped", messages="two")
+    assert "after waiting 5.0 s" in refused.value.message
+    record = await UsageRecord.objects.aget(status="refused")
+    assert record.queued_ms == 25_000
+    openai_fake.gate.set()
+    await held
+
+
+async def test_a_waiter_for_a_full_alias_does_not_hold_back_its_providers_others():
+    slots = LocalSlots()
+    provider = Cap("provider:1", 3, "provider p")
+    full_alias, other_alias = Cap("alias:1", 2, "model a"), Cap("alias:2", 5, "model b")
+    for member in ("a1", "a2"):
+        assert await slots.acquire([provider, full_alias], member, 10, 0.0)
+    assert not await slots.acquire([provider, full_alias], "waits-for-a", 1, 1.0)
+    assert await slots.acquire([provider, other_alias], "b1", 20, 2.0)  # the provider's third
+    assert not await slots.acquire([provider, other_alias], "b2", 21, 2.0)  # now it is full
+
+
+async def test_the_shared_store_keeps_the_same_rules():
+    """The caps in the test run's store (Redis in CI's second pass, else memory)."""
+    slots = concurrency.slots_for(concurrency.sharedstate.store())
+    tag = id(slots)
+    provider = Cap(f"provider:rules-{tag}", 3, "provider p")
+    full_alias = Cap(f"alias:rules-a-{tag}", 2, "model a")
+    other_alias = Cap(f"alias:rules-b-{tag}", 5, "model b")
+    now = 2_000_000.0
+    members = ["a1", "a2", "waits", "b1", "b2"]
+    try:
+        for member in ("a1", "a2"):
+            assert await slots.acquire([provider, full_alias], member, 10, now)
+        assert not await slots.acquire([provider, full_alias], "waits", 1, now)
+        assert await slots.acquire([provider, other_alias], "b1", 20, now)
+        assert not await slots.acquire([provider, other_alias], "b2", 21, now)
+        await slots.release([provider, full_alias], "a2")
+        assert await slots.acquire([provider, full_alias], "waits", 1, now)
+        assert not await slots.acquire([provider, other_alias], "b2", 21, now)
+        # A waiter holds its place where the cap is full for it: others wait behind it.
+        assert not await slots.acquire([provider, full_alias], "a3", 30, now)
+        await slots.release([provider, other_alias], "b1")
+        assert not await slots.acquire([provider, other_alias], "b2", 40, now)  # a3 first
+        await slots.release([provider, full_alias], "waits")
+        assert await slots.acquire([provider, full_alias], "a3", 30, now)
+        members.append("a3")
+    finally:
+        for member in members:
+            await slots.release([provider, full_alias, other_alias], member)

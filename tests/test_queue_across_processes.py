@@ -9,7 +9,6 @@ import asyncio
 import csv
 import io
 import re
-from decimal import Decimal
 
 import httpx
 import pytest
@@ -20,9 +19,7 @@ from rest_framework.authtoken.models import Token
 
 from llm_integration.models import UsageRecord
 from tests.factories import (
-    ModelAliasFactory,
     PlanFactory,
-    ProviderFactory,
     SubscriptionFactory,
     UserFactory,
 )
@@ -32,20 +29,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def capped(openai_fake, api_key_env):
-    provider = ProviderFactory(
-        name="cloud", kind="openai", base_url=openai_fake.base_url, api_key_env=api_key_env
-    )
-    ModelAliasFactory(
-        slug="capped",
-        provider=provider,
-        upstream_model="gpt-4o-mini",
-        max_concurrency=2,
-        input_price_per_mtok=Decimal(1),
-        output_price_per_mtok=Decimal(1),
-    )
-    openai_fake.default = type(openai_fake.default)(mode="held")
-    return openai_fake
+def capped(capped_alias):
+    return capped_alias(2)
 
 
 def token_on(plan_slug: str, wait: int) -> str:

@@ -408,10 +408,12 @@ class UsageView(GatewayAPIView):
         summary="The caller's usage today and this month, and their budgets",
     )
     async def get(self, request):
-        if request.query_params.get("user") and not request.user.is_staff:
-            raise drf.PermissionDenied("Only staff may read another user's usage.")
-        if request.query_params.get("format") == "csv" and not request.user.is_staff:
-            raise drf.PermissionDenied("Only staff may export usage.")
+        # Staff rights come with the account's own credentials, never with an API key.
+        staff = request.user.is_staff and key_of(request) is None
+        if request.query_params.get("user") and not staff:
+            raise drf.PermissionDenied("Only staff (not an API key) may read another user's usage.")
+        if request.query_params.get("format") == "csv" and not staff:
+            raise drf.PermissionDenied("Only staff (not an API key) may export usage.")
         query = UsageQuery.parse(request.query_params)
         if query.csv:
             return self.csv(query)

@@ -175,6 +175,15 @@ def test_the_openai_and_anthropic_sdks_call_with_a_key(rows, alice, live_server_
     assert message.content[0].text
     assert UsageRecord.objects.filter(api_key__isnull=False).count() == 2
 
+    narrow = make_key(alice, name="narrow", models=["gpt"])["key"]
+    claude = anthropic.Anthropic(base_url=live_server_url, api_key=narrow, max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        claude.messages.count_tokens(model="other", messages=HI)
+    assert claude.messages.count_tokens(model="gpt", messages=HI).input_tokens > 0
+    client = openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=narrow, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="other", messages=HI)
+
 
 async def test_a_key_authenticates_the_websocket_and_a_revoked_one_stops_it(alice):
     created = await sync_to_async(make_key)(alice)
@@ -470,3 +479,27 @@ def test_admin_staff_cannot_make_a_key_for_a_superuser(alice, client):
     )
     assert response.status_code == 200 and "superuser" in response.content.decode()
     assert not ApiKey.objects.exists()
+
+
+def test_a_routing_rule_cannot_serve_a_key_with_a_model_outside_its_list(alice):
+    from llm_integration.models import RoutingRule
+
+    RoutingRule.objects.create(
+        name="code-to-other", tasks=["code"], serve_with=ModelAlias.objects.get(slug="other")
+    )
+    secret = make_key(alice, models=["gpt"])["key"]
+    caller = Caller.key(secret)
+    status, error, _ = caller.chat(task="code")
+    assert status == 403 and error["error"]["code"] == "model_not_allowed"
+    assert "code-to-other" in error["error"]["message"]
+    assert caller.chat()[0] == 200  # no rule applies: its own model
+    assert UsageRecord.objects.filter(status="ok", alias="other").count() == 0
+
+
+def test_a_staff_users_key_has_no_staff_rights_on_usage(alice):
+    root = UserFactory(username="root", is_staff=True, is_superuser=True)
+    secret = make_key(root)["key"]
+    assert Caller.key(secret).call("get", "/api/v1/usage")[0] == 200
+    assert Caller.key(secret).call("get", "/api/v1/usage?format=csv")[0] == 403
+    assert Caller.key(secret).call("get", f"/api/v1/usage?user={alice.pk}")[0] == 403
+    assert Caller.token(root).call("get", f"/api/v1/usage?user={alice.pk}")[0] == 200

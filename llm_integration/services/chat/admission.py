@@ -81,6 +81,11 @@ def admit_with(snapshot: Snapshot, user: Any, ask: Ask) -> Admission:
             if served is None:  # disabled: refused below, naming the rule
                 return Admission(alias, plan, None, [], snapshot, route, ask.labels)
             if served.mode == ask.mode:
+                if key is not None and not key.allows(served):
+                    raise exc.ModelNotAllowed(
+                        f"Routing rule {route.rule!r} serves this request with "
+                        f"{served.slug!r}, which this API key may not use."
+                    )
                 alias = served
     if route.refusal:
         return Admission(alias, plan, None, [], snapshot, route, ask.labels)

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -62,8 +63,19 @@ class Gateway:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self.limiter = RateLimiter(clock=clock)
-        self.queue = Queue(clock)
+        self._queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.retrying = retry_policy(clock)
+
+    @property
+    def queue(self) -> Queue:
+        """The lines of requests waiting at the limits on this event loop (each loop
+        its own: their waiters are woken by the loop's events; the sync face runs each
+        call on a loop of its own)."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = Queue(self.clock)
+        return queue
 
     def call(
         self,

@@ -332,7 +332,8 @@ class Call:
         if self.recorded:
             return Decimal(0)
         self.recorded = True
-        await self.release_slot()  # the upstream is done with it
+        # The upstream is done with its slot: given back beside the record's write.
+        releasing = asyncio.ensure_future(self.release_slot()) if self.slot else None
         usage = usage or Usage()
         try:
             cost, alerts = await self.record(status, usage, error, finish_reason, cached, withheld)
@@ -342,6 +343,9 @@ class Call:
             # A failure's record waits in the writer until the database takes it; the
             # client hears the failure itself.
             cost, alerts = Decimal(0), []
+        finally:
+            if releasing is not None:
+                await releasing
         self.outcome = Outcome(status, usage, cost, finish_reason)
         for taken in self.taken:
             self.gateway.limiter.adjust_tokens(

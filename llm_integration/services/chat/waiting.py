@@ -16,7 +16,7 @@ from ...conf import llm_settings
 from ...models import ModelAlias, Plan
 from ..limits import concurrency, sharedstate
 from ..limits.concurrency import Cap, caps_for
-from ..limits.queue import Queue, QueueTimeout
+from ..limits.queue import Attempt, Queue, QueueTimeout
 from ..limits.ratelimit import Count, Limit
 
 if TYPE_CHECKING:
@@ -43,6 +43,23 @@ def patience(plan: Plan | None) -> tuple[int, float]:
     return plan.priority, float(plan.queue_timeout_seconds)
 
 
+async def in_line(
+    call: Call, scope: str, attempt: Attempt, *, wait: bool, kind: str, **options: bool
+) -> None:
+    """Through ``attempt`` in the line ``scope``, within what is left of the plan's
+    patience (one wait in all, however many limits); the wait goes on the record."""
+    plan = call.admission.plan if call.admission else None
+    priority, seconds = patience(plan)
+    allowed = max(0.0, seconds - call.queued) if wait else 0.0
+    try:
+        call.queued += await call.gateway.queue.through(
+            scope, attempt, priority=priority, patience=allowed, kind=kind, **options
+        )
+    except QueueTimeout as timeout:
+        call.queued += timeout.waited
+        raise
+
+
 def refused(what: str, waited: float, retry_after: float | None) -> exc.RateLimited:
     retry = max(1, math.ceil(retry_after or 1))
     after = f" after waiting {waited:.1f} s" if waited >= 0.05 else ""
@@ -53,7 +70,7 @@ async def take_rate_limits(
     call: Call, limits: list[Limit], *, tokens: int, wait: bool = True
 ) -> list[Count]:
     """Count the request against ``limits``, waiting in line when the plan allows."""
-    gateway, plan = call.gateway, call.admission.plan if call.admission else None
+    gateway = call.gateway
     if not limits:
         return []
     taken: list[Count] = []
@@ -67,19 +84,10 @@ async def take_rate_limits(
             return float(error.retry_after or 1)
         return None
 
-    priority, seconds = patience(plan)
     scope = "rate:" + ",".join(limit.key for limit in limits)
     try:
-        call.queued += await gateway.queue.through(
-            scope,
-            attempt,
-            priority=priority,
-            patience=seconds if wait else 0.0,
-            kind="rate",
-            hint_is_earliest=True,
-        )
+        await in_line(call, scope, attempt, wait=wait, kind="rate", hint_is_earliest=True)
     except QueueTimeout as timeout:
-        call.queued += timeout.waited
         if last and timeout.waited < 0.05:
             raise last[0] from None
         message = last[0].message.split("; retry in")[0] if last else "Rate limit reached"
@@ -108,22 +116,15 @@ async def take_slot(call: Call, alias: ModelAlias, *, wait: bool) -> Slot | None
         # In this process's memory: no I/O to bound; a release here wakes the line.
         return None if await slots.acquire(caps, member, order, now) else 1.0
 
-    priority, seconds = patience(plan)
-    scope = line_of(caps)
     try:
-        call.queued += await gateway.queue.through(
-            scope,
-            attempt,
-            priority=priority,
-            patience=seconds if wait else 0.0,
-            kind="concurrency",
-        )
+        await in_line(call, line_of(caps), attempt, wait=wait, kind="concurrency")
     except QueueTimeout as timeout:
-        call.queued += timeout.waited
         await sharedstate.guarded(lambda: slots.release(caps, member), None)
         full = " and ".join(f"{cap.label} ({cap.limit} at once)" for cap in caps)
         raise refused(f"Too many requests in flight for {full}", timeout.waited, 1) from None
     except sharedstate.CacheUnavailable:
+        # The script may have run before the answer was lost: give back what it took.
+        retry_later(Slot(slots, caps, member))
         if llm_settings.RATE_LIMIT_FAIL_OPEN:
             return None  # admitted, uncapped (as rate limits fail open)
         raise exc.RateLimitUnavailable(
@@ -141,27 +142,43 @@ def line_of(caps: list[Cap]) -> str:
     return "cc:" + ",".join(cap.key for cap in caps)
 
 
-#: Releases on their way to the shared store (kept referenced until they finish).
-_releasing: set[asyncio.Task] = set()
+#: Releases the shared store refused, retried until their leases would have ended.
+_retrying: set[asyncio.Task] = set()
 
 
 async def release_slot(call: Call, slot: Slot) -> None:
-    """Give ``slot`` back and let this process's next waiter ask at once. In Redis the
-    release goes on beside the request's own ending (its record, its answer) rather
-    than before it: one round trip less on every capped request's path."""
+    """Give ``slot`` back and let this process's next waiter ask at once. A release the
+    shared store refuses (Redis down or stalled) is retried in the background until the
+    lease would have ended anyway, so a hiccup does not keep slots for ``LEASE_SECONDS``."""
     concurrency.leases.remove(slot.member)
+    queue = call.gateway.queue
     if slot.slots is concurrency.local_slots():
         await slot.slots.release(slot.caps, slot.member)  # memory: nothing to bound
-        wake_lines(call.gateway.queue, slot)
-        return
-    task = asyncio.ensure_future(release_shared(call.gateway.queue, slot))
-    _releasing.add(task)
-    task.add_done_callback(_releasing.discard)
-
-
-async def release_shared(queue: Queue, slot: Slot) -> None:
-    await sharedstate.guarded(lambda: slot.slots.release(slot.caps, slot.member), None)
+    else:
+        try:
+            await sharedstate.attempt(lambda: slot.slots.release(slot.caps, slot.member))
+        except sharedstate.CacheUnavailable:
+            retry_later(slot)
+            return
     wake_lines(queue, slot)
+
+
+def retry_later(slot: Slot) -> None:
+    """Release ``slot`` in the background once the shared store answers again."""
+    task = asyncio.ensure_future(release_when_back(slot))
+    _retrying.add(task)
+    task.add_done_callback(_retrying.discard)
+
+
+async def release_when_back(slot: Slot) -> None:
+    interval = max(0.05, float(llm_settings.CACHE_RETRY_INTERVAL))
+    for _ in range(math.ceil(concurrency.LEASE_SECONDS / interval)):
+        await asyncio.sleep(interval)
+        try:
+            await sharedstate.attempt(lambda: slot.slots.release(slot.caps, slot.member))
+        except sharedstate.CacheUnavailable:
+            continue
+        return
 
 
 def wake_lines(queue: Queue, slot: Slot) -> None:

@@ -4,7 +4,9 @@ provider in flight at once, across every process that shares the store.
 A cap is a set of *leases* (one per request in flight, each with an expiry) and a line
 of *waiters* (each with its place: priority first, then arrival). A request takes a
 slot only if fewer than ``cap`` leases are live and no waiter with a better place is
-still owed one, so a freed slot goes to the best waiter in any process. Both live in
+still owed one, so a freed slot goes to the best waiter in any process; a request
+refused joins the line of the caps that are full only (a waiter for a full alias does
+not hold back its provider's other aliases). Both live in
 the shared store: in Redis, two sorted sets per cap changed by one Lua script (atomic
 across caps); in this process's memory otherwise (the same rules under a lock).
 
@@ -76,6 +78,7 @@ local now, lease_until, wait_until = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local member, place = ARGV[4], ARGV[5]
 local n = #KEYS / 3
 local ok = true
+local full = {}
 for i = 0, n - 1 do
   local leases, waiters, expiries = KEYS[i*3+1], KEYS[i*3+2], KEYS[i*3+3]
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
@@ -84,17 +87,20 @@ for i = 0, n - 1 do
   redis.call('ZREMRANGEBYSCORE', expiries, '-inf', now)
   local free = tonumber(ARGV[6+i]) - redis.call('ZCARD', leases)
   local ahead = redis.call('ZCOUNT', waiters, '-inf', '(' .. place)
-  if free <= ahead then ok = false end
+  full[i] = free <= ahead
+  if full[i] then ok = false end
 end
 for i = 0, n - 1 do
   local leases, waiters, expiries = KEYS[i*3+1], KEYS[i*3+2], KEYS[i*3+3]
   if ok then
     redis.call('ZADD', leases, lease_until, member)
-    redis.call('ZREM', waiters, member)
-    redis.call('ZREM', expiries, member)
-  else
+  end
+  if full[i] and not ok then
     redis.call('ZADD', waiters, place, member)
     redis.call('ZADD', expiries, wait_until, member)
+  else
+    redis.call('ZREM', waiters, member)
+    redis.call('ZREM', expiries, member)
   end
   redis.call('PEXPIRE', leases, math.ceil((tonumber(lease_until) - now) * 1000) + 1000)
   redis.call('PEXPIRE', waiters, math.ceil((tonumber(wait_until) - now) * 1000) + 1000)
@@ -141,7 +147,10 @@ class RedisSlots:
     async def renew(self, held: list[tuple[Cap, str]], now: float) -> None:
         pipe = self.store.client().pipeline(transaction=False)
         for cap, member in held:
-            pipe.zadd(_keys(self.store, cap)[0], {member: now + LEASE_SECONDS}, xx=True)
+            leases = _keys(self.store, cap)[0]
+            pipe.zadd(leases, {member: now + LEASE_SECONDS}, xx=True)
+            # The set outlives its longest lease (every other one ends sooner).
+            pipe.pexpire(leases, int((LEASE_SECONDS + 1) * 1000))
         await pipe.execute()
 
 
@@ -156,7 +165,7 @@ class LocalSlots:
 
     async def acquire(self, caps: list[Cap], member: str, place: int, now: float) -> bool:
         with self._lock:
-            ok = True
+            full = []
             for cap in caps:
                 leases = self._leases.setdefault(cap.key, {})
                 waiters = self._waiters.setdefault(cap.key, {})
@@ -165,14 +174,15 @@ class LocalSlots:
                 for m in [m for m, (_, until) in waiters.items() if until <= now]:
                     del waiters[m]
                 ahead = sum(1 for p, _ in waiters.values() if p < place)
-                if cap.limit - len(leases) <= ahead:
-                    ok = False
-            for cap in caps:
+                full.append(cap.limit - len(leases) <= ahead)
+            ok = not any(full)
+            for cap, is_full in zip(caps, full, strict=True):
                 if ok:
                     self._leases[cap.key][member] = now + LEASE_SECONDS
-                    self._waiters[cap.key].pop(member, None)
-                else:
+                if is_full and not ok:  # in line only where the cap is full
                     self._waiters[cap.key][member] = (place, now + WAITER_SECONDS)
+                else:
+                    self._waiters[cap.key].pop(member, None)
             return ok
 
     async def release(self, caps: list[Cap], member: str) -> None:

@@ -224,11 +224,16 @@ def matches(secret: str, stored: str) -> bool:
 
 key_ring = KeyRing()
 
-# A saved or deleted key, a changed model list, a saved owner: forget in this process at
-# once (others within ``MAX_CACHE_SECONDS``).
-post_save.connect(key_ring.clear, sender=ApiKey, dispatch_uid="llm-key-ring-save")
-post_delete.connect(key_ring.clear, sender=ApiKey, dispatch_uid="llm-key-ring-delete")
-m2m_changed.connect(
-    key_ring.clear, sender=ApiKey.allowed_models.through, dispatch_uid="llm-key-ring-models"
-)
-post_save.connect(key_ring.clear, sender=settings.AUTH_USER_MODEL, dispatch_uid="llm-key-ring-u")
+
+def _forget(**kwargs: Any) -> None:
+    """A saved or deleted key, a changed model list, a saved owner: forget what this
+    process read, now and again when the change commits (a lookup in between would
+    read and keep the row as it was); other processes within ``MAX_CACHE_SECONDS``."""
+    key_ring.clear()
+    transaction.on_commit(key_ring.clear)
+
+
+post_save.connect(_forget, sender=ApiKey, dispatch_uid="llm-key-ring-save")
+post_delete.connect(_forget, sender=ApiKey, dispatch_uid="llm-key-ring-delete")
+m2m_changed.connect(_forget, sender=ApiKey.allowed_models.through, dispatch_uid="llm-key-ring-m")
+post_save.connect(_forget, sender=settings.AUTH_USER_MODEL, dispatch_uid="llm-key-ring-u")
