@@ -5,12 +5,18 @@ from django.urls import path, re_path
 
 from .anthropic_views import CountTokensView, MessagesView
 from .errors import openai_not_found
-from .openai_views import ChatCompletionsView, EmbeddingsView, OpenAIModelsView
+from .openai_views import (
+    ChatCompletionsView,
+    EmbeddingsView,
+    OpenAIModelsView,
+    OpenAIModelView,
+)
 
 app_name = "llm_openai"
 
 urlpatterns = [
     path("models", OpenAIModelsView.as_view(), name="models"),
+    path("models/<path:model>", OpenAIModelView.as_view(), name="model"),
     path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
     path("messages", MessagesView.as_view(), name="messages"),

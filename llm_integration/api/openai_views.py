@@ -142,24 +142,41 @@ class OpenAIModelsView(GatewayAPIView):
         summary="OpenAI-compatible model list",
     )
     async def get(self, request):
-        rows = await run_db(visible_aliases, request.user)
-        if (key := key_of(request)) is not None:  # a key may narrow the plan's models
-            rows = [(alias, locked or not key.allows(alias)) for alias, locked in rows]
-        return Response(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": alias.slug,
-                        "object": "model",
-                        "created": CREATED,
-                        "owned_by": alias.provider.name,
-                    }
-                    for alias, locked in rows
-                    if not locked
-                ],
-            }
-        )
+        usable = await usable_aliases(request)
+        return Response({"object": "list", "data": [model_object(alias) for alias in usable]})
+
+
+class OpenAIModelView(GatewayAPIView):
+    """``GET /v1/models/<id>`` (the SDKs' ``models.retrieve``): a model the caller may
+    use, else 404 as OpenAI answers for a model one cannot see."""
+
+    openai_errors = True
+
+    @extend_schema(
+        responses={200: inline_serializer("OpenAIModel", {"id": serializers.CharField()})},
+        summary="One OpenAI-compatible model",
+    )
+    async def get(self, request, model: str):
+        for alias in await usable_aliases(request):
+            if alias.slug == model:
+                return Response(model_object(alias))
+        raise exc.ModelNotFound(f"The model {model!r} does not exist or you do not have access.")
+
+
+async def usable_aliases(request) -> list:
+    """The enabled aliases the caller's plan (and API key) let it call, in order."""
+    rows = await run_db(visible_aliases, request.user)
+    key = key_of(request)  # a key may narrow the plan's models
+    return [a for a, locked in rows if not locked and (key is None or key.allows(a))]
+
+
+def model_object(alias) -> dict:
+    return {
+        "id": alias.slug,
+        "object": "model",
+        "created": CREATED,
+        "owned_by": alias.provider.name,
+    }
 
 
 class ChatCompletionsView(GatewayAPIView):

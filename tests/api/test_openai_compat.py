@@ -37,6 +37,15 @@ def test_models_list(sdk):
     assert models.data[0].object == "model" and models.data[0].owned_by
 
 
+def test_models_retrieve(sdk):
+    model = sdk.models.retrieve("default")
+    assert (model.id, model.object) == ("default", "model") and model.owned_by
+    for hidden in ("premium", "nope"):  # locked for this plan, or no such alias
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.models.retrieve(hidden)
+        assert missing.value.body["code"] == "model_not_found"
+
+
 def test_chat_completion(sdk):
     completion = sdk.chat.completions.create(
         model="default",

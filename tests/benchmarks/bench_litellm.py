@@ -10,6 +10,11 @@ fake OpenAI upstream (asyncio, own process); wrk (one thread, 20 connections) dr
 ``POST /v1/chat/completions`` on each, plain and streaming, and the upstream directly.
 Prints requests/s and p50/p99 latency, and the latency each proxy adds to the direct
 call. One process each; LiteLLM without a database.
+
+The gateway's server also serves the floor (``floor.py``, benchmark settings only): a
+bare async view of the same project, middleware and server that forwards the body to
+the upstream with aiohttp and nothing else. What the gateway adds is reported beside
+what the floor adds, as a ratio. ``--without-litellm`` skips LiteLLM (no install).
 """
 
 from __future__ import annotations
@@ -98,15 +103,9 @@ def wrk(
     return parse_wrk(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--clients", type=int, default=20)
-    args = parser.parse_args()
-    litellm = ensure_litellm()
-    workdir = Path(tempfile.mkdtemp())
-    env = {
+def bench_env(workdir: Path) -> dict[str, str]:
+    """The gateway's environment in the benchmarks: production profile, own database."""
+    return {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "BENCH_UPSTREAM_KEY": "sk-upstream",
@@ -116,6 +115,34 @@ def main() -> None:
         "SECURE_SSL_REDIRECT": "False",
         "LLM_LOG_LEVEL": "WARNING",
         "DATABASE_URL": f"sqlite:///{workdir / 'gateway.sqlite3'}",
+    }
+
+
+def bootstrap(env: dict[str, str], config: Path) -> str:
+    """Migrate the database, import ``config`` with ``llm_bootstrap``; a user's token."""
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=ROOT, check=True)
+    subprocess.run(
+        [*manage, "llm_bootstrap", "--config", str(config)],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return run_django(env, TOKEN_CODE)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--without-litellm", action="store_true")
+    args = parser.parse_args()
+    litellm = None if args.without_litellm else ensure_litellm()
+    workdir = Path(tempfile.mkdtemp())
+    env = {
+        **bench_env(workdir),
         "LITELLM_MASTER_KEY": "sk-litellm-bench",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
@@ -127,22 +154,18 @@ def main() -> None:
         config = workdir / "config.yaml"
         config.write_text(CONFIG.format(upstream=upstream))
 
-        manage = [sys.executable, "manage.py"]
-        subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=ROOT, check=True)
-        subprocess.run(
-            [*manage, "llm_bootstrap", "--config", str(config)],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        token = run_django(env, TOKEN_CODE)
+        token = bootstrap(env, config)
 
         gw_port, ll_port = free_port(), free_port()
         cmd = server_command(args.server, gw_port)
-        procs.append(start(cmd, env, log=workdir / "gateway.log"))
-        procs.append(
-            start(
+        floor_env = {
+            **env,
+            "DJANGO_SETTINGS_MODULE": "tests.benchmarks.settings_floor",
+            "BENCH_FLOOR_UPSTREAM": upstream,
+        }
+        procs.append(start(cmd, floor_env, log=workdir / "gateway.log"))
+        if litellm is not None:
+            litellm_proc = start(
                 [
                     str(litellm),
                     "--config",
@@ -157,9 +180,10 @@ def main() -> None:
                 {k: v for k, v in env.items() if k != "DATABASE_URL"},  # LiteLLM: no DB
                 log=workdir / "litellm.log",
             )
-        )
+            procs.append(litellm_proc)
         wait_http(f"http://127.0.0.1:{gw_port}/api/schema/")
-        wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness")
+        if litellm is not None:
+            wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness")
 
         targets = {
             "direct (fake upstream)": (f"{upstream}/chat/completions", "gpt-4o-mini", "sk-x"),
@@ -168,12 +192,18 @@ def main() -> None:
                 "bench",
                 token,
             ),
-            "LiteLLM proxy 1.106.2": (
+            "bare Django view (floor)": (
+                f"http://127.0.0.1:{gw_port}/bench-floor/v1/chat/completions",
+                "gpt-4o-mini",
+                "none",
+            ),
+        }
+        if litellm is not None:
+            targets["LiteLLM proxy 1.106.2"] = (
                 f"http://127.0.0.1:{ll_port}/v1/chat/completions",
                 "bench",
                 "sk-litellm-bench",
-            ),
-        }
+            )
         print(
             f"{args.clients} connections, {args.seconds} s per series, one process each, "
             f"zero-latency upstream; machine: {os.cpu_count()} cores"
@@ -200,7 +230,13 @@ def main() -> None:
                     workdir=workdir,
                 )
             direct = results["direct (fake upstream)"]
-            print("streaming" if stream else "non-streaming")
+            floor = results["bare Django view (floor)"]["p50"] - direct["p50"]
+            gateway = results[f"llm_integration ({args.server})"]["p50"] - direct["p50"]
+            ratio = f"{gateway / floor:.1f}x" if floor > 0 else "n/a"
+            print(
+                f"{'streaming' if stream else 'non-streaming'} (the gateway adds {ratio} "
+                "what the floor adds)"
+            )
             for name, r in results.items():
                 added = (
                     ""
