@@ -394,6 +394,9 @@ def test_staff_make_list_change_and_revoke_anyones_keys(alice):
     assert status == 200 and changed["budget_usd"] == "0.00000001", changed
     assert changed["models"] == ["gpt", "other"]
     assert Budget.objects.get(api_key_id=created["id"]).scope == Budget.Scope.KEY
+    root = UserFactory(username="root", is_staff=True, is_superuser=True)
+    _, budgets, _ = Caller.token(root).call("get", "/api/v1/admin/budgets")
+    assert [(b["scope"], b["api_key"]) for b in budgets] == [("key", created["prefix"])]
     keys.key_ring.clear()  # another process: within the cache's 5 s
     assert Caller.key(created["key"]).chat("other")[1]["error"]["code"] == "budget_exceeded"
 

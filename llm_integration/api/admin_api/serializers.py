@@ -261,6 +261,9 @@ class BudgetSerializer(RowSerializer):
         required=False,
         allow_null=True,
     )
+    #: A key's own budget names its key (by prefix); it is made and removed with the
+    #: key (``/keys``), here only read and tuned.
+    api_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True)
 
     class Meta:
         model = Budget
@@ -272,6 +275,7 @@ class BudgetSerializer(RowSerializer):
             "alias",
             "plan",
             "user",
+            "api_key",
             "period",
             "limit_usd",
             "hard",
