@@ -140,6 +140,7 @@ class OpenAIModelsView(GatewayAPIView):
             )
         },
         summary="OpenAI-compatible model list",
+        operation_id="v1_models_list",
     )
     async def get(self, request):
         usable = await usable_aliases(request)
@@ -155,6 +156,7 @@ class OpenAIModelView(GatewayAPIView):
     @extend_schema(
         responses={200: inline_serializer("OpenAIModel", {"id": serializers.CharField()})},
         summary="One OpenAI-compatible model",
+        operation_id="v1_models_retrieve",
     )
     async def get(self, request, model: str):
         for alias in await usable_aliases(request):
