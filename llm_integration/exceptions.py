@@ -123,6 +123,13 @@ class RateLimited(LLMError):
     code = "rate_limited"
     type = "rate_limit_error"
 
+    def __init__(
+        self, message: str = "", *, retry_after: float | None = None, reason: str = ""
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        #: Which limit, without when to retry (for a message that adds its own wait).
+        self.reason = reason or self.message
+
 
 class RateLimitUnavailable(LLMError):
     """Rate limits cannot be checked right now (the shared cache is unreachable)."""

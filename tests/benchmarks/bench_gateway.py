@@ -43,6 +43,32 @@ def setup_django() -> None:
     call_command("migrate", verbosity=0)
 
 
+def bench_alias(fake, slug: str = "chat", **fields):
+    """An alias of ``slug`` on the benchmarks' provider (the fake OpenAI upstream ``fake``),
+    priced as gpt-4o-mini; made in a database thread by the caller."""
+    from decimal import Decimal
+
+    from llm_integration.models import ModelAlias, Provider
+
+    provider, _ = Provider.objects.get_or_create(
+        name="bench",
+        defaults={
+            "kind": "openai",
+            "base_url": fake.base_url,
+            "api_key_env": "BENCH_TEST_KEY",
+            "max_retries": 0,
+        },
+    )
+    return ModelAlias.objects.create(
+        slug=slug,
+        provider=provider,
+        upstream_model="gpt-4o-mini",
+        input_price_per_mtok=Decimal("0.15"),
+        output_price_per_mtok=Decimal("0.60"),
+        **fields,
+    )
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))] * 1000
@@ -68,27 +94,14 @@ async def run(n: int, growth: int) -> None:
     from django.contrib.auth import get_user_model
 
     from llm_integration.adapters.openai import OpenAIAdapter
-    from llm_integration.models import Budget, ModelAlias, Plan, Provider, UsageRecord
+    from llm_integration.models import Budget, Plan, UsageRecord
     from llm_integration.services.chat import Gateway
     from tests.fakes.openai import OpenAIFake
 
     fake = OpenAIFake().start()
 
     def rows():
-        provider = Provider.objects.create(
-            name="bench",
-            kind="openai",
-            base_url=fake.base_url,
-            api_key_env="BENCH_TEST_KEY",
-            max_retries=0,
-        )
-        ModelAlias.objects.create(
-            slug="chat",
-            provider=provider,
-            upstream_model="gpt-4o-mini",
-            input_price_per_mtok=Decimal("0.15"),
-            output_price_per_mtok=Decimal("0.60"),
-        )
+        bench_alias(fake)
         Plan.objects.create(slug="free", name="Free", rpm_limit=1_000_000)
         Budget.objects.create(name="global", limit_usd=Decimal("1000000"))
         return get_user_model().objects.create_user("bench", password="x")

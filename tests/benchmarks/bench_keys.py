@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.bench_gateway import pct, row, setup_django, timed  # noqa: E402
+from tests.benchmarks.bench_gateway import bench_alias, pct, row, setup_django, timed  # noqa: E402
 
 
 def authentication(n: int) -> None:
@@ -71,7 +71,6 @@ async def service_path(n: int) -> None:
     from asgiref.sync import sync_to_async
     from django.contrib.auth import get_user_model
 
-    from llm_integration.models import ModelAlias, Provider
     from llm_integration.services.chat import Gateway
     from llm_integration.services.policy import keys
     from tests.fakes.openai import OpenAIFake
@@ -79,20 +78,7 @@ async def service_path(n: int) -> None:
     fake = OpenAIFake().start()
 
     def rows():
-        provider = Provider.objects.create(
-            name="bench",
-            kind="openai",
-            base_url=fake.base_url,
-            api_key_env="BENCH_TEST_KEY",
-            max_retries=0,
-        )
-        alias = ModelAlias.objects.create(
-            slug="chat",
-            provider=provider,
-            upstream_model="gpt-4o-mini",
-            input_price_per_mtok=Decimal("0.15"),
-            output_price_per_mtok=Decimal("0.60"),
-        )
+        alias = bench_alias(fake)
         user = get_user_model().objects.create(username="bench-path")
         plain, _ = keys.issue(user, name="plain")
         limited, _ = keys.issue(

@@ -23,17 +23,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.bench_gateway import pct, row, setup_django, timed  # noqa: E402
+from tests.benchmarks.bench_gateway import bench_alias, pct, row, setup_django, timed  # noqa: E402
 
 
 async def run(n: int, waiters: int) -> None:
-    from decimal import Decimal
 
     from asgiref.sync import sync_to_async
     from django.conf import settings
     from django.contrib.auth import get_user_model
 
-    from llm_integration.models import ModelAlias, Plan, Provider, Subscription
+    from llm_integration.models import ModelAlias, Plan, Subscription
     from llm_integration.services.chat import Gateway
     from tests.fakes.openai import OpenAIFake
     from tests.fakes.server import Behaviour
@@ -41,22 +40,8 @@ async def run(n: int, waiters: int) -> None:
     fake = OpenAIFake().start()
 
     def rows():
-        provider = Provider.objects.create(
-            name="bench",
-            kind="openai",
-            base_url=fake.base_url,
-            api_key_env="BENCH_TEST_KEY",
-            max_retries=0,
-        )
         for slug, cap in (("open", None), ("roomy", 10**6), ("single", 1)):
-            ModelAlias.objects.create(
-                slug=slug,
-                provider=provider,
-                upstream_model="gpt-4o-mini",
-                input_price_per_mtok=Decimal("0.15"),
-                output_price_per_mtok=Decimal("0.60"),
-                max_concurrency=cap,
-            )
+            bench_alias(fake, slug, max_concurrency=cap)
         users = {}
         for priority in (0, 5, 10):
             plan = Plan.objects.create(

@@ -90,8 +90,8 @@ async def take_rate_limits(
     except QueueTimeout as timeout:
         if last and timeout.waited < 0.05:
             raise last[0] from None
-        message = last[0].message.split("; retry in")[0] if last else "Rate limit reached"
-        raise refused(message, timeout.waited, timeout.retry_after) from None
+        reason = last[0].reason if last else "Rate limit reached (requests ahead are waiting)"
+        raise refused(reason, timeout.waited, timeout.retry_after) from None
     return taken
 
 

@@ -75,6 +75,7 @@ class Queue:
         end), so a wait that ends before then gives up at once."""
         line = self.lines.get(scope)
         place = (-priority, next(self._arrivals))
+        hint: float | None = None  # the last attempt's answer (None: not asked yet)
         if not line or place < line[0].place:
             hint = await attempt()
             if hint is None:
@@ -89,10 +90,9 @@ class Queue:
         started = self.clock.monotonic()
         deadline = started + patience
         metrics.QUEUE_DEPTH.labels(kind).inc()
-        hint: float | None = 0.0
         try:
             while True:
-                if line[0] is waiter:
+                if line[0] is waiter and hint is None:  # (a newcomer that just asked waits)
                     hint = await attempt()
                     if hint is None:
                         waited = self.clock.monotonic() - started
@@ -106,6 +106,7 @@ class Queue:
                 pause = min(hint, remaining) if line[0] is waiter and hint else remaining
                 waiter.woken.clear()
                 await self._pause(waiter.woken, pause)
+                hint = None  # ask again
         finally:
             metrics.QUEUE_DEPTH.labels(kind).dec()
             line.remove(waiter)

@@ -163,11 +163,14 @@ class RateLimiter:
             if value > cap:
                 await self.release(taken)
                 what = "requests" if kind == "r" else "tokens"
-                raise RateLimited(
+                reason = (
                     f"Rate limit of {cap} {what} per minute reached"
-                    f"{' for ' + limit.label if limit.label else ''}; retry in "
-                    f"{math.ceil(retry_after)} s.",
+                    f"{' for ' + limit.label if limit.label else ''}"
+                )
+                raise RateLimited(
+                    f"{reason}; retry in {math.ceil(retry_after)} s.",
                     retry_after=math.ceil(retry_after),
+                    reason=reason,
                 )
         return taken
 
