@@ -42,32 +42,15 @@ from django.dispatch import receiver
 
 from . import exceptions as exc
 from .conf import llm_settings
-from .envelope import describe
+from .formats import ws
 from .services.accounting.pricing import format_money
-from .services.chat import ChatStream, Delta, ToolCallDelta, astream_chat, new_request_id
-from .services.chat.validation import TOOL_OPTIONS
+from .services.chat import ChatStream, astream_chat, new_request_id
 from .services.policy.keys import KeyGrant, KeyRefused, is_key, key_ring
-from .services.policy.rules import Labels
 from .signals import budget_alerts_fired
-from .text.fields import refuse_unknown
 
 logger = logging.getLogger("llm_integration.consumers")
 
 CLOSE_UNAUTHENTICATED = 4401
-#: The fields of a ``chat`` frame; any other is refused by name.
-CHAT_FRAME_FIELDS = frozenset(
-    {
-        "type",
-        "message",
-        "messages",
-        "model",
-        "temperature",
-        "max_tokens",
-        "task",
-        "tags",
-        *TOOL_OPTIONS,
-    }
-)
 
 
 def user_group(user_id: int) -> str:
@@ -176,15 +159,6 @@ def still_allowed(user_id: int, token: str | None) -> bool:
     if token is not None:
         return Token.objects.filter(key=token, user_id=user_id, user__is_active=True).exists()
     return get_user_model().objects.filter(pk=user_id, is_active=True).exists()
-
-
-def usage_payload(usage, cost) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "cost_usd": format_money(cost),
-    }
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -341,72 +315,26 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         try:
-            refuse_unknown(frame, CHAT_FRAME_FIELDS)
-            labels = Labels.parse(frame.get("task"), frame.get("tags"))
+            ask = ws.parse_chat(frame)
         except exc.InvalidRequest as error:
-            await self.send_error(error.code, error.message, param=error.param)
-            return
-        messages = frame.get("messages")
-        if messages is None and isinstance(frame.get("message"), str):
-            messages = [{"role": "user", "content": frame["message"]}]
-        if not isinstance(messages, list) or not messages:
-            await self.send_error("invalid_request", 'Send "messages": a non-empty list.')
-            return
-        model = frame.get("model")
-        if model is not None and not isinstance(model, str):
-            await self.send_error("invalid_request", '"model" must be an alias id.')
+            await self.send_json(ws.error(error))
             return
         stream = astream_chat(
-            user=self.user,
-            model=model or None,
-            messages=messages,
-            temperature=frame.get("temperature"),
-            max_tokens=frame.get("max_tokens"),
-            request_id=new_request_id(),
-            options={name: frame[name] for name in TOOL_OPTIONS if frame.get(name) is not None},
-            labels=labels,
-            key=self.key,
+            **ask.arguments(user=self.user, request_id=new_request_id(), key=self.key)
         )
         self.task = asyncio.create_task(self.run_chat(stream))
 
     async def run_chat(self, stream: ChatStream) -> None:
         request_id = stream.request_id
-        await self.send_json({"type": "start", "request_id": request_id})
+        await self.send_json(ws.start(request_id))
         try:
             async for event in stream:
-                if isinstance(event, Delta):
-                    await self.send_json({"type": "token", "content": event.text})
-                elif isinstance(event, ToolCallDelta):
-                    await self.send_json({"type": "tool_call", **event.as_event()})
-                else:
-                    await self.send_json(
-                        {
-                            "type": "done",
-                            "request_id": request_id,
-                            "usage": usage_payload(event.usage, event.cost_usd),
-                            "finish_reason": event.finish_reason,
-                        }
-                    )
+                await self.send_json(ws.frame(event, request_id))
         except asyncio.CancelledError:
             await stream.aclose()
-            outcome = stream.outcome
-            usage = usage_payload(outcome.usage, outcome.cost_usd) if outcome else None
-            await self.send_json(
-                {
-                    "type": "done",
-                    "request_id": request_id,
-                    "usage": usage,
-                    "finish_reason": "cancelled",
-                }
-            )
+            await self.send_json(ws.cancelled(stream.outcome, request_id))
         except exc.LLMError as error:
-            _status, code, _kind, message, retry_after = describe(error)
-            frame = {"type": "error", "code": code, "message": message, "request_id": request_id}
-            if getattr(error, "param", None) is not None:
-                frame["param"] = error.param  # the request field at fault
-            if retry_after is not None:
-                frame["retry_after"] = retry_after
-            await self.send_json(frame)
+            await self.send_json(ws.error(error, request_id))
 
     async def send_error(self, code: str, message: str, **extra: Any) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, **extra})

@@ -373,7 +373,7 @@ def tool_params(request: ChatRequest) -> dict[str, Any]:
     choice = request.tool_choice
     mode = choice.mode if choice is not None else ("auto" if request.tools else None)
     if mode is not None:
-        spec: dict[str, Any] = {"type": ANTHROPIC_CHOICE[mode]}
+        spec: dict[str, Any] = {"type": TOOL_CHOICES[mode]}
         if mode == "tool":
             spec["name"] = choice.name
         if request.parallel_tool_calls is False and mode != "none":
@@ -382,7 +382,17 @@ def tool_params(request: ChatRequest) -> dict[str, Any]:
     return params
 
 
-ANTHROPIC_CHOICE = {"auto": "auto", "none": "none", "required": "any", "tool": "tool"}
+#: The gateway's tool choice modes as Anthropic's ``tool_choice.type`` (the entrance
+#: that speaks Anthropic reads this backwards).
+TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any", "tool": "tool"}
+#: The gateway's finish reasons as Anthropic's ``stop_reason`` (its own words for them
+#: come back through ``untrusted.FINISH_SYNONYMS``, shared with other upstreams).
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
 
 
 def _input_tokens(usage: Any, provider: str) -> int | None:

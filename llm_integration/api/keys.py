@@ -16,12 +16,12 @@ from rest_framework import serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
+from ..formats.fields import StrictIntegerField
 from ..models import ApiKey, Budget, ModelAlias
 from ..services.accounting.pricing import format_money
 from ..services.policy import keys
 from ..text.fields import refuse_unknown
 from .authentication import key_of
-from .serializers import StrictIntegerField
 from .views import GatewayAPIView
 
 #: Keys a user may hold at once (revoked keys do not count).

@@ -1,88 +1,13 @@
-"""Request and response shapes of the REST API (validation and the OpenAPI schema).
+"""Response shapes of the REST API, for the OpenAPI schema (``/api/schema/``).
 
-The service validates meaning (roles, sizes, context window); these check types so a
-client gets a field-by-field 400, and document the API in ``/api/schema/``.
+Request shapes belong to their wire format (``llm_integration.formats``).
 """
 
 from __future__ import annotations
 
 from rest_framework import serializers
 
-ROLES = ("system", "user", "assistant", "tool")
-
-
-class ToolCallFunctionSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    arguments = serializers.CharField(help_text="The arguments as JSON text.")
-
-
-class ToolCallSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    type = serializers.ChoiceField(choices=("function",))
-    function = ToolCallFunctionSerializer()
-
-
-class MessageSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=ROLES)
-    content = serializers.CharField(allow_blank=True, allow_null=True, trim_whitespace=False)
-    tool_calls = ToolCallSerializer(
-        many=True, required=False, help_text="An assistant's tool calls, as they were answered."
-    )
-    tool_call_id = serializers.CharField(
-        required=False, help_text="For role tool: the call this message answers."
-    )
-
-
-class ChatRequestSerializer(serializers.Serializer):
-    message = serializers.CharField(
-        required=False,
-        trim_whitespace=False,
-        help_text="A single user message (or send `messages`).",
-    )
-    messages = MessageSerializer(many=True, required=False, allow_empty=False)
-    model = serializers.CharField(
-        required=False,
-        allow_blank=True,
-        max_length=100,
-        help_text="Alias id; the default alias when omitted.",
-    )
-    system_prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    stream = serializers.BooleanField(required=False, default=False)
-    task = serializers.CharField(
-        required=False, help_text="A task label routing rules may match (or X-LLM-Task)."
-    )
-    tags = serializers.ListField(
-        child=serializers.CharField(),
-        required=False,
-        help_text="Labels for cost reporting, recorded on the usage row (or X-LLM-Tags: a,b).",
-    )
-    tools = serializers.ListField(
-        child=serializers.DictField(),
-        required=False,
-        allow_null=True,
-        help_text="Function tools, in OpenAI's shape.",
-    )
-    tool_choice = serializers.JSONField(
-        required=False, allow_null=True, help_text="auto, none, required or a function."
-    )
-    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
-    response_format = serializers.DictField(
-        required=False, allow_null=True, help_text="json_object or json_schema, as OpenAI's."
-    )
-
-    def validate(self, attrs):
-        has_message, has_messages = "message" in attrs, "messages" in attrs
-        if has_message == has_messages:
-            raise serializers.ValidationError("Send either `message` or `messages`.")
-        return attrs
-
-    def conversation(self) -> list[dict[str, str]]:
-        data = self.validated_data
-        if "message" in data:
-            return [{"role": "user", "content": data["message"]}]
-        return [dict(m) for m in data["messages"]]
+from ..formats.rest import ToolCallSerializer
 
 
 class UsageSerializer(serializers.Serializer):
@@ -178,31 +103,3 @@ class UsageReportSerializer(serializers.Serializer):
     budgets = BudgetStatusSerializer(many=True)
     quotas = QuotaStatusSerializer(many=True)
     keys = KeyUsageSerializer(many=True)
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer: ``"100"`` (a string) or ``true`` is refused, as the REST API and
-    OpenAI's own API refuse them."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictFloatField(serializers.FloatField):
-    """A JSON number, not a string of one."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictBooleanField(serializers.BooleanField):
-    """A JSON ``true`` or ``false``, not ``"yes"`` or ``1``."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, bool):
-            self.fail("invalid", input=data)
-        return data

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from adrf.views import APIView
@@ -27,24 +25,14 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from ..conf import llm_settings
-from ..envelope import envelope
-from ..services.accounting.pricing import format_money
+from ..formats import rest
+from ..formats.streams import event_stream_response, opened
 from ..services.accounting.reports import usage_report
 from ..services.accounting.usage import CSV_FIELDS, CSV_LOOKUPS, csv_row
-from ..services.chat import (
-    ChatResult,
-    Delta,
-    ToolCallDelta,
-    achat,
-    astream_chat,
-    new_request_id,
-)
-from ..services.chat.validation import TOOL_OPTIONS
+from ..services.chat import achat, astream_chat, new_request_id
 from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
-from ..services.policy.keys import KeyGrant
-from ..services.policy.rules import NO_LABELS, Labels
-from ..text.fields import refuse_unknown
+from ..services.policy.rules import Labels
 from . import serializers as s
 from .authentication import key_of
 from .errors import error_response
@@ -88,15 +76,6 @@ async def csv_rows(filters: dict):
         # sees a download that failed rather than a file that looks whole.
         logger.exception("llm.usage_export_failed", extra={"after_id": last})
         raise
-
-
-def usage_payload(usage, cost) -> dict:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "cost_usd": format_money(cost),
-    }
 
 
 class Envelope:
@@ -174,149 +153,21 @@ class ModelListView(GatewayAPIView):
         )
 
 
-def _typed(data: dict, name: str, types: tuple[type, ...], label: str):
-    value = data.get(name)
-    if value is not None and (
-        not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-    ):
-        raise drf.ValidationError({name: [f"Must be {label}."]})
-    return value
-
-
-#: The fields of ``POST /api/v1/chat``; any other is refused by name.
-CHAT_FIELDS = frozenset(s.ChatRequestSerializer().fields)
-
-
-def parse_chat_body(data, headers: Labels = NO_LABELS) -> dict:
-    """Types and shape of a chat request (the service checks ranges, roles and sizes).
-
-    Plain checks rather than a DRF serializer on this hot path: a serializer deep-copies
-    its fields for every request. ``ChatRequestSerializer`` documents the same shape.
-    """
-    if not isinstance(data, dict):
-        raise drf.ValidationError("Send a JSON object.")
-    refuse_unknown(data, CHAT_FIELDS)
-    if ("message" in data) == ("messages" in data):
-        raise drf.ValidationError("Send either `message` or `messages`.")
-    if "message" in data:
-        message = _typed(data, "message", (str,), "text")
-        if message is None:
-            raise drf.ValidationError({"message": ["Must be text."]})
-        messages = [{"role": "user", "content": message}]
-    else:
-        messages = data["messages"]
-    model = _typed(data, "model", (str,), "an alias id")
-    if model is not None and len(model) > 100:
-        raise drf.ValidationError({"model": ["Must be at most 100 characters."]})
-    return {
-        "messages": messages,
-        "model": model,
-        "system_prompt": _typed(data, "system_prompt", (str,), "text"),
-        "temperature": _typed(data, "temperature", (int, float), "a number"),
-        "max_tokens": _typed(data, "max_tokens", (int,), "a whole number"),
-        "stream": bool(_typed(data, "stream", (bool,), "true or false")),
-        "options": {name: data[name] for name in TOOL_OPTIONS if data.get(name) is not None},
-        "labels": Labels.parse(data.get("task"), data.get("tags")).merged(headers),
-    }
-
-
-def sse(data: dict) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def as_response(reply: dict | AsyncIterator[bytes]):
-    """A view's answer: JSON, or server-sent events."""
-    if isinstance(reply, dict):
-        return Response(reply)
-    return StreamingHttpResponse(reply, content_type="text/event-stream", headers=SSE_HEADERS)
-
-
-async def chat_reply(
-    user, payload, request_id: str, headers: Labels = NO_LABELS, key: KeyGrant | None = None
-) -> dict | AsyncIterator[bytes]:
-    """``POST /api/v1/chat`` without its HTTP: the JSON answer, or the server-sent events
-    of a stream (already past its first event: failures before the first token raise,
-    to get their own status). ``headers``: the labels of ``X-LLM-Task``/``X-LLM-Tags``."""
-    data = parse_chat_body(payload, headers)
-    kwargs = {
-        "user": user,
-        "model": data.get("model") or None,
-        "messages": data["messages"],
-        "system_prompt": data.get("system_prompt"),
-        "temperature": data.get("temperature"),
-        "max_tokens": data.get("max_tokens"),
-        "request_id": request_id,
-        "options": data["options"],
-        "labels": data["labels"],
-        "key": key,
-    }
-    if data.get("stream"):
-        return await chat_events(kwargs, request_id)
-    result: ChatResult = await achat(**kwargs)
-    body = {
-        "answer": result.answer,
-        "model": result.model,
-        "request_id": result.request_id,
-        "cached": result.cached,
-        "finish_reason": result.finish_reason,
-        "tool_calls": [call.as_openai() for call in result.tool_calls],
-        "usage": usage_payload(result.usage, result.cost_usd),
-    }
-    if result.degraded:
-        body["degraded"] = True
-    return body
-
-
-async def chat_events(kwargs: dict, request_id: str) -> AsyncIterator[bytes]:
-    stream = astream_chat(**kwargs)
-    # Everything that can fail before the first token (input, plan, limits, budgets,
-    # every upstream down) fails here, with its own HTTP status.
-    first = await anext(stream)
-
-    async def events() -> AsyncIterator[bytes]:
-        event = first
-        try:
-            while True:
-                if isinstance(event, Delta):
-                    yield sse({"delta": event.text})
-                elif isinstance(event, ToolCallDelta):
-                    yield sse({"tool_call": event.as_event()})
-                else:
-                    yield sse(
-                        {
-                            "done": True,
-                            "usage": usage_payload(event.usage, event.cost_usd),
-                            "model": event.model,
-                            "finish_reason": event.finish_reason,
-                            "request_id": request_id,
-                        }
-                    )
-                    return
-                event = await anext(stream)
-        except Exception as error:  # after the 200 has gone out: an error event
-            body, _status, _headers = envelope(error, request_id=request_id)
-            yield sse(body)
-        finally:
-            await stream.aclose()  # a client that went away: recorded as cancelled
-
-    return events()
-
-
 class ChatView(GatewayAPIView):
     @extend_schema(
-        request=s.ChatRequestSerializer,
+        request=rest.ChatRequestSerializer,
         responses={200: s.ChatResponseSerializer, **ERRORS},
         summary="Chat with a model (JSON, or server-sent events with stream: true)",
     )
     async def post(self, request):
-        headers = Labels.from_headers(request.META)
-        reply = await chat_reply(
-            request.user, request.data, self.request_id, headers, key_of(request)
+        ask = rest.parse(request.data, Labels.from_headers(request.META))
+        arguments = ask.arguments(
+            user=request.user, request_id=self.request_id, key=key_of(request)
         )
-        return as_response(reply)
+        if ask.stream:
+            body = await opened(astream_chat(**arguments), rest.RestStream(self.request_id))
+            return event_stream_response(body)
+        return Response(rest.answer(await achat(**arguments)))
 
 
 def user_id_range() -> tuple[int, int]:

@@ -15,8 +15,8 @@ from asgiref.sync import sync_to_async
 from rest_framework import exceptions as drf
 from rest_framework.authtoken.models import Token
 
-from llm_integration.api.anthropic_views import anthropic_error
 from llm_integration.envelope import envelope
+from llm_integration.formats.anthropic import anthropic_error
 from llm_integration.models import UsageRecord
 from tests.api.test_rest_api import client_for
 from tests.factories import ModelAliasFactory, ProviderFactory, UserFactory
