@@ -13,7 +13,12 @@ DURATION = Histogram(
     ["alias", "provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
-TOKENS = Counter("llm_tokens_used_total", "Tokens used.", ["alias", "provider", "type"])
+TOKENS = Counter(
+    "llm_tokens_used_total",
+    "Tokens used, by type: prompt (all input), completion, and of the prompt's, "
+    "cache_read and cache_write (the upstream's prompt cache).",
+    ["alias", "provider", "type"],
+)
 CACHE_HITS = Counter("llm_cache_hits_total", "Answers served from the response cache.", ["alias"])
 ERRORS = Counter(
     "llm_errors_total", "Failed requests by error code.", ["alias", "provider", "error_type"]
@@ -48,6 +53,8 @@ def observe(
     prompt_tokens: int,
     completion_tokens: int,
     cost: float,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
     error_type: str = "",
     cached: bool = False,
 ) -> None:
@@ -57,6 +64,10 @@ def observe(
         TOKENS.labels(alias, provider, "prompt").inc(prompt_tokens)
     if completion_tokens:
         TOKENS.labels(alias, provider, "completion").inc(completion_tokens)
+    if cache_read_tokens:
+        TOKENS.labels(alias, provider, "cache_read").inc(cache_read_tokens)
+    if cache_write_tokens:
+        TOKENS.labels(alias, provider, "cache_write").inc(cache_write_tokens)
     if cost:
         COST.labels(alias, provider).inc(cost)
     if cached:

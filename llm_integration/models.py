@@ -125,6 +125,25 @@ class ModelAlias(models.Model):
         validators=[MinValueValidator(ZERO)],
         **PRICE,
     )
+    cache_read_price_per_mtok = models.DecimalField(
+        "cache read price (USD / 1M tokens)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(ZERO)],
+        help_text="Prompt tokens read from the upstream's prompt cache. Blank: 0.1× the "
+        "input price for Anthropic providers, the input price for others.",
+        **PRICE,
+    )
+    cache_write_price_per_mtok = models.DecimalField(
+        "cache write price (USD / 1M tokens)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(ZERO)],
+        help_text="Prompt tokens written to the upstream's prompt cache. Blank: 1.25× the "
+        "input price for Anthropic providers (2× for writes kept an hour), the input price "
+        "for others.",
+        **PRICE,
+    )
     context_window = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(1)])
     default_max_tokens = models.PositiveIntegerField(
         default=1024,
@@ -442,6 +461,9 @@ class UsageRecord(models.Model):
     upstream_model = models.CharField(max_length=200, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    #: Of the prompt tokens, those read from and written to the upstream's prompt cache.
+    cache_read_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=False)
     cost_usd = models.DecimalField(default=ZERO, **MONEY)
     unbilled_cost_usd = models.DecimalField(

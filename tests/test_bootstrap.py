@@ -233,6 +233,8 @@ model_list:
       api_key: os.environ/ANTHROPIC_API_KEY
       input_cost_per_token: 0.000003
       output_cost_per_token: 0.000015
+      cache_read_input_token_cost: 0.0000003
+      cache_creation_input_token_cost: 0.00000375
   - model_name: llama
     litellm_params:
       model: ollama_chat/llama3.2
@@ -282,7 +284,13 @@ def test_litellm_config_import(env, tmp_path):
     assert (qwen.supports_tools, qwen.supports_response_format, qwen.mode) == (False, False, "chat")
     assert (gpt.supports_tools, gpt.supports_response_format) == (True, True)
     assert ModelAlias.objects.get(slug="embed").mode == "embedding"
-    assert ModelAlias.objects.get(slug="claude").provider.kind == "anthropic"
+    claude = ModelAlias.objects.select_related("provider").get(slug="claude")
+    assert claude.provider.kind == "anthropic"
+    assert (claude.cache_read_price_per_mtok, claude.cache_write_price_per_mtok) == (
+        Decimal("0.3"),
+        Decimal("3.75"),
+    )
+    assert gpt.cache_read_price_per_mtok is None  # blank: the kind's default
     assert ModelAlias.objects.get(slug="llama").provider.kind == "ollama"
     proxy = ModelAlias.objects.get(slug="proxy").provider
     assert proxy.kind == "openai_compatible" and proxy.api_key_env == ""

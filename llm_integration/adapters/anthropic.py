@@ -38,6 +38,7 @@ from .base import (
     max_upstream_bytes,
     parse_retry_after,
 )
+from .caching import mark_of, with_mark
 from .http import (
     CONNECT_TIMEOUTS,
     IDENTITY,
@@ -97,8 +98,8 @@ class AnthropicAdapter(BaseLLMAdapter):
             "messages": anthropic_messages(request.conversation),
         }
         params.update(tool_params(request))
-        if request.system_prompt:
-            params["system"] = request.system_prompt
+        if system := system_param(request):
+            params["system"] = system
         sampling: dict[str, Any] = {}
         if request.temperature is not None:
             if request.temperature > 1.0:
@@ -203,11 +204,13 @@ class AnthropicAdapter(BaseLLMAdapter):
                 text, calls = "".join(call.arguments for call in calls) or text, ()
                 stop_reason = "end_turn" if stop_reason == "tool_use" else stop_reason
             usage = message.usage
+            counts = prompt_counts(usage, self.provider_name)
             usage = self._reported_usage(
-                _input_tokens(usage, self.provider_name),
+                counts.pop("prompt"),
                 getattr(usage, "output_tokens", None),
                 request,
                 text + "".join(c.name + c.arguments for c in calls),
+                **counts,
             )
             model, message_id = clean(str(message.model or self.model)), clean(str(message.id))
         except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
@@ -227,7 +230,7 @@ class AnthropicAdapter(BaseLLMAdapter):
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parts: list[str] = []
-        prompt_tokens: Any = None
+        prompt: dict[str, Any] = {"prompt": None}  # prompt_counts of the latest report
         output_tokens: Any = None
         stop_reason: str | None = None
         finished = started = False
@@ -240,7 +243,7 @@ class AnthropicAdapter(BaseLLMAdapter):
                 async for event in stream:
                     kind = event.type
                     if kind == "message_start":
-                        prompt_tokens = _input_tokens(event.message.usage, self.provider_name)
+                        prompt = prompt_counts(event.message.usage, self.provider_name)
                     elif kind == "content_block_start":
                         block = event.content_block
                         if getattr(block, "type", "") == "tool_use" and not formatted:
@@ -273,8 +276,8 @@ class AnthropicAdapter(BaseLLMAdapter):
                         stop_reason = event.delta.stop_reason or stop_reason
                         if event.usage and event.usage.output_tokens is not None:
                             output_tokens = event.usage.output_tokens  # cumulative
-                        if getattr(event.usage, "input_tokens", None):
-                            prompt_tokens = _input_tokens(event.usage, self.provider_name)
+                        if getattr(event.usage, "input_tokens", None):  # cumulative too
+                            prompt = prompt_counts(event.usage, self.provider_name)
                     elif kind == "message_stop":
                         finished = True
         except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
@@ -289,7 +292,10 @@ class AnthropicAdapter(BaseLLMAdapter):
                 f"{self.provider_name} ended the stream early.", provider=self.provider_name
             )
             raise self._partial(error, request, parts)
-        usage = self._reported_usage(prompt_tokens, output_tokens, request, "".join(parts))
+        counts = dict(prompt)
+        usage = self._reported_usage(
+            counts.pop("prompt"), output_tokens, request, "".join(parts), **counts
+        )
         if formatted and stop_reason == "tool_use":
             stop_reason = "end_turn"
         finish = finish_reason(stop_reason, self.provider_name)
@@ -307,40 +313,55 @@ class AnthropicAdapter(BaseLLMAdapter):
 def anthropic_messages(conversation: list[Message]) -> list[dict[str, Any]]:
     """OpenAI-shaped turns as Anthropic's: an assistant's tool calls become ``tool_use``
     blocks, tool results ``tool_result`` blocks of a user turn; consecutive turns of one
-    role merge (the API wants user and assistant to alternate)."""
+    role merge (the API wants user and assistant to alternate). Prompt caching marks go
+    on the blocks they were on."""
     turns: list[dict[str, Any]] = []
     for i, m in enumerate(conversation):
         role = "user" if m.role == "tool" else m.role
         if m.role == "tool":
-            blocks = [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
-        elif m.images:
-            blocks = [
-                p.as_anthropic(f"messages[{i}].content")
-                if isinstance(p, ImagePart)
-                else {"type": "text", "text": p}
-                for p in m.parts
-            ]
+            marks = [mark for p in m.parts if (mark := mark_of(p)) is not None]
+            result = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}
+            blocks = [with_mark(result, marks[-1] if marks else None)]
         else:
-            blocks = [{"type": "text", "text": m.content}] if m.content else []
+            blocks = content_blocks(m, f"messages[{i}].content")
             for call in m.tool_calls:
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.id,
-                        "name": call.name,
-                        "input": call.arguments_object(f"messages[{i}].tool_calls"),
-                    }
-                )
+                use = {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": call.arguments_object(f"messages[{i}].tool_calls"),
+                }
+                blocks.append(with_mark(use, call.cache_control))
         if turns and turns[-1]["role"] == role:
             previous = turns[-1]["content"]
             if isinstance(previous, str):
                 previous = turns[-1]["content"] = [{"type": "text", "text": previous}]
             previous.extend(blocks)
-        elif not m.tool_calls and m.role != "tool" and not m.images:
+        elif not m.tool_calls and m.role != "tool" and not m.parts:
             turns.append({"role": role, "content": m.content})
         else:
             turns.append({"role": role, "content": blocks})
     return turns
+
+
+def content_blocks(message: Message, where: str) -> list[dict[str, Any]]:
+    """A message's text and images as Anthropic's blocks, in order, with their marks."""
+    if not message.parts:
+        return [{"type": "text", "text": message.content}] if message.content else []
+    return [
+        part.as_anthropic(where)
+        if isinstance(part, ImagePart)
+        else with_mark({"type": "text", "text": str(part)}, mark_of(part))
+        for part in message.parts
+    ]
+
+
+def system_param(request: ChatRequest) -> str | list[dict[str, Any]] | None:
+    """The system prompt: text, or text blocks when one of them is marked for caching."""
+    systems = [m for m in request.messages if m.role == "system"]
+    if not any(mark_of(part) is not None for m in systems for part in m.parts):
+        return request.system_prompt
+    return [block for i, m in enumerate(systems) for block in content_blocks(m, f"system[{i}]")]
 
 
 def tool_params(request: ChatRequest) -> dict[str, Any]:
@@ -365,9 +386,12 @@ def tool_params(request: ChatRequest) -> dict[str, Any]:
         return params
     if request.tools:
         params["tools"] = [
-            {"name": t.name, "description": t.description, "input_schema": t.input_schema}
-            if t.description
-            else {"name": t.name, "input_schema": t.input_schema}
+            with_mark(
+                {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                if t.description
+                else {"name": t.name, "input_schema": t.input_schema},
+                t.cache_control,
+            )
             for t in request.tools
         ]
     choice = request.tool_choice
@@ -393,6 +417,18 @@ STOP_REASONS = {
     "tool_calls": "tool_use",
     "content_filter": "refusal",
 }
+
+
+def prompt_counts(usage: Any, provider: str) -> dict[str, Any]:
+    """Anthropic's input counts as ``_reported_usage``'s arguments: the prompt (input,
+    cache writes and cache reads together), and the cache counts as reported."""
+    creation = getattr(usage, "cache_creation", None)
+    return {
+        "prompt": _input_tokens(usage, provider),
+        "cache_read": getattr(usage, "cache_read_input_tokens", None),
+        "cache_write": getattr(usage, "cache_creation_input_tokens", None),
+        "cache_write_1h": getattr(creation, "ephemeral_1h_input_tokens", None),
+    }
 
 
 def _input_tokens(usage: Any, provider: str) -> int | None:

@@ -30,6 +30,7 @@ from ..conf import llm_settings
 from ..redaction import keys, redact_secret
 from ..text.tokens import count_message_tokens, count_text_tokens, estimate_text_tokens
 from ..text.unicode import clean
+from .caching import mark_of
 from .http import (
     CONNECT_TIMEOUTS,
     IDENTITY,
@@ -133,6 +134,20 @@ class ChatRequest:
         return any(m.images for m in self.messages)
 
     @property
+    def cache_ttl(self) -> str:
+        """``1h`` or ``5m``: how long the longest-lived prompt caching mark of the request
+        keeps what it marks ("" for a request without one: nothing can be written)."""
+        lasts = {
+            mark.lasts
+            for item in (
+                *self.tools,
+                *(part for m in self.messages for part in (*m.parts, *m.tool_calls)),
+            )
+            if (mark := mark_of(item)) is not None
+        }
+        return "1h" if "1h" in lasts else ("5m" if lasts else "")
+
+    @property
     def system_prompt(self) -> str | None:
         parts = [m.content for m in self.messages if m.role == "system"]
         return "\n\n".join(parts) if parts else None
@@ -144,9 +159,21 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """What a call used. ``prompt_tokens`` counts every input token; of those,
+    ``cache_read_tokens`` came from the upstream's prompt cache and
+    ``cache_write_tokens`` were written to it (``cache_write_1h_tokens`` of them kept
+    an hour), each priced on its own."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cache_read_tokens - self.cache_write_tokens
 
     @property
     def total_tokens(self) -> int:
@@ -516,21 +543,51 @@ class BaseLLMAdapter(ABC):
         return redact_secret(clean(text[:MAX_QUOTED]), self._api_key)
 
     def _reported_usage(
-        self, prompt: Any, completion: Any, request: ChatRequest, text: str
+        self,
+        prompt: Any,
+        completion: Any,
+        request: ChatRequest,
+        text: str,
+        *,
+        cache_read: Any = None,
+        cache_write: Any = None,
+        cache_write_1h: Any = None,
     ) -> Usage:
         """The upstream's counts where they are counts (``untrusted.token_count``); an
-        estimate in place of each that is missing or is not, flagged as such."""
+        estimate in place of each that is missing or is not, flagged as such. Cache
+        counts are kept when they are counts that fit in the prompt's, else left out
+        (their tokens priced as plain input) and logged."""
         p, c = token_count(prompt), token_count(completion)
         if p is not None and c is not None:
-            return Usage(prompt_tokens=p, completion_tokens=c)
-        for field, raw, value in (("prompt", prompt, p), ("completion", completion, c)):
-            if raw is not None and value is None:
-                log_bad_count(self.provider_name, field, raw)
-        guess = self._estimate_usage(request, text)
-        return Usage(
-            prompt_tokens=guess.prompt_tokens if p is None else p,
-            completion_tokens=guess.completion_tokens if c is None else c,
-            estimated=True,
+            usage = Usage(prompt_tokens=p, completion_tokens=c)
+        else:
+            for field, raw, value in (("prompt", prompt, p), ("completion", completion, c)):
+                if raw is not None and value is None:
+                    log_bad_count(self.provider_name, field, raw)
+            guess = self._estimate_usage(request, text)
+            usage = Usage(
+                prompt_tokens=guess.prompt_tokens if p is None else p,
+                completion_tokens=guess.completion_tokens if c is None else c,
+                estimated=True,
+            )
+        if cache_read is None and cache_write is None:
+            return usage
+        cached = [
+            (field, raw, token_count(0 if raw is None else raw))
+            for field, raw in (
+                ("cache_read", cache_read),
+                ("cache_write", cache_write),
+                ("cache_write_1h", cache_write_1h),
+            )
+        ]
+        read, write, write_1h = (value for _field, _raw, value in cached)
+        if p is None or None in (read, write, write_1h) or read + write > p or write_1h > write:
+            for field, raw, _value in cached:
+                if raw is not None:
+                    log_bad_count(self.provider_name, field, raw)
+            return usage
+        return dataclasses.replace(
+            usage, cache_read_tokens=read, cache_write_tokens=write, cache_write_1h_tokens=write_1h
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..text.fields import refuse_unknown
+from .caching import CacheControl, with_mark
 
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 DATA_URL = re.compile(r"^data:(image/[a-z]+);base64,(.*)$", re.DOTALL)
@@ -32,6 +33,8 @@ class ImagePart:
     media_type: str = ""
     data: str = ""
     size: int = 0
+    #: A prompt caching mark (Anthropic upstreams only).
+    cache_control: CacheControl | None = None
 
     @property
     def inline(self) -> bool:
@@ -49,7 +52,7 @@ class ImagePart:
             source = {"type": "base64", "media_type": self.media_type, "data": self.data}
         else:
             source = {"type": "url", "url": self.url}
-        return {"type": "image", "source": source}
+        return with_mark({"type": "image", "source": source}, self.cache_control)
 
     def refuse_detail(self, where: str, kind: str) -> None:
         """``detail`` is OpenAI's; elsewhere only ``auto`` (the default) means anything."""

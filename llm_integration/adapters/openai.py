@@ -254,8 +254,14 @@ class OpenAIAdapter(BaseLLMAdapter):
         """The answer's ``usage`` object, checked; estimated when it is missing."""
         if not isinstance(data, dict):
             return self._estimate_usage(request, text)
+        details = data.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return self._reported_usage(
-            data.get("prompt_tokens"), data.get("completion_tokens"), request, text
+            data.get("prompt_tokens"),
+            data.get("completion_tokens"),
+            request,
+            text,
+            cache_read=cached or None,  # OpenAI's cached tokens are reads; writes are free
         )
 
     def _tool_call_delta(self, piece: Any, calls: dict[Any, int]) -> ToolCallDelta:

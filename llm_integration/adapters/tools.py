@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..text.fields import refuse_unknown
+from .caching import CacheControl, parse_cache_control
 
 #: OpenAI's rule for function names (Anthropic's is the same).
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -31,6 +32,8 @@ class Tool:
     description: str = ""
     parameters: Mapping[str, Any] | None = None
     strict: bool | None = None
+    #: A prompt caching mark (Anthropic upstreams only).
+    cache_control: CacheControl | None = None
 
     def as_openai(self) -> dict[str, Any]:
         function: dict[str, Any] = {"name": self.name}
@@ -55,6 +58,8 @@ class ToolCall:
     id: str
     name: str
     arguments: str = "{}"
+    #: A prompt caching mark (Anthropic upstreams only).
+    cache_control: CacheControl | None = None
 
     def as_openai(self) -> dict[str, Any]:
         return {
@@ -169,7 +174,7 @@ def parse_tools(value: Any) -> tuple[Tool, ...]:
         where = f"tools[{i}]"
         if not isinstance(item, dict) or item.get("type") != "function":
             raise _refuse(f'{where} must be {{"type": "function", "function": {{...}}}}.', where)
-        _check_fields(item, {"type", "function"}, where)
+        _check_fields(item, {"type", "function", "cache_control"}, where)
         function = item.get("function")
         if not isinstance(function, dict):
             raise _refuse(f"{where}.function must be an object.", f"{where}.function")
@@ -196,7 +201,8 @@ def parse_tools(value: Any) -> tuple[Tool, ...]:
             raise _refuse(f"{where}.function.strict must be true or false.", where)
         if any(t.name == name for t in tools):
             raise _refuse(f"Two tools are named {name!r}.", f"{where}.function.name")
-        tools.append(Tool(name, description, parameters, strict))
+        mark = parse_cache_control(item.get("cache_control"), where)
+        tools.append(Tool(name, description, parameters, strict, mark))
     return tuple(tools)
 
 
@@ -248,9 +254,11 @@ def parse_tool_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
                 '{"name": ..., "arguments": "<JSON text>"}}.',
                 at,
             )
-        _check_fields(item, {"id", "type", "function", "index"}, at)
+        _check_fields(item, {"id", "type", "function", "index", "cache_control"}, at)
         _check_fields(function, {"name", "arguments"}, f"{at}.function")
-        calls.append(ToolCall(item["id"], function["name"], function.get("arguments") or "{}"))
+        mark = parse_cache_control(item.get("cache_control"), at)
+        arguments = function.get("arguments") or "{}"
+        calls.append(ToolCall(item["id"], function["name"], arguments, mark))
     return tuple(calls)
 
 

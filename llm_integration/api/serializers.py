@@ -14,6 +14,15 @@ class UsageSerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
+    cache_read_tokens = serializers.IntegerField(
+        required=False,
+        help_text="Of the prompt tokens, those read from the upstream's prompt cache "
+        "(present when the upstream read or wrote any).",
+    )
+    cache_write_tokens = serializers.IntegerField(
+        required=False,
+        help_text="Of the prompt tokens, those written to the upstream's prompt cache.",
+    )
     cost_usd = serializers.CharField(help_text="USD as a decimal string.")
 
 
@@ -54,6 +63,8 @@ class PeriodUsageSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
+    cache_read_tokens = serializers.IntegerField()
+    cache_write_tokens = serializers.IntegerField()
     cost_usd = serializers.CharField()
     by_status = serializers.DictField(child=serializers.IntegerField())
     by_model = serializers.DictField(child=serializers.DictField())

@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 from .. import exceptions as exc
 from ..adapters.anthropic import STOP_REASONS, TOOL_CHOICES
+from ..adapters.caching import parse_cache_control
 from ..envelope import describe, retry_headers
 from ..services.chat import ChatResult, ChatStream, Delta, Done, ToolCallDelta
 from ..services.policy.rules import NO_LABELS, Labels
@@ -80,29 +81,76 @@ def _invalid(message: str, param: str) -> exc.InvalidRequest:
     return exc.InvalidRequest(message, param=param)
 
 
-def _text_of(content: Any, where: str) -> str:
-    """A string, or a list of text blocks, as one text."""
+def marked(part: dict[str, Any], block: dict[str, Any], where: str) -> dict[str, Any]:
+    """``part`` with the block's ``cache_control``, if it has one (checked here, to name
+    it where the client put it)."""
+    if block.get("cache_control") is not None:
+        parse_cache_control(block["cache_control"], where)
+        part["cache_control"] = block["cache_control"]
+    return part
+
+
+def text_part(block: Any, where: str) -> dict[str, Any]:
+    """A text block as OpenAI's text part."""
+    if not isinstance(block, dict) or block.get("type") != "text":
+        raise exc.UnsupportedContent(f"{where}: only text blocks are supported here.", param=where)
+    refuse_unknown(block, {"type", "text", "cache_control"}, prefix=f"{where}.")
+    if not isinstance(block.get("text"), str):
+        raise _invalid(f"{where}.text must be text.", f"{where}.text")
+    return marked({"type": "text", "text": block["text"]}, block, where)
+
+
+def text_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    """A string, or a list of text blocks, as OpenAI's text parts."""
     if isinstance(content, str):
-        return content
+        return [{"type": "text", "text": content}]
     if isinstance(content, list):
-        texts = []
-        for j, block in enumerate(content):
-            if not isinstance(block, dict) or block.get("type") != "text":
-                raise exc.UnsupportedContent(
-                    f"{where}[{j}]: only text blocks are supported here.", param=f"{where}[{j}]"
-                )
-            refuse_unknown(block, {"type", "text"}, prefix=f"{where}[{j}].")
-            if not isinstance(block.get("text"), str):
-                raise _invalid(f"{where}[{j}].text must be text.", f"{where}[{j}].text")
-            texts.append(block["text"])
-        return "".join(texts)
+        return [text_part(block, f"{where}[{j}]") for j, block in enumerate(content)]
     raise _invalid(f"{where} must be text or a list of text blocks.", where)
+
+
+def collapsed(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The parts as one text, unless that would lose an image or a caching mark."""
+    if any(part["type"] != "text" or "cache_control" in part for part in parts):
+        return parts
+    return "".join(part["text"] for part in parts)
+
+
+def tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """A ``tool_result`` block as a ``tool`` message (an ``is_error`` result's text
+    starts with ``Error:``; a mark on the block goes on its last part)."""
+    refuse_unknown(
+        block, {"type", "tool_use_id", "content", "is_error", "cache_control"}, prefix=f"{where}."
+    )
+    parts = text_parts(block.get("content") or "", f"{where}.content") or [
+        {"type": "text", "text": ""}
+    ]
+    if block.get("is_error") is True:
+        parts[0] = {**parts[0], "text": f"Error: {parts[0]['text']}"}
+    marked(parts[-1], block, where)
+    return {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": collapsed(parts)}
+
+
+def tool_call(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """A ``tool_use`` block as one of an assistant's ``tool_calls``."""
+    refuse_unknown(block, {"type", "id", "name", "input", "cache_control"}, prefix=f"{where}.")
+    if not isinstance(block.get("input"), dict):
+        raise _invalid(f"{where}.input must be an object.", f"{where}.input")
+    call = {
+        "id": block.get("id"),
+        "type": "function",
+        "function": {
+            "name": block.get("name"),
+            "arguments": json.dumps(block["input"], ensure_ascii=False),
+        },
+    }
+    return marked(call, block, where)
 
 
 def conversation(messages: Any) -> list[dict[str, Any]]:
     """Anthropic turns as the gateway's OpenAI-shaped messages: ``tool_use`` blocks
-    become an assistant's ``tool_calls``, ``tool_result`` blocks ``tool`` messages (an
-    ``is_error`` result's text starts with ``Error:``)."""
+    become an assistant's ``tool_calls``, ``tool_result`` blocks ``tool`` messages;
+    ``cache_control`` stays on the part it was on."""
     if not isinstance(messages, list) or not messages:
         raise _invalid("messages must be a non-empty list.", "messages")
     out: list[dict[str, Any]] = []
@@ -119,7 +167,6 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
             continue
         if not isinstance(content, list):
             raise _invalid(f"{where}.content must be text or a list of blocks.", where)
-        texts: list[str] = []
         parts: list[dict[str, Any]] = []  # text and images, in order (OpenAI's parts)
         calls: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
@@ -127,55 +174,32 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
             at = f"{where}.content[{j}]"
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                texts.append(_text_of([block], f"{where}.content"))
-                parts.append({"type": "text", "text": texts[-1]})
+                parts.append(text_part(block, at))
             elif kind == "image" and role == "user":
                 parts.append(image_part(block, at))
             elif kind == "tool_use" and role == "assistant":
-                refuse_unknown(block, {"type", "id", "name", "input"}, prefix=f"{at}.")
-                if not isinstance(block.get("input"), dict):
-                    raise _invalid(f"{at}.input must be an object.", f"{at}.input")
-                calls.append(
-                    {
-                        "id": block.get("id"),
-                        "type": "function",
-                        "function": {
-                            "name": block.get("name"),
-                            "arguments": json.dumps(block["input"], ensure_ascii=False),
-                        },
-                    }
-                )
+                calls.append(tool_call(block, at))
             elif kind == "tool_result" and role == "user":
-                refuse_unknown(
-                    block, {"type", "tool_use_id", "content", "is_error"}, prefix=f"{at}."
-                )
-                text = _text_of(block.get("content") or "", f"{at}.content")
-                if block.get("is_error") is True:
-                    text = f"Error: {text}"
-                results.append(
-                    {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
-                )
+                results.append(tool_result(block, at))
             else:
                 raise exc.UnsupportedContent(
                     f"{at}: a {kind or 'malformed'} block is not supported here.", param=at
                 )
         if role == "assistant":
-            turn: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+            turn: dict[str, Any] = {"role": "assistant", "content": collapsed(parts)}
             if calls:
                 turn["tool_calls"] = calls
             out.append(turn)
         else:
             out.extend(results)
-            if any(part["type"] == "image_url" for part in parts):
-                out.append({"role": "user", "content": parts})
-            elif texts or not results:
-                out.append({"role": "user", "content": "".join(texts)})
+            if parts or not results:
+                out.append({"role": "user", "content": collapsed(parts)})
     return out
 
 
 def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     """An Anthropic image block as OpenAI's ``image_url`` part (base64 as a data URL)."""
-    refuse_unknown(block, {"type", "source"}, prefix=f"{where}.")
+    refuse_unknown(block, {"type", "source", "cache_control"}, prefix=f"{where}.")
     source = block.get("source")
     kind = source.get("type") if isinstance(source, dict) else None
     if kind == "base64":
@@ -194,7 +218,7 @@ def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}.source: only base64 and url image sources are supported.",
             param=f"{where}.source",
         )
-    return {"type": "image_url", "image_url": {"url": url}}
+    return marked({"type": "image_url", "image_url": {"url": url}}, block, where)
 
 
 def tool_options(data: dict[str, Any]) -> dict[str, Any]:
@@ -211,12 +235,16 @@ def tool_options(data: dict[str, Any]) -> dict[str, Any]:
                     f"tools[{i}]: only custom (function) tools are supported.", param=f"tools[{i}]"
                 )
             refuse_unknown(
-                tool, {"type", "name", "description", "input_schema"}, prefix=f"tools[{i}]."
+                tool,
+                {"type", "name", "description", "input_schema", "cache_control"},
+                prefix=f"tools[{i}].",
             )
             function = {"name": tool.get("name"), "parameters": tool.get("input_schema") or {}}
             if tool.get("description"):
                 function["description"] = tool["description"]
-            converted.append({"type": "function", "function": function})
+            converted.append(
+                marked({"type": "function", "function": function}, tool, f"tools[{i}]")
+            )
         options["tools"] = converted or None
     choice = data.get("tool_choice")
     if choice is not None:
@@ -246,10 +274,11 @@ def parse(payload: Any, headers: Labels = NO_LABELS) -> ChatInput:
             options["user"] = metadata["user_id"]
     if data.get("top_p") is not None:
         options["top_p"] = data["top_p"]
+    system, messages = with_system(data)
     return ChatInput(
-        messages=conversation(data["messages"]),
+        messages=messages,
         model=data["model"],
-        system_prompt=system_prompt(data),
+        system_prompt=system,
         temperature=data.get("temperature"),
         max_tokens=data["max_tokens"],
         stop=data.get("stop_sequences"),
@@ -264,17 +293,22 @@ def parse(payload: Any, headers: Labels = NO_LABELS) -> ChatInput:
 def parse_count(payload: Any) -> ChatInput:
     """A ``count_tokens`` request: what the Messages call with it would send."""
     data = COUNT.validate(payload)
+    system, messages = with_system(data)
     return ChatInput(
-        messages=conversation(data["messages"]),
-        model=data["model"],
-        system_prompt=system_prompt(data),
-        options=tool_options(data),
+        messages=messages, model=data["model"], system_prompt=system, options=tool_options(data)
     )
 
 
-def system_prompt(data: dict[str, Any]) -> str | None:
-    system = data.get("system")
-    return None if system is None else _text_of(system, "system")
+def with_system(data: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+    """(the system prompt, the messages): a system prompt with caching marks goes first
+    among the messages instead, as a system message of marked parts."""
+    messages = conversation(data["messages"])
+    if data.get("system") is None:
+        return None, messages
+    system = collapsed(text_parts(data["system"], "system"))
+    if isinstance(system, str):
+        return system, messages
+    return None, [{"role": "system", "content": system}, *messages]
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
@@ -289,7 +323,14 @@ def tool_input(arguments: str) -> dict[str, Any]:
 
 
 def usage(usage) -> dict[str, int]:
-    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+    """Anthropic's usage: ``input_tokens`` are those neither read from nor written to
+    the prompt cache, which have their own counts."""
+    return {
+        "input_tokens": usage.uncached_prompt_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "output_tokens": usage.completion_tokens,
+    }
 
 
 def message(result: ChatResult, request_id: str) -> dict[str, Any]:

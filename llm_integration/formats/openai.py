@@ -118,12 +118,17 @@ def parse_completion(payload: Any, headers: Labels = NO_LABELS) -> ChatInput:
     )
 
 
-def usage(usage) -> dict[str, int]:
-    return {
+def usage(usage) -> dict[str, Any]:
+    """OpenAI's usage object; cache reads as ``prompt_tokens_details.cached_tokens``
+    (OpenAI has no word for writes: they stay in ``prompt_tokens`` only)."""
+    body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cache_read_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    return body
 
 
 def assistant_message(result: ChatResult) -> dict[str, Any]:

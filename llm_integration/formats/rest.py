@@ -130,12 +130,17 @@ def parse(payload: Any, headers: Labels = NO_LABELS) -> ChatInput:
 
 
 def usage(usage: Usage, cost: Decimal) -> dict[str, Any]:
-    return {
+    """The usage object; the prompt cache's reads and writes when there were any."""
+    body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "cost_usd": format_money(cost),
     }
+    if usage.cache_read_tokens or usage.cache_write_tokens:
+        body["cache_read_tokens"] = usage.cache_read_tokens
+        body["cache_write_tokens"] = usage.cache_write_tokens
+    return body
 
 
 def answer(result: ChatResult) -> dict[str, Any]:

@@ -90,7 +90,7 @@ class AnthropicFake(FakeUpstream):
                 + tool_use_blocks(b),
                 "stop_reason": STOP_REASONS.get(b.finish_reason, "end_turn"),
                 "stop_sequence": None,
-                "usage": {"input_tokens": b.prompt_tokens, "output_tokens": b.completion_tokens},
+                "usage": b.anthropic_usage(b.completion_tokens),
             },
             headers=headers,
         )
@@ -128,7 +128,7 @@ class AnthropicFake(FakeUpstream):
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": {"input_tokens": b.prompt_tokens, "output_tokens": 1},
+                        "usage": b.anthropic_usage(1),
                     },
                 },
             )

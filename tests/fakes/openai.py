@@ -101,11 +101,7 @@ class OpenAIFake(FakeUpstream):
                             "finish_reason": b.finish_reason,
                         }
                     ],
-                    "usage": {
-                        "prompt_tokens": b.prompt_tokens,
-                        "completion_tokens": b.completion_tokens,
-                        "total_tokens": b.prompt_tokens + b.completion_tokens,
-                    },
+                    "usage": b.openai_usage(),
                 },
             )
 
@@ -241,16 +237,7 @@ class OpenAIFake(FakeUpstream):
             event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": b.finish_reason}])
         )
         if include_usage and b.mode != "no_usage":
-            ex.write(
-                event(
-                    [],
-                    {
-                        "prompt_tokens": b.prompt_tokens,
-                        "completion_tokens": b.completion_tokens,
-                        "total_tokens": b.prompt_tokens + b.completion_tokens,
-                    },
-                )
-            )
+            ex.write(event([], b.openai_usage()))
         ex.write(b"data: [DONE]\n\n")
         ex.end_stream()
 

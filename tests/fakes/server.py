@@ -44,6 +44,12 @@ class Behaviour:
     cut_after: int = 2
     prompt_tokens: int = 11
     completion_tokens: int = 7
+    #: Of the prompt tokens, those the upstream read from and wrote to its prompt cache
+    #: (``cache_write_1h_tokens`` of the writes kept an hour); each fake reports them in
+    #: its own words.
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     finish_reason: str = "stop"
     #: Tool calls the model makes: [{"id", "name", "arguments": JSON text}]; each fake
     #: sends them in its own wire format (streamed arguments in ``pieces``).
@@ -54,6 +60,32 @@ class Behaviour:
     def __post_init__(self) -> None:
         if self.tool_calls and self.finish_reason == "stop":
             self.finish_reason = "tool_calls"
+
+    def anthropic_usage(self, output_tokens: int) -> dict:
+        """Anthropic's usage: ``input_tokens`` leave out what the cache read and wrote."""
+        usage = {
+            "input_tokens": self.prompt_tokens - self.cache_read_tokens - self.cache_write_tokens,
+            "output_tokens": output_tokens,
+        }
+        if self.cache_read_tokens or self.cache_write_tokens:
+            usage["cache_creation_input_tokens"] = self.cache_write_tokens
+            usage["cache_read_input_tokens"] = self.cache_read_tokens
+            usage["cache_creation"] = {
+                "ephemeral_5m_input_tokens": self.cache_write_tokens - self.cache_write_1h_tokens,
+                "ephemeral_1h_input_tokens": self.cache_write_1h_tokens,
+            }
+        return usage
+
+    def openai_usage(self) -> dict:
+        """OpenAI's usage: the prompt's tokens include those read from the cache."""
+        usage = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cache_read_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
+        return usage
 
     def words(self) -> list[str]:
         if not self.text:

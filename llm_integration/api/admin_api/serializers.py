@@ -133,6 +133,8 @@ class AliasSerializer(RowSerializer):
             "mode",
             "input_price_per_mtok",
             "output_price_per_mtok",
+            "cache_read_price_per_mtok",
+            "cache_write_price_per_mtok",
             "context_window",
             "default_max_tokens",
             "default_temperature",

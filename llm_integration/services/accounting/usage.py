@@ -31,6 +31,8 @@ CSV_FIELDS = [
     "tags",
     "api_key",
     "queued_ms",
+    "cache_read_tokens",
+    "cache_write_tokens",
 ]
 #: What each column reads (``api_key``: the key's name).
 CSV_LOOKUPS = [{"api_key": "api_key__name"}.get(name, name) for name in CSV_FIELDS]
@@ -74,6 +76,8 @@ def period_usage(user_id: int, since) -> dict:
         requests=Count("id"),
         prompt=Sum("prompt_tokens"),
         completion=Sum("completion_tokens"),
+        cache_read=Sum("cache_read_tokens"),
+        cache_write=Sum("cache_write_tokens"),
         cost=Sum("cost_usd"),
     )
     by_status = {s: n for s, n in rows.values_list("status").annotate(n=Count("id")).order_by()}
@@ -87,6 +91,8 @@ def period_usage(user_id: int, since) -> dict:
         "requests": totals["requests"] or 0,
         "prompt_tokens": totals["prompt"] or 0,
         "completion_tokens": totals["completion"] or 0,
+        "cache_read_tokens": totals["cache_read"] or 0,
+        "cache_write_tokens": totals["cache_write"] or 0,
         "cost_usd": format_money(totals["cost"] or Decimal(0)),
         "by_status": by_status,
         "by_model": by_model,

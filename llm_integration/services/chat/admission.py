@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import exceptions as exc
-from ...adapters import ChatRequest, Usage
+from ...adapters import ChatRequest
 from ...conf import llm_settings
 from ...models import ModelAlias, Plan
 from ...text.tokens import is_exact
-from ..accounting.pricing import cost_of
+from ..accounting.pricing import worst_cost_of
 from ..config.entitlements import entitlement_for
 from ..config.snapshot import Snapshot, config
 from ..memory.context import fit_to_window
@@ -150,7 +150,7 @@ def prepare(alias: ModelAlias, request: ChatRequest) -> Prepared:
         prompt_tokens=prompt,
     )
     upper = prompt if is_exact(model) else int(prompt * llm_settings.ESTIMATE_SAFETY_FACTOR) + 16
-    worst = cost_of(alias, Usage(prompt_tokens=upper, completion_tokens=max_tokens))
+    worst = worst_cost_of(alias, upper, max_tokens, cache_ttl=request.cache_ttl)
     request = dataclasses.replace(
         request, messages=messages, max_tokens=max_tokens, temperature=temperature
     )

@@ -17,7 +17,7 @@ from ...adapters import ChatRequest, Message, Usage
 from ...conf import llm_settings
 from ...models import ModelAlias
 from ...text.tokens import count_text_tokens, is_exact
-from ..accounting.pricing import cost_of
+from ..accounting.pricing import worst_cost_of
 from .types import Prepared
 
 #: OpenAI's limit on inputs per request.
@@ -77,6 +77,6 @@ def prepare_embedding(alias: ModelAlias, inputs: list[str]) -> Prepared:
             )
     tokens = sum(counts)
     upper = tokens if is_exact(model) else int(tokens * llm_settings.ESTIMATE_SAFETY_FACTOR) + 16
-    worst = cost_of(alias, Usage(prompt_tokens=upper))
+    worst = worst_cost_of(alias, upper)
     request = ChatRequest(messages=(Message("user", "\n".join(inputs)),))
     return Prepared(alias, request, tokens, worst)

@@ -26,6 +26,7 @@ request reserved (``settlement``), whatever the counts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -96,6 +97,9 @@ def metered(
             "llm.upstream_usage_replaced",
             extra={"provider": provider, "field": field, "reported": said, "counted": used},
         )
+    if prompt == reported.prompt_tokens:  # the cache counts are parts of it: kept
+        return dataclasses.replace(reported, completion_tokens=completion, estimated=True)
+    # A prompt count replaced: what it said of the cache is not trusted either.
     return Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=True)
 
 

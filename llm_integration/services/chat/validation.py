@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ...adapters.base import ROLES, ChatRequest, Message
+from ...adapters.caching import MarkedText, mark_of, parse_cache_control
 from ...adapters.images import ImagePart, parse_image_part
 from ...adapters.tools import (
     parse_response_format,
@@ -38,8 +40,9 @@ class ImageTally:
 
 
 def _content(value: Any, index: int, images: ImageTally) -> tuple[str, tuple[str | ImagePart, ...]]:
-    """(the text, the parts when there are images). OpenAI's content parts: ``text``
-    (or ``input_text``) and ``image_url``."""
+    """(the text, the parts when there are images or prompt caching marks). OpenAI's
+    content parts: ``text`` (or ``input_text``) and ``image_url``, each with an optional
+    ``cache_control`` (LiteLLM's place for Anthropic's)."""
     where = f"messages[{index}].content"
     if isinstance(value, str):
         return _text(value, where), ()
@@ -50,11 +53,15 @@ def _content(value: Any, index: int, images: ImageTally) -> tuple[str, tuple[str
         at = f"{where}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("text", "input_text") and isinstance(part.get("text"), str):
-            refuse_unknown(part, {"type", "text"}, prefix=f"{at}.")
-            parts.append(_text(part["text"], f"{at}.text"))
+            refuse_unknown(part, {"type", "text", "cache_control"}, prefix=f"{at}.")
+            text = _text(part["text"], f"{at}.text")
+            mark = parse_cache_control(part.get("cache_control"), at)
+            parts.append(text if mark is None else MarkedText(text, mark))
         elif kind == "image_url":
-            refuse_unknown(part, {"type", "image_url"}, prefix=f"{at}.")
+            refuse_unknown(part, {"type", "image_url", "cache_control"}, prefix=f"{at}.")
             image = parse_image_part(part, at, max_bytes=llm_settings.MAX_IMAGE_BYTES)
+            if (mark := parse_cache_control(part.get("cache_control"), at)) is not None:
+                image = dataclasses.replace(image, cache_control=mark)
             images.count += 1
             images.size += image.size
             if images.count > llm_settings.MAX_IMAGES:
@@ -71,8 +78,9 @@ def _content(value: Any, index: int, images: ImageTally) -> tuple[str, tuple[str
         else:
             raise InvalidRequest(f"{at} must be a text or image_url part.", param=at)
     text = "".join(p for p in parts if isinstance(p, str))
-    has_images = any(isinstance(p, ImagePart) for p in parts)
-    return text, tuple(parts) if has_images else ()
+    # Parts are kept for what joined text would lose: images, and prompt caching marks.
+    kept = any(isinstance(p, ImagePart) or mark_of(p) is not None for p in parts)
+    return text, tuple(parts) if kept else ()
 
 
 def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message, ...]:
@@ -108,7 +116,7 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
             )
         content = m.get("content")
         text, parts = ("", ()) if content is None and calls else _content(content, i, images)
-        if parts and role != "user":
+        if any(isinstance(p, ImagePart) for p in parts) and role != "user":
             raise UnsupportedContent(
                 f"messages[{i}]: only user messages carry images.", param=f"messages[{i}].content"
             )

@@ -362,12 +362,16 @@ USED_PARAMS = {
     "extra_headers",
     "input_cost_per_token",
     "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
     "max_tokens",
     "temperature",
 }
 USED_INFO = {
     "input_cost_per_token",
     "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
     "max_input_tokens",
     "max_output_tokens",
     "supports_function_calling",
@@ -481,6 +485,8 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
         for ours, theirs in (
             ("input_price_per_mtok", "input_cost_per_token"),
             ("output_price_per_mtok", "output_cost_per_token"),
+            ("cache_read_price_per_mtok", "cache_read_input_token_cost"),
+            ("cache_write_price_per_mtok", "cache_creation_input_token_cost"),
         ):
             value = params.get(theirs, info.get(theirs))
             if value is not None:
