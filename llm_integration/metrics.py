@@ -15,8 +15,8 @@ DURATION = Histogram(
 )
 TOKENS = Counter(
     "llm_tokens_used_total",
-    "Tokens used, by type: prompt (all input), completion, and of the prompt's, "
-    "cache_read and cache_write (the upstream's prompt cache).",
+    "Tokens used, by type: prompt (input neither read from nor written to the "
+    "upstream's prompt cache), cache_read, cache_write and completion; they add up.",
     ["alias", "provider", "type"],
 )
 CACHE_HITS = Counter("llm_cache_hits_total", "Answers served from the response cache.", ["alias"])
@@ -60,8 +60,8 @@ def observe(
 ) -> None:
     REQUESTS.labels(alias, provider, status).inc()
     DURATION.labels(alias, provider).observe(seconds)
-    if prompt_tokens:
-        TOKENS.labels(alias, provider, "prompt").inc(prompt_tokens)
+    if uncached := prompt_tokens - cache_read_tokens - cache_write_tokens:
+        TOKENS.labels(alias, provider, "prompt").inc(uncached)
     if completion_tokens:
         TOKENS.labels(alias, provider, "completion").inc(completion_tokens)
     if cache_read_tokens:

@@ -139,9 +139,19 @@ class ModelAlias(models.Model):
         null=True,
         blank=True,
         validators=[MinValueValidator(ZERO)],
-        help_text="Prompt tokens written to the upstream's prompt cache. Blank: 1.25× the "
-        "input price for Anthropic providers (2× for writes kept an hour), the input price "
-        "for others.",
+        help_text="Prompt tokens written to the upstream's prompt cache (for five minutes, "
+        "Anthropic's default). Blank: 1.25× the input price for Anthropic providers, the "
+        "input price for others.",
+        **PRICE,
+    )
+    cache_write_1h_price_per_mtok = models.DecimalField(
+        "cache write price, kept an hour (USD / 1M tokens)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(ZERO)],
+        help_text="Prompt tokens written to the upstream's prompt cache for an hour "
+        '(Anthropic\'s ttl "1h"). Blank: 2× the input price for Anthropic providers, the '
+        "cache write price for others.",
         **PRICE,
     )
     context_window = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(1)])
@@ -464,6 +474,8 @@ class UsageRecord(models.Model):
     #: Of the prompt tokens, those read from and written to the upstream's prompt cache.
     cache_read_tokens = models.PositiveIntegerField(default=0)
     cache_write_tokens = models.PositiveIntegerField(default=0)
+    #: Of the cache writes, those kept an hour (priced on their own).
+    cache_write_1h_tokens = models.PositiveIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=False)
     cost_usd = models.DecimalField(default=ZERO, **MONEY)
     unbilled_cost_usd = models.DecimalField(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anthropic
@@ -116,7 +117,9 @@ class AnthropicAdapter(BaseLLMAdapter):
             params["extra_body"] = sampling
         if request.stop:
             params["stop_sequences"] = list(request.stop)
-        self.refuse_options(request, ("seed", "presence_penalty", "frequency_penalty"))
+        self.refuse_options(
+            request, ("seed", "presence_penalty", "frequency_penalty", "reasoning_effort")
+        )
         if request.user is not None:
             params["metadata"] = {"user_id": request.user}
         return params
@@ -203,14 +206,14 @@ class AnthropicAdapter(BaseLLMAdapter):
                 # The forced tool's input is the answer.
                 text, calls = "".join(call.arguments for call in calls) or text, ()
                 stop_reason = "end_turn" if stop_reason == "tool_use" else stop_reason
-            usage = message.usage
-            counts = prompt_counts(usage, self.provider_name)
+            report = PromptReport()
+            report.update(message.usage)
             usage = self._reported_usage(
-                counts.pop("prompt"),
-                getattr(usage, "output_tokens", None),
+                report.prompt_tokens(self.provider_name),
+                getattr(message.usage, "output_tokens", None),
                 request,
                 text + "".join(c.name + c.arguments for c in calls),
-                **counts,
+                **report.cache_counts(),
             )
             model, message_id = clean(str(message.model or self.model)), clean(str(message.id))
         except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
@@ -230,7 +233,7 @@ class AnthropicAdapter(BaseLLMAdapter):
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parts: list[str] = []
-        prompt: dict[str, Any] = {"prompt": None}  # prompt_counts of the latest report
+        report = PromptReport()  # the input counts reported so far
         output_tokens: Any = None
         stop_reason: str | None = None
         finished = started = False
@@ -243,7 +246,7 @@ class AnthropicAdapter(BaseLLMAdapter):
                 async for event in stream:
                     kind = event.type
                     if kind == "message_start":
-                        prompt = prompt_counts(event.message.usage, self.provider_name)
+                        report.update(event.message.usage)
                     elif kind == "content_block_start":
                         block = event.content_block
                         if getattr(block, "type", "") == "tool_use" and not formatted:
@@ -276,25 +279,28 @@ class AnthropicAdapter(BaseLLMAdapter):
                         stop_reason = event.delta.stop_reason or stop_reason
                         if event.usage and event.usage.output_tokens is not None:
                             output_tokens = event.usage.output_tokens  # cumulative
-                        if getattr(event.usage, "input_tokens", None):  # cumulative too
-                            prompt = prompt_counts(event.usage, self.provider_name)
+                        report.update(event.usage)  # cumulative, where it says anything
                     elif kind == "message_stop":
                         finished = True
         except (anthropic.AnthropicError, *TRANSPORT_ERRORS, *OURS) as e:
-            raise self._partial(self._map_error(e, started=started), request, parts) from None
+            error = self._map_error(e, started=started)
+            raise self._partial(error, request, parts, report) from None
         except (AttributeError, TypeError, ValueError):
             error = exc.BadUpstreamResponse(
                 f"{self.provider_name} sent a malformed stream event.", provider=self.provider_name
             )
-            raise self._partial(error, request, parts) from None
+            raise self._partial(error, request, parts, report) from None
         if not finished:
             error = exc.StreamInterrupted(
                 f"{self.provider_name} ended the stream early.", provider=self.provider_name
             )
-            raise self._partial(error, request, parts)
-        counts = dict(prompt)
+            raise self._partial(error, request, parts, report)
         usage = self._reported_usage(
-            counts.pop("prompt"), output_tokens, request, "".join(parts), **counts
+            report.prompt_tokens(self.provider_name),
+            output_tokens,
+            request,
+            "".join(parts),
+            **report.cache_counts(),
         )
         if formatted and stop_reason == "tool_use":
             stop_reason = "end_turn"
@@ -302,11 +308,26 @@ class AnthropicAdapter(BaseLLMAdapter):
         yield StreamChunk(finish_reason=finish, usage=usage)
 
     def _partial(
-        self, error: exc.UpstreamError, request: ChatRequest, parts: list[str]
+        self,
+        error: exc.UpstreamError,
+        request: ChatRequest,
+        parts: list[str],
+        report: PromptReport | None = None,
     ) -> exc.UpstreamError:
+        """``error`` with what the stream delivered before it, and its usage: the
+        output estimated, the input as reported (with its cache reads and writes)."""
         if parts:
             error.partial_text = "".join(parts)
-            error.partial_usage = self._estimate_usage(request, error.partial_text)
+            if report is None:
+                error.partial_usage = self._estimate_usage(request, error.partial_text)
+            else:
+                error.partial_usage = self._reported_usage(
+                    report.prompt_tokens(self.provider_name),
+                    None,
+                    request,
+                    error.partial_text,
+                    **report.cache_counts(),
+                )
         return error
 
 
@@ -419,16 +440,36 @@ STOP_REASONS = {
 }
 
 
-def prompt_counts(usage: Any, provider: str) -> dict[str, Any]:
-    """Anthropic's input counts as ``_reported_usage``'s arguments: the prompt (input,
-    cache writes and cache reads together), and the cache counts as reported."""
-    creation = getattr(usage, "cache_creation", None)
-    return {
-        "prompt": _input_tokens(usage, provider),
-        "cache_read": getattr(usage, "cache_read_input_tokens", None),
-        "cache_write": getattr(usage, "cache_creation_input_tokens", None),
-        "cache_write_1h": getattr(creation, "ephemeral_1h_input_tokens", None),
-    }
+@dataclass(slots=True)
+class PromptReport:
+    """Anthropic's input counts as reported so far: a stream's ``message_start`` gives
+    them all, and a later ``message_delta`` overrides only those it carries (its usage
+    has no ``cache_creation`` breakdown, for one)."""
+
+    input_tokens: Any = None
+    cache_creation_input_tokens: Any = None
+    cache_read_input_tokens: Any = None
+    ephemeral_1h_input_tokens: Any = None
+
+    def update(self, usage: Any) -> None:
+        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            if (value := getattr(usage, name, None)) is not None:
+                setattr(self, name, value)
+        creation = getattr(usage, "cache_creation", None)
+        if (value := getattr(creation, "ephemeral_1h_input_tokens", None)) is not None:
+            self.ephemeral_1h_input_tokens = value
+
+    def prompt_tokens(self, provider: str) -> int | None:
+        """Input, cache writes and cache reads together (None: not a count)."""
+        return _input_tokens(self, provider)
+
+    def cache_counts(self) -> dict[str, Any]:
+        """The cache counts as ``_reported_usage`` takes them."""
+        return {
+            "cache_read": self.cache_read_input_tokens,
+            "cache_write": self.cache_creation_input_tokens,
+            "cache_write_1h": self.ephemeral_1h_input_tokens,
+        }
 
 
 def _input_tokens(usage: Any, provider: str) -> int | None:

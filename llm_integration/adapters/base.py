@@ -118,6 +118,10 @@ class ChatRequest:
     frequency_penalty: float | None = None
     #: The end user, for the upstream's abuse monitoring (OpenAI's ``user``).
     user: str | None = None
+    #: How hard a reasoning model thinks (OpenAI's ``reasoning_effort``).
+    reasoning_effort: str | None = None
+    #: OpenAI's prompt cache routing hint (a hint: other upstreams leave it out).
+    prompt_cache_key: str | None = None
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -270,6 +274,8 @@ OPTIONS = (
     "presence_penalty",
     "frequency_penalty",
     "user",
+    "reasoning_effort",
+    "prompt_cache_key",
     "tools",
     "tool_choice",
     "parallel_tool_calls",

@@ -76,7 +76,7 @@ class OllamaAdapter(BaseLLMAdapter):
             options["num_predict"] = max_tokens
         if request.stop:
             options["stop"] = list(request.stop)
-        self.refuse_options(request, ("user",))
+        self.refuse_options(request, ("user", "reasoning_effort"))
         for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
             if (value := getattr(request, name)) is not None:
                 options[name] = value

@@ -46,7 +46,15 @@ from .tools import ToolCall, ToolCallDelta
 from .untrusted import finish_reason, log_bad_count, token_count
 
 #: Options passed on as they are (OpenAI's own names).
-SAMPLING = ("top_p", "seed", "presence_penalty", "frequency_penalty", "user")
+SAMPLING = (
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+    "reasoning_effort",
+    "prompt_cache_key",
+)
 
 
 def endpoint_base(url: str) -> str:

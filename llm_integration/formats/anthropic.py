@@ -49,7 +49,9 @@ class MessagesRequestSerializer(serializers.Serializer):
     system = serializers.JSONField(required=False, help_text="Text, or a list of text blocks.")
     temperature = StrictFloatField(required=False, min_value=0, max_value=1)
     top_p = StrictFloatField(required=False, min_value=0, max_value=1)
-    stop_sequences = serializers.ListField(child=StrictCharField(), required=False)
+    stop_sequences = serializers.ListField(
+        child=StrictCharField(trim_whitespace=False, allow_blank=True), required=False
+    )
     stream = StrictBooleanField(required=False, default=False)
     metadata = serializers.JSONField(required=False, help_text="user_id only.")
     tools = serializers.ListField(required=False, help_text="Custom (function) tools.")

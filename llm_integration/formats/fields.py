@@ -4,6 +4,7 @@ convert them)."""
 
 from __future__ import annotations
 
+from django.core.validators import ProhibitNullCharactersValidator
 from rest_framework import serializers
 
 
@@ -35,9 +36,17 @@ class StrictBooleanField(serializers.BooleanField):
 
 
 class StrictCharField(serializers.CharField):
-    """JSON text, not a number written where text belongs."""
+    """JSON text, not a number written where text belongs. A NUL character is text
+    like any other here (DRF refuses it by default; a prompt may hold one, as its
+    messages may)."""
 
     default_error_messages = {"invalid": "Must be text."}
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.validators = [
+            v for v in self.validators if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
 
     def to_internal_value(self, data):
         if not isinstance(data, str):

@@ -23,6 +23,8 @@ from .inputs import ChatInput, Shape
 
 #: Aliases have no creation date upstream: a fixed, honest epoch.
 CREATED = 1_700_000_000
+#: OpenAI's ``reasoning_effort`` values (each upstream model takes some of them).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 class OpenAIMessageSerializer(serializers.Serializer):
@@ -54,6 +56,18 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     stop = serializers.JSONField(required=False, allow_null=True)
     n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
     user = serializers.CharField(required=False, allow_blank=True)
+    reasoning_effort = serializers.ChoiceField(
+        choices=REASONING_EFFORTS,
+        required=False,
+        allow_null=True,
+        help_text="Passed to OpenAI-compatible upstreams; refused by name by others.",
+    )
+    prompt_cache_key = serializers.CharField(
+        required=False,
+        max_length=1024,
+        help_text="OpenAI's prompt cache hint: passed to OpenAI-compatible upstreams, left "
+        "out for others (it changes no answer).",
+    )
     tools = serializers.JSONField(required=False, allow_null=True)
     tool_choice = serializers.JSONField(required=False, allow_null=True)
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
@@ -259,9 +273,19 @@ def packed(vector: list[float]) -> str:
 
 
 def model_object(alias) -> dict[str, Any]:
+    """OpenAI's model object, with what a client choosing a model wants to know: the
+    context window, the mode and what the alias can do (fields OpenAI does not send;
+    the SDKs keep them)."""
     return {
         "id": alias.slug,
         "object": "model",
         "created": CREATED,
         "owned_by": alias.provider.name,
+        "context_window": alias.context_window,
+        "mode": alias.mode,
+        "capabilities": {
+            "tools": alias.supports_tools,
+            "vision": alias.supports_vision,
+            "response_format": alias.supports_response_format,
+        },
     }

@@ -86,5 +86,32 @@ def test_every_parameter_is_carried_or_refused_by_name(client, openai_fake):
             assert body.get(upstream_name) == value, f"{name} was accepted but not sent upstream"
         carried.append(name)
     assert {"tools", "tool_choice", "response_format", "top_p", "seed"} <= set(carried)
+    assert {"reasoning_effort", "prompt_cache_key"} <= set(carried)
     assert {"logit_bias", "audio", "functions"} <= set(refused)
     assert "n" in refused  # n: 2 (n: 1 asks for what the gateway does anyway)
+
+
+def test_upstreams_that_cannot_reason_on_demand_refuse_reasoning_effort_by_name(
+    live_server_url, alias_on
+):
+    token = Token.objects.create(user=UserFactory()).key
+    client = openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=token, max_retries=0)
+    for kind in ("anthropic", "ollama"):
+        fake = alias_on(kind, kind)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model=kind, messages=[{"role": "user", "content": "hi"}], reasoning_effort="high"
+            )
+        assert refused.value.body["param"] == "reasoning_effort"
+        # The cache hint changes no answer: left out where it means nothing.
+        client.chat.completions.create(
+            model=kind, messages=[{"role": "user", "content": "hi"}], prompt_cache_key="repo-42"
+        )
+        assert "prompt_cache_key" not in fake.requests[-1].body
+
+
+def test_models_carry_their_window_and_capabilities(client):
+    model = client.models.retrieve("gpt")
+    extra = model.model_dump()
+    assert extra["context_window"] == 8192 and extra["mode"] == "chat"
+    assert extra["capabilities"] == {"tools": True, "vision": False, "response_format": True}

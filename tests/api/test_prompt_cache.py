@@ -94,23 +94,32 @@ def test_streamed_and_plain_calls_of_the_same_tokens_cost_the_same(claude, alias
     assert plain.cost_usd == Decimal("0.00174")
 
 
-def test_hour_long_writes_cost_twice_the_input_unless_the_alias_prices_writes(claude, alias_on):
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_hour_long_writes_cost_twice_the_input_by_default(claude, alias_on, stream):
     fake = alias_on("anthropic", "cached", **PRICES)
     fake.push(prompt_tokens=1000, cache_write_tokens=900, cache_write_1h_tokens=400)
-    ask_claude(claude, stream=False)
+    ask_claude(claude, stream=stream)
+    record = UsageRecord.objects.get()
+    assert (record.cache_write_tokens, record.cache_write_1h_tokens) == (900, 400)
     # 100 × 3 + 500 × 3.75 + 400 × 6 + 7 × 15 (the fake's 7 output tokens)
-    assert UsageRecord.objects.get().cost_usd == Decimal("0.00468")
+    assert record.cost_usd == Decimal("0.00468")
+
+
+def test_the_alias_cache_prices_win_over_the_defaults(claude, alias_on):
+    fake = alias_on("anthropic", "cached", **PRICES)
     alias = ModelAlias.objects.get(slug="cached")
-    alias.cache_read_price_per_mtok, alias.cache_write_price_per_mtok = Decimal("0.5"), Decimal("4")
+    alias.cache_read_price_per_mtok = Decimal("0.5")
+    alias.cache_write_price_per_mtok = Decimal("4")
+    alias.cache_write_1h_price_per_mtok = Decimal("5")
     alias.save()
     fake.push(prompt_tokens=1000, cache_write_tokens=900, cache_write_1h_tokens=400)
     fake.push(prompt_tokens=1000, cache_read_tokens=900)
-    UsageRecord.objects.all().delete()
     ask_claude(claude, stream=False)
     ask_claude(claude, stream=True)
     written, read = UsageRecord.objects.order_by("id")
-    # The alias's own prices: 100 × 3 + 900 × 4 + 7 × 15; then 100 × 3 + 900 × 0.5 + 7 × 15.
-    assert written.cost_usd == Decimal("0.004005")
+    # The alias's own prices: 100 × 3 + 500 × 4 + 400 × 5 + 7 × 15;
+    # then 100 × 3 + 900 × 0.5 + 7 × 15.
+    assert written.cost_usd == Decimal("0.004405")
     assert read.cost_usd == Decimal("0.000855")
 
 
@@ -142,7 +151,21 @@ def test_other_kinds_price_cache_reads_as_input_when_the_alias_says_nothing(gpt,
     assert UsageRecord.objects.get().cost_usd == Decimal("0.00315")  # 1000 × 3 + 10 × 15
 
 
+def token_counts(live_server_url: str) -> dict[str, float]:
+    """``llm_tokens_used_total`` of the alias ``cached`` by type, as scraped."""
+    scrape = {"Authorization": "Bearer scrape-me"}
+    page = httpx.get(f"{live_server_url}/metrics", headers=scrape).text
+    prefix = 'llm_tokens_used_total{alias="cached",provider="anthropic",type="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith(prefix)
+    }
+
+
 def test_rest_usage_csv_and_metrics_count_cache_tokens(live_server_url, token, alias_on, settings):
+    settings.LLM_INTEGRATION = {"METRICS_ACCESS": "token", "METRICS_TOKEN": "scrape-me"}
+    before = token_counts(live_server_url)
     fake = alias_on("anthropic", "cached", **PRICES)
     fake.push(prompt_tokens=1000, cache_write_tokens=200, cache_read_tokens=700)
     client = httpx.Client(base_url=live_server_url, headers={"Authorization": f"Token {token}"})
@@ -155,11 +178,10 @@ def test_rest_usage_csv_and_metrics_count_cache_tokens(live_server_url, token, a
     staff = httpx.Client(base_url=live_server_url, headers={"Authorization": f"Token {finance}"})
     rows = list(csv.DictReader(io.StringIO(staff.get("/api/v1/usage?format=csv").text)))
     assert (rows[0]["cache_read_tokens"], rows[0]["cache_write_tokens"]) == ("700", "200")
-    settings.LLM_INTEGRATION = {"METRICS_ACCESS": "token", "METRICS_TOKEN": "scrape-me"}
-    scrape = {"Authorization": "Bearer scrape-me"}
-    page = httpx.get(f"{live_server_url}/metrics", headers=scrape).text
-    assert 'llm_tokens_used_total{alias="cached",provider="anthropic",type="cache_read"}' in page
-    assert 'type="cache_write"' in page
+    after = token_counts(live_server_url)
+    added = {kind: after[kind] - before.get(kind, 0) for kind in after}
+    # The types add up to the tokens used: 100 + 700 + 200 in, 7 out.
+    assert added == {"prompt": 100, "cache_read": 700, "cache_write": 200, "completion": 7}
 
 
 EPHEMERAL = {"type": "ephemeral"}
@@ -281,3 +303,13 @@ def test_budgets_reserve_what_the_marks_could_write(claude, alias_on):
     fake.push(text="ok", prompt_tokens=1000, completion_tokens=2)
     claude.messages.create(**request)
     assert UsageRecord.objects.filter(status="ok").count() == 2
+
+
+def test_a_stream_cut_short_keeps_what_the_cache_read(claude, alias_on):
+    fake = alias_on("anthropic", "cached", **PRICES)
+    fake.push(mode="cut", text=LONG, cut_after=3, prompt_tokens=1000, cache_read_tokens=900)
+    with pytest.raises(anthropic.APIError):
+        ask_claude(claude, stream=True)
+    record = UsageRecord.objects.get()
+    assert record.status != "ok" and record.tokens_estimated
+    assert (record.prompt_tokens, record.cache_read_tokens) == (1000, 900)

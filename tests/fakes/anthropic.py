@@ -205,7 +205,7 @@ class AnthropicFake(FakeUpstream):
                         "stop_reason": STOP_REASONS.get(b.finish_reason, "end_turn"),
                         "stop_sequence": None,
                     },
-                    "usage": {"output_tokens": b.completion_tokens},
+                    "usage": b.anthropic_delta_usage(),
                 },
             )
         )

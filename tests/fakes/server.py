@@ -76,6 +76,16 @@ class Behaviour:
             }
         return usage
 
+    def anthropic_delta_usage(self) -> dict:
+        """A stream's ``message_delta`` usage: the output so far and, when the cache was
+        used, the input counts again (as Anthropic sends them now) without the
+        ``cache_creation`` breakdown, which only ``message_start`` has."""
+        usage = {"output_tokens": self.completion_tokens}
+        if self.cache_read_tokens or self.cache_write_tokens:
+            usage.update(self.anthropic_usage(self.completion_tokens))
+            del usage["cache_creation"]
+        return usage
+
     def openai_usage(self) -> dict:
         """OpenAI's usage: the prompt's tokens include those read from the cache."""
         usage = {

@@ -135,6 +135,7 @@ class AliasSerializer(RowSerializer):
             "output_price_per_mtok",
             "cache_read_price_per_mtok",
             "cache_write_price_per_mtok",
+            "cache_write_1h_price_per_mtok",
             "context_window",
             "default_max_tokens",
             "default_temperature",

@@ -2,10 +2,11 @@
 million tokens.
 
 Prompt tokens read from or written to an upstream's prompt cache have prices of their
-own (CONTRACT §12): the alias's ``cache_read_price_per_mtok`` and
-``cache_write_price_per_mtok``, or when they are blank Anthropic's ratios for Anthropic
-providers (reads 0.1×, writes 1.25× the input price, writes kept an hour 2×) and the
-input price for every other kind.
+own (CONTRACT §12): the alias's ``cache_read_price_per_mtok``,
+``cache_write_price_per_mtok`` and ``cache_write_1h_price_per_mtok``, or when they are
+blank Anthropic's ratios for Anthropic providers (reads 0.1×, writes 1.25× the input
+price, writes kept an hour 2×) and for every other kind the input price (an hour's
+writes: the write price).
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ class Prices:
         given = alias.input_price_per_mtok
         anthropic = alias.provider.kind == "anthropic"
         read, write = alias.cache_read_price_per_mtok, alias.cache_write_price_per_mtok
+        write_1h = alias.cache_write_1h_price_per_mtok
         if read is None:
             read = given * ANTHROPIC_CACHE_READ if anthropic else given
-        write_1h = write
         if write is None:
             write = given * ANTHROPIC_CACHE_WRITE if anthropic else given
-            write_1h = given * ANTHROPIC_CACHE_WRITE_1H if anthropic else given
+        if write_1h is None:
+            write_1h = given * ANTHROPIC_CACHE_WRITE_1H if anthropic else write
         return cls(given, alias.output_price_per_mtok, read, write, write_1h)
 
     def most_per_prompt_token(self, cache_ttl: str = "") -> Decimal:

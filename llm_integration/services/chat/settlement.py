@@ -204,6 +204,7 @@ class Call:
             completion_tokens=usage.completion_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
             tokens_estimated=usage.estimated,
             cost_usd=cost,
             latency_ms=int(self.seconds() * 1000),

@@ -210,6 +210,8 @@ SAMPLING = {
     "frequency_penalty": ("number", -2, 2),
     "seed": ("integer", None, None),
     "user": ("text", None, None),
+    "reasoning_effort": ("text", None, None),
+    "prompt_cache_key": ("text", None, None),
 }
 
 

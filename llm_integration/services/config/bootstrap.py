@@ -364,6 +364,7 @@ USED_PARAMS = {
     "output_cost_per_token",
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
+    "cache_creation_input_token_cost_above_1hr",
     "max_tokens",
     "temperature",
 }
@@ -372,6 +373,7 @@ USED_INFO = {
     "output_cost_per_token",
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
+    "cache_creation_input_token_cost_above_1hr",
     "max_input_tokens",
     "max_output_tokens",
     "supports_function_calling",
@@ -487,6 +489,7 @@ def bootstrap_from_litellm_config(config: Any, env: Mapping[str, str]) -> Report
             ("output_price_per_mtok", "output_cost_per_token"),
             ("cache_read_price_per_mtok", "cache_read_input_token_cost"),
             ("cache_write_price_per_mtok", "cache_creation_input_token_cost"),
+            ("cache_write_1h_price_per_mtok", "cache_creation_input_token_cost_above_1hr"),
         ):
             value = params.get(theirs, info.get(theirs))
             if value is not None:
