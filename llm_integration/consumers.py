@@ -329,7 +329,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(ws.start(request_id))
         try:
             async for event in stream:
-                await self.send_json(ws.frame(event, request_id))
+                if (reply := ws.frame(event, request_id)) is not None:
+                    await self.send_json(reply)
         except asyncio.CancelledError:
             await stream.aclose()
             await self.send_json(ws.cancelled(stream.outcome, request_id))

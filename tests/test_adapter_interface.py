@@ -83,6 +83,6 @@ async def test_sampling_options_reach_anthropic_and_ollama_or_are_refused_by_nam
 
 
 async def test_an_unknown_option_is_named():
-    with pytest.raises(exc.InvalidRequest, match="Unknown option 'top_k'") as refused:
-        await DummyAdapter(model="echo").complete("Hi", top_k=5)
-    assert refused.value.param == "top_k"
+    with pytest.raises(exc.InvalidRequest, match="Unknown option 'logit_bias'") as refused:
+        await DummyAdapter(model="echo").complete("Hi", logit_bias={"1": 2})
+    assert refused.value.param == "logit_bias"

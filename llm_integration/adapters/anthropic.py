@@ -49,6 +49,7 @@ from .http import (
     refuse_compressed,
 )
 from .images import ImagePart
+from .thinking import MIN_BUDGET, ThinkingBlock, ThinkingDelta
 from .tools import ToolCall, ToolCallDelta
 from .untrusted import MAX_TOKEN_COUNT, finish_reason, log_bad_count, token_count
 
@@ -111,17 +112,23 @@ class AnthropicAdapter(BaseLLMAdapter):
             sampling["temperature"] = request.temperature
         if request.top_p is not None:
             sampling["top_p"] = request.top_p
+        if request.top_k is not None:
+            sampling["top_k"] = request.top_k
         if sampling:
             # Recent SDKs dropped the typed sampling arguments; the API still takes them
             # for models that support sampling, so they travel in the body.
             params["extra_body"] = sampling
         if request.stop:
             params["stop_sequences"] = list(request.stop)
-        self.refuse_options(
-            request, ("seed", "presence_penalty", "frequency_penalty", "reasoning_effort")
-        )
+        self.refuse_options(request, ("seed", "presence_penalty", "frequency_penalty"))
         if request.user is not None:
             params["metadata"] = {"user_id": request.user}
+        if request.thinking is not None:
+            params["thinking"] = dict(request.thinking)
+        elif request.reasoning_effort is not None:
+            params["thinking"] = effort_thinking(request.reasoning_effort, params["max_tokens"])
+        if request.betas:
+            params["extra_headers"] = {"anthropic-beta": ",".join(request.betas)}
         return params
 
     def _map_error(self, e: Exception, *, started: bool = False) -> exc.UpstreamError:
@@ -201,6 +208,13 @@ class AnthropicAdapter(BaseLLMAdapter):
                 for block in message.content
                 if getattr(block, "type", "") == "tool_use"
             )
+            thinking = tuple(
+                ThinkingBlock(clean(str(block.thinking)), str(block.signature))
+                if block.type == "thinking"
+                else ThinkingBlock(redacted=str(block.data))
+                for block in message.content
+                if getattr(block, "type", "") in ("thinking", "redacted_thinking")
+            )
             stop_reason = message.stop_reason or ""
             if request.response_format is not None:
                 # The forced tool's input is the answer.
@@ -212,7 +226,9 @@ class AnthropicAdapter(BaseLLMAdapter):
                 report.prompt_tokens(self.provider_name),
                 getattr(message.usage, "output_tokens", None),
                 request,
-                text + "".join(c.name + c.arguments for c in calls),
+                text
+                + "".join(b.thinking for b in thinking)
+                + "".join(c.name + c.arguments for c in calls),
                 **report.cache_counts(),
             )
             model, message_id = clean(str(message.model or self.model)), clean(str(message.id))
@@ -229,6 +245,7 @@ class AnthropicAdapter(BaseLLMAdapter):
             model=model,
             id=message_id,
             tool_calls=calls,
+            thinking=thinking,
         )
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
@@ -239,6 +256,7 @@ class AnthropicAdapter(BaseLLMAdapter):
         finished = started = False
         formatted = request.response_format is not None
         calls: dict[int, int] = {}  # content block index -> tool call index
+        thoughts: dict[int, int] = {}  # content block index -> reasoning block index
         try:
             stream = await self._sdk().messages.create(**self._params(request), stream=True)
             started = True
@@ -249,7 +267,13 @@ class AnthropicAdapter(BaseLLMAdapter):
                         report.update(event.message.usage)
                     elif kind == "content_block_start":
                         block = event.content_block
-                        if getattr(block, "type", "") == "tool_use" and not formatted:
+                        block_type = getattr(block, "type", "")
+                        if block_type in ("thinking", "redacted_thinking"):
+                            thoughts[event.index] = len(thoughts)
+                            if block_type == "redacted_thinking":
+                                piece = ThinkingDelta(thoughts[event.index], redacted=block.data)
+                                yield StreamChunk(thinking=piece)
+                        elif block_type == "tool_use" and not formatted:
                             if not getattr(block, "name", None):
                                 continue  # a call without a name is none (nor content)
                             calls[event.index] = len(calls)
@@ -262,7 +286,17 @@ class AnthropicAdapter(BaseLLMAdapter):
                             )
                     elif kind == "content_block_delta":
                         delta_type = getattr(event.delta, "type", "")
-                        if delta_type == "text_delta" and event.delta.text:
+                        if delta_type == "thinking_delta" and event.index in thoughts:
+                            text = clean(event.delta.thinking)
+                            parts.append(text)
+                            piece = ThinkingDelta(thoughts[event.index], thinking=text)
+                            yield StreamChunk(thinking=piece)
+                        elif delta_type == "signature_delta" and event.index in thoughts:
+                            piece = ThinkingDelta(
+                                thoughts[event.index], signature=str(event.delta.signature)
+                            )
+                            yield StreamChunk(thinking=piece)
+                        elif delta_type == "text_delta" and event.delta.text:
                             text = clean(event.delta.text)
                             parts.append(text)
                             yield StreamChunk(text=text)
@@ -344,7 +378,8 @@ def anthropic_messages(conversation: list[Message]) -> list[dict[str, Any]]:
             result = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}
             blocks = [with_mark(result, marks[-1] if marks else None)]
         else:
-            blocks = content_blocks(m, f"messages[{i}].content")
+            blocks = [block.as_anthropic() for block in m.thinking]
+            blocks += content_blocks(m, f"messages[{i}].content")
             for call in m.tool_calls:
                 use = {
                     "type": "tool_use",
@@ -358,7 +393,7 @@ def anthropic_messages(conversation: list[Message]) -> list[dict[str, Any]]:
             if isinstance(previous, str):
                 previous = turns[-1]["content"] = [{"type": "text", "text": previous}]
             previous.extend(blocks)
-        elif not m.tool_calls and m.role != "tool" and not m.parts:
+        elif not m.tool_calls and m.role != "tool" and not m.parts and not m.thinking:
             turns.append({"role": role, "content": m.content})
         else:
             turns.append({"role": role, "content": blocks})
@@ -438,6 +473,26 @@ STOP_REASONS = {
     "tool_calls": "tool_use",
     "content_filter": "refusal",
 }
+
+
+#: OpenAI's ``reasoning_effort`` as a thinking budget (LiteLLM's figures, and beyond).
+EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192}
+
+
+def effort_thinking(effort: str, max_tokens: int) -> dict[str, Any]:
+    """``reasoning_effort`` as Anthropic's ``thinking``: a budget that leaves room for
+    the answer under ``max_tokens`` (Anthropic wants it below), or a 400 when even the
+    smallest budget does not fit."""
+    if effort == "none":
+        return {"type": "disabled"}
+    budget = min(EFFORT_BUDGETS.get(effort, 2048), max_tokens - 1)
+    if budget < MIN_BUDGET:
+        raise exc.InvalidRequest(
+            f"reasoning_effort {effort!r} needs max_tokens above {MIN_BUDGET} on an Anthropic "
+            "upstream (thinking takes at least that many).",
+            param="reasoning_effort",
+        )
+    return {"type": "enabled", "budget_tokens": budget}
 
 
 @dataclass(slots=True)

@@ -47,6 +47,7 @@ from .http import (
     sessions,
 )
 from .images import ImagePart
+from .thinking import ThinkingBlock, ThinkingDelta
 from .tools import (
     ResponseFormat,
     Tool,
@@ -78,6 +79,8 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     parts: tuple[str | ImagePart, ...] = ()
+    #: An assistant's reasoning blocks, sent back as they came (Anthropic upstreams).
+    thinking: tuple[ThinkingBlock, ...] = ()
 
     @property
     def images(self) -> tuple[ImagePart, ...]:
@@ -122,6 +125,11 @@ class ChatRequest:
     reasoning_effort: str | None = None
     #: OpenAI's prompt cache routing hint (a hint: other upstreams leave it out).
     prompt_cache_key: str | None = None
+    #: Anthropic's extended thinking setting and ``top_k`` sampling.
+    thinking: Mapping[str, Any] | None = None
+    top_k: int | None = None
+    #: ``anthropic-beta`` features the client asked for (Anthropic upstreams only).
+    betas: tuple[str, ...] = ()
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -194,6 +202,8 @@ class Completion(str):
     model: str
     id: str
     tool_calls: tuple[ToolCall, ...]
+    #: The reasoning blocks before the answer (a model that was asked to think).
+    thinking: tuple[ThinkingBlock, ...]
 
     def __new__(
         cls,
@@ -203,6 +213,7 @@ class Completion(str):
         model: str = "",
         id: str = "",
         tool_calls: tuple[ToolCall, ...] = (),
+        thinking: tuple[ThinkingBlock, ...] = (),
     ) -> Completion:
         answer = super().__new__(cls, text)
         answer.usage = usage or Usage()
@@ -210,6 +221,7 @@ class Completion(str):
         answer.model = model
         answer.id = id
         answer.tool_calls = tuple(tool_calls)
+        answer.thinking = tuple(thinking)
         return answer
 
     @property
@@ -227,6 +239,7 @@ class StreamChunk(str):
     finish_reason: str | None
     usage: Usage | None
     tool_call: ToolCallDelta | None
+    thinking: ThinkingDelta | None
 
     def __new__(
         cls,
@@ -234,11 +247,13 @@ class StreamChunk(str):
         finish_reason: str | None = None,
         usage: Usage | None = None,
         tool_call: ToolCallDelta | None = None,
+        thinking: ThinkingDelta | None = None,
     ) -> StreamChunk:
         chunk = super().__new__(cls, text)
         chunk.finish_reason = finish_reason
         chunk.usage = usage
         chunk.tool_call = tool_call
+        chunk.thinking = thinking
         return chunk
 
     @property
@@ -276,6 +291,9 @@ OPTIONS = (
     "user",
     "reasoning_effort",
     "prompt_cache_key",
+    "thinking",
+    "top_k",
+    "betas",
     "tools",
     "tool_choice",
     "parallel_tool_calls",

@@ -76,8 +76,8 @@ class OllamaAdapter(BaseLLMAdapter):
             options["num_predict"] = max_tokens
         if request.stop:
             options["stop"] = list(request.stop)
-        self.refuse_options(request, ("user", "reasoning_effort"))
-        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+        self.refuse_options(request, ("user", "reasoning_effort", "thinking"))
+        for name in ("top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
             if (value := getattr(request, name)) is not None:
                 options[name] = value
         body: dict[str, Any] = {

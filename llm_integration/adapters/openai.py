@@ -93,6 +93,7 @@ class OpenAIAdapter(BaseLLMAdapter):
             body[self.max_tokens_field] = max_tokens
         if request.stop:
             body["stop"] = list(request.stop)
+        self.refuse_options(request, ("thinking", "top_k"))
         for name in SAMPLING:
             if (value := getattr(request, name)) is not None:
                 body[name] = value

@@ -60,7 +60,8 @@ class MessagesView(AnthropicView):
         summary="Anthropic-compatible Messages (JSON, or Anthropic's stream events)",
     )
     async def post(self, request):
-        ask = anthropic.parse(request.data, Labels.from_headers(request.META))
+        betas = request.META.get("HTTP_ANTHROPIC_BETA", "")
+        ask = anthropic.parse(request.data, Labels.from_headers(request.META), betas)
         arguments = ask.arguments(
             user=request.user, request_id=self.request_id, key=key_of(request)
         )

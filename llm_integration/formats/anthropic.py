@@ -19,7 +19,7 @@ from .. import exceptions as exc
 from ..adapters.anthropic import STOP_REASONS, TOOL_CHOICES
 from ..adapters.caching import parse_cache_control
 from ..envelope import describe, retry_headers
-from ..services.chat import ChatResult, ChatStream, Delta, Done, ToolCallDelta
+from ..services.chat import ChatResult, ChatStream, Delta, Done, ThinkingDelta, ToolCallDelta
 from ..services.policy.rules import NO_LABELS, Labels
 from ..text.fields import refuse_unknown
 from ..text.unicode import loads
@@ -49,6 +49,12 @@ class MessagesRequestSerializer(serializers.Serializer):
     system = serializers.JSONField(required=False, help_text="Text, or a list of text blocks.")
     temperature = StrictFloatField(required=False, min_value=0, max_value=1)
     top_p = StrictFloatField(required=False, min_value=0, max_value=1)
+    top_k = StrictIntegerField(required=False, min_value=0)
+    thinking = serializers.JSONField(
+        required=False,
+        help_text='Extended thinking: {"type": "enabled", "budget_tokens": n}, adaptive or '
+        "disabled (Anthropic upstreams; others refuse it by name).",
+    )
     stop_sequences = serializers.ListField(
         child=StrictCharField(trim_whitespace=False, allow_blank=True), required=False
     )
@@ -64,6 +70,7 @@ class CountTokensRequestSerializer(serializers.Serializer):
     system = serializers.JSONField(required=False)
     tools = serializers.ListField(required=False)
     tool_choice = serializers.JSONField(required=False)
+    thinking = serializers.JSONField(required=False)
 
 
 MESSAGES = Shape(MessagesRequestSerializer)
@@ -172,6 +179,7 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []  # text and images, in order (OpenAI's parts)
         calls: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
+        thoughts: list[dict[str, Any]] = []
         for j, block in enumerate(content):
             at = f"{where}.content[{j}]"
             kind = block.get("type") if isinstance(block, dict) else None
@@ -181,6 +189,8 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
                 parts.append(image_part(block, at))
             elif kind == "tool_use" and role == "assistant":
                 calls.append(tool_call(block, at))
+            elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+                thoughts.append(block)  # checked by the chat service
             elif kind == "tool_result" and role == "user":
                 results.append(tool_result(block, at))
             else:
@@ -191,6 +201,8 @@ def conversation(messages: Any) -> list[dict[str, Any]]:
             turn: dict[str, Any] = {"role": "assistant", "content": collapsed(parts)}
             if calls:
                 turn["tool_calls"] = calls
+            if thoughts:
+                turn["thinking_blocks"] = thoughts
             out.append(turn)
         else:
             out.extend(results)
@@ -262,11 +274,16 @@ def tool_options(data: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def parse(payload: Any, headers: Labels = NO_LABELS) -> ChatInput:
-    """A Messages request (``headers``: the ``X-LLM-*`` labels; Anthropic's body has
-    no place for them)."""
+def parse(payload: Any, headers: Labels = NO_LABELS, betas: str = "") -> ChatInput:
+    """A Messages request (``headers``: the ``X-LLM-*`` labels, Anthropic's body has
+    no place for them; ``betas``: the ``anthropic-beta`` header)."""
     data = MESSAGES.validate(payload)
     options = tool_options(data)
+    for name in ("thinking", "top_k"):
+        if name in data:
+            options[name] = data[name]
+    if features := [name.strip() for name in betas.split(",") if name.strip()]:
+        options["betas"] = features
     metadata = data.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict):
@@ -296,9 +313,10 @@ def parse_count(payload: Any) -> ChatInput:
     """A ``count_tokens`` request: what the Messages call with it would send."""
     data = COUNT.validate(payload)
     system, messages = with_system(data)
-    return ChatInput(
-        messages=messages, model=data["model"], system_prompt=system, options=tool_options(data)
-    )
+    options = tool_options(data)
+    if "thinking" in data:  # checked as the call would check it; it adds no input
+        options["thinking"] = data["thinking"]
+    return ChatInput(messages=messages, model=data["model"], system_prompt=system, options=options)
 
 
 def with_system(data: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -336,7 +354,7 @@ def usage(usage) -> dict[str, int]:
 
 
 def message(result: ChatResult, request_id: str) -> dict[str, Any]:
-    content: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = [block.as_anthropic() for block in result.thinking]
     if result.answer or not result.tool_calls:
         content.append({"type": "text", "text": result.answer})
     for call in result.tool_calls:
@@ -374,6 +392,7 @@ class MessageStream:
         self.block = -1  # the open content block's index
         self.open_kind: str | None = None
         self.tool_blocks: dict[int, int] = {}  # tool call index -> block index
+        self.thought: int | None = None  # the open thinking block's reasoning index
 
     def start(self, kind: str, content_block: dict[str, Any]) -> bytes:
         out = self.stop()
@@ -410,7 +429,27 @@ class MessageStream:
         }
         return event("message_start", start) + event("ping", {"type": "ping"})
 
-    def event(self, item: Delta | ToolCallDelta | Done) -> bytes:
+    def thinking(self, item: ThinkingDelta) -> bytes:
+        """Reasoning: a ``thinking`` block of ``thinking_delta`` and ``signature_delta``
+        pieces, or a ``redacted_thinking`` block whole."""
+        if item.redacted:
+            self.thought = None
+            return self.start(
+                "redacted_thinking", {"type": "redacted_thinking", "data": item.redacted}
+            )
+        out = b""
+        if self.open_kind != "thinking" or self.thought != item.index:
+            out = self.start("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            self.thought = item.index
+        if item.thinking:
+            out += self.delta(self.block, {"type": "thinking_delta", "thinking": item.thinking})
+        if item.signature:
+            out += self.delta(self.block, {"type": "signature_delta", "signature": item.signature})
+        return out
+
+    def event(self, item: Delta | ToolCallDelta | ThinkingDelta | Done) -> bytes:
+        if isinstance(item, ThinkingDelta):
+            return self.thinking(item)
         if isinstance(item, Delta):
             out = (
                 b""

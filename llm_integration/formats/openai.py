@@ -14,7 +14,15 @@ from rest_framework import serializers
 
 from .. import exceptions as exc
 from ..envelope import envelope
-from ..services.chat import ChatResult, ChatStream, Delta, Done, EmbeddingResult, ToolCallDelta
+from ..services.chat import (
+    ChatResult,
+    ChatStream,
+    Delta,
+    Done,
+    EmbeddingResult,
+    ThinkingDelta,
+    ToolCallDelta,
+)
 from ..services.chat.validation import OPTIONS
 from ..services.policy.rules import NO_LABELS, Labels
 from ..text.fields import refuse_unknown, refuse_unknown_in_message
@@ -203,9 +211,11 @@ class CompletionStream:
     def opening(self, stream: ChatStream) -> bytes:
         return self.chunk(self.choice({"role": "assistant", "content": ""}))
 
-    def event(self, event: Delta | ToolCallDelta | Done) -> bytes:
+    def event(self, event: Delta | ToolCallDelta | ThinkingDelta | Done) -> bytes:
         if isinstance(event, Delta):
             return self.chunk(self.choice({"content": event.text}))
+        if isinstance(event, ThinkingDelta):
+            return b""  # OpenAI's chat completions show no reasoning
         if isinstance(event, ToolCallDelta):
             return self.chunk(self.choice({"tool_calls": [event.as_openai()]}))
         end = self.chunk(self.choice({}, event.finish_reason), model=event.model)

@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from ..envelope import envelope
 from ..services.accounting.pricing import format_money
-from ..services.chat import ChatResult, ChatStream, Delta, Done, ToolCallDelta
+from ..services.chat import ChatResult, ChatStream, Delta, Done, ThinkingDelta, ToolCallDelta
 from ..services.chat.validation import TOOL_OPTIONS
 from ..services.policy.rules import NO_LABELS, Labels
 from .fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
@@ -171,9 +171,11 @@ class RestStream:
     def opening(self, stream: ChatStream) -> bytes:
         return b""
 
-    def event(self, event: Delta | ToolCallDelta | Done) -> bytes:
+    def event(self, event: Delta | ToolCallDelta | ThinkingDelta | Done) -> bytes:
         if isinstance(event, Delta):
             return sse({"delta": event.text})
+        if isinstance(event, ThinkingDelta):
+            return b""  # asked for on /v1/messages only
         if isinstance(event, ToolCallDelta):
             return sse({"tool_call": event.as_event()})
         return sse(

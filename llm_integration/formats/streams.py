@@ -14,11 +14,11 @@ from typing import Protocol
 
 from django.http import StreamingHttpResponse
 
-from ..services.chat import ChatStream, Delta, Done, ToolCallDelta
+from ..services.chat import ChatStream, Delta, Done, ThinkingDelta, ToolCallDelta
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-Event = Delta | ToolCallDelta | Done
+Event = Delta | ToolCallDelta | ThinkingDelta | Done
 
 
 class StreamFormat(Protocol):
@@ -28,7 +28,8 @@ class StreamFormat(Protocol):
         """Before the first event (b"": nothing)."""
 
     def event(self, event: Event) -> bytes:
-        """One event; the ``Done`` one ends the answer."""
+        """One event; the ``Done`` one ends the answer. Reasoning (``ThinkingDelta``)
+        only reaches formats that have a place for it."""
 
     def failure(self, error: Exception) -> bytes:
         """A failure after the 200."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..envelope import describe
-from ..services.chat import Delta, Done, Outcome, ToolCallDelta
+from ..services.chat import Delta, Done, Outcome, ThinkingDelta, ToolCallDelta
 from ..services.chat.validation import TOOL_OPTIONS
 from ..services.policy.rules import Labels
 from ..text.fields import refuse_unknown
@@ -57,8 +57,12 @@ def start(request_id: str) -> dict[str, Any]:
     return {"type": "start", "request_id": request_id}
 
 
-def frame(event: Delta | ToolCallDelta | Done, request_id: str) -> dict[str, Any]:
-    """The frame of one event of the chat's stream."""
+def frame(
+    event: Delta | ToolCallDelta | ThinkingDelta | Done, request_id: str
+) -> dict[str, Any] | None:
+    """The frame of one event of the chat's stream (None: none for it)."""
+    if isinstance(event, ThinkingDelta):
+        return None  # asked for on /v1/messages only
     if isinstance(event, Delta):
         return {"type": "token", "content": event.text}
     if isinstance(event, ToolCallDelta):

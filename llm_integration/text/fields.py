@@ -33,8 +33,9 @@ def refuse_unknown(
 
 def refuse_unknown_in_message(message: Mapping[str, Any], index: int) -> None:
     """A message carries ``role`` and ``content`` (and for tool calling ``tool_calls``
-    or ``tool_call_id``); anything else is refused by name."""
+    or ``tool_call_id``; an assistant's reasoning, ``thinking_blocks``); anything else
+    is refused by name."""
     refuse_unknown(message, MESSAGE_FIELDS, prefix=f"messages[{index}].")
 
 
-MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})
+MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id", "thinking_blocks"})

@@ -213,12 +213,7 @@ def test_the_key_goes_as_x_api_key_or_bearer(live_server_url, token, upstream):
 @pytest.mark.parametrize(
     "extra,error,name",
     [
-        ({"extra_body": {"top_k": 5}}, anthropic.BadRequestError, "top_k"),
-        (
-            {"thinking": {"type": "enabled", "budget_tokens": 1024}},
-            anthropic.BadRequestError,
-            "thinking",
-        ),
+        ({"extra_body": {"mcp_servers": []}}, anthropic.BadRequestError, "mcp_servers"),
         ({"model": "nope"}, anthropic.NotFoundError, "nope"),
         ({"extra_body": {"temperature": 1.5}}, anthropic.BadRequestError, "temperature"),
     ],

@@ -91,12 +91,36 @@ def test_every_parameter_is_carried_or_refused_by_name(client, openai_fake):
     assert "n" in refused  # n: 2 (n: 1 asks for what the gateway does anyway)
 
 
+def test_reasoning_effort_is_a_thinking_budget_on_anthropic(live_server_url, alias_on):
+    token = Token.objects.create(user=UserFactory()).key
+    client = openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=token, max_retries=0)
+    fake = alias_on("anthropic", "claude")
+    hello = [{"role": "user", "content": "hi"}]
+    for effort, max_tokens, budget in (("medium", 8000, 2048), ("high", 3000, 2999)):
+        client.chat.completions.create(
+            model="claude", messages=hello, reasoning_effort=effort, max_tokens=max_tokens
+        )
+        thinking = fake.requests[-1].body["thinking"]
+        assert thinking == {"type": "enabled", "budget_tokens": budget}
+    client.chat.completions.create(
+        model="claude", messages=hello, reasoning_effort="none", prompt_cache_key="repo-42"
+    )
+    assert fake.requests[-1].body["thinking"] == {"type": "disabled"}
+    assert "prompt_cache_key" not in fake.requests[-1].body  # a hint, left out
+    sent = len(fake.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="claude", messages=hello, reasoning_effort="low", max_tokens=500
+        )
+    assert refused.value.body["param"] == "reasoning_effort" and len(fake.requests) == sent
+
+
 def test_upstreams_that_cannot_reason_on_demand_refuse_reasoning_effort_by_name(
     live_server_url, alias_on
 ):
     token = Token.objects.create(user=UserFactory()).key
     client = openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=token, max_retries=0)
-    for kind in ("anthropic", "ollama"):
+    for kind in ("ollama",):
         fake = alias_on(kind, kind)
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(

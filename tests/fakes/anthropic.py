@@ -18,6 +18,16 @@ ERROR_TYPES = {
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
+def thinking_blocks(b: Behaviour) -> list[dict]:
+    """The answer's reasoning blocks: ``{"thinking", "signature"}`` or ``{"redacted"}``."""
+    return [
+        {"type": "redacted_thinking", "data": t["redacted"]}
+        if "redacted" in t
+        else {"type": "thinking", "thinking": t["thinking"], "signature": t["signature"]}
+        for t in b.thinking or ()
+    ]
+
+
 def tool_use_blocks(b: Behaviour) -> list[dict]:
     return [
         {
@@ -86,7 +96,8 @@ class AnthropicFake(FakeUpstream):
                 "type": "message",
                 "role": "assistant",
                 "model": body.get("model", "claude-fake"),
-                "content": ([{"type": "text", "text": b.text}] if b.text else [])
+                "content": thinking_blocks(b)
+                + ([{"type": "text", "text": b.text}] if b.text else [])
                 + tool_use_blocks(b),
                 "stop_reason": STOP_REASONS.get(b.finish_reason, "end_turn"),
                 "stop_sequence": None,
@@ -134,13 +145,39 @@ class AnthropicFake(FakeUpstream):
             )
         )
         ex.write(event("ping", {"type": "ping"}))
+        offset = len(b.thinking or ())  # the reasoning blocks come first
+        for index, block in enumerate(thinking_blocks(b)):
+            start = dict(block, thinking="", signature="") if block["type"] == "thinking" else block
+            ex.write(
+                event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": start},
+                )
+            )
+            if block["type"] == "thinking":
+                for piece in b.pieces(block["thinking"]):
+                    delta = {"type": "thinking_delta", "thinking": piece}
+                    ex.write(
+                        event(
+                            "content_block_delta",
+                            {"type": "content_block_delta", "index": index, "delta": delta},
+                        )
+                    )
+                delta = {"type": "signature_delta", "signature": block["signature"]}
+                ex.write(
+                    event(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index, "delta": delta},
+                    )
+                )
+            ex.write(event("content_block_stop", {"type": "content_block_stop", "index": index}))
         if b.text:
             ex.write(
                 event(
                     "content_block_start",
                     {
                         "type": "content_block_start",
-                        "index": 0,
+                        "index": offset,
                         "content_block": {"type": "text", "text": ""},
                     },
                 )
@@ -169,14 +206,14 @@ class AnthropicFake(FakeUpstream):
                     "content_block_delta",
                     {
                         "type": "content_block_delta",
-                        "index": 0,
+                        "index": offset,
                         "delta": {"type": "text_delta", "text": word},
                     },
                 )
             )
         if b.text:
-            ex.write(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        for index, call in enumerate(b.tool_calls or (), start=1 if b.text else 0):
+            ex.write(event("content_block_stop", {"type": "content_block_stop", "index": offset}))
+        for index, call in enumerate(b.tool_calls or (), start=offset + (1 if b.text else 0)):
             block = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
             ex.write(
                 event(

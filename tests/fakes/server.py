@@ -54,6 +54,9 @@ class Behaviour:
     #: Tool calls the model makes: [{"id", "name", "arguments": JSON text}]; each fake
     #: sends them in its own wire format (streamed arguments in ``pieces``).
     tool_calls: list[dict] | None = None
+    #: Reasoning blocks before the answer (Anthropic's fake): ``{"thinking", "signature"}``
+    #: or ``{"redacted": data}``.
+    thinking: list[dict] | None = None
     #: Writes the whole answer itself, byte for byte (a hostile upstream's).
     raw: Any = None
 

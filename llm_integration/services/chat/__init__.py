@@ -10,6 +10,7 @@ types.py, ids.py
 """
 
 from ...adapters import ToolCallDelta
+from ...adapters.thinking import ThinkingDelta
 from .embedding import EmbeddingResult
 from .gateway import Gateway, achat, aembed, astream_chat, chat, default_gateway
 from .ids import new_request_id
@@ -23,6 +24,7 @@ __all__ = [
     "EmbeddingResult",
     "Gateway",
     "Outcome",
+    "ThinkingDelta",
     "ToolCallDelta",
     "achat",
     "aembed",

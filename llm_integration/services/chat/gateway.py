@@ -29,6 +29,7 @@ from asgiref.sync import async_to_sync
 
 from ... import exceptions as exc
 from ...adapters import ChatRequest, Completion, Embeddings, StreamChunk, ToolCallDelta
+from ...adapters.thinking import ThinkingDelta
 from ...models import ModelAlias, UsageRecord
 from ...text.tokens import estimate_text_tokens, truncate_to_tokens
 from ..accounting import quotas
@@ -207,6 +208,7 @@ class Gateway:
             cost,
             completion.finish_reason,
             tool_calls=completion.tool_calls,
+            thinking=completion.thinking,
         )
 
     async def cached_answer(
@@ -311,7 +313,7 @@ class Gateway:
         labels: Labels,
         checked: Callable[[], ChatRequest],
         json_tool_arguments: bool,
-    ) -> AsyncIterator[Delta | ToolCallDelta | Done]:
+    ) -> AsyncIterator[Delta | ToolCallDelta | ThinkingDelta | Done]:
         """``stream``'s events; ``checked()`` validates the request (inside, so that a
         refusal is recorded like any other end)."""
         parts: list[str] = []
@@ -344,6 +346,9 @@ class Gateway:
             written = 0  # completion tokens delivered, counted as they come
             chunk: StreamChunk | None = head
             while chunk is not None:
+                if chunk.thinking is not None:  # reasoning: billed as output, not counted
+                    parts.append(chunk.thinking.thinking)  # against what it delivers
+                    yield chunk.thinking
                 if chunk.tool_call is not None:
                     piece = chunk.tool_call
                     tokens = estimate_text_tokens((piece.name or "") + piece.arguments, model=model)

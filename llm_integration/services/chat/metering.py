@@ -138,6 +138,7 @@ def metered_completion(completion: Completion, prepared: Prepared) -> Completion
             completion.model,
             completion.id,
             completion.tool_calls,
+            completion.thinking,
         )
     text = completion.text
     if text_tokens > limit:
@@ -148,4 +149,6 @@ def metered_completion(completion: Completion, prepared: Prepared) -> Completion
             break
         kept.append(call)
         room -= tokens
-    return Completion(text, usage, "length", completion.model, completion.id, tuple(kept))
+    return Completion(
+        text, usage, "length", completion.model, completion.id, tuple(kept), completion.thinking
+    )

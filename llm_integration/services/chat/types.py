@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from ...adapters import ChatRequest, ToolCall, ToolCallDelta, Usage
+from ...adapters.thinking import ThinkingBlock, ThinkingDelta
 from ...models import ModelAlias, Plan, PlanEntitlement
 from ..config.snapshot import Snapshot
 from ..limits.ratelimit import Count
@@ -32,6 +33,8 @@ class ChatResult:
     degraded: bool = False
     #: The tools the model called (``finish_reason: tool_calls``).
     tool_calls: tuple[ToolCall, ...] = ()
+    #: The model's reasoning blocks, when it was asked to think.
+    thinking: tuple[ThinkingBlock, ...] = ()
 
 
 @dataclass(slots=True)
@@ -67,7 +70,9 @@ class ChatStream:
     """The events of a streamed chat (Delta or ToolCallDelta..., Done) with its request
     id; once it has ended, however it ended, ``outcome`` holds what was recorded."""
 
-    def __init__(self, events: AsyncIterator[Delta | ToolCallDelta | Done], call: Call) -> None:
+    def __init__(
+        self, events: AsyncIterator[Delta | ToolCallDelta | ThinkingDelta | Done], call: Call
+    ) -> None:
         self.events = events
         self.call = call
 
@@ -82,7 +87,7 @@ class ChatStream:
     def __aiter__(self) -> ChatStream:
         return self
 
-    async def __anext__(self) -> Delta | ToolCallDelta | Done:
+    async def __anext__(self) -> Delta | ToolCallDelta | ThinkingDelta | Done:
         return await self.events.__anext__()
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from ...adapters.base import ROLES, ChatRequest, Message
 from ...adapters.caching import MarkedText, mark_of, parse_cache_control
 from ...adapters.images import ImagePart, parse_image_part
+from ...adapters.thinking import parse_thinking, parse_thinking_blocks
 from ...adapters.tools import (
     parse_response_format,
     parse_tool_calls,
@@ -115,7 +116,8 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
                 param=f"messages[{i}].tool_calls",
             )
         content = m.get("content")
-        text, parts = ("", ()) if content is None and calls else _content(content, i, images)
+        bare = content is None and (calls or m.get("thinking_blocks"))
+        text, parts = ("", ()) if bare else _content(content, i, images)
         if any(isinstance(p, ImagePart) for p in parts) and role != "user":
             raise UnsupportedContent(
                 f"messages[{i}]: only user messages carry images.", param=f"messages[{i}].content"
@@ -133,8 +135,14 @@ def parse_messages(messages: Any, *, system_prompt: Any = None) -> tuple[Message
                 f"messages[{i}]: only tool messages carry tool_call_id.",
                 param=f"messages[{i}].tool_call_id",
             )
+        thinking = parse_thinking_blocks(m.get("thinking_blocks"), f"messages[{i}].thinking_blocks")
+        if thinking and role != "assistant":
+            raise InvalidRequest(
+                f"messages[{i}]: only assistant messages carry thinking_blocks.",
+                param=f"messages[{i}].thinking_blocks",
+            )
         called.update(call.id for call in calls)
-        parsed.append(Message(role, text, calls, call_id, parts))
+        parsed.append(Message(role, text, calls, call_id, parts, thinking))
     if system_prompt is not None:
         if not isinstance(system_prompt, str):
             raise InvalidRequest("system_prompt must be text.")
@@ -185,6 +193,10 @@ def validate(
     options = dict(options or {})
     tools = parse_tools(options.pop("tools", None))
     tool_choice = parse_tool_choice(options.pop("tool_choice", None), tools)
+    thinking = parse_thinking(options.pop("thinking", None))
+    betas = options.pop("betas", None) or ()
+    if not isinstance(betas, list | tuple) or not all(isinstance(b, str) for b in betas):
+        raise InvalidRequest("betas must be a list of feature names.", param="betas")
     parallel = options.pop("parallel_tool_calls", None)
     if parallel is not None and not isinstance(parallel, bool):
         raise InvalidRequest(
@@ -199,6 +211,8 @@ def validate(
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         response_format=parse_response_format(options.pop("response_format", None)),
+        thinking=thinking,
+        betas=tuple(betas),
         **sampling(options),
     )
 
@@ -212,13 +226,14 @@ SAMPLING = {
     "user": ("text", None, None),
     "reasoning_effort": ("text", None, None),
     "prompt_cache_key": ("text", None, None),
+    "top_k": ("integer", None, None),
 }
 
 
 #: Tool and output options, in OpenAI's shapes.
 TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 #: Every option ``validate`` takes in ``options``.
-OPTIONS = (*SAMPLING, *TOOL_OPTIONS)
+OPTIONS = (*SAMPLING, *TOOL_OPTIONS, "thinking", "betas")
 
 
 def sampling(options: Mapping[str, Any]) -> dict[str, Any]:
