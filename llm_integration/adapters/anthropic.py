@@ -114,6 +114,8 @@ class AnthropicAdapter(BaseLLMAdapter):
             sampling["top_p"] = request.top_p
         if request.top_k is not None:
             sampling["top_k"] = request.top_k
+        if request.context_management is not None:  # not among the SDK's arguments
+            sampling["context_management"] = dict(request.context_management)
         if sampling:
             # Recent SDKs dropped the typed sampling arguments; the API still takes them
             # for models that support sampling, so they travel in the body.
@@ -129,6 +131,8 @@ class AnthropicAdapter(BaseLLMAdapter):
             params["thinking"] = effort_thinking(request.reasoning_effort, params["max_tokens"])
         if request.betas:
             params["extra_headers"] = {"anthropic-beta": ",".join(request.betas)}
+        if request.output_config is not None:
+            params["output_config"] = dict(request.output_config)
         return params
 
     def _map_error(self, e: Exception, *, started: bool = False) -> exc.UpstreamError:

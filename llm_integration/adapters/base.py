@@ -130,6 +130,10 @@ class ChatRequest:
     top_k: int | None = None
     #: ``anthropic-beta`` features the client asked for (Anthropic upstreams only).
     betas: tuple[str, ...] = ()
+    #: Anthropic's ``context_management`` and ``output_config``, carried as sent
+    #: (``output_config.effort`` is ``reasoning_effort`` to OpenAI-compatible upstreams).
+    context_management: Mapping[str, Any] | None = None
+    output_config: Mapping[str, Any] | None = None
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -174,7 +178,8 @@ class Usage:
     """What a call used. ``prompt_tokens`` counts every input token; of those,
     ``cache_read_tokens`` came from the upstream's prompt cache and
     ``cache_write_tokens`` were written to it (``cache_write_1h_tokens`` of them kept
-    an hour), each priced on its own."""
+    an hour), each priced on its own; ``reasoning_tokens`` are part of the completion
+    and billed as output."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -182,6 +187,8 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    #: Of the completion tokens, those the model spent reasoning (as the upstream said).
+    reasoning_tokens: int = 0
 
     @property
     def uncached_prompt_tokens(self) -> int:
@@ -294,6 +301,8 @@ OPTIONS = (
     "thinking",
     "top_k",
     "betas",
+    "context_management",
+    "output_config",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -576,6 +585,7 @@ class BaseLLMAdapter(ABC):
         cache_read: Any = None,
         cache_write: Any = None,
         cache_write_1h: Any = None,
+        reasoning: Any = None,
     ) -> Usage:
         """The upstream's counts where they are counts (``untrusted.token_count``); an
         estimate in place of each that is missing or is not, flagged as such. Cache
@@ -594,6 +604,12 @@ class BaseLLMAdapter(ABC):
                 completion_tokens=guess.completion_tokens if c is None else c,
                 estimated=True,
             )
+        if reasoning is not None and c is not None:
+            thought = token_count(reasoning)
+            if thought is None or thought > c:
+                log_bad_count(self.provider_name, "reasoning", reasoning)
+            else:
+                usage = dataclasses.replace(usage, reasoning_tokens=thought)
         if cache_read is None and cache_write is None:
             return usage
         cached = [

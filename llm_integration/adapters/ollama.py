@@ -76,7 +76,9 @@ class OllamaAdapter(BaseLLMAdapter):
             options["num_predict"] = max_tokens
         if request.stop:
             options["stop"] = list(request.stop)
-        self.refuse_options(request, ("user", "reasoning_effort", "thinking"))
+        self.refuse_options(
+            request, ("user", "reasoning_effort", "context_management", "output_config")
+        )
         for name in ("top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
             if (value := getattr(request, name)) is not None:
                 options[name] = value
@@ -85,6 +87,9 @@ class OllamaAdapter(BaseLLMAdapter):
             "messages": ollama_messages(request.messages),
             "stream": stream,
         }
+        kind = (request.thinking or {}).get("type")
+        if kind in ("enabled", "disabled"):  # Ollama's switch for thinking models
+            body["think"] = kind == "enabled"
         choice = request.tool_choice.mode if request.tool_choice else "auto"
         if choice in ("required", "tool"):
             raise exc.UnsupportedParameter(

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..redaction import scrub
+from ..text.fields import refuse_unknown
 from ..text.tokens import count_text_tokens
 from ..text.unicode import loads
 from .base import (
@@ -42,6 +43,7 @@ from .http import (
     read_error_body,
 )
 from .sse import iter_sse
+from .thinking import thinking_effort
 from .tools import ToolCall, ToolCallDelta
 from .untrusted import finish_reason, log_bad_count, token_count
 
@@ -93,7 +95,13 @@ class OpenAIAdapter(BaseLLMAdapter):
             body[self.max_tokens_field] = max_tokens
         if request.stop:
             body["stop"] = list(request.stop)
-        self.refuse_options(request, ("thinking", "top_k"))
+        self.refuse_options(request, ("top_k", "context_management"))
+        if (effort := thinking_effort(request.thinking)) is not None:
+            body["reasoning_effort"] = effort
+        if request.output_config is not None:  # Anthropic's effort is OpenAI's
+            refuse_unknown(request.output_config, {"effort"}, prefix="output_config.")
+            if request.output_config.get("effort") is not None:
+                body["reasoning_effort"] = request.output_config["effort"]
         for name in SAMPLING:
             if (value := getattr(request, name)) is not None:
                 body[name] = value
@@ -265,12 +273,15 @@ class OpenAIAdapter(BaseLLMAdapter):
             return self._estimate_usage(request, text)
         details = data.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        output = data.get("completion_tokens_details")
+        reasoning = output.get("reasoning_tokens") if isinstance(output, dict) else None
         return self._reported_usage(
             data.get("prompt_tokens"),
             data.get("completion_tokens"),
             request,
             text,
             cache_read=cached or None,  # OpenAI's cached tokens are reads; writes are free
+            reasoning=reasoning or None,
         )
 
     def _tool_call_delta(self, piece: Any, calls: dict[Any, int]) -> ToolCallDelta:

@@ -47,6 +47,16 @@ class ThinkingDelta:
     redacted: str = ""
 
 
+def thinking_effort(thinking: Any) -> str | None:
+    """Anthropic's ``thinking`` as OpenAI's ``reasoning_effort``: a budget under 2,048
+    tokens is ``low``, under 4,096 ``medium``, more ``high``; ``adaptive`` and
+    ``disabled`` leave the upstream's default (None)."""
+    if not thinking or thinking.get("type") != "enabled":
+        return None
+    budget = thinking["budget_tokens"]
+    return "low" if budget < 2048 else ("medium" if budget < 4096 else "high")
+
+
 def parse_thinking(value: Any) -> dict[str, Any] | None:
     """The request's ``thinking``: ``{"type": "enabled", "budget_tokens": n}`` (n at least
     1024), ``{"type": "adaptive"}`` or ``{"type": "disabled"}``; None is none."""

@@ -50,6 +50,14 @@ class MessagesRequestSerializer(serializers.Serializer):
     temperature = StrictFloatField(required=False, min_value=0, max_value=1)
     top_p = StrictFloatField(required=False, min_value=0, max_value=1)
     top_k = StrictIntegerField(required=False, min_value=0)
+    context_management = serializers.JSONField(
+        required=False, help_text="Anthropic upstreams only; others refuse it by name."
+    )
+    output_config = serializers.JSONField(
+        required=False,
+        help_text="Anthropic upstreams; OpenAI-compatible ones take its effort as "
+        "reasoning_effort.",
+    )
     thinking = serializers.JSONField(
         required=False,
         help_text='Extended thinking: {"type": "enabled", "budget_tokens": n}, adaptive or '
@@ -279,7 +287,7 @@ def parse(payload: Any, headers: Labels = NO_LABELS, betas: str = "") -> ChatInp
     no place for them; ``betas``: the ``anthropic-beta`` header)."""
     data = MESSAGES.validate(payload)
     options = tool_options(data)
-    for name in ("thinking", "top_k"):
+    for name in ("thinking", "top_k", "context_management", "output_config"):
         if name in data:
             options[name] = data[name]
     if features := [name.strip() for name in betas.split(",") if name.strip()]:

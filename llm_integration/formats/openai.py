@@ -142,7 +142,8 @@ def parse_completion(payload: Any, headers: Labels = NO_LABELS) -> ChatInput:
 
 def usage(usage) -> dict[str, Any]:
     """OpenAI's usage object; cache reads as ``prompt_tokens_details.cached_tokens``
-    (OpenAI has no word for writes: they stay in ``prompt_tokens`` only)."""
+    (OpenAI has no word for writes: they stay in ``prompt_tokens`` only), reasoning as
+    ``completion_tokens_details.reasoning_tokens`` when the upstream reported it."""
     body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -150,6 +151,8 @@ def usage(usage) -> dict[str, Any]:
     }
     if usage.cache_read_tokens:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    if usage.reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return body
 
 

@@ -107,9 +107,10 @@ def test_reasoning_goes_back_upstream_unchanged_in_the_next_turn(claude, alias_o
 @pytest.mark.parametrize(
     "kind,extra,refused",
     [
-        ("openai", {}, "thinking"),
         ("openai", {"thinking": None, "extra_body": {"top_k": 5}}, "top_k"),
-        ("ollama", {}, "thinking"),
+        ("openai", {"extra_body": {"context_management": {"edits": []}}}, "context_management"),
+        ("openai", {"extra_body": {"output_config": {"format": {}}}}, "output_config.format"),
+        ("ollama", {"extra_body": {"output_config": {"effort": "low"}}}, "output_config"),
     ],
 )
 def test_upstreams_that_cannot_take_a_knob_refuse_it_by_name(
@@ -125,13 +126,64 @@ def test_upstreams_that_cannot_take_a_knob_refuse_it_by_name(
     assert not [r for r in fake.requests if r.method == "POST"]
 
 
-def test_ollama_takes_top_k_and_other_upstreams_go_without_the_beta_header(claude, alias_on):
+def test_ollama_takes_top_k_and_thinking_and_goes_without_the_beta_header(claude, alias_on):
     fake = alias_on("ollama", "thinker")
     fake.push(text="Hi.")
-    ask(claude, stream=False, thinking=anthropic.NOT_GIVEN)
+    ask(claude, stream=False)
     request = sent(fake)
-    assert request.body["options"]["top_k"] == 5
+    assert request.body["options"]["top_k"] == 5 and request.body["think"] is True
     assert "anthropic-beta" not in request.headers
+
+
+@pytest.mark.parametrize(
+    "extra,effort",
+    [
+        ({}, "medium"),  # a budget of 2,048 tokens
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "low"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 16000}}, "high"),
+        (
+            {"thinking": anthropic.NOT_GIVEN, "extra_body": {"output_config": {"effort": "low"}}},
+            "low",
+        ),
+    ],
+)
+def test_thinking_and_effort_are_reasoning_effort_to_openai_upstreams(
+    claude, alias_on, extra, effort
+):
+    fake = alias_on("openai", "thinker")
+    fake.push(text="Hi.")
+    ask(claude, stream=False, **{"extra_body": {}, **extra})
+    body = sent(fake).body
+    assert body["reasoning_effort"] == effort and "thinking" not in body
+
+
+def test_context_management_and_output_config_reach_anthropic_as_sent(claude, alias_on):
+    fake = alias_on("anthropic", "thinker")
+    fake.push(text="Hi.")
+    editing = {"edits": [{"type": "clear_tool_uses_20250919"}]}
+    ask(
+        claude,
+        stream=False,
+        extra_body={"context_management": editing, "output_config": {"effort": "medium"}},
+    )
+    body = sent(fake).body
+    assert body["context_management"] == editing and body["output_config"] == {"effort": "medium"}
+
+
+def test_reasoning_tokens_are_reported_and_billed_as_output(live_server_url, alias_on):
+    import openai
+
+    token = Token.objects.create(user=UserFactory()).key
+    client = openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=token, max_retries=0)
+    fake = alias_on("openai", "thinker", **PRICES)
+    fake.push(text="Hi.", prompt_tokens=10, completion_tokens=200, reasoning_tokens=190)
+    reply = client.chat.completions.create(
+        model="thinker", messages=[{"role": "user", "content": "Hello"}], reasoning_effort="high"
+    )
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 190
+    record = UsageRecord.objects.get()
+    assert record.completion_tokens == 200
+    assert record.cost_usd == Decimal("0.00303")  # 10 × 3 + 200 × 15
 
 
 def test_a_malformed_thinking_setting_is_refused_naming_it(claude, alias_on):

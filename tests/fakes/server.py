@@ -50,6 +50,8 @@ class Behaviour:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    #: Of the completion tokens, those spent reasoning (OpenAI's fake reports them).
+    reasoning_tokens: int = 0
     finish_reason: str = "stop"
     #: Tool calls the model makes: [{"id", "name", "arguments": JSON text}]; each fake
     #: sends them in its own wire format (streamed arguments in ``pieces``).
@@ -98,6 +100,8 @@ class Behaviour:
         }
         if self.cache_read_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
+        if self.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
         return usage
 
     def words(self) -> list[str]:

@@ -194,6 +194,12 @@ def validate(
     tools = parse_tools(options.pop("tools", None))
     tool_choice = parse_tool_choice(options.pop("tool_choice", None), tools)
     thinking = parse_thinking(options.pop("thinking", None))
+    carried = {}  # Anthropic's own objects, passed on as sent
+    for name in ("context_management", "output_config"):
+        value = options.pop(name, None)
+        if value is not None and not isinstance(value, dict):
+            raise InvalidRequest(f"{name} must be an object.", param=name)
+        carried[name] = value
     betas = options.pop("betas", None) or ()
     if not isinstance(betas, list | tuple) or not all(isinstance(b, str) for b in betas):
         raise InvalidRequest("betas must be a list of feature names.", param="betas")
@@ -213,6 +219,7 @@ def validate(
         response_format=parse_response_format(options.pop("response_format", None)),
         thinking=thinking,
         betas=tuple(betas),
+        **carried,
         **sampling(options),
     )
 
@@ -233,7 +240,14 @@ SAMPLING = {
 #: Tool and output options, in OpenAI's shapes.
 TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 #: Every option ``validate`` takes in ``options``.
-OPTIONS = (*SAMPLING, *TOOL_OPTIONS, "thinking", "betas")
+OPTIONS = (
+    *SAMPLING,
+    *TOOL_OPTIONS,
+    "thinking",
+    "betas",
+    "context_management",
+    "output_config",
+)
 
 
 def sampling(options: Mapping[str, Any]) -> dict[str, Any]:
