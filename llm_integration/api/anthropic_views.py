@@ -17,8 +17,6 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from ..formats import anthropic
-from ..formats.streams import event_stream_response, opened
-from ..services.chat import achat, astream_chat
 from ..services.chat.admission import Ask, admit
 from ..services.chat.validation import validate
 from ..services.db import run_db
@@ -62,13 +60,11 @@ class MessagesView(AnthropicView):
     async def post(self, request):
         betas = request.META.get("HTTP_ANTHROPIC_BETA", "")
         ask = anthropic.parse(request.data, Labels.from_headers(request.META), betas)
-        arguments = ask.arguments(
-            user=request.user, request_id=self.request_id, key=key_of(request)
+        return await self.serve_chat(
+            ask,
+            lambda: anthropic.MessageStream(self.request_id, ask.model),
+            lambda result: anthropic.message(result, self.request_id),
         )
-        if ask.stream:
-            fmt = anthropic.MessageStream(self.request_id, ask.model)
-            return event_stream_response(await opened(astream_chat(**arguments), fmt))
-        return Response(anthropic.message(await achat(**arguments), self.request_id))
 
 
 class CountTokensView(AnthropicView):

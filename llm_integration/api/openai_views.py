@@ -17,8 +17,7 @@ from rest_framework.response import Response
 
 from .. import exceptions as exc
 from ..formats import openai
-from ..formats.streams import event_stream_response, opened
-from ..services.chat import achat, aembed, astream_chat
+from ..services.chat import aembed
 from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
 from ..services.policy.rules import Labels
@@ -96,15 +95,13 @@ class ChatCompletionsView(GatewayAPIView):
     )
     async def post(self, request):
         ask = openai.parse_completion(request.data, Labels.from_headers(request.META))
-        arguments = ask.arguments(
-            user=request.user, request_id=self.request_id, key=key_of(request)
-        )
-        if ask.stream:
-            fmt = openai.CompletionStream(
+
+        def stream() -> openai.CompletionStream:
+            return openai.CompletionStream(
                 self.request_id, ask.model, include_usage=ask.include_usage
             )
-            return event_stream_response(await opened(astream_chat(**arguments), fmt))
-        return Response(openai.completion(await achat(**arguments)))
+
+        return await self.serve_chat(ask, stream, openai.completion)
 
 
 class EmbeddingsView(GatewayAPIView):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from adrf.views import APIView
@@ -26,10 +27,11 @@ from rest_framework.response import Response
 
 from ..conf import llm_settings
 from ..formats import rest
-from ..formats.streams import event_stream_response, opened
+from ..formats.inputs import ChatInput
+from ..formats.streams import StreamFormat, event_stream_response, opened
 from ..services.accounting.reports import usage_report
 from ..services.accounting.usage import CSV_FIELDS, CSV_LOOKUPS, csv_row
-from ..services.chat import achat, astream_chat, new_request_id
+from ..services.chat import ChatResult, achat, astream_chat, new_request_id
 from ..services.config.entitlements import visible_aliases
 from ..services.db import run_db
 from ..services.policy.rules import Labels
@@ -126,6 +128,22 @@ class GatewayAPIView(Envelope, APIView):
             permissions.insert(0, IsAuthenticated())
         return permissions
 
+    async def serve_chat(
+        self,
+        ask: ChatInput,
+        stream: Callable[[], StreamFormat],
+        answer: Callable[[ChatResult], dict],
+    ):
+        """``ask`` served to the caller: ``answer(result)`` as JSON, or the events of
+        ``stream()``, the format's stream writer."""
+        request = self.request
+        arguments = ask.arguments(
+            user=request.user, request_id=self.request_id, key=key_of(request)
+        )
+        if ask.stream:
+            return event_stream_response(await opened(astream_chat(**arguments), stream()))
+        return Response(answer(await achat(**arguments)))
+
 
 class ModelListView(GatewayAPIView):
     @extend_schema(
@@ -161,13 +179,7 @@ class ChatView(GatewayAPIView):
     )
     async def post(self, request):
         ask = rest.parse(request.data, Labels.from_headers(request.META))
-        arguments = ask.arguments(
-            user=request.user, request_id=self.request_id, key=key_of(request)
-        )
-        if ask.stream:
-            body = await opened(astream_chat(**arguments), rest.RestStream(self.request_id))
-            return event_stream_response(body)
-        return Response(rest.answer(await achat(**arguments)))
+        return await self.serve_chat(ask, lambda: rest.RestStream(self.request_id), rest.answer)
 
 
 def user_id_range() -> tuple[int, int]:

@@ -287,8 +287,8 @@ def parse(payload: Any, headers: Labels = NO_LABELS, betas: str = "") -> ChatInp
     no place for them; ``betas``: the ``anthropic-beta`` header)."""
     data = MESSAGES.validate(payload)
     options = tool_options(data)
-    for name in ("thinking", "top_k", "context_management", "output_config"):
-        if name in data:
+    for name in ("top_p", "top_k", "thinking", "context_management", "output_config"):
+        if name in data:  # absent or null: not sent
             options[name] = data[name]
     if features := [name.strip() for name in betas.split(",") if name.strip()]:
         options["betas"] = features
@@ -299,8 +299,6 @@ def parse(payload: Any, headers: Labels = NO_LABELS, betas: str = "") -> ChatInp
         refuse_unknown(metadata, {"user_id"}, prefix="metadata.")
         if metadata.get("user_id") is not None:
             options["user"] = metadata["user_id"]
-    if data.get("top_p") is not None:
-        options["top_p"] = data["top_p"]
     system, messages = with_system(data)
     return ChatInput(
         messages=messages,

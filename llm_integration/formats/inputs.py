@@ -71,11 +71,19 @@ class Shape:
         self.noops = noops
 
     def validate(self, payload: Any) -> dict[str, Any]:
-        """The validated data, or a ``ValidationError`` naming the fields at fault.
-        ``null`` is the same as leaving a field out."""
+        """The validated data, or a ``ValidationError`` naming the fields at fault."""
+        self.refuse_unknown(payload)
+        return self.check(payload)
+
+    def refuse_unknown(self, payload: Any) -> None:
+        """A field the serializer does not declare, refused by name."""
         if not isinstance(payload, dict):
             raise serializers.ValidationError({"non_field_errors": ["Send a JSON object."]})
         refuse_unknown(payload, self.fields, noops=self.noops)
+
+    def check(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The declared fields' checks (after ``refuse_unknown``); ``null`` is the same
+        as leaving a field out."""
         return self.checker.run_validation(
             {name: value for name, value in payload.items() if value is not None}
         )

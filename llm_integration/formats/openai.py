@@ -40,6 +40,12 @@ class OpenAIMessageSerializer(serializers.Serializer):
     content = serializers.JSONField(required=False, allow_null=True)
     tool_calls = serializers.JSONField(required=False, allow_null=True)
     tool_call_id = serializers.CharField(required=False, allow_null=True)
+    thinking_blocks = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="An assistant's reasoning blocks, as Anthropic returned them (LiteLLM's "
+        "field): sent back to Anthropic upstreams.",
+    )
 
 
 class StreamOptionsSerializer(serializers.Serializer):
@@ -113,13 +119,12 @@ def metadata_labels(metadata: Any, headers: Labels) -> Labels:
 
 def parse_completion(payload: Any, headers: Labels = NO_LABELS) -> ChatInput:
     """A chat completion request (``headers``: the ``X-LLM-*`` labels)."""
-    if isinstance(payload, dict):  # the request's own fields first, then its messages'
-        refuse_unknown(payload, COMPLETION.fields, noops=COMPLETION_NOOPS)
-        messages = payload.get("messages")
-        for i, message in enumerate(messages if isinstance(messages, list) else ()):
-            if isinstance(message, dict):
-                refuse_unknown_in_message(message, i)
-    data = COMPLETION.validate(payload)
+    COMPLETION.refuse_unknown(payload)  # the request's own fields first, then its messages'
+    messages = payload.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        if isinstance(message, dict):
+            refuse_unknown_in_message(message, i)
+    data = COMPLETION.check(payload)
     return ChatInput(
         messages=[
             {

@@ -206,3 +206,26 @@ def test_the_sdk_beta_client_is_served_by_the_same_endpoint(claude, alias_on):
     assert [block.type for block in message.content] == ["thinking", "text"]
     request = sent(fake)
     assert request.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+
+
+def test_openai_clients_send_reasoning_back_as_thinking_blocks(live_server_url, alias_on):
+    """LiteLLM's field on an assistant message reaches an Anthropic upstream unchanged."""
+    import openai
+
+    token = Token.objects.create(user=UserFactory()).key
+    client = openai.OpenAI(base_url=f"{live_server_url}/v1", api_key=token, max_retries=0)
+    fake = alias_on("anthropic", "thinker")
+    fake.push(text="Fine.")
+    blocks = [{"type": "thinking", "thinking": "They asked twice.", "signature": "sig-C3"}]
+    client.chat.completions.create(
+        model="thinker",
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!", "thinking_blocks": blocks},
+            {"role": "user", "content": "Hi again"},
+        ],
+    )
+    assert sent(fake).body["messages"][1]["content"] == [
+        *blocks,
+        {"type": "text", "text": "Hello!"},
+    ]

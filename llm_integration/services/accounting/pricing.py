@@ -63,9 +63,9 @@ class Prices:
 
 def cost_of(alias: ModelAlias, usage: Usage) -> Decimal:
     """USD cost of ``usage`` at ``alias``'s prices, rounded to 8 decimal places."""
-    prices = Prices.of(alias)
-    cost = Decimal(usage.completion_tokens) * prices.output
+    cost = Decimal(usage.completion_tokens) * alias.output_price_per_mtok
     if usage.cache_read_tokens or usage.cache_write_tokens:
+        prices = Prices.of(alias)
         short = usage.cache_write_tokens - usage.cache_write_1h_tokens
         cost += (
             Decimal(usage.uncached_prompt_tokens) * prices.input
@@ -74,7 +74,7 @@ def cost_of(alias: ModelAlias, usage: Usage) -> Decimal:
             + Decimal(usage.cache_write_1h_tokens) * prices.cache_write_1h
         )
     else:
-        cost += Decimal(usage.prompt_tokens) * prices.input
+        cost += Decimal(usage.prompt_tokens) * alias.input_price_per_mtok
     return (cost / MILLION).quantize(QUANTUM, rounding=ROUND_HALF_UP)
 
 
@@ -83,10 +83,10 @@ def worst_cost_of(
 ) -> Decimal:
     """The most ``prompt_tokens`` in and ``completion_tokens`` out can cost, every prompt
     token at its dearest (a cache write costs more than plain input)."""
-    per_prompt_token = Prices.of(alias).most_per_prompt_token(cache_ttl)
+    prices = Prices.of(alias)
     cost = (
-        Decimal(prompt_tokens) * per_prompt_token
-        + Decimal(completion_tokens) * Prices.of(alias).output
+        Decimal(prompt_tokens) * prices.most_per_prompt_token(cache_ttl)
+        + Decimal(completion_tokens) * prices.output
     ) / MILLION
     return cost.quantize(QUANTUM, rounding=ROUND_HALF_UP)
 
