@@ -38,6 +38,7 @@ from .models import (
     Provider,
     QuotaPeriod,
     RoutingRule,
+    StoredResponse,
     Subscription,
     UsageRecord,
 )
@@ -554,6 +555,28 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
 @admin.register(BudgetPeriod)
 class BudgetPeriodAdmin(ReadOnlyAdmin):
     list_display = ("budget", "period_start", "spent_usd", "reserved_usd", "updated_at")
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(ReadOnlyAdmin):
+    """Responses kept for ``previous_response_id``: read and deleted here, never edited."""
+
+    list_display = ("id", "created_at", "user", "alias", "turns")
+    list_filter = ("alias",)
+    search_fields = ("id", "user__username")
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+    show_full_result_count = False
+
+    @admin.display(description="turns")
+    def turns(self, obj: StoredResponse) -> int:
+        return len(obj.chain) + 1
+
+    def get_exclude(self, request, obj=None):
+        """Prompts and answers are shown to superusers only (staff see who and when)."""
+        if request.user.is_superuser:
+            return ()
+        return ("input_json", "body_json")
 
 
 @admin.register(HealthCheck)

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_BYTES": 5 * 1024 * 1024,
     "MAX_REQUEST_IMAGE_BYTES": 20 * 1024 * 1024,
     "MAX_IMAGES": 20,
+    # Tools no upstream here runs (hosted tools: web_search, namespace groups, Anthropic's
+    # server tools) are left out of a request instead of refused; the usage row says so.
+    "DROP_UNSUPPORTED_TOOLS": False,
     # --- Upstream calls ---------------------------------------------------------
     # Used when a provider row leaves them empty.
     "DEFAULT_TIMEOUT": 60.0,

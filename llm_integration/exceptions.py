@@ -294,3 +294,17 @@ class BadUpstreamResponse(UpstreamError):
 class AdapterFailure(BadUpstreamResponse):
     """An adapter failed unexpectedly while building a request or reading an answer:
     a 502 like any unreadable answer, but not held against the provider's circuit."""
+
+
+class ResponseNotFound(LLMError):
+    """No such stored response."""
+
+    status_code = 404
+    code = "response_not_found"
+    type = "invalid_request_error"
+
+
+class PreviousResponseNotFound(InvalidRequest):
+    """``previous_response_id`` names no stored response of the caller's."""
+
+    code = "previous_response_not_found"

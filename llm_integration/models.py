@@ -7,6 +7,7 @@ prices are USD per million tokens.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 from django.conf import settings
@@ -507,6 +508,12 @@ class UsageRecord(models.Model):
         related_name="+",
         help_text="The API key the request came with (empty: a session or a DRF token).",
     )
+    dropped = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="What the gateway left out of the request as DROP_UNSUPPORTED_TOOLS "
+        "allows (tool:web_search,…).",
+    )
     queued_ms = models.PositiveIntegerField(
         default=0, help_text="Time spent waiting for a concurrency cap or a rate limit."
     )
@@ -869,3 +876,48 @@ class RoutingRule(models.Model):
         if self.refuse_message:
             found["refuse"] = self.refuse_message
         return found
+
+
+class StoredResponse(models.Model):
+    """An answer of the Responses API kept for its owner (``store``, the default):
+    read back by ``GET /v1/responses/<id>`` and continued by ``previous_response_id``.
+
+    A row holds its own turn only, the new input items and the response object (its
+    output); ``chain`` lists the ids of the earlier responses it continues, oldest
+    first, so a continuation reads the whole conversation in two queries whatever its
+    length, and storage grows with the turns, not with their square.
+
+    Items and body are JSON text, not a JSON column: PostgreSQL's ``jsonb`` cannot hold
+    a NUL character, which a prompt may."""
+
+    id = models.CharField(primary_key=True, max_length=64, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    alias = models.CharField(max_length=100)
+    input_json = models.TextField(help_text="This turn's input items, as the client sent them.")
+    body_json = models.TextField(help_text="The response object, as it was answered.")
+    chain = models.JSONField(
+        default=list, blank=True, help_text="The ids of the responses it continues, oldest first."
+    )
+    thread = models.CharField(
+        max_length=64,
+        db_index=True,
+        editable=False,
+        help_text="The conversation's first response (its own id when it starts one): "
+        "conversations are pruned whole.",
+    )
+
+    class Meta:
+        verbose_name = "stored response"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def input_items(self) -> list[dict]:
+        return json.loads(self.input_json)
+
+    @property
+    def body(self) -> dict:
+        return json.loads(self.body_json)

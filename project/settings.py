@@ -26,6 +26,7 @@ env = environ.Env(
     LLM_LOG_PROMPTS=(bool, False),
     # The demo lists the models outside your plan, marked locked (the app's default: hidden).
     LLM_SHOW_LOCKED_MODELS=(bool, True),
+    LLM_DROP_UNSUPPORTED_TOOLS=(bool, False),
 )
 env_file = BASE_DIR / ".env"
 if env_file.exists():
@@ -223,6 +224,7 @@ LLM_INTEGRATION = {
     "RESPONSE_CACHE_BACKEND": None if REDIS_URL else "responses",
     "LOG_PROMPTS": env("LLM_LOG_PROMPTS"),
     "SHOW_LOCKED_MODELS": env("LLM_SHOW_LOCKED_MODELS"),
+    "DROP_UNSUPPORTED_TOOLS": env("LLM_DROP_UNSUPPORTED_TOOLS"),
 }
 
 LOGGING = {

@@ -137,6 +137,9 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    #: ``parallel_tool_calls`` is a hint (the Responses API's): an upstream that cannot
+    #: hold to one tool call leaves it out rather than refusing.
+    parallel_tool_calls_hint: bool = False
     response_format: ResponseFormat | None = None
 
     @property
@@ -306,6 +309,7 @@ OPTIONS = (
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    "parallel_tool_calls_hint",
     "response_format",
 )
 

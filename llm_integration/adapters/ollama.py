@@ -97,7 +97,7 @@ class OllamaAdapter(BaseLLMAdapter):
                 "tool_choice may be auto or none.",
                 param="tool_choice",
             )
-        if request.parallel_tool_calls is False:
+        if request.parallel_tool_calls is False and not request.parallel_tool_calls_hint:
             raise exc.UnsupportedParameter(
                 f"{self.provider_name} (ollama) cannot limit itself to one tool call.",
                 param="parallel_tool_calls",

@@ -11,6 +11,7 @@ from .openai_views import (
     OpenAIModelsView,
     OpenAIModelView,
 )
+from .responses_views import ResponsesView, ResponseView
 
 app_name = "llm_openai"
 
@@ -19,6 +20,8 @@ urlpatterns = [
     path("models/<path:model>", OpenAIModelView.as_view(), name="model"),
     path("chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
+    path("responses", ResponsesView.as_view(), name="responses"),
+    path("responses/<str:response_id>", ResponseView.as_view(), name="response"),
     path("messages", MessagesView.as_view(), name="messages"),
     path("messages/count_tokens", CountTokensView.as_view(), name="messages-count-tokens"),
     re_path(r"", openai_not_found),  # anything else under /v1: 404, OpenAI-shaped

@@ -18,6 +18,7 @@ from rest_framework import serializers
 from .. import exceptions as exc
 from ..adapters.anthropic import STOP_REASONS, TOOL_CHOICES
 from ..adapters.caching import parse_cache_control
+from ..conf import llm_settings
 from ..envelope import describe, retry_headers
 from ..services.chat import ChatResult, ChatStream, Delta, Done, ThinkingDelta, ToolCallDelta
 from ..services.policy.rules import NO_LABELS, Labels
@@ -25,6 +26,7 @@ from ..text.fields import refuse_unknown
 from ..text.unicode import loads
 from .fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from .inputs import ChatInput, Shape
+from .streams import StreamFormat
 
 #: Anthropic's ``tool_choice.type`` as the gateway's (``tool`` names one: a function).
 CHOICES = {theirs: ours for ours, theirs in TOOL_CHOICES.items() if theirs != "tool"}
@@ -243,8 +245,9 @@ def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     return marked({"type": "image_url", "image_url": {"url": url}}, block, where)
 
 
-def tool_options(data: dict[str, Any]) -> dict[str, Any]:
-    """Anthropic's ``tools`` and ``tool_choice`` in OpenAI's shapes."""
+def tool_options(data: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
+    """Anthropic's ``tools`` and ``tool_choice`` in OpenAI's shapes; server tools are
+    refused by name, or left out and named in ``dropped`` (``DROP_UNSUPPORTED_TOOLS``)."""
     options: dict[str, Any] = {}
     tools = data.get("tools")
     if tools is not None:
@@ -252,7 +255,11 @@ def tool_options(data: dict[str, Any]) -> dict[str, Any]:
             raise _invalid("tools must be a list.", "tools")
         converted = []
         for i, tool in enumerate(tools):
-            if not isinstance(tool, dict) or tool.get("type", "custom") != "custom":
+            kind = tool.get("type", "custom") if isinstance(tool, dict) else None
+            if kind != "custom":
+                if isinstance(kind, str) and kind and llm_settings.DROP_UNSUPPORTED_TOOLS:
+                    dropped.append(f"tool:{kind[:64]}")
+                    continue
                 raise exc.UnsupportedContent(
                     f"tools[{i}]: only custom (function) tools are supported.", param=f"tools[{i}]"
                 )
@@ -286,7 +293,8 @@ def parse(payload: Any, headers: Labels = NO_LABELS, betas: str = "") -> ChatInp
     """A Messages request (``headers``: the ``X-LLM-*`` labels, Anthropic's body has
     no place for them; ``betas``: the ``anthropic-beta`` header)."""
     data = MESSAGES.validate(payload)
-    options = tool_options(data)
+    dropped: list[str] = []
+    options = tool_options(data, dropped)
     for name in ("top_p", "top_k", "thinking", "context_management", "output_config"):
         if name in data:  # absent or null: not sent
             options[name] = data[name]
@@ -312,6 +320,7 @@ def parse(payload: Any, headers: Labels = NO_LABELS, betas: str = "") -> ChatInp
         # Tool calls go back as tool_use objects: arguments that are not one are a 502.
         json_tool_arguments=True,
         stream=data["stream"],
+        dropped=tuple(dropped),
     )
 
 
@@ -319,7 +328,7 @@ def parse_count(payload: Any) -> ChatInput:
     """A ``count_tokens`` request: what the Messages call with it would send."""
     data = COUNT.validate(payload)
     system, messages = with_system(data)
-    options = tool_options(data)
+    options = tool_options(data, [])  # counting: no usage row to name them on
     if "thinking" in data:  # checked as the call would check it; it adds no input
         options["thinking"] = data["thinking"]
     return ChatInput(messages=messages, model=data["model"], system_prompt=system, options=options)
@@ -388,7 +397,7 @@ def event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-class MessageStream:
+class MessageStream(StreamFormat):
     """Anthropic's stream: ``message_start`` (with the input tokens as estimated),
     ``ping``, a content block per text run or tool call, ``message_delta`` with the
     stop reason and usage, ``message_stop``; an ``error`` event after a failure."""

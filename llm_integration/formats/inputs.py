@@ -38,6 +38,8 @@ class ChatInput:
     stream: bool = False
     #: Streams only: end with the usage (OpenAI's ``stream_options.include_usage``).
     include_usage: bool = False
+    #: What the format left out, as ``DROP_UNSUPPORTED_TOOLS`` allows (on the usage row).
+    dropped: tuple[str, ...] = ()
 
     def arguments(self, *, user: Any, request_id: str, key: KeyGrant | None) -> dict[str, Any]:
         """The keyword arguments of ``achat``/``astream_chat`` for this caller."""
@@ -54,6 +56,7 @@ class ChatInput:
             "labels": self.labels,
             "json_tool_arguments": self.json_tool_arguments,
             "key": key,
+            "dropped": self.dropped,
         }
 
 

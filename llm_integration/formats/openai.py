@@ -28,6 +28,7 @@ from ..services.policy.rules import NO_LABELS, Labels
 from ..text.fields import refuse_unknown, refuse_unknown_in_message
 from .fields import StrictBooleanField, StrictFloatField, StrictIntegerField
 from .inputs import ChatInput, Shape
+from .streams import StreamFormat
 
 #: Aliases have no creation date upstream: a fixed, honest epoch.
 CREATED = 1_700_000_000
@@ -102,12 +103,17 @@ METADATA_FIELDS = frozenset({"task", "tags"})
 
 
 def metadata_labels(metadata: Any, headers: Labels) -> Labels:
-    """``metadata.task`` and ``metadata.tags`` over the headers' labels."""
+    """``metadata.task`` and ``metadata.tags`` over the headers' labels (no other keys)."""
     if metadata is None:
         return headers
     if not isinstance(metadata, dict):
         raise exc.InvalidRequest("'metadata' must be an object.", param="metadata")
     refuse_unknown(metadata, METADATA_FIELDS, prefix="metadata.")
+    return labels_of(metadata, headers)
+
+
+def labels_of(metadata: dict[str, Any], headers: Labels) -> Labels:
+    """``metadata.task`` and ``metadata.tags`` over the headers' labels."""
     labels = Labels.parse(
         metadata.get("task"),
         metadata.get("tags"),
@@ -192,7 +198,7 @@ def data_line(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
-class CompletionStream:
+class CompletionStream(StreamFormat):
     """``chat.completion.chunk`` events: the role, the deltas, the finish reason, the
     usage (when asked for), then ``[DONE]`` (after an error too)."""
 

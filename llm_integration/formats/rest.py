@@ -17,6 +17,7 @@ from ..services.chat.validation import TOOL_OPTIONS
 from ..services.policy.rules import NO_LABELS, Labels
 from .fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from .inputs import ChatInput, Shape
+from .streams import StreamFormat
 
 if TYPE_CHECKING:
     from ..adapters import Usage
@@ -162,7 +163,7 @@ def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-class RestStream:
+class RestStream(StreamFormat):
     """The REST stream: ``{"delta"}`` and ``{"tool_call"}`` events, then ``{"done"}``."""
 
     def __init__(self, request_id: str) -> None:

@@ -10,7 +10,6 @@ is closed: a client that went away is recorded as cancelled.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
 
 from django.http import StreamingHttpResponse
 
@@ -21,21 +20,29 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Event = Delta | ToolCallDelta | ThinkingDelta | Done
 
 
-class StreamFormat(Protocol):
+class StreamFormat:
     """How a format writes a stream: each method returns the bytes to send."""
 
     def opening(self, stream: ChatStream) -> bytes:
         """Before the first event (b"": nothing)."""
+        return b""
 
     def event(self, event: Event) -> bytes:
         """One event; the ``Done`` one ends the answer. Reasoning (``ThinkingDelta``)
         only reaches formats that have a place for it."""
+        raise NotImplementedError
+
+    async def ending(self, done: Done) -> None:
+        """Work before the ``Done`` event is written (a failure here is the format's
+        error event): the Responses format keeps the response for the next request."""
 
     def failure(self, error: Exception) -> bytes:
         """A failure after the 200."""
+        raise NotImplementedError
 
     def closing(self) -> bytes:
         """After the last event or the failure (b"": nothing)."""
+        return b""
 
 
 async def opened(stream: ChatStream, fmt: StreamFormat) -> AsyncIterator[bytes]:
@@ -51,6 +58,8 @@ async def _written(stream: ChatStream, first: Event, fmt: StreamFormat) -> Async
         if head := fmt.opening(stream):
             yield head
         while True:
+            if isinstance(event, Done):
+                await fmt.ending(event)
             if chunk := fmt.event(event):
                 yield chunk
             if isinstance(event, Done):

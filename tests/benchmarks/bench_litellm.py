@@ -15,6 +15,10 @@ The gateway's server also serves the floor (``floor.py``, benchmark settings onl
 bare async view of the same project, middleware and server that forwards the body to
 the upstream with aiohttp and nothing else. What the gateway adds is reported beside
 what the floor adds, as a ratio. ``--without-litellm`` skips LiteLLM (no install).
+
+``--responses`` adds the gateway's ``POST /v1/responses`` with the same question, with
+``store: false`` and stored (a row written before each answer), beside its chat
+completion.
 """
 
 from __future__ import annotations
@@ -50,8 +54,7 @@ CONFIG = """model_list:
       output_cost_per_token: 0.0000006
 """
 WRK = """wrk.method = "POST"
-wrk.body = '{{"model": "{model}", "stream": {stream}, '
-    .. '"messages": [{{"role": "user", "content": "Say hello."}}]}}'
+wrk.body = '{{"model": "{model}", "stream": {stream}, {body}}}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
 """
@@ -78,11 +81,29 @@ def wait_http(url: str, seconds: float = 90) -> None:
     raise RuntimeError(f"{url} never answered")
 
 
+#: Each request's own fields, by the API it calls.
+BODIES = {
+    "chat": '"messages": [{"role": "user", "content": "Say hello."}]',
+    "responses": '"input": "Say hello.", "store": false',
+    "responses stored": '"input": "Say hello."',
+}
+
+
 def wrk(
-    url: str, *, model: str, key: str, stream: bool, seconds: int, clients: int, workdir: Path
+    url: str,
+    *,
+    model: str,
+    key: str,
+    stream: bool,
+    seconds: int,
+    clients: int,
+    workdir: Path,
+    body: str = "chat",
 ) -> dict:
-    script = workdir / f"wrk-{abs(hash((url, stream)))}.lua"
-    script.write_text(WRK.format(model=model, stream="true" if stream else "false", key=key))
+    script = workdir / f"wrk-{abs(hash((url, stream, body)))}.lua"
+    script.write_text(
+        WRK.format(model=model, stream="true" if stream else "false", key=key, body=BODIES[body])
+    )
     out = subprocess.run(
         [
             "wrk",
@@ -138,6 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--without-litellm", action="store_true")
+    parser.add_argument("--responses", action="store_true", help="also the gateway's /v1/responses")
     args = parser.parse_args()
     litellm = None if args.without_litellm else ensure_litellm()
     workdir = Path(tempfile.mkdtemp())
@@ -198,6 +220,15 @@ def main() -> None:
                 "none",
             ),
         }
+        gateway_url = f"http://127.0.0.1:{gw_port}/v1"
+        if args.responses:
+            for body in ("responses", "responses stored"):
+                targets[f"llm_integration /v1/{body}"] = (
+                    f"{gateway_url}/responses",
+                    "bench",
+                    token,
+                    body,
+                )
         if litellm is not None:
             targets["LiteLLM proxy 1.106.2"] = (
                 f"http://127.0.0.1:{ll_port}/v1/chat/completions",
@@ -210,7 +241,8 @@ def main() -> None:
         )
         for stream in (False, True):
             results = {}
-            for name, (url, model, key) in targets.items():
+            for name, (url, model, key, *body) in targets.items():
+                kind = body[0] if body else "chat"
                 wrk(
                     url,
                     model=model,
@@ -219,6 +251,7 @@ def main() -> None:
                     seconds=2,
                     clients=args.clients,
                     workdir=workdir,
+                    body=kind,
                 )  # warm-up
                 results[name] = wrk(
                     url,
@@ -228,6 +261,7 @@ def main() -> None:
                     seconds=args.seconds,
                     clients=args.clients,
                     workdir=workdir,
+                    body=kind,
                 )
             direct = results["direct (fake upstream)"]
             floor = results["bare Django view (floor)"]["p50"] - direct["p50"]

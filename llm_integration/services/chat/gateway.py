@@ -85,6 +85,7 @@ class Gateway:
         *,
         streamed: bool = False,
         key: KeyGrant | None = None,
+        dropped: Sequence[str] = (),
     ) -> Call:
         return Call(
             self,
@@ -93,6 +94,7 @@ class Gateway:
             streamed=streamed,
             started=self.clock.monotonic(),
             key=key,
+            dropped=tuple(dropped),
         )
 
     async def admit(self, call: Call, *, ask: Ask, preparer: Preparer) -> Prepared:
@@ -128,12 +130,13 @@ class Gateway:
         json_tool_arguments: bool = False,
         labels: Labels = NO_LABELS,
         key: KeyGrant | None = None,
+        dropped: Sequence[str] = (),
     ) -> ChatResult:
         """One answer. ``json_tool_arguments``: the caller passes tool calls on as
         objects (Anthropic's ``tool_use``), so arguments that are not a JSON object are
         an upstream failure (502, what it charged kept aside), not an answer; unless
         the answer was cut at ``max_tokens``, when arguments are unfinished."""
-        call = self.call(user, request_id, key=key)
+        call = self.call(user, request_id, key=key, dropped=dropped)
         cache_key = None
         try:
             request = validate(
@@ -283,6 +286,7 @@ class Gateway:
         json_tool_arguments: bool = False,
         labels: Labels = NO_LABELS,
         key: KeyGrant | None = None,
+        dropped: Sequence[str] = (),
     ) -> ChatStream:
         """Deltas (text) and ToolCallDeltas (pieces of tool calls), then one Done.
         Closing the iterator early records ``cancelled``.
@@ -293,7 +297,7 @@ class Gateway:
         ``MAX_STREAM_SECONDS``, ends with ``UpstreamTimeout``. ``json_tool_arguments``:
         as for ``chat``, checked when the stream ends.
         """
-        call = self.call(user, request_id, streamed=True, key=key)
+        call = self.call(user, request_id, streamed=True, key=key, dropped=dropped)
         checked = functools.partial(
             validate,
             messages,

@@ -151,6 +151,9 @@ class Call:
     #: Seconds waited at caps and rate limits; the slot held under the serving caps.
     queued: float = 0.0
     slot: Slot | None = None
+    #: What the gateway left out of the request, as the caller allowed
+    #: (``DROP_UNSUPPORTED_TOOLS``): ``tool:web_search``.
+    dropped: tuple[str, ...] = ()
 
     async def release_slot(self) -> None:
         """Give back the serving candidate's concurrency slot (once)."""
@@ -215,6 +218,7 @@ class Call:
             streamed=self.streamed,
             api_key_id=self.key.id if self.key is not None else None,
             queued_ms=min(round(self.queued * 1000), 2**31 - 1),
+            dropped=",".join(self.dropped)[:200],
         )
         if (adm := self.admission) is not None:
             record.route = adm.route.rule

@@ -208,6 +208,7 @@ def validate(
         raise InvalidRequest(
             "parallel_tool_calls must be true or false.", param="parallel_tool_calls"
         )
+    hint = options.pop("parallel_tool_calls_hint", False) is True
     return ChatRequest(
         messages=parsed,
         temperature=temperature,
@@ -216,6 +217,7 @@ def validate(
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
+        parallel_tool_calls_hint=hint,
         response_format=parse_response_format(options.pop("response_format", None)),
         thinking=thinking,
         betas=tuple(betas),
@@ -239,10 +241,14 @@ SAMPLING = {
 
 #: Tool and output options, in OpenAI's shapes.
 TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+#: ``parallel_tool_calls`` as a hint (the Responses API's): an upstream that cannot hold
+#: to one call leaves it out instead of refusing the request.
+HINTS = ("parallel_tool_calls_hint",)
 #: Every option ``validate`` takes in ``options``.
 OPTIONS = (
     *SAMPLING,
     *TOOL_OPTIONS,
+    *HINTS,
     "thinking",
     "betas",
     "context_management",

@@ -1,0 +1,266 @@
+"""The Responses API's items, both ways: input items checked and turned into the chat's
+messages, and the output items an answer is written as (``message``,
+``function_call``, ``reasoning``).
+
+A ``reasoning`` item carries a thinking block of an Anthropic upstream: its text as
+``reasoning_text`` content, and the whole block (signature, or redacted data) in
+``encrypted_content``, which the gateway makes and reads back (it is opaque to the
+client, not encrypted: the thinking text is the client's to see anyway). Sent back in a
+later turn, it goes upstream as the assistant's thinking block again, as Anthropic
+requires when thinking and tools are used together.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from .. import exceptions as exc
+from ..adapters.thinking import ThinkingBlock, parse_thinking_blocks
+from ..text.fields import refuse_unknown
+
+#: A message item's roles, as the chat's (``developer`` is a system message).
+ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+#: What each input item may carry (``id`` and ``status`` are the client's bookkeeping).
+ITEM_FIELDS = {
+    "message": frozenset({"type", "role", "content", "id", "status"}),
+    "function_call": frozenset({"type", "call_id", "name", "arguments", "id", "status"}),
+    "function_call_output": frozenset({"type", "call_id", "output", "id", "status"}),
+    "reasoning": frozenset({"type", "id", "summary", "content", "encrypted_content", "status"}),
+}
+#: The prefix of the gateway's own ``encrypted_content``.
+OPAQUE = "llmgw1:"
+
+
+def invalid(message: str, param: str) -> exc.InvalidRequest:
+    return exc.InvalidRequest(message, param=param)
+
+
+def required_text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise invalid(f"{where} must be text.", where)
+    return value
+
+
+def content_parts(content: Any, where: str, *, role: str) -> str | list[dict[str, Any]]:
+    """A message's content as the chat's: text, or text and image parts."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise invalid(f"{where} must be text or a list of content parts.", where)
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text"):
+            refuse_unknown(part, {"type", "text", "annotations", "logprobs"}, prefix=f"{at}.")
+            parts.append({"type": "text", "text": required_text(part.get("text"), f"{at}.text")})
+        elif kind == "input_image" and role == "user":
+            refuse_unknown(part, {"type", "image_url", "detail"}, prefix=f"{at}.")
+            image = {"url": required_text(part.get("image_url"), f"{at}.image_url")}
+            if part.get("detail") is not None:
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise exc.UnsupportedContent(
+                f"{at}: only input_text, output_text and (from users) input_image parts are "
+                "supported here.",
+                param=f"{at}.type",
+            )
+    return parts
+
+
+def output_text(output: Any, where: str) -> str:
+    """A function call's output: text, or input_text parts joined."""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        texts = []
+        for j, part in enumerate(output):
+            at = f"{where}[{j}]"
+            if not isinstance(part, dict) or part.get("type") != "input_text":
+                raise exc.UnsupportedContent(
+                    f"{at}: a function call's output is text here.", param=at
+                )
+            refuse_unknown(part, {"type", "text"}, prefix=f"{at}.")
+            texts.append(required_text(part.get("text"), f"{at}.text"))
+        return "".join(texts)
+    raise invalid(f"{where} must be text.", where)
+
+
+def opaque(block: ThinkingBlock) -> str:
+    """A thinking block as a reasoning item's ``encrypted_content``."""
+    data = json.dumps(block.as_anthropic(), separators=(",", ":")).encode()
+    return OPAQUE + base64.urlsafe_b64encode(data).decode()
+
+
+def thinking_block(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """A reasoning item's thinking block (the assistant's ``thinking_blocks`` entry); only
+    the gateway's own ``encrypted_content`` can be replayed."""
+    content = item.get("encrypted_content")
+    block = None
+    if isinstance(content, str) and content.startswith(OPAQUE):
+        try:
+            block = json.loads(base64.urlsafe_b64decode(content.removeprefix(OPAQUE)))
+        except (ValueError, binascii.Error, RecursionError):
+            block = None
+    if isinstance(block, dict):
+        try:
+            parse_thinking_blocks([block], f"{where}.encrypted_content")
+        except exc.InvalidRequest:
+            block = None
+    if not isinstance(block, dict):
+        raise exc.UnsupportedContent(
+            f"{where}: a reasoning item is replayed from its encrypted_content, which must be "
+            "one this gateway returned.",
+            param=f"{where}.encrypted_content",
+        )
+    return block
+
+
+def checked_items(value: Any) -> list[dict[str, Any]]:
+    """The input as items (text is one user message), each checked: what is kept for a
+    continuation and what ``conversation`` translates. Function call outputs must
+    answer a call made earlier in the input (``conversation`` checks the replayed
+    conversation as a whole)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise invalid("input must be text or a non-empty list of items.", "input")
+    items = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(f"{where} must be an object.", where)
+        kind = item.get("type", "message")
+        if not isinstance(kind, str) or kind not in ITEM_FIELDS:
+            raise exc.UnsupportedContent(
+                f"{where}: items of type {kind!r:.80} are not supported here (message, "
+                "function_call, function_call_output and reasoning are).",
+                param=f"{where}.type",
+            )
+        refuse_unknown(item, ITEM_FIELDS[kind], prefix=f"{where}.")
+        if kind == "message":
+            role = item.get("role")
+            if not isinstance(role, str) or role not in ROLES:
+                raise invalid(
+                    f"{where}.role must be user, assistant, system or developer.", f"{where}.role"
+                )
+            content_parts(item.get("content"), f"{where}.content", role=role)
+        elif kind == "function_call":
+            for name in ("call_id", "name", "arguments"):
+                required_text(item.get(name), f"{where}.{name}")
+        elif kind == "function_call_output":
+            required_text(item.get("call_id"), f"{where}.call_id")
+            output_text(item.get("output"), f"{where}.output")
+        else:
+            thinking_block(item, where)
+        items.append({**item, "type": kind})
+    return items
+
+
+def _empty(content: str | list[dict[str, Any]]) -> bool:
+    if isinstance(content, str):
+        return not content
+    return all(part["type"] == "text" and not part["text"] for part in content)
+
+
+def conversation(earlier: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[dict]:
+    """Checked items (the stored ones first) as the chat's messages: an assistant's
+    reasoning, text and ``function_call`` items make one assistant turn (its
+    ``thinking_blocks``, content and ``tool_calls``), each ``function_call_output`` a
+    ``tool`` message. An assistant's empty text (an answer that was only tool calls) is
+    no turn of its own. Errors name the new input's items (``input[i]``)."""
+    messages: list[dict[str, Any]] = []
+    thoughts: list[dict[str, Any]] = []  # reasoning waiting for its assistant turn
+    called: set[str] = set()
+    offset = len(earlier)
+
+    def where(i: int) -> str:
+        return f"input[{i - offset}]" if i >= offset else "previous_response_id"
+
+    def assistant_turn() -> dict[str, Any]:
+        last = messages[-1] if messages else None
+        if last is None or last["role"] != "assistant" or thoughts:
+            last = {"role": "assistant", "content": None}
+            messages.append(last)
+        if thoughts:
+            last["thinking_blocks"] = thoughts.copy()
+            thoughts.clear()
+        return last
+
+    for i, item in enumerate([*earlier, *items]):
+        kind = item["type"]
+        if kind == "reasoning":
+            thoughts.append(thinking_block(item, where(i)))
+        elif kind == "message":
+            role = item["role"]
+            content = content_parts(item["content"], f"{where(i)}.content", role=role)
+            if role != "assistant":
+                if thoughts:
+                    assistant_turn()
+                messages.append({"role": ROLES[role], "content": content})
+            elif not _empty(content):
+                turn = assistant_turn()
+                if turn["content"] is None and not turn.get("tool_calls"):
+                    turn["content"] = content
+                else:
+                    messages.append({"role": "assistant", "content": content})
+        elif kind == "function_call":
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
+            assistant_turn().setdefault("tool_calls", []).append(call)
+            called.add(item["call_id"])
+        else:
+            if item["call_id"] not in called:
+                raise invalid(
+                    f"{where(i)}.call_id: no earlier function_call has call_id "
+                    f"{item['call_id']!r:.80}.",
+                    f"{where(i)}.call_id",
+                )
+            output = output_text(item["output"], f"{where(i)}.output")
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
+    if thoughts:
+        assistant_turn()
+    return messages
+
+
+def message_item(item_id: str, text: str, *, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
+
+
+def call_item(
+    item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def reasoning_item(item_id: str, block: ThinkingBlock, *, status: str = "completed") -> dict:
+    """A thinking block as a reasoning item (a redacted one has no text to show)."""
+    content = [] if block.redacted else [{"type": "reasoning_text", "text": block.thinking}]
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [],
+        "content": content,
+        "encrypted_content": opaque(block),
+        "status": status,
+    }
