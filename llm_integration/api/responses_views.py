@@ -59,10 +59,15 @@ class ResponsesView(GatewayAPIView):
             await run_db(stored.keep, user, body, input_items=ask.items, chain=earlier.chain)
 
         keep = save if ask.store else None
-        if ask.stream:
-            stream = ResponsesStream(answer, save=keep)
-            return event_stream_response(await opened(astream_chat(**arguments), stream))
-        body = answer.of(await achat(**arguments))
+        try:
+            if ask.stream:
+                stream = ResponsesStream(answer, save=keep)
+                return event_stream_response(await opened(astream_chat(**arguments), stream))
+            result = await achat(**arguments)
+        except exc.InvalidRequest as error:  # named as this client wrote it
+            error.param = responses.client_param(error.param)
+            raise
+        body = answer.of(result)
         if keep is not None:
             await keep(body)
         return Response(body)

@@ -10,6 +10,7 @@ service layer (``services.memory.responses``) keeps them.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -291,6 +292,32 @@ def parse(payload: Any, headers: Labels = NO_LABELS) -> ResponsesInput:
         metadata=metadata,
         dropped=tuple(dropped),
     )
+
+
+#: The chat's parameters as a Responses client wrote them, for errors the chat path raises.
+CLIENT_PARAMS = {
+    "reasoning_effort": "reasoning.effort",
+    "max_tokens": "max_output_tokens",
+    "system_prompt": "instructions",
+}
+CLIENT_PATHS = (
+    (re.compile(r"response_format(?:\.json_schema)?"), "text.format"),
+    (re.compile(r"tools\[(\d+)\]\.function"), r"tools[\1]"),
+    (re.compile(r"tool_choice\.function"), "tool_choice"),
+)
+
+
+def client_param(param: str | None) -> str | None:
+    """An error's ``param`` in the Responses API's words (``reasoning.effort`` where the
+    chat path says ``reasoning_effort``)."""
+    if param is None:
+        return None
+    if param in CLIENT_PARAMS:
+        return CLIENT_PARAMS[param]
+    for pattern, replacement in CLIENT_PATHS:
+        if (found := pattern.match(param)) is not None:
+            return found.expand(replacement) + param[found.end() :]
+    return param
 
 
 def response_id(request_id: str) -> str:

@@ -612,3 +612,62 @@ def test_reading_back_as_a_stream_is_refused_by_name(client, alias_on):
         client.responses.retrieve(response.id, stream=True)
     assert refused.value.body["param"] == "stream"
     assert client.responses.retrieve(response.id, include=["reasoning.encrypted_content"]).id
+
+
+def test_errors_of_the_chat_path_name_the_responses_parameters(client, alias_on):
+    alias_on("ollama", "model-a")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="model-a", input="Hi", reasoning={"effort": "low"})
+    assert refused.value.body["param"] == "reasoning.effort"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model="model-a",
+            input="Hi",
+            tools=[{**WEATHER, "name": 5}],
+        )
+    assert refused.value.body["param"] == "tools[0].name"
+
+
+def test_client_param_translation():
+    from llm_integration.formats.responses import client_param
+
+    assert client_param("response_format.json_schema.schema") == "text.format.schema"
+    assert client_param("response_format") == "text.format"
+    assert client_param("tools[3].function.parameters") == "tools[3].parameters"
+    assert client_param("tool_choice.function.name") == "tool_choice.name"
+    assert client_param("temperature") == "temperature" and client_param(None) is None
+
+
+def test_interleaved_call_pieces_end_up_in_their_own_calls(client, alias_on):
+    """An upstream may send a piece of one call after the next has begun (OpenAI's
+    stream allows it): each call's arguments are whole in the completed response."""
+
+    def interleaved(exchange):
+        def chunk(delta, finish=None):
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+            return f"data: {json.dumps({**body, 'choices': [choice]})}\n\n".encode()
+
+        def call(index, arguments, **first):
+            piece = {"index": index, "function": {"arguments": arguments, **first}}
+            if first:
+                piece = {**piece, "id": f"call_{index}", "type": "function"}
+            return chunk({"tool_calls": [piece]})
+
+        exchange.start_stream("text/event-stream")
+        for part in (
+            chunk({"role": "assistant", "content": None}),
+            call(0, '{"city": ', name="get_weather"),
+            call(1, '{"city": "Rome"}', name="get_weather"),
+            call(0, '"Paris"}'),
+            chunk({}, "tool_calls"),
+            b"data: [DONE]\n\n",
+        ):
+            exchange.write(part)
+        exchange.end_stream()
+
+    alias_on("openai", "model-a", supports_tools=True).push(raw=interleaved)
+    with client.responses.stream(model="model-a", input="Two cities", tools=[WEATHER]) as events:
+        response = events.get_final_response()
+    arguments = [json.loads(item.arguments) for item in response.output]
+    assert arguments == [{"city": "Paris"}, {"city": "Rome"}]
