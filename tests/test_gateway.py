@@ -333,6 +333,42 @@ async def test_identical_requests_are_served_from_cache_at_no_cost(
     assert cached == [False, True, False]
 
 
+async def test_streams_are_served_from_the_cache_and_fill_it(gateway, openai_fake, api_key_env):
+    await sync_to_async(openai_alias)(openai_fake, api_key_env, cache_responses=True)
+    openai_fake.push(text="streamed once", prompt_tokens=10, completion_tokens=5)
+
+    async def streamed() -> list:
+        return [event async for event in gateway.stream(model="chat", messages="Same")]
+
+    first = await streamed()
+    second = await streamed()
+    plain = await gateway.chat(model="chat", messages="Same")  # one cache for both
+    assert "".join(e.text for e in first[:-1]) == "streamed once"
+    assert [type(e).__name__ for e in second] == ["Delta", "Done"]
+    assert second[0].text == "streamed once" and second[-1].cached is True
+    assert second[-1].cost_usd == 0 and second[-1].usage.completion_tokens == 5
+    assert plain.cached is True and plain.answer == "streamed once"
+    assert len(openai_fake.requests) == 1
+    assert [(r.cached, r.streamed) for r in await records()] == [
+        (False, True),
+        (True, True),
+        (True, False),
+    ]
+
+
+async def test_a_cached_plain_answer_serves_a_stream_but_not_other_effort(
+    gateway, openai_fake, api_key_env
+):
+    await sync_to_async(openai_alias)(openai_fake, api_key_env, cache_responses=True)
+    openai_fake.push(text="plain first")
+    await gateway.chat(model="chat", messages="Q")
+    events = [e async for e in gateway.stream(model="chat", messages="Q")]
+    assert events[0].text == "plain first" and events[-1].cached
+    openai_fake.push(text="thought harder")
+    harder = await gateway.chat(model="chat", messages="Q", options={"reasoning_effort": "high"})
+    assert harder.answer == "thought harder" and not harder.cached
+
+
 async def test_cache_is_off_unless_configured(gateway, chat_alias, openai_fake, settings):
     await gateway.chat(model="chat", messages="Q", temperature=0)
     await gateway.chat(model="chat", messages="Q", temperature=0)

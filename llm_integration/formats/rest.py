@@ -179,15 +179,16 @@ class RestStream(StreamFormat):
             return b""  # asked for on /v1/messages only
         if isinstance(event, ToolCallDelta):
             return sse({"tool_call": event.as_event()})
-        return sse(
-            {
-                "done": True,
-                "usage": usage(event.usage, event.cost_usd),
-                "model": event.model,
-                "finish_reason": event.finish_reason,
-                "request_id": self.request_id,
-            }
-        )
+        done = {
+            "done": True,
+            "usage": usage(event.usage, event.cost_usd),
+            "model": event.model,
+            "finish_reason": event.finish_reason,
+            "request_id": self.request_id,
+        }
+        if event.cached:  # an answer from the response cache (only then: §4's shape kept)
+            done["cached"] = True
+        return sse(done)
 
     def failure(self, error: Exception) -> bytes:
         body, _status, _headers = envelope(error, request_id=self.request_id)

@@ -67,12 +67,15 @@ def frame(
         return {"type": "token", "content": event.text}
     if isinstance(event, ToolCallDelta):
         return {"type": "tool_call", **event.as_event()}
-    return {
+    done = {
         "type": "done",
         "request_id": request_id,
         "usage": usage(event.usage, event.cost_usd),
         "finish_reason": event.finish_reason,
     }
+    if event.cached:  # an answer from the response cache (only then: §5's shape kept)
+        done["cached"] = True
+    return done
 
 
 def cancelled(outcome: Outcome | None, request_id: str) -> dict[str, Any]:

@@ -215,6 +215,17 @@ async def test_chat_stream_is_sse_deltas_then_done(rows):
     assert record.streamed and record.status == "ok"
 
 
+async def test_a_stream_is_answered_from_the_response_cache(rows, settings):
+    settings.LLM_INTEGRATION = {**settings.LLM_INTEGRATION, "CACHE_ENABLED": True}
+    body = {"message": "cache me", "stream": True, "temperature": 0}
+    first = await read_sse(await post_chat(client_for(rows["token"]), body))
+    second = await read_sse(await post_chat(client_for(rows["token"]), body))
+    assert "cached" not in first[-1]  # the contract's shape for an ordinary answer
+    assert second[-1]["cached"] is True and second[-1]["usage"]["cost_usd"] == "0"
+    assert "".join(e["delta"] for e in second[:-1]) == "".join(e["delta"] for e in first[:-1])
+    assert [r.cached async for r in UsageRecord.objects.order_by("id")] == [False, True]
+
+
 async def test_stream_errors_before_the_first_token_keep_their_status(rows):
     response = await post_chat(
         client_for(rows["token"]), {"message": "x", "model": "nope", "stream": True}

@@ -321,6 +321,7 @@ class Gateway:
         """``stream``'s events; ``checked()`` validates the request (inside, so that a
         refusal is recorded like any other end)."""
         parts: list[str] = []
+        answer: list[str] = []  # the text alone, for the response cache
         chunks = None
         deadline = StreamDeadline()
         arguments: dict[int, list[str]] = {}  # tool call index -> [name, *argument pieces]
@@ -330,6 +331,23 @@ class Gateway:
             text = functools.cache(functools.partial(request_text, request))
             ask = Ask(model, labels, text, key=call.key)
             first = await self.admit(call, ask=ask, preparer=preparer)
+            cache_key = None
+            if caching.cacheable(first.alias, first.request):
+                cache_key = caching.cache_key(first.alias, first.request)
+                hit = await caching.lookup(cache_key, now=self.clock.time())
+                if hit is not None:
+                    result = await self.cached_answer(call, first, hit)
+                    if result.answer:
+                        yield Delta(result.answer)
+                    yield Done(
+                        result.model,
+                        call.request_id,
+                        result.usage,
+                        Decimal(0),
+                        result.finish_reason,
+                        cached=True,
+                    )
+                    return
 
             async def open_stream(adapter, prepared: Prepared):
                 iterator = adapter.complete_stream(prepared.request)
@@ -354,6 +372,7 @@ class Gateway:
                     parts.append(chunk.thinking.thinking)  # against what it delivers
                     yield chunk.thinking
                 if chunk.tool_call is not None:
+                    cache_key = None  # the cache keeps text
                     piece = chunk.tool_call
                     tokens = estimate_text_tokens((piece.name or "") + piece.arguments, model=model)
                     if limit and written + tokens > limit:  # written past max_tokens
@@ -390,6 +409,7 @@ class Gateway:
                         return
                     written += tokens
                     parts.append(text)
+                    answer.append(text)
                     yield Delta(text)
                 if chunk.usage is not None:
                     finish = chunk.finish_reason or "stop"
@@ -409,6 +429,14 @@ class Gateway:
                     cost = await call.finish(
                         UsageRecord.Status.OK, usage=usage, finish_reason=finish
                     )
+                    if cache_key is not None and prepared.alias.pk == first.alias.pk:
+                        await caching.store(
+                            cache_key,
+                            text="".join(answer),
+                            finish_reason=finish,
+                            usage=usage,
+                            now=self.clock.time(),
+                        )
                     yield Done(prepared.alias.slug, call.request_id, usage, cost, finish)
                     return
                 chunk = await deadline.next(chunks, provider, None)

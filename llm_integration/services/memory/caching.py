@@ -1,10 +1,11 @@
 """Step 5: the response cache, in the shared store (Redis: shared by every process), or
 the Django cache ``RESPONSE_CACHE_BACKEND`` names.
 
-Identical non-streaming requests to an alias that opted in (``cache_responses``), or
-any temperature-0 request while ``CACHE_ENABLED`` is on, are answered from the cache
-for ``CACHE_TTL`` seconds. Entries live on for ``CACHE_STALE_TTL`` more seconds as a
-last resort: when every upstream is down, a stale answer is served, flagged degraded.
+Identical requests, streamed or not, to an alias that opted in (``cache_responses``),
+or any temperature-0 request while ``CACHE_ENABLED`` is on, are answered from the cache
+for ``CACHE_TTL`` seconds (a stream as one piece of text, then its end). Entries live
+on for ``CACHE_STALE_TTL`` more seconds as a last resort: when every upstream is down,
+a stale answer is served to a plain request, flagged degraded.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def cache_key(alias: ModelAlias, request: ChatRequest) -> str:
             request.max_tokens or alias.default_max_tokens,
             list(request.stop),
             [request.top_p, request.seed, request.presence_penalty, request.frequency_penalty],
+            [request.top_k, request.reasoning_effort, request.thinking, request.output_config],
             request.response_format.as_openai() if request.response_format else None,
         ],
         separators=(",", ":"),
