@@ -122,7 +122,7 @@ class AnthropicAdapter(BaseLLMAdapter):
             params["extra_body"] = sampling
         if request.stop:
             params["stop_sequences"] = list(request.stop)
-        self.refuse_options(request, ("seed", "presence_penalty", "frequency_penalty"))
+        self.refuse_options(request, ("seed", "presence_penalty", "frequency_penalty", "verbosity"))
         if request.user is not None:
             params["metadata"] = {"user_id": request.user}
         if request.thinking is not None:

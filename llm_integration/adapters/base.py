@@ -125,6 +125,9 @@ class ChatRequest:
     reasoning_effort: str | None = None
     #: OpenAI's prompt cache routing hint (a hint: other upstreams leave it out).
     prompt_cache_key: str | None = None
+    #: OpenAI's ``verbosity`` (``low`` | ``medium`` | ``high``): how long an answer a
+    #: GPT-5 model writes (OpenAI-compatible upstreams only).
+    verbosity: str | None = None
     #: Anthropic's extended thinking setting and ``top_k`` sampling.
     thinking: Mapping[str, Any] | None = None
     top_k: int | None = None
@@ -301,6 +304,7 @@ OPTIONS = (
     "user",
     "reasoning_effort",
     "prompt_cache_key",
+    "verbosity",
     "thinking",
     "top_k",
     "betas",

@@ -77,7 +77,8 @@ class OllamaAdapter(BaseLLMAdapter):
         if request.stop:
             options["stop"] = list(request.stop)
         self.refuse_options(
-            request, ("user", "reasoning_effort", "context_management", "output_config")
+            request,
+            ("user", "reasoning_effort", "verbosity", "context_management", "output_config"),
         )
         for name in ("top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
             if (value := getattr(request, name)) is not None:

@@ -56,6 +56,7 @@ SAMPLING = (
     "user",
     "reasoning_effort",
     "prompt_cache_key",
+    "verbosity",
 )
 
 

@@ -34,6 +34,8 @@ from .streams import StreamFormat
 CREATED = 1_700_000_000
 #: OpenAI's ``reasoning_effort`` values (each upstream model takes some of them).
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+#: OpenAI's ``verbosity`` values (GPT-5 models).
+VERBOSITIES = ("low", "medium", "high")
 
 
 class OpenAIMessageSerializer(serializers.Serializer):
@@ -73,6 +75,12 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     user = serializers.CharField(required=False, allow_blank=True)
     reasoning_effort = serializers.ChoiceField(
         choices=REASONING_EFFORTS,
+        required=False,
+        allow_null=True,
+        help_text="Passed to OpenAI-compatible upstreams; refused by name by others.",
+    )
+    verbosity = serializers.ChoiceField(
+        choices=VERBOSITIES,
         required=False,
         allow_null=True,
         help_text="Passed to OpenAI-compatible upstreams; refused by name by others.",

@@ -29,7 +29,7 @@ from ..text.fields import refuse_unknown
 from . import response_items as items
 from .fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from .inputs import ChatInput, Shape
-from .openai import REASONING_EFFORTS, labels_of
+from .openai import REASONING_EFFORTS, VERBOSITIES, labels_of
 from .response_items import invalid, required_text
 
 #: Why an answer stopped short, in the Responses API's words (others are complete).
@@ -147,11 +147,19 @@ def tool_choice(choice: Any) -> Any:
     )
 
 
+def verbosity(text: Any) -> str | None:
+    """``text.verbosity``, as OpenAI-compatible upstreams take it (others refuse it)."""
+    value = text.get("verbosity") if isinstance(text, dict) else None
+    if value is not None and value not in VERBOSITIES:
+        raise invalid(f"text.verbosity must be one of: {', '.join(VERBOSITIES)}.", "text.verbosity")
+    return value
+
+
 def response_format(text: Any) -> dict[str, Any] | None:
     """``text.format`` as the chat's ``response_format`` (None: plain text)."""
     if not isinstance(text, dict):
         raise invalid("text must be an object.", "text")
-    refuse_unknown(text, {"format"}, prefix="text.")
+    refuse_unknown(text, {"format", "verbosity"}, prefix="text.")
     form = text.get("format")
     if form is None:
         return None
@@ -261,6 +269,8 @@ def parse(payload: Any, headers: Labels = NO_LABELS) -> ResponsesInput:
         options["tool_choice"] = tool_choice(data["tool_choice"])
     if data.get("text") is not None and (form := response_format(data["text"])) is not None:
         options["response_format"] = form
+    if (wordiness := verbosity(data.get("text"))) is not None:
+        options["verbosity"] = wordiness
     reasoning = data.get("reasoning")
     effort = reasoning_effort(reasoning) if reasoning is not None else None
     if effort is not None:
@@ -297,6 +307,7 @@ def parse(payload: Any, headers: Labels = NO_LABELS) -> ResponsesInput:
 #: The chat's parameters as a Responses client wrote them, for errors the chat path raises.
 CLIENT_PARAMS = {
     "reasoning_effort": "reasoning.effort",
+    "verbosity": "text.verbosity",
     "max_tokens": "max_output_tokens",
     "system_prompt": "instructions",
 }

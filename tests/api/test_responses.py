@@ -364,7 +364,7 @@ def test_cached_tokens_are_shown_and_priced(client, alias_on):
             "input[0].call_id",
         ),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
-        ({"text": {"verbosity": "low"}}, "text.verbosity"),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         ({"input": [{"role": "user", "content": "x", "extra": 1}]}, "input[0].extra"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
@@ -671,3 +671,24 @@ def test_interleaved_call_pieces_end_up_in_their_own_calls(client, alias_on):
         response = events.get_final_response()
     arguments = [json.loads(item.arguments) for item in response.output]
     assert arguments == [{"city": "Paris"}, {"city": "Rome"}]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_verbosity_reaches_openai_compatible_upstreams_only(client, alias_on, kind):
+    fake = alias_on(kind, "model-a")
+    fake.push(text="Short.")
+    request = {"model": "model-a", "input": "Hi", "text": {"verbosity": "low"}}
+    if kind != "openai":
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(**request)
+        assert refused.value.body["param"] == "text.verbosity"
+        return
+    assert client.responses.create(**request).output_text == "Short."
+    assert sent(fake)["verbosity"] == "low"
+    fake.push(text="Short.")
+    client.chat.completions.create(
+        model="model-a",
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_body={"verbosity": "high"},
+    )
+    assert sent(fake)["verbosity"] == "high"

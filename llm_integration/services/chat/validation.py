@@ -235,6 +235,7 @@ SAMPLING = {
     "user": ("text", None, None),
     "reasoning_effort": ("text", None, None),
     "prompt_cache_key": ("text", None, None),
+    "verbosity": ("text", None, None),
     "top_k": ("integer", None, None),
 }
 
