@@ -413,6 +413,20 @@ async def test_stale_cache_serves_degraded_when_upstreams_are_down(
     assert len(openai_fake.requests) == 2
 
 
+async def test_stale_cache_serves_a_stream_degraded_when_upstreams_are_down(
+    gateway, clock, openai_fake, api_key_env
+):
+    await sync_to_async(openai_alias)(openai_fake, api_key_env, cache_responses=True)
+    openai_fake.push(text="kept a while")
+    await gateway.chat(model="chat", messages="Q")
+    clock.advance(7200)  # past CACHE_TTL, within CACHE_STALE_TTL
+    openai_fake.push(mode="error", status=503)
+    events = [event async for event in gateway.stream(model="chat", messages="Q")]
+    assert events[0].text == "kept a while"
+    assert events[-1].degraded and events[-1].cached and events[-1].cost_usd == 0
+    assert [(r.status, r.cached, r.streamed) for r in await records()][-1] == ("ok", True, True)
+
+
 async def test_connection_reset_is_retried(gateway, openai_fake, api_key_env):
     await sync_to_async(openai_alias)(openai_fake, api_key_env, retries=1)
     openai_fake.push(mode="reset")

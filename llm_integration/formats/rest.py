@@ -188,6 +188,8 @@ class RestStream(StreamFormat):
         }
         if event.cached:  # an answer from the response cache (only then: §4's shape kept)
             done["cached"] = True
+        if event.degraded:  # stale, every upstream down
+            done["degraded"] = True
         return sse(done)
 
     def failure(self, error: Exception) -> bytes:

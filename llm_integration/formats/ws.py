@@ -75,6 +75,8 @@ def frame(
     }
     if event.cached:  # an answer from the response cache (only then: §5's shape kept)
         done["cached"] = True
+    if event.degraded:  # stale, every upstream down
+        done["degraded"] = True
     return done
 
 

@@ -233,6 +233,23 @@ class Gateway:
             degraded=degraded,
         )
 
+    async def cached_events(
+        self, call: Call, first: Prepared, hit: caching.CachedAnswer, *, degraded: bool = False
+    ) -> AsyncIterator[Delta | Done]:
+        """A stream's answer from the response cache: its text in one piece, its end."""
+        result = await self.cached_answer(call, first, hit, degraded=degraded)
+        if result.answer:
+            yield Delta(result.answer)
+        yield Done(
+            result.model,
+            call.request_id,
+            result.usage,
+            Decimal(0),
+            result.finish_reason,
+            cached=True,
+            degraded=degraded,
+        )
+
     # -- embeddings --------------------------------------------------------------------
     async def embed(
         self,
@@ -336,17 +353,8 @@ class Gateway:
                 cache_key = caching.cache_key(first.alias, first.request)
                 hit = await caching.lookup(cache_key, now=self.clock.time())
                 if hit is not None:
-                    result = await self.cached_answer(call, first, hit)
-                    if result.answer:
-                        yield Delta(result.answer)
-                    yield Done(
-                        result.model,
-                        call.request_id,
-                        result.usage,
-                        Decimal(0),
-                        result.finish_reason,
-                        cached=True,
-                    )
+                    async for event in self.cached_events(call, first, hit):
+                        yield event
                     return
 
             async def open_stream(adapter, prepared: Prepared):
@@ -362,7 +370,23 @@ class Gateway:
                     raise
                 return iterator, head
 
-            prepared, (chunks, head) = await route(call, first, open_stream, preparer)
+            try:
+                prepared, (chunks, head) = await route(call, first, open_stream, preparer)
+            except exc.LLMError as error:
+                stale = (
+                    await caching.lookup(cache_key, now=self.clock.time(), stale=True)
+                    if cache_key
+                    else None
+                )
+                if stale is None:
+                    raise
+                logger.warning(
+                    "llm.degraded",
+                    extra={"request_id": call.request_id, "error_type": error_type(error)},
+                )
+                async for event in self.cached_events(call, first, stale, degraded=True):
+                    yield event
+                return
             model, limit = prepared.alias.upstream_model, prepared.request.max_tokens
             provider = prepared.alias.provider.name
             written = 0  # completion tokens delivered, counted as they come

@@ -54,6 +54,8 @@ class Done:
     cost_usd: Decimal
     finish_reason: str = "stop"
     cached: bool = False
+    #: A stale answer from the cache, served because every upstream was down.
+    degraded: bool = False
 
 
 @dataclass(slots=True)

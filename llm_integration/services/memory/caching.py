@@ -5,7 +5,7 @@ Identical requests, streamed or not, to an alias that opted in (``cache_response
 or any temperature-0 request while ``CACHE_ENABLED`` is on, are answered from the cache
 for ``CACHE_TTL`` seconds (a stream as one piece of text, then its end). Entries live
 on for ``CACHE_STALE_TTL`` more seconds as a last resort: when every upstream is down,
-a stale answer is served to a plain request, flagged degraded.
+a stale answer is served, flagged degraded.
 """
 
 from __future__ import annotations
