@@ -87,6 +87,8 @@ class ResponseView(GatewayAPIView):
                 raise exc.UnsupportedParameter(
                     f"The parameter '{name}' is not supported by this gateway.", param=name
                 )
+        query = request.query_params
+        responses.refuse_includes([*query.getlist("include[]"), *query.getlist("include")])
         return Response(await run_db(stored.find, request.user, response_id))
 
     @extend_schema(

@@ -142,6 +142,7 @@ def checked_items(value: Any) -> list[dict[str, Any]]:
                 param=f"{where}.type",
             )
         refuse_unknown(item, ITEM_FIELDS[kind], prefix=f"{where}.")
+        bookkeeping(item, where)
         if kind == "message":
             role = item.get("role")
             if not isinstance(role, str) or role not in ROLES:
@@ -159,6 +160,42 @@ def checked_items(value: Any) -> list[dict[str, Any]]:
             thinking_block(item, where)
         items.append({**item, "type": kind})
     return items
+
+
+#: An item's ``status``, as OpenAI writes it.
+STATUSES = frozenset({"in_progress", "completed", "incomplete"})
+#: The longest item ``id`` kept (OpenAI's are about 50 characters).
+MAX_ID = 128
+
+
+def bookkeeping(item: dict[str, Any], where: str) -> None:
+    """An item's ``id`` and ``status`` are short words, and a reasoning item's
+    ``summary`` and ``content`` its own parts: nothing else is kept for free."""
+    item_id, status = item.get("id"), item.get("status")
+    if item_id is not None and (not isinstance(item_id, str) or len(item_id) > MAX_ID):
+        raise invalid(f"{where}.id must be text of at most {MAX_ID} characters.", f"{where}.id")
+    if status is not None and (not isinstance(status, str) or status not in STATUSES):
+        raise invalid(
+            f"{where}.status must be in_progress, completed or incomplete.", f"{where}.status"
+        )
+    if item.get("type") != "reasoning":
+        return
+    for name, part in (("summary", "summary_text"), ("content", "reasoning_text")):
+        parts = item.get(name)
+        if parts is not None and (
+            not isinstance(parts, list)
+            or not all(
+                isinstance(p, dict)
+                and p.get("type") == part
+                and isinstance(p.get("text"), str)
+                and set(p) <= {"type", "text"}
+                for p in parts
+            )
+        ):
+            raise invalid(
+                f"{where}.{name} must be a list of {part} parts (type and text).",
+                f"{where}.{name}",
+            )
 
 
 def _empty(content: str | list[dict[str, Any]]) -> bool:

@@ -94,10 +94,24 @@ class ResponsesRequestSerializer(serializers.Serializer):
 #: Fields whose value asks for what the gateway does anyway (it fits a conversation too
 #: long for the model's window by leaving out its oldest turns: ``truncation: auto``).
 RESPONSES = Shape(ResponsesRequestSerializer, noops={"background": False, "truncation": "auto"})
-#: ``include`` values that would change the answer and that the gateway cannot give
-#: (the others ask about hosted tools' items, which never occur here, or for the
-#: reasoning's ``encrypted_content``, which reasoning items always carry).
-NOT_INCLUDED = frozenset({"message.output_text.logprobs"})
+#: ``include`` values that ask for nothing the gateway would leave out: the reasoning's
+#: ``encrypted_content`` (reasoning items always carry it), and the outputs of hosted
+#: tools or images, which never occur here. Others (``message.output_text.logprobs``:
+#: no logprobs are returned) are refused by name.
+INCLUDED = frozenset(
+    {
+        "reasoning.encrypted_content",
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "message.input_image.image_url",
+        "computer_call_output.output.image_url",
+        "code_interpreter_call.outputs",
+    }
+)
+#: ``reasoning.summary`` values (no summaries are made: accepted, as OpenAI's models
+#: may make none either).
+SUMMARIES = frozenset({"auto", "concise", "detailed"})
 
 
 TOOL_FIELDS = frozenset({"type", "name", "description", "parameters", "strict"})
@@ -182,11 +196,26 @@ def response_format(text: Any) -> dict[str, Any] | None:
     raise invalid("text.format.type must be text, json_object or json_schema.", "text.format.type")
 
 
+def refuse_includes(values: Any) -> None:
+    """``include`` values the gateway cannot honour, refused by name."""
+    for value in values:
+        if value not in INCLUDED:
+            raise exc.UnsupportedParameter(
+                f"include {str(value)[:80]!r} is not supported by this gateway.", param="include"
+            )
+
+
 def reasoning_effort(reasoning: Any) -> str | None:
     """``reasoning.effort`` (``summary`` is accepted: no summaries are made)."""
     if not isinstance(reasoning, dict):
         raise invalid("reasoning must be an object.", "reasoning")
     refuse_unknown(reasoning, {"effort", "summary", "generate_summary"}, prefix="reasoning.")
+    for name in ("summary", "generate_summary"):
+        value = reasoning.get(name)
+        if value is not None and (not isinstance(value, str) or value not in SUMMARIES):
+            raise invalid(
+                f"reasoning.{name} must be auto, concise or detailed.", f"reasoning.{name}"
+            )
     effort = reasoning.get("effort")
     if effort is not None and effort not in REASONING_EFFORTS:
         raise invalid(
@@ -251,11 +280,7 @@ def parse(payload: Any, headers: Labels = NO_LABELS) -> ResponsesInput:
         # A hint here: upstreams that cannot hold to one call (Ollama) leave it out.
         options["parallel_tool_calls"] = data["parallel_tool_calls"]
         options["parallel_tool_calls_hint"] = True
-    for value in data.get("include") or ():
-        if value in NOT_INCLUDED:
-            raise exc.UnsupportedParameter(
-                f"include {value!r} is not supported by this gateway.", param="include"
-            )
+    refuse_includes(data.get("include") or ())
     previous = data.get("previous_response_id")
     if previous is not None and not RESPONSE_ID.fullmatch(previous):
         raise exc.PreviousResponseNotFound(

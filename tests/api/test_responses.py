@@ -351,6 +351,15 @@ def test_cached_tokens_are_shown_and_priced(client, alias_on):
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"truncation": "disabled"}, "truncation"),
+        ({"include": ["garbage"]}, "include"),
+        ({"reasoning": {"summary": 42}}, "reasoning.summary"),
+        ({"reasoning": {"generate_summary": {"a": 1}}}, "reasoning.generate_summary"),
+        ({"input": [{"role": "user", "content": "x", "id": "a" * 200}]}, "input[0].id"),
+        ({"input": [{"role": "user", "content": "x", "status": {"evil": 1}}]}, "input[0].status"),
+        (
+            {"input": [{"type": "reasoning", "summary": "x", "encrypted_content": "e"}]},
+            "input[0].summary",
+        ),
         ({"include": ["message.output_text.logprobs"]}, "include"),
         ({"previous_response_id": "resp_\u0000"}, "previous_response_id"),
         ({"input": [{"type": ["message"], "content": "x"}]}, "input[0].type"),
@@ -612,6 +621,9 @@ def test_reading_back_as_a_stream_is_refused_by_name(client, alias_on):
         client.responses.retrieve(response.id, stream=True)
     assert refused.value.body["param"] == "stream"
     assert client.responses.retrieve(response.id, include=["reasoning.encrypted_content"]).id
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.retrieve(response.id, include=["message.output_text.logprobs"])
+    assert refused.value.body["param"] == "include"
 
 
 def test_errors_of_the_chat_path_name_the_responses_parameters(client, alias_on):

@@ -53,7 +53,8 @@ def earlier(user: Any, response_id: str) -> Earlier:
             f"Previous response with id {response_id[:80]!r} not found.",
             param="previous_response_id",
         )
-    if len(last.chain) >= llm_settings.MAX_MESSAGES // 2:  # two messages a turn at least
+    # Two messages a turn at least, and the new input: the chain must leave room.
+    if 2 * (len(last.chain) + 1) + 1 > llm_settings.MAX_MESSAGES:
         raise exc.InvalidRequest(
             f"The conversation of {response_id!r} is longer than MAX_MESSAGES allows.",
             param="previous_response_id",
