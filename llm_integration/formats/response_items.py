@@ -121,10 +121,10 @@ def thinking_block(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def checked_items(value: Any) -> list[dict[str, Any]]:
-    """The input as items (text is one user message), each checked: what is kept for a
-    continuation and what ``conversation`` translates. Function call outputs must
-    answer a call made earlier in the input (``conversation`` checks the replayed
-    conversation as a whole)."""
+    """The input as items (text is one user message), each item's shape checked: its
+    type, fields, role and ids. Content, outputs and reasoning are checked once, as
+    ``conversation`` translates them (with the stored items before them, so that a
+    function call output answers a call made anywhere earlier)."""
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
     if not isinstance(value, list) or not value:
@@ -149,15 +149,11 @@ def checked_items(value: Any) -> list[dict[str, Any]]:
                 raise invalid(
                     f"{where}.role must be user, assistant, system or developer.", f"{where}.role"
                 )
-            content_parts(item.get("content"), f"{where}.content", role=role)
         elif kind == "function_call":
             for name in ("call_id", "name", "arguments"):
                 required_text(item.get(name), f"{where}.{name}")
         elif kind == "function_call_output":
             required_text(item.get("call_id"), f"{where}.call_id")
-            output_text(item.get("output"), f"{where}.output")
-        else:
-            thinking_block(item, where)
         items.append({**item, "type": kind})
     return items
 

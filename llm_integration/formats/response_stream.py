@@ -197,9 +197,12 @@ class ResponsesStream(StreamFormat):
         self.final = self.answer.body(
             status=status,
             model=done.model,
-            # Made again from every piece: an upstream that interleaves its calls may
-            # send a piece of one after the next has begun.
-            output=[item.finished(item.done["status"]) for item in self.items],
+            # A call is made again from every piece: an upstream that interleaves its
+            # calls may send a piece of one after the next has begun.
+            output=[
+                item.finished(item.done["status"]) if item.kind == "function_call" else item.done
+                for item in self.items
+            ],
             usage=usage(done.usage),
             incomplete=incomplete,
         )

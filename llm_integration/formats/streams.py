@@ -9,6 +9,7 @@ is closed: a client that went away is recorded as cancelled.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
 from django.http import StreamingHttpResponse
@@ -20,25 +21,27 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Event = Delta | ToolCallDelta | ThinkingDelta | Done
 
 
-class StreamFormat:
+class StreamFormat(ABC):
     """How a format writes a stream: each method returns the bytes to send."""
 
     def opening(self, stream: ChatStream) -> bytes:
         """Before the first event (b"": nothing)."""
         return b""
 
+    @abstractmethod
     def event(self, event: Event) -> bytes:
         """One event; the ``Done`` one ends the answer. Reasoning (``ThinkingDelta``)
         only reaches formats that have a place for it."""
-        raise NotImplementedError
 
     async def ending(self, done: Done) -> None:
         """Work before the ``Done`` event is written (a failure here is the format's
-        error event): the Responses format keeps the response for the next request."""
+        error event): the Responses format keeps the response for the next request.
+        Nothing, by default."""
+        return None
 
+    @abstractmethod
     def failure(self, error: Exception) -> bytes:
         """A failure after the 200."""
-        raise NotImplementedError
 
     def closing(self) -> bytes:
         """After the last event or the failure (b"": nothing)."""

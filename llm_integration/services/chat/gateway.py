@@ -163,17 +163,8 @@ class Gateway:
             try:
                 prepared, completion = await route(call, first, complete, preparer)
             except exc.LLMError as error:
-                stale = (
-                    await caching.lookup(cache_key, now=self.clock.time(), stale=True)
-                    if cache_key
-                    else None
-                )
-                if stale is None:
+                if (stale := await self.stale_answer(call, cache_key, error)) is None:
                     raise
-                logger.warning(
-                    "llm.degraded",
-                    extra={"request_id": call.request_id, "error_type": error_type(error)},
-                )
                 return await self.cached_answer(call, first, stale, degraded=True)
         except (asyncio.CancelledError, Exception) as error:
             await call.fail(error)
@@ -232,6 +223,21 @@ class Gateway:
             cached=True,
             degraded=degraded,
         )
+
+    async def stale_answer(
+        self, call: Call, cache_key: str | None, error: exc.LLMError
+    ) -> caching.CachedAnswer | None:
+        """When every upstream failed: a stale cached answer to serve, degraded (None:
+        none, the error stands)."""
+        if cache_key is None:
+            return None
+        stale = await caching.lookup(cache_key, now=self.clock.time(), stale=True)
+        if stale is not None:
+            logger.warning(
+                "llm.degraded",
+                extra={"request_id": call.request_id, "error_type": error_type(error)},
+            )
+        return stale
 
     async def cached_events(
         self, call: Call, first: Prepared, hit: caching.CachedAnswer, *, degraded: bool = False
@@ -373,17 +379,8 @@ class Gateway:
             try:
                 prepared, (chunks, head) = await route(call, first, open_stream, preparer)
             except exc.LLMError as error:
-                stale = (
-                    await caching.lookup(cache_key, now=self.clock.time(), stale=True)
-                    if cache_key
-                    else None
-                )
-                if stale is None:
+                if (stale := await self.stale_answer(call, cache_key, error)) is None:
                     raise
-                logger.warning(
-                    "llm.degraded",
-                    extra={"request_id": call.request_id, "error_type": error_type(error)},
-                )
                 async for event in self.cached_events(call, first, stale, degraded=True):
                     yield event
                 return
