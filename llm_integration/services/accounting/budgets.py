@@ -381,14 +381,29 @@ class Ledger:
         return settled
 
     def flush(self) -> None:
+        due = sorted((pid, c) for pid, c in self.changes.items() if c.spent or c.reserved)
+        final: dict[int, tuple[int, int]] = {}
+        if due:
+            final = self.write(due)
+        for settlement in self.settlements:
+            settlement.settled.extend(
+                Settled(hold.budget, hold.period_id, *final[hold.period_id])
+                for hold in settlement.holds
+                if hold.period_id in final
+            )
+        self.changes.clear()
+        self.settlements.clear()
+
+    @staticmethod
+    def write(due: list[tuple[int, Change]]) -> dict[int, tuple[int, int]]:
+        """One ``UPDATE`` per changed row; each row's spent units and alerted threshold
+        after it."""
         table = _table()
         returning = connection.features.can_return_columns_from_insert
         final: dict[int, tuple[int, int]] = {}
         stamp = connection.ops.adapt_datetimefield_value(timezone.now())  # the admin shows it
         with connection.cursor() as cursor:
-            for pid, change in sorted(self.changes.items()):
-                if not change.spent and not change.reserved:
-                    continue
+            for pid, change in due:
                 sql = (
                     f"UPDATE {table} SET spent_units = spent_units + %s, "
                     f"reserved_units = reserved_units + %s, updated_at = %s WHERE id = %s"
@@ -406,14 +421,7 @@ class Ledger:
                     )
                 if row is not None:
                     final[pid] = (int(row[0]), int(row[1]))
-        for settlement in self.settlements:
-            settlement.settled.extend(
-                Settled(hold.budget, hold.period_id, *final[hold.period_id])
-                for hold in settlement.holds
-                if hold.period_id in final
-            )
-        self.changes.clear()
-        self.settlements.clear()
+        return final
 
 
 def refusal(budget: Budget, row: PeriodRow | None, units: int) -> str:

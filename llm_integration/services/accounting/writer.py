@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import queue
 import threading
@@ -50,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, DataError, IntegrityError, connection, connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 
 from ...conf import llm_settings
 from ...exceptions import LLMError
@@ -127,24 +128,42 @@ def insert_rows(model, objs: list) -> None:
     """``bulk_create`` without primary keys back and without the ORM's per-field SQL
     compilation: one ``INSERT … VALUES (…), (…)`` of the concrete fields' values as
     Django prepares them for saving (``pre_save``, ``get_db_prep_save``)."""
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    ops = connection.ops
-    columns = ", ".join(ops.quote_name(f.column) for f in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    step = max(1, ops.bulk_batch_size(fields, objs) if objs else 1)
-    with connection.cursor() as cursor:
+    db = transaction.get_connection()  # the wrapper itself: no proxy lookup per value
+    statement = insert_statement(model, db.alias, db.vendor)
+    fields = statement.fields
+    step = max(1, db.ops.bulk_batch_size(fields, objs) if objs else 1)
+    with db.cursor() as cursor:
         for start in range(0, len(objs), step):
             chunk = objs[start : start + step]
             params = [
-                f.get_db_prep_save(f.pre_save(obj, True), connection)
-                for obj in chunk
-                for f in fields
+                f.get_db_prep_save(f.pre_save(obj, True), db) for obj in chunk for f in fields
             ]
-            cursor.execute(
-                f"INSERT INTO {ops.quote_name(model._meta.db_table)} ({columns}) "
-                f"VALUES {', '.join([row] * len(chunk))}",
-                params,
-            )
+            cursor.execute(statement.sql(len(chunk)), params)
+
+
+@dataclass(frozen=True, slots=True)
+class InsertStatement:
+    """A model's ``INSERT`` of its concrete fields but the key, for one database."""
+
+    fields: tuple
+    head: str
+    row: str
+
+    def sql(self, rows: int) -> str:
+        return self.head + ", ".join([self.row] * rows) if rows > 1 else self.head + self.row
+
+
+@functools.cache
+def insert_statement(model, alias: str, vendor: str) -> InsertStatement:
+    """Built once per model and database: the columns are the same for every write."""
+    ops = connections[alias].ops
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    columns = ", ".join(ops.quote_name(f.column) for f in fields)
+    return InsertStatement(
+        fields,
+        f"INSERT INTO {ops.quote_name(model._meta.db_table)} ({columns}) VALUES ",
+        "(" + ", ".join(["%s"] * len(fields)) + ")",
+    )
 
 
 class Ticket:

@@ -240,7 +240,7 @@ class Call:
         # The write owns the holds from here: a cancelled wait cannot settle them twice.
         reservation = self.reservation
         holds, reservation.holds = reservation.holds, []
-        claim = budgets.claim_rows(hold.period_id for hold in holds)
+        claim = budgets.claim_rows(hold.period_id for hold in holds) if holds else None
         quota_holds, self.quota_holds = self.quota_holds, []
         # Kept and written again if the database is unavailable: the request happened.
         answer = status == UsageRecord.Status.OK and not self.streamed  # not yet handed over
