@@ -18,7 +18,9 @@ import json
 from typing import Any
 
 from .. import exceptions as exc
+from ..adapters.images import DATA_URL, DETAILS, parse_image_part
 from ..adapters.thinking import ThinkingBlock, parse_thinking_blocks
+from ..conf import llm_settings
 from ..text.fields import refuse_unknown
 
 #: A message item's roles, as the chat's (``developer`` is a system message).
@@ -59,10 +61,7 @@ def content_parts(content: Any, where: str, *, role: str) -> str | list[dict[str
             parts.append({"type": "text", "text": required_text(part.get("text"), f"{at}.text")})
         elif kind == "input_image" and role == "user":
             refuse_unknown(part, {"type", "image_url", "detail"}, prefix=f"{at}.")
-            image = {"url": required_text(part.get("image_url"), f"{at}.image_url")}
-            if part.get("detail") is not None:
-                image["detail"] = part["detail"]
-            parts.append({"type": "image_url", "image_url": image})
+            parts.append({"type": "image_url", "image_url": checked_image(part, at)})
         else:
             raise exc.UnsupportedContent(
                 f"{at}: only input_text, output_text and (from users) input_image parts are "
@@ -70,6 +69,24 @@ def content_parts(content: Any, where: str, *, role: str) -> str | list[dict[str
                 param=f"{at}.type",
             )
     return parts
+
+
+def checked_image(part: dict[str, Any], at: str) -> dict[str, str]:
+    """An ``input_image``'s URL and detail as the chat's ``image_url``, checked as the
+    chat path checks images (an http(s) URL, or a data URL of a known type within
+    ``MAX_IMAGE_BYTES``), its errors named as the client wrote the part."""
+    image = {"url": required_text(part.get("image_url"), f"{at}.image_url")}
+    if (detail := part.get("detail")) is not None:
+        if detail not in DETAILS:
+            raise invalid(f"{at}.detail must be auto, low or high.", f"{at}.detail")
+        image["detail"] = detail
+    if not image["url"].startswith(("https://", "http://")) and not DATA_URL.match(image["url"]):
+        raise invalid(
+            f"{at}.image_url must be an http(s) URL or a data:image/...;base64 URL.",
+            f"{at}.image_url",
+        )
+    parse_image_part({"image_url": image}, at, max_bytes=int(llm_settings.MAX_IMAGE_BYTES))
+    return image
 
 
 def output_text(output: Any, where: str) -> str:
@@ -205,11 +222,17 @@ def conversation(earlier: list[dict[str, Any]], items: list[dict[str, Any]]) -> 
     reasoning, text and ``function_call`` items make one assistant turn (its
     ``thinking_blocks``, content and ``tool_calls``), each ``function_call_output`` a
     ``tool`` message. An assistant's empty text (an answer that was only tool calls) is
-    no turn of its own. Errors name the new input's items (``input[i]``)."""
+    no turn of its own. A call cut short (``status: incomplete``, the answer stopped at
+    ``max_output_tokens``) that no output answers is left out: no tool ran it, and
+    upstreams refuse a call without its result. Errors name the new input's items
+    (``input[i]``)."""
     messages: list[dict[str, Any]] = []
     thoughts: list[dict[str, Any]] = []  # reasoning waiting for its assistant turn
     called: set[str] = set()
     offset = len(earlier)
+    answered = {
+        item["call_id"] for item in [*earlier, *items] if item["type"] == "function_call_output"
+    }
 
     def where(i: int) -> str:
         return f"input[{i - offset}]" if i >= offset else "previous_response_id"
@@ -242,10 +265,14 @@ def conversation(earlier: list[dict[str, Any]], items: list[dict[str, Any]]) -> 
                 else:
                     messages.append({"role": "assistant", "content": content})
         elif kind == "function_call":
+            incomplete = item.get("status") == "incomplete"
+            if incomplete and item["call_id"] not in answered:
+                continue
+            arguments = call_arguments(item, where(i), unfinished=incomplete or i < offset)
             call = {
                 "id": item["call_id"],
                 "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
+                "function": {"name": item["name"], "arguments": arguments},
             }
             assistant_turn().setdefault("tool_calls", []).append(call)
             called.add(item["call_id"])
@@ -261,6 +288,23 @@ def conversation(earlier: list[dict[str, Any]], items: list[dict[str, Any]]) -> 
     if thoughts:
         assistant_turn()
     return messages
+
+
+def call_arguments(item: dict[str, Any], where: str, *, unfinished: bool) -> str:
+    """A function call's ``arguments``: a JSON object in text. Where they may be
+    ``unfinished`` (a call cut short, or one the gateway stored as an upstream wrote
+    it), text that is not one goes upstream as ``{}``, as Anthropic's API gives such a
+    call back; a client's own call with other arguments is a 400 naming them."""
+    text = item["arguments"]
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
+        value = None
+    if isinstance(value, dict):
+        return text
+    if unfinished:
+        return "{}"
+    raise invalid(f"{where}.arguments must be a JSON object in text.", f"{where}.arguments")
 
 
 def message_item(item_id: str, text: str, *, status: str = "completed") -> dict[str, Any]:

@@ -640,6 +640,99 @@ def test_errors_of_the_chat_path_name_the_responses_parameters(client, alias_on)
     assert refused.value.body["param"] == "tools[0].name"
 
 
+@pytest.mark.parametrize("kind", ["openai_compatible", "anthropic"])
+def test_a_call_cut_short_is_left_out_of_the_next_turn_unless_answered(client, alias_on, kind):
+    """An answer stopped at max_output_tokens in the middle of a call: the call is
+    incomplete, no tool ran it, and upstreams refuse a call without its result."""
+    fake = alias_on("openai", "model-a")
+    cut = {"id": "call_09", "name": "get_weather", "arguments": '{"city": "Par'}
+    fake.push(text="Let me look.", tool_calls=[cut], finish_reason="length")
+    first = client.responses.create(
+        model="model-a", input="Weather in Paris?", tools=[WEATHER], max_output_tokens=50
+    )
+    assert first.status == "incomplete"
+    assert [(item.type, item.status) for item in first.output] == [
+        ("message", "completed"),
+        ("function_call", "incomplete"),
+    ]
+
+    upstream = alias_on(kind, "model-b")
+    upstream.push(text="Go on, then.")
+    second = client.responses.create(
+        model="model-b", previous_response_id=first.id, input="Go on", tools=[WEATHER]
+    )
+    assert second.output_text == "Go on, then."
+    replayed = upstream_messages(upstream, kind)
+    assert [m["role"] for m in replayed] == ["user", "assistant", "user"]
+    assert "tool_calls" not in replayed[1] and "Let me look." in json.dumps(replayed[1])
+    assert "tool_use" not in json.dumps(replayed)
+
+    # Answered after all: it goes back, its unfinished arguments as {}.
+    upstream.push(text="Sunny.")
+    client.responses.create(
+        model="model-b",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": "call_09", "output": "sunny"}],
+        tools=[WEATHER],
+    )
+    replayed = upstream_messages(upstream, kind)
+    if kind == "anthropic":
+        (use,) = [b for b in replayed[1]["content"] if b["type"] == "tool_use"]
+        assert use["input"] == {} and use["id"] == "call_09"
+    else:
+        assert replayed[1]["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+def test_a_client_call_whose_arguments_are_not_an_object_is_named(client, alias_on):
+    alias_on("anthropic", "model-a")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model="model-a",
+            input=[
+                {"role": "user", "content": "Weather?"},
+                {
+                    "type": "function_call",
+                    "call_id": "c1",
+                    "name": "get_weather",
+                    "arguments": "[1",
+                },
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            ],
+            tools=[WEATHER],
+        )
+    assert refused.value.body["param"] == "input[1].arguments"
+    assert UsageRecord.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({"image_url": "ftp://example.com/a.png"}, "input[0].content[1].image_url"),
+        (
+            {"image_url": "https://example.com/a.png", "detail": "ultra"},
+            "input[0].content[1].detail",
+        ),
+        ({"image_url": "data:image/png;base64,!!!"}, "input[0].content[1]"),
+        ({"image_url": "data:image/tiff;base64,AAAA"}, "input[0].content[1]"),
+    ],
+)
+def test_an_image_s_errors_name_the_part_as_the_client_wrote_it(client, alias_on, part, param):
+    alias_on("openai", "model-a")
+    content = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", **part}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="model-a", input=[{"role": "user", "content": content}])
+    assert refused.value.body["param"] == param
+    assert "messages" not in refused.value.body["message"]
+
+
+def test_an_output_limit_past_the_context_window_names_max_output_tokens(client, alias_on):
+    alias_on("openai", "model-a", context_window=8192)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="model-a", input="Hi", max_output_tokens=10**30)
+    assert refused.value.body["param"] == "max_output_tokens"
+    assert "context window (8192 tokens)" in refused.value.body["message"]
+
+
 def test_client_param_translation():
     from llm_integration.formats.responses import client_param
 

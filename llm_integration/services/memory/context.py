@@ -26,8 +26,9 @@ def fit_to_window(
     """(messages that fit, their prompt tokens)."""
     if max_tokens >= context_window:
         raise InvalidRequest(
-            f"max_tokens ({max_tokens}) must be smaller than the model's context window "
-            f"({context_window})."
+            f"The longest answer asked for ({max_tokens} tokens) must be shorter than the "
+            f"model's context window ({context_window} tokens).",
+            param="max_tokens",  # each format names its own (max_output_tokens, say)
         )
     budget = context_window - max_tokens
     total = (
