@@ -31,6 +31,8 @@ from .models import (
     Budget,
     BudgetAlert,
     BudgetPeriod,
+    Conversation,
+    ConversationMessage,
     HealthCheck,
     ModelAlias,
     Plan,
@@ -577,6 +579,31 @@ class StoredResponseAdmin(ReadOnlyAdmin):
         if request.user.is_superuser:
             return ()
         return ("input_json", "body_json")
+
+
+class ConversationMessageInline(admin.TabularInline):
+    model = ConversationMessage
+    fields = ("position", "role", "content", "importance", "tokens", "in_context", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(ReadOnlyAdmin):
+    """Conversations with managed context: read and deleted here, never edited (their
+    usage rows stay when they go)."""
+
+    list_display = ("id", "title", "user", "alias", "tokens", "context_status", "updated_at")
+    list_filter = ("alias", "context_status")
+    search_fields = ("id", "title", "user__username")
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+    show_full_result_count = False
+    inlines = [ConversationMessageInline]
 
 
 @admin.register(HealthCheck)

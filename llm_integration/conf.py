@@ -42,6 +42,15 @@ DEFAULTS: dict[str, Any] = {
     # Tools no upstream here runs (hosted tools: web_search, namespace groups, Anthropic's
     # server tools) are left out of a request instead of refused; the usage row says so.
     "DROP_UNSUPPORTED_TOOLS": False,
+    # --- Conversations (managed context) ----------------------------------------
+    # A conversation's context: the alias's window, or this many tokens when fewer. At
+    # CONTEXT_WARNING of it a turn's status is "warning"; a turn that would pass
+    # CONTEXT_COMPRESS_AT has older, less important turns removed down to
+    # CONTEXT_COMPRESS_TO (fractions of the limit).
+    "CONTEXT_TOKENS": 8000,
+    "CONTEXT_WARNING": 0.8,
+    "CONTEXT_COMPRESS_AT": 0.9,
+    "CONTEXT_COMPRESS_TO": 0.6,
     # --- Upstream calls ---------------------------------------------------------
     # Used when a provider row leaves them empty.
     "DEFAULT_TIMEOUT": 60.0,

@@ -304,6 +304,14 @@ class ResponseNotFound(LLMError):
     type = "invalid_request_error"
 
 
+class ConversationNotFound(LLMError):
+    """No such conversation of the caller's."""
+
+    status_code = 404
+    code = "conversation_not_found"
+    type = "invalid_request_error"
+
+
 class PreviousResponseNotFound(InvalidRequest):
     """``previous_response_id`` names no stored response of the caller's."""
 

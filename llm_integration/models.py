@@ -508,6 +508,12 @@ class UsageRecord(models.Model):
         related_name="+",
         help_text="The API key the request came with (empty: a session or a DRF token).",
     )
+    conversation = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="The conversation (managed context) the request was a turn of; kept "
+        "when the conversation is deleted.",
+    )
     dropped = models.CharField(
         max_length=200,
         blank=True,
@@ -921,3 +927,55 @@ class StoredResponse(models.Model):
     @property
     def body(self) -> dict:
         return json.loads(self.body_json)
+
+
+class Conversation(models.Model):
+    """A conversation whose context the gateway keeps (CONTRACT §10): the client sends
+    only its new message; the system prompt and the turns still in context go upstream
+    with it. Owner-only; staff read and delete them in admin."""
+
+    id = models.CharField(primary_key=True, max_length=64, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    alias = models.CharField(max_length=100, help_text="The model alias the turns go to.")
+    title = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    #: What the last turn sent upstream, and how it stood against the limit.
+    tokens = models.PositiveIntegerField(default=0)
+    context_status = models.CharField(max_length=16, default="ok")
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["user", "updated_at"], name="llm_conversation_user")]
+
+    def __str__(self) -> str:
+        return self.title or self.id
+
+
+class ConversationMessage(models.Model):
+    """One message of a conversation. A message removed from the context to make room
+    stays here (``in_context`` false), so the conversation reads back whole."""
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    #: The message's place in the conversation (0, 1, ...): the order turns are sent in.
+    position = models.PositiveIntegerField()
+    role = models.CharField(max_length=16)
+    content = models.TextField()
+    importance = models.FloatField(default=0.5)
+    tokens = models.PositiveIntegerField(default=0)
+    in_context = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["conversation", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "position"], name="llm_conversation_message_position"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id}#{self.position} {self.role}"

@@ -179,6 +179,10 @@ class RestStream(StreamFormat):
             return b""  # asked for on /v1/messages only
         if isinstance(event, ToolCallDelta):
             return sse({"tool_call": event.as_event()})
+        return sse(self.done(event))
+
+    def done(self, event: Done) -> dict[str, Any]:
+        """The ``done`` event's body."""
         done = {
             "done": True,
             "usage": usage(event.usage, event.cost_usd),
@@ -190,7 +194,7 @@ class RestStream(StreamFormat):
             done["cached"] = True
         if event.degraded:  # stale, every upstream down
             done["degraded"] = True
-        return sse(done)
+        return done
 
     def failure(self, error: Exception) -> bytes:
         body, _status, _headers = envelope(error, request_id=self.request_id)

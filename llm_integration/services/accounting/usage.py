@@ -35,6 +35,7 @@ CSV_FIELDS = [
     "cache_write_tokens",
     "cache_write_1h_tokens",
     "dropped",
+    "conversation",
 ]
 #: What each column reads (``api_key``: the key's name).
 CSV_LOOKUPS = [{"api_key": "api_key__name"}.get(name, name) for name in CSV_FIELDS]

@@ -86,6 +86,7 @@ class Gateway:
         streamed: bool = False,
         key: KeyGrant | None = None,
         dropped: Sequence[str] = (),
+        conversation: str = "",
     ) -> Call:
         return Call(
             self,
@@ -95,6 +96,7 @@ class Gateway:
             started=self.clock.monotonic(),
             key=key,
             dropped=tuple(dropped),
+            conversation=conversation,
         )
 
     async def admit(self, call: Call, *, ask: Ask, preparer: Preparer) -> Prepared:
@@ -131,12 +133,13 @@ class Gateway:
         labels: Labels = NO_LABELS,
         key: KeyGrant | None = None,
         dropped: Sequence[str] = (),
+        conversation: str = "",
     ) -> ChatResult:
         """One answer. ``json_tool_arguments``: the caller passes tool calls on as
         objects (Anthropic's ``tool_use``), so arguments that are not a JSON object are
         an upstream failure (502, what it charged kept aside), not an answer; unless
         the answer was cut at ``max_tokens``, when arguments are unfinished."""
-        call = self.call(user, request_id, key=key, dropped=dropped)
+        call = self.call(user, request_id, key=key, dropped=dropped, conversation=conversation)
         cache_key = None
         try:
             request = validate(
@@ -310,6 +313,7 @@ class Gateway:
         labels: Labels = NO_LABELS,
         key: KeyGrant | None = None,
         dropped: Sequence[str] = (),
+        conversation: str = "",
     ) -> ChatStream:
         """Deltas (text) and ToolCallDeltas (pieces of tool calls), then one Done.
         Closing the iterator early records ``cancelled``.
@@ -320,7 +324,9 @@ class Gateway:
         ``MAX_STREAM_SECONDS``, ends with ``UpstreamTimeout``. ``json_tool_arguments``:
         as for ``chat``, checked when the stream ends.
         """
-        call = self.call(user, request_id, streamed=True, key=key, dropped=dropped)
+        call = self.call(
+            user, request_id, streamed=True, key=key, dropped=dropped, conversation=conversation
+        )
         checked = functools.partial(
             validate,
             messages,

@@ -154,6 +154,8 @@ class Call:
     #: What the gateway left out of the request, as the caller allowed
     #: (``DROP_UNSUPPORTED_TOOLS``): ``tool:web_search``.
     dropped: tuple[str, ...] = ()
+    #: The conversation (managed context) the request is a turn of, if any.
+    conversation: str = ""
 
     async def release_slot(self) -> None:
         """Give back the serving candidate's concurrency slot (once)."""
@@ -219,6 +221,7 @@ class Call:
             api_key_id=self.key.id if self.key is not None else None,
             queued_ms=min(round(self.queued * 1000), 2**31 - 1),
             dropped=",".join(self.dropped)[:200],
+            conversation=self.conversation,
         )
         if (adm := self.admission) is not None:
             record.route = adm.route.rule

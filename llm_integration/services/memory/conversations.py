@@ -1,0 +1,285 @@
+"""Conversations whose context the gateway keeps (CONTRACT §10).
+
+The client sends only its new message. A turn sends the system prompt, the turns still
+in context and the new message; what that comes to (``tokens``) is measured against the
+limit (the alias's context window, or ``CONTEXT_TOKENS`` when lower). At
+``CONTEXT_WARNING`` of it the status is ``warning``. A turn that would pass
+``CONTEXT_COMPRESS_AT`` has turns removed until it is at most ``CONTEXT_COMPRESS_TO``:
+less important turns before more important ones, older before newer; the system prompt,
+the newest turn and the new message always stay. A removed message stays stored
+(``in_context`` false) and is no longer sent.
+
+Only the owner sees a conversation: anyone else's is "not found". Functions here are
+synchronous (callers on the event loop run them with ``run_db``), except ``turn_lock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from ... import exceptions as exc
+from ...conf import llm_settings
+from ...models import Conversation, ConversationMessage
+from ...text.tokens import TOKENS_PER_MESSAGE, estimate_text_tokens
+from ..config.entitlements import visible_aliases
+from ..config.snapshot import config
+from ..db import write_lock
+
+#: A conversation id, as the gateway makes them: anything else names none (and never
+#: reaches the database).
+CONVERSATION_ID = re.compile(r"conv_[0-9a-f]{32}", re.ASCII)
+#: How many of the caller's conversations a listing shows, newest first.
+LISTED = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A message still in context, as the plan weighs it."""
+
+    id: int
+    position: int
+    role: str
+    tokens: int
+    importance: float
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Where a turn's context stands: what it sent (``tokens``) against ``limit``, and
+    the messages it removed to get there."""
+
+    tokens: int
+    limit: int
+    status: str
+    dropped: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "limit": self.limit,
+            "percent": round(self.tokens * 100 / self.limit, 1) if self.limit else 0.0,
+            "status": self.status,
+            "dropped": len(self.dropped),
+            "summarized": 0,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A turn ready to send: the conversation, its messages for the chat path, and the
+    context plan that chose them."""
+
+    conversation: Conversation
+    messages: list[dict[str, str]]
+    message: str
+    importance: float
+    message_tokens: int
+    context: Context
+
+
+def message_tokens(text: str) -> int:
+    """A message's tokens as the context plan counts them (an estimate: the limit is a
+    budget, not a bill)."""
+    return estimate_text_tokens(text) + TOKENS_PER_MESSAGE
+
+
+def plan(system: int, history: list[Entry], new: int, limit: int) -> Context:
+    """Which turns of ``history`` go with the new message (``new`` tokens) and the
+    system prompt (``system`` tokens), by the rules above."""
+    total = system + sum(entry.tokens for entry in history) + new
+    dropped: list[int] = []
+    if total > float(llm_settings.CONTEXT_COMPRESS_AT) * limit:
+        target = float(llm_settings.CONTEXT_COMPRESS_TO) * limit
+        turns = turns_of(history)[:-1]  # the newest turn stays
+        for turn in sorted(turns, key=lambda t: (max(e.importance for e in t), t[0].position)):
+            if total <= target:
+                break
+            total -= sum(entry.tokens for entry in turn)
+            dropped.extend(entry.id for entry in turn)
+    if dropped:
+        status = "compressed"
+    elif total >= float(llm_settings.CONTEXT_WARNING) * limit:
+        status = "warning"
+    else:
+        status = "ok"
+    return Context(total, limit, status, tuple(dropped))
+
+
+def turns_of(history: list[Entry]) -> list[list[Entry]]:
+    """Messages grouped into turns: a user message and the replies after it."""
+    turns: list[list[Entry]] = []
+    for entry in history:
+        if entry.role == "user" or not turns:
+            turns.append([entry])
+        else:
+            turns[-1].append(entry)
+    return turns
+
+
+def context_limit(alias_slug: str) -> int:
+    alias = config.current().aliases.get(alias_slug)
+    window = alias.context_window if alias is not None else 0
+    ceiling = int(llm_settings.CONTEXT_TOKENS)
+    return min(window, ceiling) if window else ceiling
+
+
+def mine(user: Any, conversation_id: str) -> Conversation:
+    """``user``'s conversation of that id (404 for anyone else's, or a malformed id)."""
+    found = None
+    if CONVERSATION_ID.fullmatch(conversation_id):
+        found = Conversation.objects.filter(pk=conversation_id, user_id=user.pk).first()
+    if found is None:
+        raise exc.ConversationNotFound(f"Conversation {conversation_id!r:.80} not found.")
+    return found
+
+
+def create(user: Any, *, model: str | None, system_prompt: str, title: str) -> dict[str, Any]:
+    """A new conversation with an alias ``user`` may use (404 unknown, 403 locked)."""
+    slug = model or llm_settings.DEFAULT_MODEL
+    for alias, locked in visible_aliases(user):
+        if alias.slug == slug:
+            if locked:
+                raise exc.ModelNotAllowed(f"Your plan does not include {slug!r}.")
+            break
+    else:
+        raise exc.ModelNotFound(f"Unknown model {slug!r:.120}.")
+    with write_lock():
+        made = Conversation.objects.create(
+            id=f"conv_{uuid.uuid4().hex}",
+            user_id=user.pk,
+            alias=slug,
+            system_prompt=system_prompt,
+            title=title,
+        )
+    return summary(made)
+
+
+def summary(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": conversation.id,
+        "model": conversation.alias,
+        "title": conversation.title,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+    }
+
+
+def listed(user: Any) -> list[dict[str, Any]]:
+    """``user``'s conversations, the most recently used first."""
+    rows = Conversation.objects.filter(user_id=user.pk).order_by("-updated_at")[:LISTED]
+    return [summary(row) for row in rows]
+
+
+def read(user: Any, conversation_id: str) -> dict[str, Any]:
+    """A conversation whole: its messages (removed ones marked) and its context."""
+    conversation = mine(user, conversation_id)
+    messages = [
+        {
+            "role": m.role,
+            "content": m.content,
+            "importance": m.importance,
+            "tokens": m.tokens,
+            "in_context": m.in_context,
+            "created_at": m.created_at.isoformat(),
+        }
+        for m in conversation.messages.order_by("position")
+    ]
+    limit = context_limit(conversation.alias)
+    status = Context(conversation.tokens, limit, conversation.context_status).as_dict()
+    return {
+        **summary(conversation),
+        "system_prompt": conversation.system_prompt,
+        "messages": messages,
+        "context": {k: status[k] for k in ("tokens", "limit", "percent", "status")},
+    }
+
+
+def forget(user: Any, conversation_id: str) -> None:
+    """Delete a conversation and its messages (its usage rows stay)."""
+    conversation = mine(user, conversation_id)
+    with write_lock():
+        conversation.delete()
+
+
+def prepare(user: Any, conversation_id: str, message: str, importance: float) -> Turn:
+    """The next turn of ``user``'s conversation: what to send, and the context plan."""
+    conversation = mine(user, conversation_id)
+    kept = list(
+        conversation.messages.filter(in_context=True)
+        .order_by("position")
+        .values_list("id", "position", "role", "content", "tokens", "importance")
+    )
+    history = [Entry(i, pos, role, tokens, imp) for i, pos, role, _c, tokens, imp in kept]
+    system = message_tokens(conversation.system_prompt) if conversation.system_prompt else 0
+    new = message_tokens(message)
+    context = plan(system, history, new, context_limit(conversation.alias))
+    dropped = set(context.dropped)
+    messages = [
+        {"role": role, "content": content}
+        for i, _pos, role, content, _t, _imp in kept
+        if i not in dropped
+    ]
+    messages.append({"role": "user", "content": message})
+    return Turn(conversation, messages, message, importance, new, context)
+
+
+def record(turn: Turn, answer: str) -> None:
+    """Keep the turn: the removed messages out of context, the new message and the
+    answer appended after whatever the conversation holds by now (a turn recorded
+    meanwhile by another process is not overwritten), the context's standing."""
+    conversation = turn.conversation
+    with write_lock(), transaction.atomic():
+        locked = Conversation.objects.select_for_update().filter(pk=conversation.pk)
+        if not locked.exists():  # deleted while the turn ran: nothing to keep it in
+            return
+        if turn.context.dropped:
+            ConversationMessage.objects.filter(pk__in=turn.context.dropped).update(in_context=False)
+        last = conversation.messages.aggregate(last=Max("position"))["last"]
+        position = -1 if last is None else last
+        now = timezone.now()
+        ConversationMessage.objects.bulk_create(
+            [
+                ConversationMessage(
+                    conversation=conversation,
+                    position=position + 1,
+                    role="user",
+                    content=turn.message,
+                    importance=turn.importance,
+                    tokens=turn.message_tokens,
+                    created_at=now,
+                ),
+                ConversationMessage(
+                    conversation=conversation,
+                    position=position + 2,
+                    role="assistant",
+                    content=answer,
+                    importance=turn.importance,
+                    tokens=message_tokens(answer),
+                    created_at=now,
+                ),
+            ]
+        )
+        locked.update(
+            tokens=turn.context.tokens, context_status=turn.context.status, updated_at=now
+        )
+
+
+_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def turn_lock(conversation_id: str) -> asyncio.Lock:
+    """The lock a conversation's turns take in this process, so that two messages
+    posted at once are answered in order, each seeing the one before."""
+    lock = _locks.get(conversation_id)
+    if lock is None:
+        lock = _locks[conversation_id] = asyncio.Lock()
+    return lock

@@ -1,0 +1,255 @@
+"""Conversations with managed context (CONTRACT §10) over HTTP, against a loopback
+OpenAI upstream: what each turn sends, the context's status turn by turn, compression
+by importance and age, streams, ownership, and two messages posted at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from django.test import override_settings
+from rest_framework.authtoken.models import Token
+
+from llm_integration.models import Conversation, ConversationMessage, UsageRecord
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def upstream(alias_on):
+    return alias_on("openai", "chat", context_window=100_000)
+
+
+def client_of(live_server_url: str, user=None) -> httpx.Client:
+    token, _ = Token.objects.get_or_create(user=user or UserFactory())
+    return httpx.Client(
+        base_url=f"{live_server_url}/api/v1",
+        headers={"Authorization": f"Token {token.key}"},
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def api(live_server_url):
+    with client_of(live_server_url) as client:
+        yield client
+
+
+def sent_messages(fake) -> list[dict]:
+    return [r for r in fake.requests if r.method == "POST"][-1].body["messages"]
+
+
+def words(n: int) -> str:
+    """A message of exactly ``n`` tokens (cl100k: "word" and " word" are one each)."""
+    return " ".join(["word"] * n)
+
+
+def start(api, **fields) -> str:
+    made = api.post("/conversations", json={"model": "chat", **fields})
+    assert made.status_code == 201, made.text
+    return made.json()["id"]
+
+
+def test_each_turn_sends_the_system_prompt_and_the_turns_before_it(api, upstream):
+    conversation = start(api, system_prompt="Be brief.", title="Names")
+    upstream.push(text="Hello, Ann.")
+    first = api.post(f"/conversations/{conversation}/messages", json={"message": "I am Ann."})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["answer"] == "Hello, Ann." and body["model"] == "chat"
+    assert body["context"]["status"] == "ok" and body["context"]["limit"] == 8000
+    assert body["context"]["dropped"] == 0 and body["context"]["summarized"] == 0
+    assert sent_messages(upstream) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "I am Ann."},
+    ]
+
+    upstream.push(text="Ann.")
+    second = api.post(f"/conversations/{conversation}/messages", json={"message": "My name?"})
+    assert second.json()["answer"] == "Ann."
+    assert sent_messages(upstream) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "I am Ann."},
+        {"role": "assistant", "content": "Hello, Ann."},
+        {"role": "user", "content": "My name?"},
+    ]
+    assert second.json()["context"]["tokens"] > first.json()["context"]["tokens"]
+
+    read = api.get(f"/conversations/{conversation}").json()
+    assert read["title"] == "Names" and read["system_prompt"] == "Be brief."
+    assert [(m["role"], m["content"], m["in_context"]) for m in read["messages"]] == [
+        ("user", "I am Ann.", True),
+        ("assistant", "Hello, Ann.", True),
+        ("user", "My name?", True),
+        ("assistant", "Ann.", True),
+    ]
+    assert read["context"]["tokens"] == second.json()["context"]["tokens"]
+    rows = UsageRecord.objects.order_by("id")
+    assert [row.conversation for row in rows] == [conversation, conversation]
+    assert [row.request_id for row in rows] == [
+        first.json()["request_id"],
+        second.json()["request_id"],
+    ]
+    assert [c["id"] for c in api.get("/conversations").json()] == [conversation]
+
+
+@override_settings(LLM_INTEGRATION={"CONTEXT_TOKENS": 400})
+def test_the_context_warns_then_drops_less_important_and_older_turns(api, upstream):
+    """Messages of 61 + 3 tokens and answers of 1 + 3 (68 a turn), against a limit of
+    400: 80 % warns; a turn that would pass 90 % drops turns down to 60 % (240), the
+    least important first, then the oldest; the newest turn and the new message stay."""
+    conversation = start(api)
+    asked = ["one", "two", "three", "four", "five", "six", "seven"]
+    answers = ["yes", "no", "ok", "sure", "fine", "good", "right"]
+    importance = [0.9, 0.1, 0.2, 0.5, 0.5, 0.5]
+
+    def turn(n: int, text: str) -> dict:
+        upstream.push(text=answers[n])
+        answer = api.post(
+            f"/conversations/{conversation}/messages",
+            json={"message": text, "importance": importance[min(n, 5)]},
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["context"]
+
+    statuses = [turn(n, f"{asked[n]} {words(60)}") for n in range(5)]
+    assert [(c["tokens"], c["status"]) for c in statuses] == [
+        (64, "ok"),
+        (132, "ok"),
+        (200, "ok"),
+        (268, "ok"),
+        (336, "warning"),
+    ]
+    assert statuses[-1]["percent"] == 84.0
+
+    assert turn(5, f"six {words(60)}") == {
+        "tokens": 200,
+        "limit": 400,
+        "percent": 50.0,
+        "status": "compressed",
+        "dropped": 6,
+        "summarized": 0,
+    }
+    # two (0.1), three (0.2) and four (older than five) went; one (0.9) stayed.
+    sent = [m["content"].split()[0] for m in sent_messages(upstream)]
+    assert sent == ["one", "yes", "five", "fine", "six"]
+    stored = ConversationMessage.objects.filter(conversation_id=conversation)
+    assert sorted(m.content.split()[0] for m in stored.filter(in_context=False)) == sorted(
+        ["two", "no", "three", "ok", "four", "sure"]
+    )
+    read = api.get(f"/conversations/{conversation}").json()
+    assert len(read["messages"]) == 12 and read["context"]["status"] == "compressed"
+
+    assert turn(6, "seven")["status"] == "ok"
+    sent = [m["content"].split()[0] for m in sent_messages(upstream)]
+    assert sent == ["one", "yes", "five", "fine", "six", "good", "seven"]
+
+
+def test_a_streamed_turn_ends_with_its_context_and_is_kept(api, upstream):
+    conversation = start(api)
+    upstream.push(text="Hello there.")
+    with api.stream(
+        "POST", f"/conversations/{conversation}/messages", json={"message": "Hi", "stream": True}
+    ) as answer:
+        assert answer.status_code == 200
+        events = [
+            json.loads(line[len("data: ") :])
+            for line in answer.iter_lines()
+            if line.startswith("data: ")
+        ]
+    assert "".join(e.get("delta", "") for e in events) == "Hello there."
+    done = events[-1]
+    assert done["done"] is True and done["context"]["status"] == "ok"
+    assert done["context"]["tokens"] > 0
+    read = api.get(f"/conversations/{conversation}").json()
+    assert [m["content"] for m in read["messages"]] == ["Hi", "Hello there."]
+    assert UsageRecord.objects.get().streamed
+
+
+def test_conversations_are_their_owner_s_alone(api, upstream, live_server_url):
+    conversation = start(api)
+    with client_of(live_server_url) as other:
+        for method, path, body in [
+            ("GET", f"/conversations/{conversation}", None),
+            ("DELETE", f"/conversations/{conversation}", None),
+            ("POST", f"/conversations/{conversation}/messages", {"message": "Hi"}),
+        ]:
+            answer = other.request(method, path, json=body)
+            assert answer.status_code == 404, (method, answer.text)
+            assert answer.json()["error"]["code"] == "conversation_not_found"
+        assert other.get("/conversations").json() == []
+    for malformed in ("nope", "conv_" + "0" * 32, "conv_%00"):
+        assert api.get(f"/conversations/{malformed}").status_code == 404
+    assert not upstream.requests and not UsageRecord.objects.exists()
+
+
+def test_what_a_new_conversation_or_turn_cannot_be(api, upstream):
+    unknown = api.post("/conversations", json={"model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    odd = api.post("/conversations", json={"model": "chat", "colour": "red"})
+    assert odd.status_code == 400 and "colour" in odd.text
+    conversation = start(api)
+    for body, field in [
+        ({}, "message"),
+        ({"message": "Hi", "importance": 2}, "importance"),
+        ({"message": "Hi", "messages": []}, "messages"),
+        ({"message": "Hi", "system_prompt": "x"}, "system_prompt"),
+    ]:
+        answer = api.post(f"/conversations/{conversation}/messages", json=body)
+        assert answer.status_code == 400 and field in answer.text, (body, answer.text)
+    assert not upstream.requests and not ConversationMessage.objects.exists()
+
+
+def test_deleting_a_conversation_keeps_its_usage_rows(api, upstream):
+    conversation = start(api)
+    upstream.push(text="Hi.")
+    api.post(f"/conversations/{conversation}/messages", json={"message": "Hi"})
+    assert api.delete(f"/conversations/{conversation}").status_code == 204
+    assert not Conversation.objects.exists() and not ConversationMessage.objects.exists()
+    assert UsageRecord.objects.get().conversation == conversation
+    assert api.get(f"/conversations/{conversation}").status_code == 404
+
+
+def reached(fake) -> None:
+    """Wait until ``fake`` has received a request."""
+    deadline = time.monotonic() + 10
+    while not fake.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_two_messages_posted_at_once_are_answered_in_order(live_server_url, upstream):
+    user = UserFactory()
+    token = Token.objects.create(user=user).key
+    with client_of(live_server_url, user) as api:
+        conversation = start(api)
+    upstream.push(text="first answer", delay=0.3)  # the first holds the conversation
+    upstream.push(text="second answer")
+
+    async def post_both():
+        async with httpx.AsyncClient(
+            base_url=f"{live_server_url}/api/v1",
+            headers={"Authorization": f"Token {token}"},
+            timeout=30,
+        ) as client:
+            path = f"/conversations/{conversation}/messages"
+            first = asyncio.ensure_future(client.post(path, json={"message": "one"}))
+            await asyncio.to_thread(reached, upstream)  # the first turn holds the conversation
+            second = await client.post(path, json={"message": "two"})
+            return await first, second
+
+    first, second = asyncio.run(post_both())
+    assert first.json()["answer"] == "first answer"
+    assert second.json()["answer"] == "second answer"
+    later = [r for r in upstream.requests if r.method == "POST"][-1].body["messages"]
+    assert [m["content"] for m in later] == ["one", "first answer", "two"]
+    stored = ConversationMessage.objects.filter(conversation_id=conversation)
+    assert [(m.position, m.content) for m in stored.order_by("position")] == [
+        (0, "one"),
+        (1, "first answer"),
+        (2, "two"),
+        (3, "second answer"),
+    ]
