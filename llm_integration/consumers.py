@@ -1,14 +1,16 @@
 """WebSocket chat (CONTRACT §5): ``ws/llm/chat/``.
 
 Auth is the session cookie, or a DRF token or API key in the first frame ``{"type":
-"auth", "token": "..."}``; otherwise the socket closes with 4401. Client frames: ``chat`` (with
-``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` in OpenAI's
-shapes) and ``cancel``. Server frames: ``start``, ``token`` (one per upstream chunk),
-``tool_call`` (a piece of a tool call: ``index``, ``id`` and ``name`` on its first
-piece, ``arguments`` text), ``done`` and ``error`` (codes of CONTRACT §4; ``param``
-names the request field at fault, when one is). One chat at a time per socket; a
-malformed frame gets an ``error`` frame and the socket stays usable. A cancel (or a
-disconnect) stops the upstream call; the usage consumed so far is recorded and reported
+"auth", "token": "..."}``; otherwise the socket closes with 4401. Client frames: ``chat``
+(with ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` in
+OpenAI's shapes), ``chat`` with ``conversation`` (a conversation's next ``message``,
+CONTRACT §10: its ``done`` frame carries the ``context``) and ``cancel``. Server frames:
+``start``, ``token`` (one per upstream chunk), ``tool_call`` (a piece of a tool call:
+``index``, ``id`` and ``name`` on its first piece, ``arguments`` text), ``done`` and
+``error`` (codes of CONTRACT §4; ``param`` names the request field at fault, when one
+is). One chat at a time per socket; a malformed frame gets an ``error`` frame and the
+socket stays usable. A cancel (or a disconnect) stops the upstream call; the usage
+consumed so far is recorded and reported
 in the ``done`` frame.
 
 Each authenticated socket joins the group ``llm_user_<id>``: anything sent there as
@@ -39,12 +41,16 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from rest_framework.exceptions import ValidationError
 
 from . import exceptions as exc
 from .conf import llm_settings
+from .formats import conversations as conversation_formats
 from .formats import ws
 from .services.accounting.pricing import format_money
-from .services.chat import ChatStream, astream_chat, new_request_id
+from .services.chat import ChatStream, Delta, Done, astream_chat, new_request_id
+from .services.db import run_db
+from .services.memory import conversations
 from .services.policy.keys import KeyGrant, KeyRefused, is_key, key_ring
 from .signals import budget_alerts_fired
 
@@ -314,6 +320,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        if "conversation" in frame:
+            try:
+                conversation, turn = conversation_formats.parse_turn_frame(frame)
+            except (exc.InvalidRequest, ValidationError) as error:
+                await self.send_json(ws.error(error))
+                return
+            self.task = asyncio.create_task(self.run_turn(conversation, turn))
+            return
         try:
             ask = ws.parse_chat(frame)
         except exc.InvalidRequest as error:
@@ -324,12 +338,42 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         self.task = asyncio.create_task(self.run_chat(stream))
 
-    async def run_chat(self, stream: ChatStream) -> None:
+    async def run_turn(self, conversation_id: str, ask: conversation_formats.TurnInput) -> None:
+        """A conversation's next turn (CONTRACT §10): recorded before its ``done`` frame,
+        which carries the context; turns of one conversation one at a time."""
+        async with conversations.turn_lock(conversation_id):
+            try:
+                turn = await run_db(
+                    conversations.prepare, self.user, conversation_id, ask.message, ask.importance
+                )
+            except exc.LLMError as error:
+                await self.send_json(ws.error(error))
+                return
+            request_id = new_request_id()
+            stream = astream_chat(
+                **ask.arguments(turn, user=self.user, request_id=request_id, key=self.key)
+            )
+
+            async def keep(answer: str) -> dict[str, Any]:
+                await run_db(conversations.record, turn, answer)
+                return {"context": turn.context.as_dict()}
+
+            await self.run_chat(stream, ending=keep)
+
+    async def run_chat(self, stream: ChatStream, ending=None) -> None:
+        """The chat's frames. ``ending(text)``: work before the ``done`` frame, given
+        the answer's text; what it returns is added to that frame."""
         request_id = stream.request_id
         await self.send_json(ws.start(request_id))
+        text: list[str] = []
         try:
             async for event in stream:
-                if (reply := ws.frame(event, request_id)) is not None:
+                reply = ws.frame(event, request_id)
+                if ending is not None and isinstance(event, Delta):
+                    text.append(event.text)
+                if ending is not None and isinstance(event, Done):
+                    reply = {**reply, **await ending("".join(text))}
+                if reply is not None:
                     await self.send_json(reply)
         except asyncio.CancelledError:
             await stream.aclose()

@@ -267,3 +267,59 @@ async def test_clients_without_an_origin_authenticate_with_the_token_frame(dummy
         application, "/ws/llm/chat/", headers=[(b"origin", b"https://evil.example")]
     )
     assert not (await foreign.connect())[0]  # an Origin that is sent is still checked
+
+
+async def turn_over_the_socket(ws, frame: dict) -> tuple[list[dict], dict]:
+    await ws.send_json_to({"type": "chat", **frame})
+    frames = [await ws.receive_json_from()]
+    while frames[-1]["type"] not in ("done", "error"):
+        frames.append(await ws.receive_json_from())
+    return frames[:-1], frames[-1]
+
+
+async def test_a_conversation_continues_over_the_socket(dummy_alias):
+    from llm_integration.models import ConversationMessage
+    from llm_integration.services.memory import conversations
+
+    user, other = await sync_to_async(UserFactory)(), await sync_to_async(UserFactory)()
+    made = await sync_to_async(conversations.create)(
+        user, model="default", system_prompt="", title="Socket"
+    )
+    ws = communicator()
+    await ws.connect()
+    await ws.send_json_to({"type": "auth", "token": await token_for(user)})
+    frames, done = await turn_over_the_socket(
+        ws, {"conversation": made["id"], "message": "first", "importance": 0.7}
+    )
+    assert frames[0]["type"] == "start" and done["type"] == "done"
+    assert done["context"]["status"] == "ok" and done["context"]["tokens"] > 0
+    _frames, second = await turn_over_the_socket(
+        ws, {"conversation": made["id"], "message": "second"}
+    )
+    assert second["context"]["tokens"] > done["context"]["tokens"]  # the first turn went too
+    stored = [
+        (m.role, m.importance)
+        async for m in ConversationMessage.objects.filter(conversation_id=made["id"])
+    ]
+    assert stored == [("user", 0.7), ("assistant", 0.7), ("user", 0.5), ("assistant", 0.5)]
+    record = await UsageRecord.objects.aget(request_id=second["request_id"])
+    assert record.conversation == made["id"]
+
+    _frames, refused = await turn_over_the_socket(
+        ws, {"conversation": made["id"], "message": "x", "messages": []}
+    )
+    assert refused["type"] == "error" and refused["param"] == "messages"
+    _frames, refused = await turn_over_the_socket(
+        ws, {"conversation": made["id"], "message": "x", "importance": 3}
+    )
+    assert refused["type"] == "error" and refused["param"] == "importance"
+    await ws.disconnect()
+
+    theirs = communicator()
+    await theirs.connect()
+    await theirs.send_json_to({"type": "auth", "token": await token_for(other)})
+    _frames, refused = await turn_over_the_socket(
+        theirs, {"conversation": made["id"], "message": "hello"}
+    )
+    assert refused["code"] == "conversation_not_found"
+    await theirs.disconnect()

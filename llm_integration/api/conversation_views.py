@@ -80,33 +80,23 @@ class ConversationMessagesView(GatewayAPIView):
         summary="Send the conversation's next message (JSON, or server-sent events)",
     )
     async def post(self, request, conversation_id: str):
-        data = fmt.TURN.validate(request.data)
+        ask = fmt.parse_turn(request.data, Labels.from_headers(request.META))
         user = request.user
         lock = conversations.turn_lock(conversation_id)
         await lock.acquire()
         try:
             turn = await run_db(
-                conversations.prepare, user, conversation_id, data["message"], data["importance"]
+                conversations.prepare, user, conversation_id, ask.message, ask.importance
             )
-            labels = Labels.parse(data.get("task"), None).merged(Labels.from_headers(request.META))
-            arguments = {
-                "user": user,
-                "model": turn.conversation.alias,
-                "messages": turn.messages,
-                "system_prompt": turn.conversation.system_prompt or None,
-                "temperature": data.get("temperature"),
-                "max_tokens": data.get("max_tokens"),
-                "request_id": self.request_id,
-                "labels": labels,
-                "key": key_of(request),
-                "conversation": turn.conversation.id,
-            }
+            arguments = ask.arguments(
+                turn, user=user, request_id=self.request_id, key=key_of(request)
+            )
 
             async def keep(answer: str) -> conversations.Context:
                 await run_db(conversations.record, turn, answer)
                 return turn.context
 
-            if data["stream"]:
+            if ask.stream:
                 stream = fmt.TurnStream(self.request_id, keep)
                 body = released(await opened(astream_chat(**arguments), stream), lock)
                 await anext(body)  # started: however it ends from here, the lock goes back

@@ -3,12 +3,16 @@ and stream, which are ``POST /api/v1/chat``'s with the turn's ``context`` added.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rest_framework import serializers
 
+from .. import exceptions as exc
 from ..services.chat import ChatResult, Delta, Done
-from ..services.memory.conversations import Context
+from ..services.memory.conversations import Context, Turn
+from ..services.policy.rules import NO_LABELS, Labels
+from ..text.fields import refuse_unknown
 from . import rest
 from .fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from .inputs import Shape
@@ -50,6 +54,63 @@ class TurnRequestSerializer(serializers.Serializer):
 
 CONVERSATION = Shape(ConversationRequestSerializer)
 TURN = Shape(TurnRequestSerializer)
+#: A WebSocket ``chat`` frame that continues a conversation: a turn's fields (it
+#: streams), its type and the conversation's id.
+TURN_FRAME_FIELDS = frozenset({"type", "conversation", *TURN.fields} - {"stream"})
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInput:
+    """A conversation's next message, as a client asked for it."""
+
+    message: str
+    importance: float
+    stream: bool
+    temperature: float | None
+    max_tokens: int | None
+    labels: Labels
+
+    def arguments(self, turn: Turn, *, user: Any, request_id: str, key: Any) -> dict[str, Any]:
+        """The chat path's arguments for ``turn`` (what ``prepare`` chose to send)."""
+        return {
+            "user": user,
+            "model": turn.conversation.alias,
+            "messages": turn.messages,
+            "system_prompt": turn.conversation.system_prompt or None,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "request_id": request_id,
+            "labels": self.labels,
+            "key": key,
+            "conversation": turn.conversation.id,
+        }
+
+
+def parse_turn(payload: Any, headers: Labels = NO_LABELS) -> TurnInput:
+    """``POST …/messages``'s body (``headers``: the labels of ``X-LLM-Task``)."""
+    data = TURN.validate(payload)
+    return turn_input(data, headers, stream=data["stream"])
+
+
+def parse_turn_frame(frame: dict[str, Any]) -> tuple[str, TurnInput]:
+    """A WebSocket ``chat`` frame with ``conversation``: (its id, the turn)."""
+    refuse_unknown(frame, TURN_FRAME_FIELDS)
+    conversation = frame["conversation"]
+    if not isinstance(conversation, str):
+        raise exc.InvalidRequest('"conversation" must be a conversation id.', param="conversation")
+    fields = {k: v for k, v in frame.items() if k not in ("type", "conversation")}
+    return conversation, turn_input(TURN.check(fields), NO_LABELS, stream=True)
+
+
+def turn_input(data: dict[str, Any], headers: Labels, *, stream: bool) -> TurnInput:
+    return TurnInput(
+        message=data["message"],
+        importance=data["importance"],
+        stream=stream,
+        temperature=data.get("temperature"),
+        max_tokens=data.get("max_tokens"),
+        labels=Labels.parse(data.get("task"), None).merged(headers),
+    )
 
 
 def answer(result: ChatResult, context: Context) -> dict[str, Any]:

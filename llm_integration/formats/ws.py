@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import exceptions as exc
-from ..envelope import describe
+from ..envelope import describe, error_param
 from ..services.chat import Delta, Done, Outcome, ThinkingDelta, ToolCallDelta
 from ..services.chat.validation import TOOL_OPTIONS
 from ..services.policy.rules import Labels
@@ -97,8 +97,8 @@ def error(failure: BaseException, request_id: str | None = None) -> dict[str, An
     body: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if request_id is not None:
         body["request_id"] = request_id
-    if getattr(failure, "param", None) is not None:
-        body["param"] = failure.param
+    if (param := error_param(failure)) is not None:
+        body["param"] = param
     if retry_after is not None:
         body["retry_after"] = retry_after
     return body
