@@ -10,8 +10,7 @@ CONTRACT §10: its ``done`` frame carries the ``context``) and ``cancel``. Serve
 ``error`` (codes of CONTRACT §4; ``param`` names the request field at fault, when one
 is). One chat at a time per socket; a malformed frame gets an ``error`` frame and the
 socket stays usable. A cancel (or a disconnect) stops the upstream call; the usage
-consumed so far is recorded and reported
-in the ``done`` frame.
+consumed so far is recorded and reported in the ``done`` frame.
 
 Each authenticated socket joins the group ``llm_user_<id>``: anything sent there as
 ``{"type": "llm.notice", "payload": {...}}`` reaches the browser as a ``notice`` frame
