@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.validators import ProhibitNullCharactersValidator
 from rest_framework import serializers
 
 from .. import exceptions as exc
@@ -19,6 +20,15 @@ from .inputs import Shape
 from .streams import Event
 
 
+class KeptTextField(StrictCharField):
+    """Text the gateway keeps in a column: a NUL is refused by name (PostgreSQL's text
+    cannot hold one), as DRF does by default."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.validators.append(ProhibitNullCharactersValidator())
+
+
 class ConversationRequestSerializer(serializers.Serializer):
     """A new conversation; any other field is refused by name."""
 
@@ -28,14 +38,14 @@ class ConversationRequestSerializer(serializers.Serializer):
         max_length=100,
         help_text="Alias id; the default alias when omitted.",
     )
-    system_prompt = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
-    title = StrictCharField(required=False, allow_blank=True, max_length=200)
+    system_prompt = KeptTextField(required=False, allow_blank=True, trim_whitespace=False)
+    title = KeptTextField(required=False, allow_blank=True, max_length=200)
 
 
 class TurnRequestSerializer(serializers.Serializer):
     """A conversation's next message; any other field is refused by name."""
 
-    message = StrictCharField(trim_whitespace=False, help_text="The new user message.")
+    message = KeptTextField(trim_whitespace=False, help_text="The new user message.")
     stream = StrictBooleanField(required=False, default=False)
     importance = StrictFloatField(
         required=False,

@@ -253,3 +253,22 @@ def test_two_messages_posted_at_once_are_answered_in_order(live_server_url, upst
         (2, "two"),
         (3, "second answer"),
     ]
+
+
+def test_text_a_column_cannot_hold_is_refused_or_replaced(api, upstream):
+    """A client's NUL or lone surrogate is refused by name; an upstream's answer with a
+    NUL is kept with U+FFFD in its place (PostgreSQL's text cannot hold one)."""
+    conversation = start(api)
+    refused = api.post(f"/conversations/{conversation}/messages", json={"message": "a\u0000b"})
+    assert refused.status_code == 400 and "message" in refused.text
+    upstream.push(text="x\x00y")
+    answer = api.post(f"/conversations/{conversation}/messages", json={"message": "Hi"})
+    assert answer.status_code == 200, answer.text
+    stored = ConversationMessage.objects.get(conversation_id=conversation, role="assistant")
+    assert stored.content == "x\ufffdy"
+    lone = api.post(
+        f"/conversations/{conversation}/messages",
+        content=b'{"message": "a\\ud800b"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert lone.status_code == 400 and "lone surrogate" in lone.text

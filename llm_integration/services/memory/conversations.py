@@ -30,6 +30,7 @@ from ... import exceptions as exc
 from ...conf import llm_settings
 from ...models import Conversation, ConversationMessage
 from ...text.tokens import TOKENS_PER_MESSAGE, estimate_text_tokens
+from ...text.unicode import clean
 from ..config.entitlements import visible_aliases
 from ..config.snapshot import config
 from ..db import write_lock
@@ -86,6 +87,13 @@ class Turn:
     context: Context
 
 
+def storable(text: str) -> str:
+    """An answer as a text column keeps it: PostgreSQL's cannot hold a NUL, nor any
+    encoding a lone surrogate; each becomes U+FFFD (clients' text is refused with
+    either before it gets here)."""
+    return clean(text).replace("\x00", "\ufffd")
+
+
 def message_tokens(text: str) -> int:
     """A message's tokens as the context plan counts them (an estimate: the limit is a
     budget, not a bill)."""
@@ -134,12 +142,12 @@ def context_limit(alias_slug: str) -> int:
 
 def mine(user: Any, conversation_id: str) -> Conversation:
     """``user``'s conversation of that id (404 for anyone else's, or a malformed id)."""
-    found = None
     if CONVERSATION_ID.fullmatch(conversation_id):
-        found = Conversation.objects.filter(pk=conversation_id, user_id=user.pk).first()
-    if found is None:
-        raise exc.ConversationNotFound(f"Conversation {conversation_id!r:.80} not found.")
-    return found
+        try:
+            return Conversation.objects.get(pk=conversation_id, user_id=user.pk)
+        except Conversation.DoesNotExist:
+            pass
+    raise exc.ConversationNotFound(f"Conversation {conversation_id!r:.80} not found.")
 
 
 def create(user: Any, *, model: str | None, system_prompt: str, title: str) -> dict[str, Any]:
@@ -237,15 +245,18 @@ def record(turn: Turn, answer: str) -> None:
     answer appended after whatever the conversation holds by now (a turn recorded
     meanwhile by another process is not overwritten), the context's standing."""
     conversation = turn.conversation
+    now = timezone.now()
     with write_lock(), transaction.atomic():
-        locked = Conversation.objects.select_for_update().filter(pk=conversation.pk)
-        if not locked.exists():  # deleted while the turn ran: nothing to keep it in
+        # First, so that the row is locked (PostgreSQL) while the turn is appended.
+        kept = Conversation.objects.filter(pk=conversation.pk).update(
+            tokens=turn.context.tokens, context_status=turn.context.status, updated_at=now
+        )
+        if not kept:  # deleted while the turn ran: nothing to keep it in
             return
         if turn.context.dropped:
             ConversationMessage.objects.filter(pk__in=turn.context.dropped).update(in_context=False)
         last = conversation.messages.aggregate(last=Max("position"))["last"]
         position = -1 if last is None else last
-        now = timezone.now()
         ConversationMessage.objects.bulk_create(
             [
                 ConversationMessage(
@@ -261,15 +272,12 @@ def record(turn: Turn, answer: str) -> None:
                     conversation=conversation,
                     position=position + 2,
                     role="assistant",
-                    content=answer,
+                    content=storable(answer),
                     importance=turn.importance,
                     tokens=message_tokens(answer),
                     created_at=now,
                 ),
             ]
-        )
-        locked.update(
-            tokens=turn.context.tokens, context_status=turn.context.status, updated_at=now
         )
 
 
