@@ -132,6 +132,42 @@ def test_usage_of_stopped_answers_is_recorded(page):
     assert record.status == "cancelled" and record.streamed and record.completion_tokens >= 2
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_page_keeps_a_conversation_and_shows_its_context(page):
+    """Only the new message goes out; the gateway keeps the conversation, and the gauge
+    shows how full its context is. "New chat" starts another."""
+    for n, text in enumerate(["first question", "second question"]):
+        page.fill("#prompt", text)
+        page.click("#send")
+        page.wait_for_selector(f".usage >> nth={n} >> text=completion tokens", timeout=15000)
+    assert " tokens · ok" in page.inner_text("#context")
+    assert page.eval_on_selector("#gauge", "meter => meter.value") > 0
+    page.click("#new")
+    assert page.inner_text("#context") == "new conversation"
+    assert page.locator(".msg").count() == 0
+    page.fill("#prompt", "another topic")
+    page.click("#send")
+    page.wait_for_selector(".usage >> text=completion tokens", timeout=15000)
+    page.close()
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"  # the browser's loop still runs here
+    try:
+        from llm_integration.models import Conversation
+
+        kept = [
+            [m.content for m in c.messages.order_by("position")]
+            for c in Conversation.objects.order_by("created_at")
+        ]
+        conversations = list(UsageRecord.objects.values_list("conversation", flat=True))
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    assert [m for m in kept[0] if "question" in m and "You said" not in m] == [
+        "first question",
+        "second question",
+    ]
+    assert len(kept) == 2 and kept[1][0] == "another topic"
+    assert len(conversations) == 3 and all(conversations)
+
+
 @pytest.fixture
 def usage_month(db):
     from tests.test_admin_ops import month_of_usage
