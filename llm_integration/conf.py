@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "CONTEXT_WARNING": 0.8,
     "CONTEXT_COMPRESS_AT": 0.9,
     "CONTEXT_COMPRESS_TO": 0.6,
+    # An alias that summarizes the turns a conversation's context leaves out; the
+    # summary goes with the system prompt from then on (None: turns are left out only).
+    "SUMMARY_MODEL": None,
     # --- Upstream calls ---------------------------------------------------------
     # Used when a provider row leaves them empty.
     "DEFAULT_TIMEOUT": 60.0,

@@ -48,6 +48,7 @@ from .formats import conversations as conversation_formats
 from .formats import ws
 from .services.accounting.pricing import format_money
 from .services.chat import ChatStream, Delta, Done, astream_chat, new_request_id
+from .services.chat.turns import summarized
 from .services.db import run_db
 from .services.memory import conversations
 from .services.policy.keys import KeyGrant, KeyRefused, is_key, key_ring
@@ -348,6 +349,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             except exc.LLMError as error:
                 await self.send_json(ws.error(error))
                 return
+            turn = await summarized(turn, user=self.user, key=self.key, labels=ask.labels)
             request_id = new_request_id()
             stream = astream_chat(
                 **ask.arguments(turn, user=self.user, request_id=request_id, key=self.key)

@@ -939,6 +939,11 @@ class Conversation(models.Model):
     alias = models.CharField(max_length=100, help_text="The model alias the turns go to.")
     title = models.CharField(max_length=200, blank=True)
     system_prompt = models.TextField(blank=True)
+    summary = models.TextField(
+        blank=True,
+        help_text="What the turns left out of the context said (SUMMARY_MODEL's words); "
+        "sent after the system prompt.",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(default=timezone.now)
     #: What the last turn sent upstream, and how it stood against the limit.

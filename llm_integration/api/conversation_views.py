@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from ..formats import conversations as fmt
 from ..formats.streams import event_stream_response, opened
 from ..services.chat import achat, astream_chat
+from ..services.chat.turns import summarized
 from ..services.db import run_db
 from ..services.memory import conversations
 from ..services.policy.rules import Labels
@@ -88,6 +89,7 @@ class ConversationMessagesView(GatewayAPIView):
             turn = await run_db(
                 conversations.prepare, user, conversation_id, ask.message, ask.importance
             )
+            turn = await summarized(turn, user=user, key=key_of(request), labels=ask.labels)
             arguments = ask.arguments(
                 turn, user=user, request_id=self.request_id, key=key_of(request)
             )

@@ -86,7 +86,7 @@ class TurnInput:
             "user": user,
             "model": turn.conversation.alias,
             "messages": turn.messages,
-            "system_prompt": turn.conversation.system_prompt or None,
+            "system_prompt": turn.system,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "request_id": request_id,

@@ -10,7 +10,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -19,236 +18,649 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ModelAlias',
+            name="ModelAlias",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=100, unique=True, verbose_name='id')),
-                ('label', models.CharField(blank=True, max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('upstream_model', models.CharField(max_length=200)),
-                ('input_price_per_mtok', models.DecimalField(decimal_places=6, default=Decimal('0'), max_digits=14, validators=[django.core.validators.MinValueValidator(Decimal('0'))], verbose_name='input price (USD / 1M tokens)')),
-                ('output_price_per_mtok', models.DecimalField(decimal_places=6, default=Decimal('0'), max_digits=14, validators=[django.core.validators.MinValueValidator(Decimal('0'))], verbose_name='output price (USD / 1M tokens)')),
-                ('context_window', models.PositiveIntegerField(default=8192, validators=[django.core.validators.MinValueValidator(1)])),
-                ('default_max_tokens', models.PositiveIntegerField(default=1024, validators=[django.core.validators.MinValueValidator(1)])),
-                ('rpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='requests per minute')),
-                ('tpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='tokens per minute')),
-                ('cache_responses', models.BooleanField(default=False, help_text='Cache identical non-streaming answers (always at temperature 0).')),
-                ('sort_order', models.IntegerField(default=0)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("slug", models.SlugField(max_length=100, unique=True, verbose_name="id")),
+                ("label", models.CharField(blank=True, max_length=200)),
+                ("description", models.TextField(blank=True)),
+                ("upstream_model", models.CharField(max_length=200)),
+                (
+                    "input_price_per_mtok",
+                    models.DecimalField(
+                        decimal_places=6,
+                        default=Decimal("0"),
+                        max_digits=14,
+                        validators=[django.core.validators.MinValueValidator(Decimal("0"))],
+                        verbose_name="input price (USD / 1M tokens)",
+                    ),
+                ),
+                (
+                    "output_price_per_mtok",
+                    models.DecimalField(
+                        decimal_places=6,
+                        default=Decimal("0"),
+                        max_digits=14,
+                        validators=[django.core.validators.MinValueValidator(Decimal("0"))],
+                        verbose_name="output price (USD / 1M tokens)",
+                    ),
+                ),
+                (
+                    "context_window",
+                    models.PositiveIntegerField(
+                        default=8192, validators=[django.core.validators.MinValueValidator(1)]
+                    ),
+                ),
+                (
+                    "default_max_tokens",
+                    models.PositiveIntegerField(
+                        default=1024, validators=[django.core.validators.MinValueValidator(1)]
+                    ),
+                ),
+                (
+                    "rpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="requests per minute"
+                    ),
+                ),
+                (
+                    "tpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="tokens per minute"
+                    ),
+                ),
+                (
+                    "cache_responses",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Cache identical non-streaming answers (always at temperature 0).",
+                    ),
+                ),
+                ("sort_order", models.IntegerField(default=0)),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'model alias',
-                'verbose_name_plural': 'model aliases',
-                'ordering': ['sort_order', 'slug'],
+                "verbose_name": "model alias",
+                "verbose_name_plural": "model aliases",
+                "ordering": ["sort_order", "slug"],
             },
         ),
         migrations.CreateModel(
-            name='Plan',
+            name="Plan",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=64, unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('description', models.TextField(blank=True)),
-                ('rpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='requests per minute')),
-                ('tpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='tokens per minute')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("slug", models.SlugField(max_length=64, unique=True)),
+                ("name", models.CharField(max_length=100)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "rpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="requests per minute"
+                    ),
+                ),
+                (
+                    "tpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="tokens per minute"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['slug'],
+                "ordering": ["slug"],
             },
         ),
         migrations.CreateModel(
-            name='Provider',
+            name="Provider",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=64, unique=True)),
-                ('kind', models.CharField(choices=[('openai', 'OpenAI'), ('anthropic', 'Anthropic'), ('ollama', 'Ollama'), ('openai_compatible', 'OpenAI-compatible (vLLM, LiteLLM, Gemini…)'), ('dummy', 'Dummy (development)')], max_length=32)),
-                ('base_url', models.URLField(blank=True, help_text="Empty: the kind's public endpoint.", max_length=500)),
-                ('api_key_env', models.CharField(blank=True, help_text='Name of the environment variable holding the key (never the key).', max_length=128, verbose_name='API key environment variable')),
-                ('extra_headers', models.JSONField(blank=True, default=dict, help_text='Extra HTTP headers. A value "os.environ/NAME" is read from that variable.')),
-                ('options', models.JSONField(blank=True, default=dict, help_text='Adapter options, e.g. {"delay": 0.05} for the dummy, {"anthropic_version": "2023-06-01"} or {"keep_alive": "5m"} for Ollama.')),
-                ('timeout_seconds', models.FloatField(default=60.0, validators=[django.core.validators.MinValueValidator(0.1)])),
-                ('max_retries', models.PositiveSmallIntegerField(default=2)),
-                ('rpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='requests per minute')),
-                ('tpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='tokens per minute')),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=64, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("openai", "OpenAI"),
+                            ("anthropic", "Anthropic"),
+                            ("ollama", "Ollama"),
+                            ("openai_compatible", "OpenAI-compatible (vLLM, LiteLLM, Gemini…)"),
+                            ("dummy", "Dummy (development)"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                (
+                    "base_url",
+                    models.URLField(
+                        blank=True, help_text="Empty: the kind's public endpoint.", max_length=500
+                    ),
+                ),
+                (
+                    "api_key_env",
+                    models.CharField(
+                        blank=True,
+                        help_text="Name of the environment variable holding the key (never the key).",
+                        max_length=128,
+                        verbose_name="API key environment variable",
+                    ),
+                ),
+                (
+                    "extra_headers",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='Extra HTTP headers. A value "os.environ/NAME" is read from that variable.',
+                    ),
+                ),
+                (
+                    "options",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='Adapter options, e.g. {"delay": 0.05} for the dummy, {"anthropic_version": "2023-06-01"} or {"keep_alive": "5m"} for Ollama.',
+                    ),
+                ),
+                (
+                    "timeout_seconds",
+                    models.FloatField(
+                        default=60.0, validators=[django.core.validators.MinValueValidator(0.1)]
+                    ),
+                ),
+                ("max_retries", models.PositiveSmallIntegerField(default=2)),
+                (
+                    "rpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="requests per minute"
+                    ),
+                ),
+                (
+                    "tpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="tokens per minute"
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Budget',
+            name="Budget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('scope', models.CharField(choices=[('global', 'Global'), ('provider', 'Provider'), ('alias', 'Alias'), ('plan', 'Plan'), ('user', 'User')], default='global', max_length=16)),
-                ('period', models.CharField(choices=[('day', 'Day'), ('week', 'Week'), ('month', 'Month'), ('total', 'Total')], default='month', max_length=8)),
-                ('limit_usd', models.DecimalField(decimal_places=8, max_digits=18, validators=[django.core.validators.MinValueValidator(Decimal('0'))])),
-                ('hard', models.BooleanField(default=True, help_text='Refuse requests once the limit is reached.')),
-                ('alert_thresholds', models.JSONField(blank=True, default=llm_integration.models.default_thresholds, help_text='Percentages, e.g. [75, 90, 100].')),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('alias', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to='llm_integration.modelalias')),
-                ('plan', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to='llm_integration.plan')),
-                ('provider', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to='llm_integration.provider')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "scope",
+                    models.CharField(
+                        choices=[
+                            ("global", "Global"),
+                            ("provider", "Provider"),
+                            ("alias", "Alias"),
+                            ("plan", "Plan"),
+                            ("user", "User"),
+                        ],
+                        default="global",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "period",
+                    models.CharField(
+                        choices=[
+                            ("day", "Day"),
+                            ("week", "Week"),
+                            ("month", "Month"),
+                            ("total", "Total"),
+                        ],
+                        default="month",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "limit_usd",
+                    models.DecimalField(
+                        decimal_places=8,
+                        max_digits=18,
+                        validators=[django.core.validators.MinValueValidator(Decimal("0"))],
+                    ),
+                ),
+                (
+                    "hard",
+                    models.BooleanField(
+                        default=True, help_text="Refuse requests once the limit is reached."
+                    ),
+                ),
+                (
+                    "alert_thresholds",
+                    models.JSONField(
+                        blank=True,
+                        default=llm_integration.models.default_thresholds,
+                        help_text="Percentages, e.g. [75, 90, 100].",
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "alias",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="llm_integration.modelalias",
+                    ),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="llm_integration.plan",
+                    ),
+                ),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="llm_integration.provider",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['scope', 'name'],
+                "ordering": ["scope", "name"],
             },
         ),
         migrations.CreateModel(
-            name='PlanEntitlement',
+            name="PlanEntitlement",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('rpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='requests per minute')),
-                ('tpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='tokens per minute')),
-                ('daily_request_limit', models.PositiveIntegerField(blank=True, null=True)),
-                ('monthly_token_limit', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('alias', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='entitlements', to='llm_integration.modelalias')),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='entitlements', to='llm_integration.plan')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "rpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="requests per minute"
+                    ),
+                ),
+                (
+                    "tpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="tokens per minute"
+                    ),
+                ),
+                ("daily_request_limit", models.PositiveIntegerField(blank=True, null=True)),
+                ("monthly_token_limit", models.PositiveBigIntegerField(blank=True, null=True)),
+                (
+                    "alias",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="entitlements",
+                        to="llm_integration.modelalias",
+                    ),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="entitlements",
+                        to="llm_integration.plan",
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='plan',
-            name='aliases',
-            field=models.ManyToManyField(related_name='plans', through='llm_integration.PlanEntitlement', to='llm_integration.modelalias'),
+            model_name="plan",
+            name="aliases",
+            field=models.ManyToManyField(
+                related_name="plans",
+                through="llm_integration.PlanEntitlement",
+                to="llm_integration.modelalias",
+            ),
         ),
         migrations.AddField(
-            model_name='modelalias',
-            name='provider',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='aliases', to='llm_integration.provider'),
+            model_name="modelalias",
+            name="provider",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="aliases",
+                to="llm_integration.provider",
+            ),
         ),
         migrations.CreateModel(
-            name='HealthCheck',
+            name="HealthCheck",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('connected', 'Connected'), ('slow', 'Slow'), ('down', 'Down')], max_length=16)),
-                ('latency_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('checked_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='health_checks', to='llm_integration.provider')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("connected", "Connected"), ("slow", "Slow"), ("down", "Down")],
+                        max_length=16,
+                    ),
+                ),
+                ("latency_ms", models.PositiveIntegerField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("checked_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="health_checks",
+                        to="llm_integration.provider",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-checked_at'],
+                "ordering": ["-checked_at"],
             },
         ),
         migrations.CreateModel(
-            name='Subscription',
+            name="Subscription",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('active', models.BooleanField(default=True)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='subscriptions', to='llm_integration.plan')),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='llm_subscription', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("active", models.BooleanField(default=True)),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="subscriptions",
+                        to="llm_integration.plan",
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="llm_subscription",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(db_index=True, max_length=64)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('plan', models.CharField(blank=True, max_length=64)),
-                ('alias', models.CharField(blank=True, max_length=100)),
-                ('provider', models.CharField(blank=True, max_length=64)),
-                ('upstream_model', models.CharField(blank=True, max_length=200)),
-                ('prompt_tokens', models.PositiveIntegerField(default=0)),
-                ('completion_tokens', models.PositiveIntegerField(default=0)),
-                ('tokens_estimated', models.BooleanField(default=False)),
-                ('cost_usd', models.DecimalField(decimal_places=8, default=Decimal('0'), max_digits=18)),
-                ('latency_ms', models.PositiveIntegerField(default=0)),
-                ('status', models.CharField(choices=[('ok', 'Ok'), ('error', 'Error'), ('cancelled', 'Cancelled'), ('refused', 'Refused')], max_length=16)),
-                ('error_type', models.CharField(blank=True, max_length=64)),
-                ('finish_reason', models.CharField(blank=True, max_length=32)),
-                ('cached', models.BooleanField(default=False)),
-                ('streamed', models.BooleanField(default=False)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("request_id", models.CharField(db_index=True, max_length=64)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("plan", models.CharField(blank=True, max_length=64)),
+                ("alias", models.CharField(blank=True, max_length=100)),
+                ("provider", models.CharField(blank=True, max_length=64)),
+                ("upstream_model", models.CharField(blank=True, max_length=200)),
+                ("prompt_tokens", models.PositiveIntegerField(default=0)),
+                ("completion_tokens", models.PositiveIntegerField(default=0)),
+                ("tokens_estimated", models.BooleanField(default=False)),
+                (
+                    "cost_usd",
+                    models.DecimalField(decimal_places=8, default=Decimal("0"), max_digits=18),
+                ),
+                ("latency_ms", models.PositiveIntegerField(default=0)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("ok", "Ok"),
+                            ("error", "Error"),
+                            ("cancelled", "Cancelled"),
+                            ("refused", "Refused"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("error_type", models.CharField(blank=True, max_length=64)),
+                ("finish_reason", models.CharField(blank=True, max_length=32)),
+                ("cached", models.BooleanField(default=False)),
+                ("streamed", models.BooleanField(default=False)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='BudgetAlert',
+            name="BudgetAlert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period_start', models.DateTimeField()),
-                ('threshold', models.PositiveSmallIntegerField()),
-                ('spent_usd', models.DecimalField(decimal_places=8, max_digits=18)),
-                ('limit_usd', models.DecimalField(decimal_places=8, max_digits=18)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('budget', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='llm_integration.budget')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("period_start", models.DateTimeField()),
+                ("threshold", models.PositiveSmallIntegerField()),
+                ("spent_usd", models.DecimalField(decimal_places=8, max_digits=18)),
+                ("limit_usd", models.DecimalField(decimal_places=8, max_digits=18)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "budget",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="alerts",
+                        to="llm_integration.budget",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'constraints': [models.UniqueConstraint(fields=('budget', 'period_start', 'threshold'), name='llm_budget_alert_once')],
+                "ordering": ["-created_at"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("budget", "period_start", "threshold"), name="llm_budget_alert_once"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='BudgetPeriod',
+            name="BudgetPeriod",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period_start', models.DateTimeField()),
-                ('spent_units', models.BigIntegerField(default=0)),
-                ('reserved_units', models.BigIntegerField(default=0)),
-                ('alerted_threshold', models.PositiveSmallIntegerField(default=0)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('budget', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='periods', to='llm_integration.budget')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("period_start", models.DateTimeField()),
+                ("spent_units", models.BigIntegerField(default=0)),
+                ("reserved_units", models.BigIntegerField(default=0)),
+                ("alerted_threshold", models.PositiveSmallIntegerField(default=0)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "budget",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="periods",
+                        to="llm_integration.budget",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-period_start'],
-                'constraints': [models.UniqueConstraint(fields=('budget', 'period_start'), name='llm_budget_period_unique'), models.CheckConstraint(condition=models.Q(('reserved_units__gte', 0)), name='llm_budget_reserved_gte_0')],
+                "ordering": ["-period_start"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("budget", "period_start"), name="llm_budget_period_unique"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("reserved_units__gte", 0)),
+                        name="llm_budget_reserved_gte_0",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='AliasFallback',
+            name="AliasFallback",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveSmallIntegerField(default=0)),
-                ('alias', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='fallbacks', to='llm_integration.modelalias')),
-                ('fallback', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='llm_integration.modelalias')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "alias",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="fallbacks",
+                        to="llm_integration.modelalias",
+                    ),
+                ),
+                (
+                    "fallback",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="llm_integration.modelalias",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['position', 'id'],
-                'constraints': [models.UniqueConstraint(fields=('alias', 'fallback'), name='llm_fallback_unique'), models.CheckConstraint(condition=models.Q(('alias', models.F('fallback')), _negated=True), name='llm_fallback_not_self')],
+                "ordering": ["position", "id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("alias", "fallback"), name="llm_fallback_unique"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("alias", models.F("fallback")), _negated=True),
+                        name="llm_fallback_not_self",
+                    ),
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='planentitlement',
-            constraint=models.UniqueConstraint(fields=('plan', 'alias'), name='llm_entitlement_unique'),
+            model_name="planentitlement",
+            constraint=models.UniqueConstraint(
+                fields=("plan", "alias"), name="llm_entitlement_unique"
+            ),
         ),
         migrations.AddIndex(
-            model_name='healthcheck',
-            index=models.Index(fields=['provider', '-checked_at'], name='llm_health_provider_time'),
+            model_name="healthcheck",
+            index=models.Index(fields=["provider", "-checked_at"], name="llm_health_provider_time"),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('alias__isnull', True), ('plan__isnull', True), ('provider__isnull', True), ('scope', 'global'), ('user__isnull', True)), models.Q(('alias__isnull', True), ('plan__isnull', True), ('provider__isnull', False), ('scope', 'provider'), ('user__isnull', True)), models.Q(('alias__isnull', False), ('plan__isnull', True), ('provider__isnull', True), ('scope', 'alias'), ('user__isnull', True)), models.Q(('alias__isnull', True), ('plan__isnull', False), ('provider__isnull', True), ('scope', 'plan'), ('user__isnull', True)), models.Q(('alias__isnull', True), ('plan__isnull', True), ('provider__isnull', True), ('scope', 'user'), ('user__isnull', False)), _connector='OR'), name='llm_budget_scope_target', violation_error_message='Set exactly the target that the scope names.'),
+            model_name="budget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("plan__isnull", True),
+                        ("provider__isnull", True),
+                        ("scope", "global"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("plan__isnull", True),
+                        ("provider__isnull", False),
+                        ("scope", "provider"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", False),
+                        ("plan__isnull", True),
+                        ("provider__isnull", True),
+                        ("scope", "alias"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("plan__isnull", False),
+                        ("provider__isnull", True),
+                        ("scope", "plan"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("plan__isnull", True),
+                        ("provider__isnull", True),
+                        ("scope", "user"),
+                        ("user__isnull", False),
+                    ),
+                    _connector="OR",
+                ),
+                name="llm_budget_scope_target",
+                violation_error_message="Set exactly the target that the scope names.",
+            ),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['user', 'created_at'], name='llm_usage_user_time'),
+            model_name="usagerecord",
+            index=models.Index(fields=["user", "created_at"], name="llm_usage_user_time"),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['created_at'], name='llm_usage_time'),
+            model_name="usagerecord",
+            index=models.Index(fields=["created_at"], name="llm_usage_time"),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['alias', 'created_at'], name='llm_usage_alias_time'),
+            model_name="usagerecord",
+            index=models.Index(fields=["alias", "created_at"], name="llm_usage_alias_time"),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['provider', 'created_at'], name='llm_usage_provider_time'),
+            model_name="usagerecord",
+            index=models.Index(fields=["provider", "created_at"], name="llm_usage_provider_time"),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['status', 'created_at'], name='llm_usage_status_time'),
+            model_name="usagerecord",
+            index=models.Index(fields=["status", "created_at"], name="llm_usage_status_time"),
         ),
     ]

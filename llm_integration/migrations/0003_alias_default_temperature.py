@@ -5,20 +5,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0002_config_version'),
+        ("llm_integration", "0002_config_version"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelalias',
-            name='default_temperature',
-            field=models.FloatField(blank=True, help_text="Temperature of requests that give none (empty: the upstream's default).", null=True, validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(2.0)]),
+            model_name="modelalias",
+            name="default_temperature",
+            field=models.FloatField(
+                blank=True,
+                help_text="Temperature of requests that give none (empty: the upstream's default).",
+                null=True,
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(2.0),
+                ],
+            ),
         ),
         migrations.AlterField(
-            model_name='modelalias',
-            name='default_max_tokens',
-            field=models.PositiveIntegerField(default=1024, help_text='max_tokens of requests that give none (reserved on budgets, sent upstream).', validators=[django.core.validators.MinValueValidator(1)]),
+            model_name="modelalias",
+            name="default_max_tokens",
+            field=models.PositiveIntegerField(
+                default=1024,
+                help_text="max_tokens of requests that give none (reserved on budgets, sent upstream).",
+                validators=[django.core.validators.MinValueValidator(1)],
+            ),
         ),
     ]

@@ -6,36 +6,74 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0003_alias_default_temperature'),
+        ("llm_integration", "0003_alias_default_temperature"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='planentitlement',
-            name='daily_request_limit',
-            field=models.PositiveIntegerField(blank=True, help_text='Requests per user per day (in TIME_ZONE) on this alias.', null=True),
+            model_name="planentitlement",
+            name="daily_request_limit",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Requests per user per day (in TIME_ZONE) on this alias.",
+                null=True,
+            ),
         ),
         migrations.AlterField(
-            model_name='planentitlement',
-            name='monthly_token_limit',
-            field=models.PositiveBigIntegerField(blank=True, help_text='Tokens per user per calendar month on this alias.', null=True),
+            model_name="planentitlement",
+            name="monthly_token_limit",
+            field=models.PositiveBigIntegerField(
+                blank=True, help_text="Tokens per user per calendar month on this alias.", null=True
+            ),
         ),
         migrations.CreateModel(
-            name='QuotaPeriod',
+            name="QuotaPeriod",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('requests_day', 'requests per day'), ('tokens_month', 'tokens per month')], max_length=16)),
-                ('period_start', models.DateTimeField()),
-                ('used', models.PositiveBigIntegerField(default=0)),
-                ('reserved', models.BigIntegerField(default=0)),
-                ('entitlement', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='quota_periods', to='llm_integration.planentitlement')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("requests_day", "requests per day"),
+                            ("tokens_month", "tokens per month"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("period_start", models.DateTimeField()),
+                ("used", models.PositiveBigIntegerField(default=0)),
+                ("reserved", models.BigIntegerField(default=0)),
+                (
+                    "entitlement",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="quota_periods",
+                        to="llm_integration.planentitlement",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('entitlement', 'user', 'kind', 'period_start'), name='llm_quota_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("entitlement", "user", "kind", "period_start"),
+                        name="llm_quota_unique",
+                    )
+                ],
             },
         ),
     ]

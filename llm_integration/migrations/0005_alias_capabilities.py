@@ -4,30 +4,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0004_quota_periods'),
+        ("llm_integration", "0004_quota_periods"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelalias',
-            name='mode',
-            field=models.CharField(choices=[('chat', 'chat'), ('embedding', 'embedding')], default='chat', help_text='Chat models answer /chat and /messages; embedding models /v1/embeddings.', max_length=16),
+            model_name="modelalias",
+            name="mode",
+            field=models.CharField(
+                choices=[("chat", "chat"), ("embedding", "embedding")],
+                default="chat",
+                help_text="Chat models answer /chat and /messages; embedding models /v1/embeddings.",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='modelalias',
-            name='supports_response_format',
-            field=models.BooleanField(default=True, help_text='The model takes response_format (JSON object or JSON Schema).', verbose_name='structured output'),
+            model_name="modelalias",
+            name="supports_response_format",
+            field=models.BooleanField(
+                default=True,
+                help_text="The model takes response_format (JSON object or JSON Schema).",
+                verbose_name="structured output",
+            ),
         ),
         migrations.AddField(
-            model_name='modelalias',
-            name='supports_tools',
-            field=models.BooleanField(default=True, help_text='The model takes tools and tool calls. Requests with tools to a model without get 400 unsupported_content, and never fall back to it.', verbose_name='tool calling'),
+            model_name="modelalias",
+            name="supports_tools",
+            field=models.BooleanField(
+                default=True,
+                help_text="The model takes tools and tool calls. Requests with tools to a model without get 400 unsupported_content, and never fall back to it.",
+                verbose_name="tool calling",
+            ),
         ),
         migrations.AddField(
-            model_name='modelalias',
-            name='supports_vision',
-            field=models.BooleanField(default=False, help_text='The model reads images (image_url parts). Requests with images to a model without get 400 unsupported_content, and never fall back to it.', verbose_name='images'),
+            model_name="modelalias",
+            name="supports_vision",
+            field=models.BooleanField(
+                default=False,
+                help_text="The model reads images (image_url parts). Requests with images to a model without get 400 unsupported_content, and never fall back to it.",
+                verbose_name="images",
+            ),
         ),
     ]

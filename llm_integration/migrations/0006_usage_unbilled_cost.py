@@ -5,15 +5,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0005_alias_capabilities'),
+        ("llm_integration", "0005_alias_capabilities"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='usagerecord',
-            name='unbilled_cost_usd',
-            field=models.DecimalField(decimal_places=8, default=Decimal('0'), help_text='What the upstream charged for an answer the gateway withheld (refused because its record could not be written in time): not counted on budgets.', max_digits=18),
+            model_name="usagerecord",
+            name="unbilled_cost_usd",
+            field=models.DecimalField(
+                decimal_places=8,
+                default=Decimal("0"),
+                help_text="What the upstream charged for an answer the gateway withheld (refused because its record could not be written in time): not counted on budgets.",
+                max_digits=18,
+            ),
         ),
     ]

@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0006_usage_unbilled_cost'),
+        ("llm_integration", "0006_usage_unbilled_cost"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='healthcheck',
-            name='status',
-            field=models.CharField(choices=[('connected', 'Connected'), ('slow', 'Slow'), ('down', 'Down'), ('unknown', 'Unknown')], max_length=16),
+            model_name="healthcheck",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("connected", "Connected"),
+                    ("slow", "Slow"),
+                    ("down", "Down"),
+                    ("unknown", "Unknown"),
+                ],
+                max_length=16,
+            ),
         ),
     ]

@@ -5,44 +5,104 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0007_health_unknown'),
+        ("llm_integration", "0007_health_unknown"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelalias',
-            name='locality',
-            field=models.CharField(blank=True, choices=[('local', 'Local'), ('external', 'External')], help_text="Where its upstream runs. Empty: by the provider's kind (Ollama and dummy local, the others external). A request a routing rule keeps local is served by local aliases only.", max_length=8),
+            model_name="modelalias",
+            name="locality",
+            field=models.CharField(
+                blank=True,
+                choices=[("local", "Local"), ("external", "External")],
+                help_text="Where its upstream runs. Empty: by the provider's kind (Ollama and dummy local, the others external). A request a routing rule keeps local is served by local aliases only.",
+                max_length=8,
+            ),
         ),
         migrations.AddField(
-            model_name='usagerecord',
-            name='route',
-            field=models.CharField(blank=True, help_text='The routing rule that applied (empty: none).', max_length=100),
+            model_name="usagerecord",
+            name="route",
+            field=models.CharField(
+                blank=True, help_text="The routing rule that applied (empty: none).", max_length=100
+            ),
         ),
         migrations.AddField(
-            model_name='usagerecord',
-            name='tags',
-            field=models.CharField(blank=True, help_text="The caller's tags, stored as ,a,b, (so one tag is found with tags__contains=',a,'); shown as a,b.", max_length=1100),
+            model_name="usagerecord",
+            name="tags",
+            field=models.CharField(
+                blank=True,
+                help_text="The caller's tags, stored as ,a,b, (so one tag is found with tags__contains=',a,'); shown as a,b.",
+                max_length=1100,
+            ),
         ),
         migrations.CreateModel(
-            name='RoutingRule',
+            name="RoutingRule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=100, unique=True)),
-                ('position', models.IntegerField(default=0)),
-                ('enabled', models.BooleanField(default=True)),
-                ('tasks', models.JSONField(blank=True, default=list, help_text="Task labels (a request's task is one of them).")),
-                ('plans', models.JSONField(blank=True, default=list, help_text='Plan slugs.')),
-                ('model_ids', models.JSONField(blank=True, default=list, help_text='Requested alias ids (a request without one asks for the default model).', verbose_name='models')),
-                ('pattern', models.TextField(blank=True, help_text='An RE2 regular expression searched in every text of the request (messages, system, tool calls and results); (?i) for any case.')),
-                ('locality', models.CharField(blank=True, choices=[('local', 'local only')], help_text='local: the request never reaches an external upstream (503 no_local_model when no local alias can serve it).', max_length=8)),
-                ('refuse_message', models.TextField(blank=True, help_text='Refuse matching requests (403 policy_refused) with this message.')),
-                ('serve_with', models.ForeignKey(blank=True, help_text='The alias that serves a matching request.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='llm_integration.modelalias')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=100, unique=True)),
+                ("position", models.IntegerField(default=0)),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "tasks",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text="Task labels (a request's task is one of them).",
+                    ),
+                ),
+                ("plans", models.JSONField(blank=True, default=list, help_text="Plan slugs.")),
+                (
+                    "model_ids",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text="Requested alias ids (a request without one asks for the default model).",
+                        verbose_name="models",
+                    ),
+                ),
+                (
+                    "pattern",
+                    models.TextField(
+                        blank=True,
+                        help_text="An RE2 regular expression searched in every text of the request (messages, system, tool calls and results); (?i) for any case.",
+                    ),
+                ),
+                (
+                    "locality",
+                    models.CharField(
+                        blank=True,
+                        choices=[("local", "local only")],
+                        help_text="local: the request never reaches an external upstream (503 no_local_model when no local alias can serve it).",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "refuse_message",
+                    models.TextField(
+                        blank=True,
+                        help_text="Refuse matching requests (403 policy_refused) with this message.",
+                    ),
+                ),
+                (
+                    "serve_with",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="The alias that serves a matching request.",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="llm_integration.modelalias",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['position', 'id'],
+                "ordering": ["position", "id"],
             },
         ),
     ]

@@ -7,89 +7,221 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0008_routing_rules'),
+        ("llm_integration", "0008_routing_rules"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('prefix', models.CharField(editable=False, help_text='Shown in lists; finds the key.', max_length=32, unique=True)),
-                ('digest', models.CharField(editable=False, help_text='HMAC-SHA256 of the secret (never the secret).', max_length=64)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('last_used_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('rpm_limit', models.PositiveIntegerField(blank=True, help_text='Empty: no limit of its own.', null=True, verbose_name='requests per minute')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "prefix",
+                    models.CharField(
+                        editable=False,
+                        help_text="Shown in lists; finds the key.",
+                        max_length=32,
+                        unique=True,
+                    ),
+                ),
+                (
+                    "digest",
+                    models.CharField(
+                        editable=False,
+                        help_text="HMAC-SHA256 of the secret (never the secret).",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(default=django.utils.timezone.now, editable=False),
+                ),
+                ("last_used_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "rpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Empty: no limit of its own.",
+                        null=True,
+                        verbose_name="requests per minute",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
-                'ordering': ['-created_at'],
+                "verbose_name": "API key",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='ApiKeyModel',
+            name="ApiKeyModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key model',
+                "verbose_name": "API key model",
             },
         ),
         migrations.RemoveConstraint(
-            model_name='budget',
-            name='llm_budget_scope_target',
+            model_name="budget",
+            name="llm_budget_scope_target",
         ),
         migrations.AlterField(
-            model_name='budget',
-            name='scope',
-            field=models.CharField(choices=[('global', 'Global'), ('provider', 'Provider'), ('alias', 'Alias'), ('plan', 'Plan'), ('user', 'User'), ('key', 'Key')], default='global', max_length=16),
+            model_name="budget",
+            name="scope",
+            field=models.CharField(
+                choices=[
+                    ("global", "Global"),
+                    ("provider", "Provider"),
+                    ("alias", "Alias"),
+                    ("plan", "Plan"),
+                    ("user", "User"),
+                    ("key", "Key"),
+                ],
+                default="global",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='apikey',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='llm_api_keys', to=settings.AUTH_USER_MODEL),
+            model_name="apikey",
+            name="user",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="llm_api_keys",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='budget',
-            name='api_key',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='budgets', to='llm_integration.apikey'),
+            model_name="budget",
+            name="api_key",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="budgets",
+                to="llm_integration.apikey",
+            ),
         ),
         migrations.AddField(
-            model_name='usagerecord',
-            name='api_key',
-            field=models.ForeignKey(blank=True, help_text='The API key the request came with (empty: a session or a DRF token).', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='llm_integration.apikey'),
+            model_name="usagerecord",
+            name="api_key",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="The API key the request came with (empty: a session or a DRF token).",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="llm_integration.apikey",
+            ),
         ),
         migrations.AddIndex(
-            model_name='usagerecord',
-            index=models.Index(fields=['api_key', 'created_at'], name='llm_usage_key_time'),
+            model_name="usagerecord",
+            index=models.Index(fields=["api_key", "created_at"], name="llm_usage_key_time"),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('alias__isnull', True), ('api_key__isnull', True), ('plan__isnull', True), ('provider__isnull', True), ('scope', 'global'), ('user__isnull', True)), models.Q(('alias__isnull', True), ('api_key__isnull', True), ('plan__isnull', True), ('provider__isnull', False), ('scope', 'provider'), ('user__isnull', True)), models.Q(('alias__isnull', False), ('api_key__isnull', True), ('plan__isnull', True), ('provider__isnull', True), ('scope', 'alias'), ('user__isnull', True)), models.Q(('alias__isnull', True), ('api_key__isnull', True), ('plan__isnull', False), ('provider__isnull', True), ('scope', 'plan'), ('user__isnull', True)), models.Q(('alias__isnull', True), ('api_key__isnull', True), ('plan__isnull', True), ('provider__isnull', True), ('scope', 'user'), ('user__isnull', False)), models.Q(('alias__isnull', True), ('api_key__isnull', False), ('plan__isnull', True), ('provider__isnull', True), ('scope', 'key'), ('user__isnull', True)), _connector='OR'), name='llm_budget_scope_target', violation_error_message='Set exactly the target that the scope names.'),
+            model_name="budget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("api_key__isnull", True),
+                        ("plan__isnull", True),
+                        ("provider__isnull", True),
+                        ("scope", "global"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("api_key__isnull", True),
+                        ("plan__isnull", True),
+                        ("provider__isnull", False),
+                        ("scope", "provider"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", False),
+                        ("api_key__isnull", True),
+                        ("plan__isnull", True),
+                        ("provider__isnull", True),
+                        ("scope", "alias"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("api_key__isnull", True),
+                        ("plan__isnull", False),
+                        ("provider__isnull", True),
+                        ("scope", "plan"),
+                        ("user__isnull", True),
+                    ),
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("api_key__isnull", True),
+                        ("plan__isnull", True),
+                        ("provider__isnull", True),
+                        ("scope", "user"),
+                        ("user__isnull", False),
+                    ),
+                    models.Q(
+                        ("alias__isnull", True),
+                        ("api_key__isnull", False),
+                        ("plan__isnull", True),
+                        ("provider__isnull", True),
+                        ("scope", "key"),
+                        ("user__isnull", True),
+                    ),
+                    _connector="OR",
+                ),
+                name="llm_budget_scope_target",
+                violation_error_message="Set exactly the target that the scope names.",
+            ),
         ),
         migrations.AddField(
-            model_name='apikeymodel',
-            name='alias',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='llm_integration.modelalias'),
+            model_name="apikeymodel",
+            name="alias",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="llm_integration.modelalias",
+            ),
         ),
         migrations.AddField(
-            model_name='apikeymodel',
-            name='api_key',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='llm_integration.apikey'),
+            model_name="apikeymodel",
+            name="api_key",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, to="llm_integration.apikey"
+            ),
         ),
         migrations.AddField(
-            model_name='apikey',
-            name='allowed_models',
-            field=models.ManyToManyField(blank=True, help_text="The models the key may call (none chosen: every model the owner's plan allows).", related_name='+', through='llm_integration.ApiKeyModel', to='llm_integration.modelalias', verbose_name='models'),
+            model_name="apikey",
+            name="allowed_models",
+            field=models.ManyToManyField(
+                blank=True,
+                help_text="The models the key may call (none chosen: every model the owner's plan allows).",
+                related_name="+",
+                through="llm_integration.ApiKeyModel",
+                to="llm_integration.modelalias",
+                verbose_name="models",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='apikeymodel',
-            constraint=models.UniqueConstraint(fields=('api_key', 'alias'), name='llm_api_key_model_unique'),
+            model_name="apikeymodel",
+            constraint=models.UniqueConstraint(
+                fields=("api_key", "alias"), name="llm_api_key_model_unique"
+            ),
         ),
     ]

@@ -5,35 +5,59 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0009_api_keys'),
+        ("llm_integration", "0009_api_keys"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelalias',
-            name='max_concurrency',
-            field=models.PositiveIntegerField(blank=True, help_text="Requests in flight at once, across every process when Redis is configured (empty: no cap). Over it, requests wait their plan's queue timeout.", null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='max concurrent requests'),
+            model_name="modelalias",
+            name="max_concurrency",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Requests in flight at once, across every process when Redis is configured (empty: no cap). Over it, requests wait their plan's queue timeout.",
+                null=True,
+                validators=[django.core.validators.MinValueValidator(1)],
+                verbose_name="max concurrent requests",
+            ),
         ),
         migrations.AddField(
-            model_name='plan',
-            name='priority',
-            field=models.IntegerField(default=0, help_text='Waiting requests of higher priority are served first (-1000 to 1000).', validators=[django.core.validators.MinValueValidator(-1000), django.core.validators.MaxValueValidator(1000)]),
+            model_name="plan",
+            name="priority",
+            field=models.IntegerField(
+                default=0,
+                help_text="Waiting requests of higher priority are served first (-1000 to 1000).",
+                validators=[
+                    django.core.validators.MinValueValidator(-1000),
+                    django.core.validators.MaxValueValidator(1000),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='plan',
-            name='queue_timeout_seconds',
-            field=models.PositiveIntegerField(default=0, help_text='How long a request over a concurrency cap or a rate limit waits for its turn before 429 (0: refused at once).', validators=[django.core.validators.MaxValueValidator(600)]),
+            model_name="plan",
+            name="queue_timeout_seconds",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="How long a request over a concurrency cap or a rate limit waits for its turn before 429 (0: refused at once).",
+                validators=[django.core.validators.MaxValueValidator(600)],
+            ),
         ),
         migrations.AddField(
-            model_name='provider',
-            name='max_concurrency',
-            field=models.PositiveIntegerField(blank=True, help_text="Requests in flight at once, across every process when Redis is configured (empty: no cap). Over it, requests wait their plan's queue timeout.", null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='max concurrent requests'),
+            model_name="provider",
+            name="max_concurrency",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Requests in flight at once, across every process when Redis is configured (empty: no cap). Over it, requests wait their plan's queue timeout.",
+                null=True,
+                validators=[django.core.validators.MinValueValidator(1)],
+                verbose_name="max concurrent requests",
+            ),
         ),
         migrations.AddField(
-            model_name='usagerecord',
-            name='queued_ms',
-            field=models.PositiveIntegerField(default=0, help_text='Time spent waiting for a concurrency cap or a rate limit.'),
+            model_name="usagerecord",
+            name="queued_ms",
+            field=models.PositiveIntegerField(
+                default=0, help_text="Time spent waiting for a concurrency cap or a rate limit."
+            ),
         ),
     ]

@@ -6,40 +6,63 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0010_queueing'),
+        ("llm_integration", "0010_queueing"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelalias',
-            name='cache_read_price_per_mtok',
-            field=models.DecimalField(blank=True, decimal_places=6, help_text="Prompt tokens read from the upstream's prompt cache. Blank: 0.1× the input price for Anthropic providers, the input price for others.", max_digits=14, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0'))], verbose_name='cache read price (USD / 1M tokens)'),
+            model_name="modelalias",
+            name="cache_read_price_per_mtok",
+            field=models.DecimalField(
+                blank=True,
+                decimal_places=6,
+                help_text="Prompt tokens read from the upstream's prompt cache. Blank: 0.1× the input price for Anthropic providers, the input price for others.",
+                max_digits=14,
+                null=True,
+                validators=[django.core.validators.MinValueValidator(Decimal("0"))],
+                verbose_name="cache read price (USD / 1M tokens)",
+            ),
         ),
         migrations.AddField(
-            model_name='modelalias',
-            name='cache_write_1h_price_per_mtok',
-            field=models.DecimalField(blank=True, decimal_places=6, help_text='Prompt tokens written to the upstream\'s prompt cache for an hour (Anthropic\'s ttl "1h"). Blank: 2× the input price for Anthropic providers, the cache write price for others.', max_digits=14, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0'))], verbose_name='cache write price, kept an hour (USD / 1M tokens)'),
+            model_name="modelalias",
+            name="cache_write_1h_price_per_mtok",
+            field=models.DecimalField(
+                blank=True,
+                decimal_places=6,
+                help_text="Prompt tokens written to the upstream's prompt cache for an hour (Anthropic's ttl \"1h\"). Blank: 2× the input price for Anthropic providers, the cache write price for others.",
+                max_digits=14,
+                null=True,
+                validators=[django.core.validators.MinValueValidator(Decimal("0"))],
+                verbose_name="cache write price, kept an hour (USD / 1M tokens)",
+            ),
         ),
         migrations.AddField(
-            model_name='modelalias',
-            name='cache_write_price_per_mtok',
-            field=models.DecimalField(blank=True, decimal_places=6, help_text="Prompt tokens written to the upstream's prompt cache (for five minutes, Anthropic's default). Blank: 1.25× the input price for Anthropic providers, the input price for others.", max_digits=14, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0'))], verbose_name='cache write price (USD / 1M tokens)'),
+            model_name="modelalias",
+            name="cache_write_price_per_mtok",
+            field=models.DecimalField(
+                blank=True,
+                decimal_places=6,
+                help_text="Prompt tokens written to the upstream's prompt cache (for five minutes, Anthropic's default). Blank: 1.25× the input price for Anthropic providers, the input price for others.",
+                max_digits=14,
+                null=True,
+                validators=[django.core.validators.MinValueValidator(Decimal("0"))],
+                verbose_name="cache write price (USD / 1M tokens)",
+            ),
         ),
         migrations.AddField(
-            model_name='usagerecord',
-            name='cache_read_tokens',
+            model_name="usagerecord",
+            name="cache_read_tokens",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='usagerecord',
-            name='cache_write_1h_tokens',
+            model_name="usagerecord",
+            name="cache_write_1h_tokens",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='usagerecord',
-            name='cache_write_tokens',
+            model_name="usagerecord",
+            name="cache_write_tokens",
             field=models.PositiveIntegerField(default=0),
         ),
     ]

@@ -7,33 +7,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('llm_integration', '0011_prompt_cache'),
+        ("llm_integration", "0011_prompt_cache"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='usagerecord',
-            name='dropped',
-            field=models.CharField(blank=True, help_text='What the gateway left out of the request as DROP_UNSUPPORTED_TOOLS allows (tool:web_search,…).', max_length=200),
+            model_name="usagerecord",
+            name="dropped",
+            field=models.CharField(
+                blank=True,
+                help_text="What the gateway left out of the request as DROP_UNSUPPORTED_TOOLS allows (tool:web_search,…).",
+                max_length=200,
+            ),
         ),
         migrations.CreateModel(
-            name='StoredResponse',
+            name="StoredResponse",
             fields=[
-                ('id', models.CharField(editable=False, max_length=64, primary_key=True, serialize=False)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('alias', models.CharField(max_length=100)),
-                ('input_json', models.TextField(help_text="This turn's input items, as the client sent them.")),
-                ('body_json', models.TextField(help_text='The response object, as it was answered.')),
-                ('chain', models.JSONField(blank=True, default=list, help_text='The ids of the responses it continues, oldest first.')),
-                ('thread', models.CharField(db_index=True, editable=False, help_text="The conversation's first response (its own id when it starts one): conversations are pruned whole.", max_length=64)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.CharField(
+                        editable=False, max_length=64, primary_key=True, serialize=False
+                    ),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                ("alias", models.CharField(max_length=100)),
+                (
+                    "input_json",
+                    models.TextField(help_text="This turn's input items, as the client sent them."),
+                ),
+                (
+                    "body_json",
+                    models.TextField(help_text="The response object, as it was answered."),
+                ),
+                (
+                    "chain",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text="The ids of the responses it continues, oldest first.",
+                    ),
+                ),
+                (
+                    "thread",
+                    models.CharField(
+                        db_index=True,
+                        editable=False,
+                        help_text="The conversation's first response (its own id when it starts one): conversations are pruned whole.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'stored response',
-                'ordering': ['-created_at'],
+                "verbose_name": "stored response",
+                "ordering": ["-created_at"],
             },
         ),
     ]

@@ -272,3 +272,89 @@ def test_text_a_column_cannot_hold_is_refused_or_replaced(api, upstream):
         headers={"Content-Type": "application/json"},
     )
     assert lone.status_code == 400 and "lone surrogate" in lone.text
+
+
+SIX = "six " + " ".join(["word"] * 60)
+
+
+def five_turns(api, upstream, conversation: str) -> None:
+    """The five turns of the compression test (68 tokens each, importance 0.9, 0.1,
+    0.2, 0.5, 0.5): the next 64-token message passes 90 % of 400."""
+    for n, (word, weight) in enumerate(
+        zip(["one", "two", "three", "four", "five"], [0.9, 0.1, 0.2, 0.5, 0.5], strict=True)
+    ):
+        upstream.push(text=["yes", "no", "ok", "sure", "fine"][n])
+        answer = api.post(
+            f"/conversations/{conversation}/messages",
+            json={"message": f"{word} {words(60)}", "importance": weight},
+        )
+        assert answer.status_code == 200, answer.text
+
+
+@override_settings(LLM_INTEGRATION={"CONTEXT_TOKENS": 400, "SUMMARY_MODEL": "summarizer"})
+def test_removed_turns_are_summarized_by_the_summary_model(api, upstream, alias_on):
+    alias_on("openai_compatible", "summarizer")  # the same loopback upstream
+    conversation = start(api, system_prompt="Be brief.")
+    five_turns(api, upstream, conversation)
+    upstream.push(text="Ann asked two to four.")  # the summary, asked for first
+    upstream.push(text="good")
+    turn = api.post(f"/conversations/{conversation}/messages", json={"message": SIX}).json()
+    assert turn["answer"] == "good"
+    assert turn["context"]["status"] == "compressed"
+    assert turn["context"]["dropped"] == 6 and turn["context"]["summarized"] == 6
+
+    summary_call, turn_call = [r.body for r in upstream.requests if r.method == "POST"][-2:]
+    assert summary_call["model"] == "gpt-4o-mini" and summary_call["max_tokens"] == 64
+    asked = summary_call["messages"][-1]["content"]
+    assert all(f"{word} word" in asked for word in ("two", "three", "four"))
+    assert "one word" not in asked and "five word" not in asked
+    system = turn_call["messages"][0]
+    assert system == {
+        "role": "system",
+        "content": "Be brief.\n\nSummary of the conversation so far:\nAnn asked two to four.",
+    }
+    assert [m["content"].split()[0] for m in turn_call["messages"][1:]] == [
+        "one",
+        "yes",
+        "five",
+        "fine",
+        "six",
+    ]
+    rows = UsageRecord.objects.filter(conversation=conversation)
+    assert rows.count() == 7 and rows.filter(alias="summarizer").count() == 1
+
+    upstream.push(text="right")
+    api.post(f"/conversations/{conversation}/messages", json={"message": "seven"})
+    assert sent_messages(upstream)[0] == system  # kept, not asked for again
+    assert api.get(f"/conversations/{conversation}").json()["summary"] == "Ann asked two to four."
+
+
+@override_settings(LLM_INTEGRATION={"CONTEXT_TOKENS": 400, "SUMMARY_MODEL": "summarizer"})
+def test_no_external_summary_while_a_rule_keeps_requests_local(api, upstream, alias_on):
+    """A summary carries the conversation's text out: never to an external alias while
+    a routing rule may keep this conversation local."""
+    from llm_integration.models import RoutingRule
+
+    alias_on("openai_compatible", "summarizer")
+    rule = RoutingRule(name="secrets", pattern="password", locality="local")
+    rule.full_clean()
+    rule.save()
+    conversation = start(api)
+    five_turns(api, upstream, conversation)
+    upstream.push(text="good")
+    turn = api.post(f"/conversations/{conversation}/messages", json={"message": SIX}).json()
+    assert turn["context"]["status"] == "compressed" and turn["context"]["summarized"] == 0
+    assert not UsageRecord.objects.filter(alias="summarizer").exists()
+
+
+@override_settings(LLM_INTEGRATION={"CONTEXT_TOKENS": 400, "SUMMARY_MODEL": "summarizer"})
+def test_a_failed_summary_leaves_the_turns_out_and_the_turn_goes_on(api, upstream, alias_on):
+    alias_on("openai_compatible", "summarizer")
+    conversation = start(api)
+    five_turns(api, upstream, conversation)
+    upstream.push(mode="error", status=400)  # the summary refused
+    upstream.push(text="good")
+    turn = api.post(f"/conversations/{conversation}/messages", json={"message": SIX})
+    assert turn.status_code == 200 and turn.json()["answer"] == "good"
+    assert turn.json()["context"]["summarized"] == 0
+    assert UsageRecord.objects.get(alias="summarizer").status == "error"

@@ -6,6 +6,7 @@ routing.py      candidates, fallbacks, circuits, limits, retries
 reservation.py  the worst case held on the budgets before the call
 settlement.py   one usage record per request, however it ends
 embedding.py    embeddings on the same path
+turns.py        a conversation's turn: what its context leaves out summarized
 types.py, ids.py
 """
 

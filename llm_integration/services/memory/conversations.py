@@ -16,10 +16,11 @@ synchronous (callers on the event loop run them with ``run_db``), except ``turn_
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import transaction
@@ -34,6 +35,8 @@ from ...text.unicode import clean
 from ..config.entitlements import visible_aliases
 from ..config.snapshot import config
 from ..db import write_lock
+
+logger = logging.getLogger("llm_integration.conversations")
 
 #: A conversation id, as the gateway makes them: anything else names none (and never
 #: reaches the database).
@@ -62,6 +65,8 @@ class Context:
     limit: int
     status: str
     dropped: tuple[int, ...] = ()
+    #: How many of the removed messages a summary now stands for.
+    summarized: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,7 +75,7 @@ class Context:
             "percent": round(self.tokens * 100 / self.limit, 1) if self.limit else 0.0,
             "status": self.status,
             "dropped": len(self.dropped),
-            "summarized": 0,
+            "summarized": self.summarized,
         }
 
 
@@ -85,6 +90,30 @@ class Turn:
     importance: float
     message_tokens: int
     context: Context
+    #: The system text sent: the system prompt, then the summary of removed turns.
+    system: str | None = None
+    summary: str = ""
+    #: The messages this turn removes, oldest first (what a summary would cover).
+    left_out: tuple[dict[str, str], ...] = ()
+
+    def summarized(self, summary: str) -> Turn:
+        """This turn with ``summary`` standing for everything removed so far."""
+        system = system_text(self.conversation.system_prompt, summary)
+        tokens = self.context.tokens - text_tokens(self.system) + text_tokens(system)
+        context = replace(self.context, tokens=tokens, summarized=len(self.left_out))
+        return replace(self, system=system, summary=summary, context=context)
+
+
+def system_text(prompt: str, summary: str) -> str | None:
+    """What goes as the system message: the prompt, then the summary, if any."""
+    if not summary:
+        return prompt or None
+    note = "Summary of the conversation so far:\n" + summary
+    return f"{prompt}\n\n{note}" if prompt else note
+
+
+def text_tokens(text: str | None) -> int:
+    return message_tokens(text) if text else 0
 
 
 def storable(text: str) -> str:
@@ -206,6 +235,7 @@ def read(user: Any, conversation_id: str) -> dict[str, Any]:
     return {
         **summary(conversation),
         "system_prompt": conversation.system_prompt,
+        "summary": conversation.summary,
         "messages": messages,
         "context": {k: status[k] for k in ("tokens", "limit", "percent", "status")},
     }
@@ -227,17 +257,62 @@ def prepare(user: Any, conversation_id: str, message: str, importance: float) ->
         .values_list("id", "position", "role", "content", "tokens", "importance")
     )
     history = [Entry(i, pos, role, tokens, imp) for i, pos, role, _c, tokens, imp in kept]
-    system = message_tokens(conversation.system_prompt) if conversation.system_prompt else 0
+    system = system_text(conversation.system_prompt, conversation.summary)
     new = message_tokens(message)
-    context = plan(system, history, new, context_limit(conversation.alias))
+    context = plan(text_tokens(system), history, new, context_limit(conversation.alias))
     dropped = set(context.dropped)
-    messages = [
-        {"role": role, "content": content}
-        for i, _pos, role, content, _t, _imp in kept
-        if i not in dropped
-    ]
+    messages, left_out = [], []
+    for i, _pos, role, content, _t, _imp in kept:
+        (left_out if i in dropped else messages).append({"role": role, "content": content})
     messages.append({"role": "user", "content": message})
-    return Turn(conversation, messages, message, importance, new, context)
+    return Turn(
+        conversation,
+        messages,
+        message,
+        importance,
+        new,
+        context,
+        system=system,
+        summary=conversation.summary,
+        left_out=tuple(left_out),
+    )
+
+
+def may_summarize(turn: Turn) -> str | None:
+    """The alias that may summarize what ``turn`` removes (``SUMMARY_MODEL``), or None.
+    Never an external one for a conversation that may have to stay local: one on a
+    local alias, or while any routing rule keeps requests local (the rule could apply
+    to this conversation's turns, whose text the summary would carry out)."""
+    slug = llm_settings.SUMMARY_MODEL
+    if not slug or not turn.left_out:
+        return None
+    snapshot = config.current()
+    summarizer = snapshot.aliases.get(slug)
+    if summarizer is None:
+        logger.warning("llm.summary_model_missing", extra={"alias": slug})
+        return None
+    if summarizer.is_local:
+        return slug
+    serving = snapshot.aliases.get(turn.conversation.alias)
+    if (serving is not None and serving.is_local) or any(
+        rule.locality == "local" for rule in snapshot.rules
+    ):
+        return None
+    return slug
+
+
+def summary_request(turn: Turn) -> list[dict[str, str]]:
+    """The summarizer's prompt: the summary so far and the removed messages."""
+    transcript = "\n\n".join(f"{m['role']}: {m['content']}" for m in turn.left_out)
+    earlier = f"The summary so far:\n{turn.summary}\n\n" if turn.summary else ""
+    return [
+        {
+            "role": "user",
+            "content": "Summarize this earlier part of a conversation in a few sentences, "
+            "keeping names, facts, decisions and open questions; write only the "
+            f"summary.\n\n{earlier}The messages:\n{transcript}",
+        }
+    ]
 
 
 def record(turn: Turn, answer: str) -> None:
@@ -249,7 +324,10 @@ def record(turn: Turn, answer: str) -> None:
     with write_lock(), transaction.atomic():
         # First, so that the row is locked (PostgreSQL) while the turn is appended.
         kept = Conversation.objects.filter(pk=conversation.pk).update(
-            tokens=turn.context.tokens, context_status=turn.context.status, updated_at=now
+            tokens=turn.context.tokens,
+            context_status=turn.context.status,
+            summary=storable(turn.summary),
+            updated_at=now,
         )
         if not kept:  # deleted while the turn ran: nothing to keep it in
             return
