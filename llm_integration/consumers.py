@@ -341,7 +341,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def run_turn(self, conversation_id: str, ask: conversation_formats.TurnInput) -> None:
         """A conversation's next turn (CONTRACT §10): recorded before its ``done`` frame,
         which carries the context; turns of one conversation one at a time."""
-        async with conversations.turn_lock(conversation_id):
+        slot = conversations.turn_slot(conversation_id)
+        try:
+            await slot.acquire()
+        except exc.LLMError as error:
+            await self.send_json(ws.error(error))
+            return
+        try:
             try:
                 turn = await run_db(
                     conversations.prepare, self.user, conversation_id, ask.message, ask.importance
@@ -360,6 +366,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 return {"context": turn.context.as_dict()}
 
             await self.run_chat(stream, ending=keep)
+        finally:
+            await slot.release()
 
     async def run_chat(self, stream: ChatStream, ending=None) -> None:
         """The chat's frames. ``ending(text)``: work before the ``done`` frame, given

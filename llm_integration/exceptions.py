@@ -312,6 +312,14 @@ class ConversationNotFound(LLMError):
     type = "invalid_request_error"
 
 
+class ConversationBusy(LLMError):
+    """Another turn of the conversation is still running."""
+
+    status_code = 409
+    code = "conversation_busy"
+    type = "invalid_request_error"
+
+
 class PreviousResponseNotFound(InvalidRequest):
     """``previous_response_id`` names no stored response of the caller's."""
 

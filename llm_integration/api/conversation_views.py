@@ -83,8 +83,8 @@ class ConversationMessagesView(GatewayAPIView):
     async def post(self, request, conversation_id: str):
         ask = fmt.parse_turn(request.data, Labels.from_headers(request.META))
         user = request.user
-        lock = conversations.turn_lock(conversation_id)
-        await lock.acquire()
+        slot = conversations.turn_slot(conversation_id)
+        await slot.acquire()
         try:
             turn = await run_db(
                 conversations.prepare, user, conversation_id, ask.message, ask.importance
@@ -100,20 +100,20 @@ class ConversationMessagesView(GatewayAPIView):
 
             if ask.stream:
                 stream = fmt.TurnStream(self.request_id, keep)
-                body = released(await opened(astream_chat(**arguments), stream), lock)
-                await anext(body)  # started: however it ends from here, the lock goes back
+                body = released(await opened(astream_chat(**arguments), stream), slot)
+                await anext(body)  # started: however it ends from here, the slot goes back
                 return event_stream_response(body)
             result = await achat(**arguments)
             context = await keep(result.answer)
         except BaseException:
-            lock.release()
+            await slot.release()
             raise
-        lock.release()
+        await slot.release()
         return Response(fmt.answer(result, context))
 
 
-async def released(body: AsyncIterator[bytes], lock) -> AsyncIterator[bytes]:
-    """``body``, the conversation's turn lock given back when it ends, is closed, or is
+async def released(body: AsyncIterator[bytes], slot) -> AsyncIterator[bytes]:
+    """``body``, the conversation's turn slot given back when it ends, is closed, or is
     dropped unfinished (the client went away). Its first item is empty: the caller takes
     it, so that the generator has started and its ``finally`` runs however it ends."""
     try:
@@ -121,4 +121,4 @@ async def released(body: AsyncIterator[bytes], lock) -> AsyncIterator[bytes]:
         async for chunk in body:
             yield chunk
     finally:
-        lock.release()
+        await slot.release()

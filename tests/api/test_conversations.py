@@ -10,6 +10,8 @@ import time
 
 import httpx
 import pytest
+from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 from rest_framework.authtoken.models import Token
 
@@ -358,3 +360,54 @@ def test_a_failed_summary_leaves_the_turns_out_and_the_turn_goes_on(api, upstrea
     assert turn.status_code == 200 and turn.json()["answer"] == "good"
     assert turn.json()["context"]["summarized"] == 0
     assert UsageRecord.objects.get(alias="summarizer").status == "error"
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql"
+    or "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
+    reason="needs PostgreSQL and Redis: set DATABASE_URL=postgres://… and REDIS_URL "
+    "(CI's second pass does)",
+)
+def test_two_messages_at_once_through_two_processes_are_answered_in_order(tmp_path, upstream):
+    """The second turn, sent to another server process while the first is held
+    upstream, waits in the conversation's line in Redis and sees the first."""
+    import redis
+
+    from llm_integration.services.memory import conversations
+    from tests.processes import ServerProcesses
+
+    user = UserFactory()
+    token = Token.objects.create(user=user).key
+    made = conversations.create(user, model="chat", system_prompt="", title="")
+    upstream.push(mode="held", text="first answer")
+    upstream.push(text="second answer")
+    prefix = settings.CACHES["default"].get("KEY_PREFIX", "")
+    waiters = f"{prefix}:llm:cc:conversation:{made['id']}:waiters".lstrip(":")
+    line = redis.Redis.from_url(settings.REDIS_URL)
+    with ServerProcesses(2, tmp_path, REDIS_URL=settings.REDIS_URL) as servers:
+
+        async def scenario():
+            async with httpx.AsyncClient(
+                timeout=60, headers={"Authorization": f"Token {token}"}
+            ) as client:
+
+                def turn(server: str, message: str):
+                    url = f"{server}/api/v1/conversations/{made['id']}/messages"
+                    return asyncio.ensure_future(client.post(url, json={"message": message}))
+
+                first = turn(servers[0], "one")
+                await asyncio.to_thread(reached, upstream)
+                second = turn(servers[1], "two")
+                for _ in range(3000):  # until the second waits in line (a state)
+                    if await asyncio.to_thread(line.zcard, waiters) == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(upstream.requests) == 1  # the second has not gone upstream
+                upstream.gate.set()
+                return await first, await second
+
+        first, second = asyncio.run(scenario())
+    assert first.json()["answer"] == "first answer", first.text
+    assert second.json()["answer"] == "second answer", second.text
+    later = [r for r in upstream.requests if r.method == "POST"][-1].body["messages"]
+    assert [m["content"] for m in later] == ["one", "first answer", "two"]

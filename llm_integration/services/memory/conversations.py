@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 import weakref
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ from ...text.unicode import clean
 from ..config.entitlements import visible_aliases
 from ..config.snapshot import config
 from ..db import write_lock
+from ..limits import concurrency, sharedstate
 
 logger = logging.getLogger("llm_integration.conversations")
 
@@ -360,12 +362,68 @@ def record(turn: Turn, answer: str) -> None:
 
 
 _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+#: Seconds between two asks for a conversation another process holds.
+POLL_SECONDS = 0.05
 
 
-def turn_lock(conversation_id: str) -> asyncio.Lock:
-    """The lock a conversation's turns take in this process, so that two messages
-    posted at once are answered in order, each seeing the one before."""
-    lock = _locks.get(conversation_id)
-    if lock is None:
-        lock = _locks[conversation_id] = asyncio.Lock()
-    return lock
+class TurnSlot:
+    """A conversation's turns one at a time, in the order they came, so that two
+    messages posted at once are answered in order, each seeing the one before.
+
+    In this process, a lock per conversation. Across processes, a concurrency cap of one
+    in the shared store (Redis), taken after the lock: a lease renewed while the turn
+    runs (a process killed mid-turn frees it within ``LEASE_SECONDS``), and a line in
+    arrival order. Without Redis, or while it is down, turns are ordered per process."""
+
+    def __init__(self, conversation_id: str) -> None:
+        lock = _locks.get(conversation_id)
+        if lock is None:
+            lock = _locks[conversation_id] = asyncio.Lock()
+        self.lock = lock
+        self.caps = [concurrency.Cap(f"conversation:{conversation_id}", 1, "conversation")]
+        self.member = concurrency.new_member()
+        self.slots = None
+
+    async def acquire(self) -> None:
+        await self.lock.acquire()
+        try:
+            slots = concurrency.slots_for(sharedstate.store())
+            if slots is concurrency.local_slots():
+                return  # one process: the lock is the order
+            order = concurrency.place(0, time.time())
+            wait_until = time.monotonic() + float(llm_settings.REQUEST_DEADLINE)
+
+            async def ask() -> bool:
+                return await slots.acquire(self.caps, self.member, order, time.time())
+
+            while not await sharedstate.guarded(ask, True):  # store down: per process
+                if time.monotonic() > wait_until:
+                    await sharedstate.guarded(self.give_back(slots), None)
+                    raise exc.ConversationBusy(
+                        "Another turn of this conversation is still running; try again.",
+                        retry_after=1,
+                    )
+                await asyncio.sleep(POLL_SECONDS)
+            self.slots = slots
+            concurrency.leases.add(slots, self.caps, self.member, time.time)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def give_back(self, slots):
+        return lambda: slots.release(self.caps, self.member)
+
+    async def release(self) -> None:
+        slots, self.slots = self.slots, None
+        try:
+            if slots is not None:
+                concurrency.leases.remove(self.member)
+                await sharedstate.guarded(self.give_back(slots), None)
+        finally:
+            self.lock.release()
+
+
+def turn_slot(conversation_id: str) -> TurnSlot:
+    """The slot a turn of ``conversation_id`` holds while it runs (``acquire``, then
+    ``release`` however the turn ends)."""
+    return TurnSlot(conversation_id)
