@@ -29,52 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_concurrency import start
 from bench_litellm import CONFIG, bench_env, bootstrap
+from inprocess import post_json
 
 
 async def post(application, path: str, body: dict, token: str) -> float:
-    """Seconds from the request to the handler's return (status 200 checked)."""
-    payload = json.dumps(body).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            (b"authorization", f"Bearer {token}".encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    sent, finished, status = False, asyncio.Event(), []
-
-    async def receive():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": payload, "more_body": False}
-        await finished.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-        elif not message.get("more_body"):
-            finished.set()
-
+    """Seconds from the request to the handler's return."""
     began = time.perf_counter()
-    await application(scope, receive, send)
-    took = time.perf_counter() - began
-    if status != [200]:
-        raise SystemExit(f"{path} answered {status}")
-    return took
+    await post_json(application, path, json.dumps(body).encode(), token)
+    return time.perf_counter() - began
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_concurrency import start
 from bench_litellm import CONFIG, bench_env, bootstrap
+from inprocess import post_json
 
 marks: dict[str, float] = {}
 
@@ -92,50 +93,10 @@ def instrument() -> None:
 
 
 async def call(application, path: str, body: bytes, token: str) -> dict[str, float]:
-    headers = [
-        (b"host", b"127.0.0.1"),
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"authorization", f"Bearer {token}".encode()),
-    ]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    sent, finished, status = False, asyncio.Event(), []
-
-    async def receive():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await finished.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-            mark("headers sent")
-        elif not message.get("more_body"):
-            mark("body sent")
-            finished.set()
-
     marks.clear()
     mark("request in")
-    await application(scope, receive, send)
+    await post_json(application, path, body, token, observe=mark)
     mark("handler returned")
-    if status != [200]:
-        raise SystemExit(f"{path} answered {status}")
     return dict(marks)
 
 
