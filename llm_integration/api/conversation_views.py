@@ -24,20 +24,23 @@ from ..services.policy.rules import Labels
 from .authentication import key_of
 from .views import ERRORS, GatewayAPIView
 
-CONVERSATION = inline_serializer(
-    "Conversation",
-    {
-        "id": serializers.CharField(),
-        "model": serializers.CharField(),
-        "title": serializers.CharField(),
-        "created_at": serializers.DateTimeField(),
-    },
-)
+CONVERSATION_FIELDS = {
+    "id": serializers.CharField(),
+    "model": serializers.CharField(),
+    "title": serializers.CharField(),
+    "created_at": serializers.DateTimeField(),
+    "updated_at": serializers.DateTimeField(),
+}
+CONVERSATION = inline_serializer("Conversation", CONVERSATION_FIELDS)
 
 
 class ConversationsView(GatewayAPIView):
     @extend_schema(
-        responses={200: CONVERSATION, 401: ERRORS[401]},
+        operation_id="api_v1_conversations_list",
+        responses={
+            200: inline_serializer("Conversation", CONVERSATION_FIELDS, many=True),
+            401: ERRORS[401],
+        },
         summary="The caller's conversations, most recently used first",
     )
     async def get(self, request):
