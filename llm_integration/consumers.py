@@ -341,8 +341,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def run_turn(self, conversation_id: str, ask: conversation_formats.TurnInput) -> None:
         """A conversation's next turn (CONTRACT §10): recorded before its ``done`` frame,
         which carries the context; turns of one conversation one at a time."""
-        slot = conversations.turn_slot(conversation_id)
         try:
+            slot = conversations.turn_slot(conversation_id)
             await slot.acquire()
         except exc.LLMError as error:
             await self.send_json(ws.error(error))

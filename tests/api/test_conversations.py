@@ -184,8 +184,10 @@ def test_conversations_are_their_owner_s_alone(api, upstream, live_server_url):
             assert answer.status_code == 404, (method, answer.text)
             assert answer.json()["error"]["code"] == "conversation_not_found"
         assert other.get("/conversations").json() == []
-    for malformed in ("nope", "conv_" + "0" * 32, "conv_%00"):
+    for malformed in ("nope", "conv_" + "0" * 32, "conv_%00", "x" * 5000):
         assert api.get(f"/conversations/{malformed}").status_code == 404
+        turn = api.post(f"/conversations/{malformed}/messages", json={"message": "Hi"})
+        assert turn.status_code == 404, turn.text
     assert not upstream.requests and not UsageRecord.objects.exists()
 
 

@@ -425,5 +425,7 @@ class TurnSlot:
 
 def turn_slot(conversation_id: str) -> TurnSlot:
     """The slot a turn of ``conversation_id`` holds while it runs (``acquire``, then
-    ``release`` however the turn ends)."""
+    ``release`` however the turn ends); a malformed id is not found, before any line."""
+    if not CONVERSATION_ID.fullmatch(conversation_id):
+        raise exc.ConversationNotFound(f"Conversation {conversation_id!r:.80} not found.")
     return TurnSlot(conversation_id)
