@@ -85,17 +85,15 @@ class ConversationMessagesView(GatewayAPIView):
     )
     async def post(self, request, conversation_id: str):
         ask = fmt.parse_turn(request.data, Labels.from_headers(request.META))
-        user = request.user
+        user, key = request.user, key_of(request)
         slot = conversations.turn_slot(conversation_id)
         await slot.acquire()
         try:
             turn = await run_db(
                 conversations.prepare, user, conversation_id, ask.message, ask.importance
             )
-            turn = await summarized(turn, user=user, key=key_of(request), labels=ask.labels)
-            arguments = ask.arguments(
-                turn, user=user, request_id=self.request_id, key=key_of(request)
-            )
+            turn = await summarized(turn, user=user, key=key, labels=ask.labels)
+            arguments = ask.arguments(turn, user=user, request_id=self.request_id, key=key)
 
             async def keep(answer: str) -> conversations.Context:
                 await run_db(conversations.record, turn, answer)

@@ -46,8 +46,11 @@ def required_text(value: Any, where: str) -> str:
     return value
 
 
-def content_parts(content: Any, where: str, *, role: str) -> str | list[dict[str, Any]]:
-    """A message's content as the chat's: text, or text and image parts."""
+def content_parts(
+    content: Any, where: str, *, role: str, stored: bool = False
+) -> str | list[dict[str, Any]]:
+    """A message's content as the chat's: text, or text and image parts. An image of a
+    ``stored`` item was checked when it was first sent: it is not decoded again."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -61,7 +64,9 @@ def content_parts(content: Any, where: str, *, role: str) -> str | list[dict[str
             parts.append({"type": "text", "text": required_text(part.get("text"), f"{at}.text")})
         elif kind == "input_image" and role == "user":
             refuse_unknown(part, {"type", "image_url", "detail"}, prefix=f"{at}.")
-            parts.append({"type": "image_url", "image_url": checked_image(part, at)})
+            parts.append(
+                {"type": "image_url", "image_url": checked_image(part, at, decode=not stored)}
+            )
         else:
             raise exc.UnsupportedContent(
                 f"{at}: only input_text, output_text and (from users) input_image parts are "
@@ -71,10 +76,11 @@ def content_parts(content: Any, where: str, *, role: str) -> str | list[dict[str
     return parts
 
 
-def checked_image(part: dict[str, Any], at: str) -> dict[str, str]:
+def checked_image(part: dict[str, Any], at: str, *, decode: bool = True) -> dict[str, str]:
     """An ``input_image``'s URL and detail as the chat's ``image_url``, checked as the
     chat path checks images (an http(s) URL, or a data URL of a known type within
-    ``MAX_IMAGE_BYTES``), its errors named as the client wrote the part."""
+    ``MAX_IMAGE_BYTES``), its errors named as the client wrote the part; ``decode``
+    false skips decoding a data URL (an image already checked)."""
     image = {"url": required_text(part.get("image_url"), f"{at}.image_url")}
     if (detail := part.get("detail")) is not None:
         if detail not in DETAILS:
@@ -85,7 +91,8 @@ def checked_image(part: dict[str, Any], at: str) -> dict[str, str]:
             f"{at}.image_url must be an http(s) URL or a data:image/...;base64 URL.",
             f"{at}.image_url",
         )
-    parse_image_part({"image_url": image}, at, max_bytes=int(llm_settings.MAX_IMAGE_BYTES))
+    if decode:
+        parse_image_part({"image_url": image}, at, max_bytes=int(llm_settings.MAX_IMAGE_BYTES))
     return image
 
 
@@ -253,7 +260,9 @@ def conversation(earlier: list[dict[str, Any]], items: list[dict[str, Any]]) -> 
             thoughts.append(thinking_block(item, where(i)))
         elif kind == "message":
             role = item["role"]
-            content = content_parts(item["content"], f"{where(i)}.content", role=role)
+            content = content_parts(
+                item["content"], f"{where(i)}.content", role=role, stored=i < offset
+            )
             if role != "assistant":
                 if thoughts:
                     assistant_turn()

@@ -413,3 +413,22 @@ def test_two_messages_at_once_through_two_processes_are_answered_in_order(tmp_pa
     assert second.json()["answer"] == "second answer", second.text
     later = [r for r in upstream.requests if r.method == "POST"][-1].body["messages"]
     assert [m["content"] for m in later] == ["one", "first answer", "two"]
+
+
+async def test_a_turn_waits_for_the_one_before_at_most_the_request_deadline(settings):
+    """Turns of one conversation run one at a time; one that cannot start within
+    REQUEST_DEADLINE is ConversationBusy (409), and the slot it waited for is intact."""
+    from llm_integration import exceptions as exc
+    from llm_integration.services.memory import conversations
+
+    settings.LLM_INTEGRATION = {"REQUEST_DEADLINE": 0.05}
+    conversation = "conv_" + "ab" * 16
+    holder = conversations.turn_slot(conversation)
+    await holder.acquire()
+    waiter = conversations.turn_slot(conversation)
+    with pytest.raises(exc.ConversationBusy) as refused:
+        await waiter.acquire()
+    assert refused.value.status_code == 409 and refused.value.code == "conversation_busy"
+    await holder.release()
+    await waiter.acquire()  # free again: the next turn starts at once
+    await waiter.release()

@@ -10,7 +10,8 @@ the newest turn and the new message always stay. A removed message stays stored
 (``in_context`` false) and is no longer sent.
 
 Only the owner sees a conversation: anyone else's is "not found". Functions here are
-synchronous (callers on the event loop run them with ``run_db``), except ``turn_lock``.
+synchronous (callers on the event loop run them with ``run_db``), except a turn's slot
+(``turn_slot``), which is awaited.
 """
 
 from __future__ import annotations
@@ -171,6 +172,10 @@ def context_limit(alias_slug: str) -> int:
     return min(window, ceiling) if window else ceiling
 
 
+def not_found(conversation_id: str) -> exc.ConversationNotFound:
+    return exc.ConversationNotFound(f"Conversation {conversation_id!r:.80} not found.")
+
+
 def mine(user: Any, conversation_id: str) -> Conversation:
     """``user``'s conversation of that id (404 for anyone else's, or a malformed id)."""
     if CONVERSATION_ID.fullmatch(conversation_id):
@@ -178,7 +183,7 @@ def mine(user: Any, conversation_id: str) -> Conversation:
             return Conversation.objects.get(pk=conversation_id, user_id=user.pk)
         except Conversation.DoesNotExist:
             pass
-    raise exc.ConversationNotFound(f"Conversation {conversation_id!r:.80} not found.")
+    raise not_found(conversation_id)
 
 
 def create(user: Any, *, model: str | None, system_prompt: str, title: str) -> dict[str, Any]:
@@ -373,7 +378,8 @@ class TurnSlot:
     In this process, a lock per conversation. Across processes, a concurrency cap of one
     in the shared store (Redis), taken after the lock: a lease renewed while the turn
     runs (a process killed mid-turn frees it within ``LEASE_SECONDS``), and a line in
-    arrival order. Without Redis, or while it is down, turns are ordered per process."""
+    arrival order. Without Redis, or while it is down, turns are ordered per process.
+    A turn waits at most ``REQUEST_DEADLINE`` for both, then is ``ConversationBusy``."""
 
     def __init__(self, conversation_id: str) -> None:
         lock = _locks.get(conversation_id)
@@ -385,13 +391,18 @@ class TurnSlot:
         self.slots = None
 
     async def acquire(self) -> None:
-        await self.lock.acquire()
+        wait = float(llm_settings.REQUEST_DEADLINE)
+        wait_until = time.monotonic() + wait
+        try:
+            async with asyncio.timeout(wait):
+                await self.lock.acquire()
+        except TimeoutError:
+            raise busy() from None
         try:
             slots = concurrency.slots_for(sharedstate.store())
             if slots is concurrency.local_slots():
                 return  # one process: the lock is the order
             order = concurrency.place(0, time.time())
-            wait_until = time.monotonic() + float(llm_settings.REQUEST_DEADLINE)
 
             async def ask() -> bool:
                 return await slots.acquire(self.caps, self.member, order, time.time())
@@ -399,10 +410,7 @@ class TurnSlot:
             while not await sharedstate.guarded(ask, True):  # store down: per process
                 if time.monotonic() > wait_until:
                     await sharedstate.guarded(self.give_back(slots), None)
-                    raise exc.ConversationBusy(
-                        "Another turn of this conversation is still running; try again.",
-                        retry_after=1,
-                    )
+                    raise busy()
                 await asyncio.sleep(POLL_SECONDS)
             self.slots = slots
             concurrency.leases.add(slots, self.caps, self.member, time.time)
@@ -423,9 +431,15 @@ class TurnSlot:
             self.lock.release()
 
 
+def busy() -> exc.ConversationBusy:
+    return exc.ConversationBusy(
+        "Another turn of this conversation is still running; try again.", retry_after=1
+    )
+
+
 def turn_slot(conversation_id: str) -> TurnSlot:
     """The slot a turn of ``conversation_id`` holds while it runs (``acquire``, then
     ``release`` however the turn ends); a malformed id is not found, before any line."""
     if not CONVERSATION_ID.fullmatch(conversation_id):
-        raise exc.ConversationNotFound(f"Conversation {conversation_id!r:.80} not found.")
+        raise not_found(conversation_id)
     return TurnSlot(conversation_id)
